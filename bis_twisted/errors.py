@@ -1,0 +1,66 @@
+"""Errors a user can cause, each carrying the HTTP status it answers with.
+
+Routes raise these; one handler per Klein app turns them into ``{"ERROR": ...}``.
+"""
+
+
+class BisError(Exception):
+    """Base of every user-facing error: ``str(err)`` is the message, ``status`` the HTTP code."""
+
+    status = 500
+    retry_after = None  # seconds, for 503 answers
+
+    def __init__(self, message, **extra):
+        super().__init__(message)
+        self.message = message
+        self.extra = extra  # more fields for the JSON answer
+
+
+class BadRequest(BisError):
+    status = 400
+
+
+class Unauthorized(BisError):
+    status = 401
+
+
+class Forbidden(BisError):
+    status = 403
+
+
+class UnknownSignature(BisError):
+    status = 404
+
+
+class NotFound(BisError):
+    status = 404
+
+
+class BodyTooLarge(BisError):
+    status = 413
+
+
+class ServiceUnavailable(BisError):
+    status = 503
+    retry_after = 1
+
+
+class QueueFull(ServiceUnavailable):
+    """All workers are busy and the waiting queue is at MAX_QUEUE."""
+
+
+class BadGateway(BisError):
+    status = 502
+
+
+class GatewayTimeout(BisError):
+    status = 504
+
+
+class ConfigError(Exception):
+    """A configuration or endpoint file that cannot be used; the message is one line
+    naming the file, the endpoint and the key, and the process exits non-zero."""
+
+
+class EndpointLoadError(ConfigError):
+    """An endpoint file that cannot be imported or has no usable worker class."""

@@ -1,0 +1,77 @@
+"""``Logger``: the original library's logging object, kept for endpoint and support files.
+
+Endpoint code calls ``self.log.P(msg, color=...)``; the README's ``support_process.py`` and
+``run_gateway.py`` build ``Logger(lib_name=..., config_file=..., base_folder=...,
+app_folder=...)`` and read ``log.config_data``. Messages go to ``twisted.logger`` (so they land
+in the process's log files and, for a model server, in the gateway's log); ``color`` is kept as
+a field, not printed as escape codes.
+"""
+
+import json
+import os
+import sys
+import traceback
+
+from twisted.logger import Logger as _TwistedLogger
+
+_COLOR_LEVELS = {'r': 'warn'}
+
+
+class Logger:
+    """What the original ``Logger`` offered to user code: ``P``, ``config_data``,
+    ``update_config_data``, ``get_error_info``."""
+
+    def __init__(self, lib_name='BIS', config_file=None, base_folder='.', app_folder='_cache',
+                 prefix_log='', config_data=None, **_ignored):
+        # ``TF_KERAS``, ``max_lines`` and other knobs of the original are accepted and ignored.
+        self.lib_name = lib_name
+        self.prefix_log = prefix_log
+        self.base_folder = base_folder
+        self.app_folder = app_folder
+        self.config_file = config_file
+        self.config_data = {}
+        if config_file:
+            with open(config_file, encoding='utf-8') as fh:
+                self.config_data = json.load(fh)
+        if config_data:
+            self.config_data.update(config_data)
+        self._log = _TwistedLogger(namespace=lib_name)
+
+    def update_config_data(self, new_data):
+        self.config_data.update(new_data or {})
+
+    def with_prefix(self, prefix_log, config_data=None):
+        """A logger for one worker: same destination, its own prefix and config."""
+        child = Logger.__new__(Logger)
+        child.__dict__.update(self.__dict__)
+        child.prefix_log = prefix_log or self.prefix_log
+        child.config_data = dict(config_data if config_data is not None else self.config_data)
+        return child
+
+    def P(self, s, color=None, **_kwargs):  # noqa: N802 - the original's name
+        level = _COLOR_LEVELS.get(color, 'info')
+        getattr(self._log, level)('{prefix}{msg}', prefix=(self.prefix_log + ' ') if self.prefix_log else '',
+                                  msg=str(s), color=color)
+
+    @property
+    def root_folder(self):
+        return os.path.join(self.base_folder, self.app_folder)
+
+    @staticmethod
+    def get_error_info(return_err_val=False):
+        """``(type, file, function, line[, message])`` of the exception being handled,
+        taken from the innermost frame (where it was raised)."""
+        exc_type, exc, tb = sys.exc_info()
+        return error_info(exc_type, exc, tb) if return_err_val else error_info(exc_type, exc, tb)[:4]
+
+
+def error_info(exc_type, exc, tb):
+    frames = traceback.extract_tb(tb)
+    last = frames[-1] if frames else None
+    return (
+        exc_type.__name__ if exc_type else 'Exception',
+        last.filename if last else '',
+        last.name if last else '',
+        last.lineno if last else 0,
+        str(exc),
+    )

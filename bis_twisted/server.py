@@ -1,0 +1,243 @@
+"""One model server: a Klein app on the reactor in front of a ``WorkerPool``.
+
+Run by the gateway (one child process per endpoint) or alone, on another machine::
+
+    python -m bis_twisted.server --endpoints endpoints --name dummy_model_demo2 \\
+        --host 127.0.0.1 --port 5003 --config-json '{"NR_WORKERS": 2}'
+
+Routes: the execution path (``/run``), ``/notifications``, ``/update_workers``,
+``/get_paths``, ``/health``. It listens at once, answers 503 while its workers load, and prints
+``BIS-SERVER-READY <port>`` on stdout when they have. With ``--exit-with-parent`` it exits when
+its stdin closes, i.e. when the gateway that spawned it is gone, however it died.
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+
+from klein import Klein
+from twisted.internet import defer, endpoints, stdio
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from . import LIB_VER
+from .errors import BadRequest, BisError, EndpointLoadError, ServiceUnavailable
+from .loader import load_worker_class
+from .logger import Logger as CompatLogger
+from .notifications import Notifications
+from .pool import WorkerLoadError, WorkerPool
+from .web import error_answer, now_text, request_inputs, write_json
+
+DEFAULT_MAX_QUEUE = 1024
+READY_LINE = 'BIS-SERVER-READY'
+SIGNATURE = 'SIGNATURE'
+
+
+def host_id():
+    return os.environ.get('AID_APP_ID') or socket.gethostname()
+
+
+class ModelServer:
+    """The routes of one model server; ``pool`` is built from the endpoint's worker class."""
+
+    _log = Logger()
+
+    def __init__(self, name, worker_class, default_config, config, reactor=None,
+                 execution_path='/run', notifications=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.name = name
+        self.worker_class = worker_class
+        self.config = config
+        self.execution_path = execution_path
+        self.notifications = notifications or Notifications()
+        self.ready = False
+        self.load_error = None
+        self._signature_prefix = '{}.{}.{}'.format(host_id(), name, worker_class.__name__)
+        compat_log = CompatLogger(lib_name=name)
+
+        def make_worker(index):
+            return worker_class(log=compat_log, default_config=default_config, verbosity_level=1,
+                                worker_id=index, upstream_config=config, server_name=name,
+                                notifications=self.notifications)
+
+        self.pool = WorkerPool(make_worker, size=int(config.get('NR_WORKERS', 1)),
+                               max_queue=int(config.get('MAX_QUEUE', DEFAULT_MAX_QUEUE)),
+                               reactor=reactor)
+        # One Klein app per instance (not the class-attribute idiom): the execution path is a
+        # constructor argument, and a class-level route table would be shared by all instances.
+        self.app = Klein()
+        self.app.route(execution_path, methods=['POST', 'GET'])(self._run)
+        self.app.route('/notifications', methods=['GET', 'POST'])(self._notifications)
+        self.app.route('/update_workers', methods=['POST'])(self._update_workers)
+        self.app.route('/get_paths', methods=['GET', 'POST'])(self._get_paths)
+        self.app.route('/health', methods=['GET'])(self._health)
+        self.app.handle_errors(Exception)(self._error)
+
+    async def start(self):
+        """Load every worker; raises WorkerLoadError (one line) if one cannot load."""
+        try:
+            await self.pool.start()
+        except WorkerLoadError as exc:
+            self.load_error = str(exc)
+            raise
+        self.ready = True
+        self.notifications.add(None, 'LOG', self.name, 'server ready with {} workers'.format(self.pool.size))
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- routes --------------------------------------------------------------------------------
+    async def _run(self, request):
+        inputs = request_inputs(request)
+        if not self.ready:
+            raise ServiceUnavailable('server {!r} is still loading its workers; retry shortly'.format(self.name))
+        inputs.pop(SIGNATURE, None)
+        worker, call_id, outcome = await self.pool.run(inputs)
+        body = dict(outcome.body)
+        body.update({
+            'worker_id': worker.worker_id,
+            'call_id': call_id,
+            'time': now_text(),
+            'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id),
+        })
+        return write_json(request, outcome.status, body)
+
+    def _notifications(self, request):
+        return write_json(request, 200, self.notifications.snapshot())
+
+    async def _update_workers(self, request):
+        inputs = request_inputs(request)
+        if 'NR_WORKERS' not in inputs:
+            raise BadRequest('send {"NR_WORKERS": <integer >= 1>}')
+        size = inputs['NR_WORKERS']
+        if isinstance(size, str) and size.isdigit():
+            size = int(size)
+        try:
+            size = await self.pool.resize(size)
+        except WorkerLoadError as exc:
+            raise ServiceUnavailable('could not add workers: {}'.format(exc)) from None
+        return write_json(request, 200, {'MESSAGE': 'OK', 'NR_WORKERS': size})
+
+    def _get_paths(self, request):
+        return write_json(request, 200, {'PATHS': [self.execution_path, '/notifications',
+                                                   '/update_workers', '/get_paths', '/health']})
+
+    def _health(self, request):
+        body = {'STATUS': 'OK' if self.ready else ('FAILED' if self.load_error else 'LOADING'),
+                'SERVER': self.name, 'NR_WORKERS': self.pool.size, 'BUSY': self.pool.busy,
+                'QUEUED': self.pool.queued, 'PID': os.getpid(), 'ver-lib': LIB_VER}
+        if self.load_error:
+            body['ERROR'] = self.load_error
+        return write_json(request, 200 if self.ready else 503, body)
+
+    def _error(self, request, failure):
+        return error_answer(request, failure)
+
+
+class _ParentWatch(Protocol):
+    """Exits the process when stdin closes: the gateway holds the other end of that pipe,
+    so it closes however the gateway ends, ``kill -9`` included."""
+
+    def __init__(self, on_lost):
+        self._on_lost = on_lost
+
+    def dataReceived(self, data):
+        pass
+
+    def connectionLost(self, reason):
+        self._on_lost()
+
+
+def _no_access_log(request):
+    pass
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog='python -m bis_twisted.server',
+                                     description='Run one bis_twisted model server.')
+    parser.add_argument('--endpoints', default='endpoints', help='folder of endpoint files')
+    parser.add_argument('--name', required=True, help='the server name (its SIGNATURE)')
+    parser.add_argument('--server-class', help='endpoint file to use (default: --name)')
+    parser.add_argument('--host', default='127.0.0.1')
+    parser.add_argument('--port', type=int, required=True, help='0 picks a free port')
+    parser.add_argument('--config-json', default='{}', help="the endpoint's config entry, JSON")
+    parser.add_argument('--path', default='/run', help='execution path')
+    parser.add_argument('--exit-with-parent', action='store_true',
+                        help='exit when stdin closes (the gateway sets this)')
+    return parser.parse_args(argv)
+
+
+def _fail(message, code):
+    sys.stderr.write(message.replace('\n', ' ') + '\n')
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv=None):
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    prefix = 'bis-server {}: '.format(args.name)
+    try:
+        config = json.loads(args.config_json)
+        if not isinstance(config, dict):
+            raise ValueError('not a JSON object')
+    except ValueError as exc:
+        _fail('{}--config-json is not a JSON object: {}'.format(prefix, exc), 2)
+    try:
+        worker_class, default_config = load_worker_class(args.endpoints, args.server_class or args.name)
+    except EndpointLoadError as exc:
+        _fail(prefix + str(exc), 2)
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    server = ModelServer(args.name, worker_class, default_config, config, reactor=reactor,
+                         execution_path=args.path)
+    exit_code = [0]
+
+    def parent_gone():
+        Logger().warn('stdin closed: the parent is gone; exiting')
+        sys.stdout.flush()
+        os._exit(0)
+
+    if args.exit_with_parent:
+        stdio.StandardIO(_ParentWatch(parent_gone), stdin=0,
+                         stdout=os.open(os.devnull, os.O_WRONLY), reactor=reactor)
+
+    site = Site(server.resource())
+    site.noisy = False
+    site.log = _no_access_log  # one log line per request would cost more than the routing
+    listening = endpoints.TCP4ServerEndpoint(reactor, args.port, interface=args.host).listen(site)
+
+    async def start():
+        port = await listening
+        await server.start()
+        address = port.getHost()
+        print('{} {}'.format(READY_LINE, address.port), flush=True)
+        Logger().info('server {name} serving {n} workers of {cls} on {host}:{port}{path}',
+                      name=args.name, n=server.pool.size, cls=worker_class.__name__,
+                      host=address.host, port=address.port, path=args.path)
+
+    def failed(failure):
+        exit_code[0] = 3
+        message = failure.getErrorMessage() if failure.check(WorkerLoadError) else failure.getTraceback()
+        sys.stderr.write('{}{}: {}\n'.format(prefix, os.path.join(args.endpoints, (args.server_class or args.name) + '.py'),
+                                            message.strip().splitlines()[-1] if not failure.check(WorkerLoadError) else message))
+        sys.stderr.flush()
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()).addErrback(failed))
+    reactor.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # daemon pool threads may still be inside a hook that never returns: do not wait for them
+    os._exit(exit_code[0])
+
+
+if __name__ == '__main__':
+    main()

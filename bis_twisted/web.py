@@ -1,0 +1,118 @@
+"""HTTP plumbing shared by the gateway and the model server: reading a request's inputs,
+writing JSON answers, turning our errors (and Klein's routing errors) into ``{"ERROR": ...}``.
+"""
+
+import base64
+import json
+import time
+from urllib.parse import parse_qsl
+
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
+
+from .errors import BadRequest, BisError
+
+_log = Logger()
+
+JSON_TYPE = b'application/json'
+
+
+def now_text():
+    return time.strftime('%Y-%m-%d %H:%M:%S')
+
+
+def _json_default(value):
+    # numpy scalars and arrays, sets, bytes: what a model's answer commonly holds
+    if hasattr(value, 'tolist'):
+        return value.tolist()
+    if hasattr(value, 'item'):
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode('ascii')
+    raise TypeError('{} is not JSON serializable'.format(type(value).__name__))
+
+
+def dumps(body):
+    return json.dumps(body, default=_json_default, allow_nan=False).encode('utf-8')
+
+
+def write_json(request, status, body, headers=None):
+    """Set status and headers and return the encoded body (what a Klein route returns)."""
+    request.setResponseCode(status)
+    request.setHeader(b'Content-Type', JSON_TYPE)
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    try:
+        return dumps(body)
+    except (TypeError, ValueError) as exc:
+        request.setResponseCode(500)
+        return dumps({'ERROR': 'the answer could not be encoded as JSON: {}'.format(exc)})
+
+
+def parse_json_object(raw):
+    """``raw`` bytes -> dict, or BadRequest saying what is wrong."""
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError:
+        raise BadRequest('request body is not UTF-8 text; send a JSON object') from None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest('request body is not valid JSON ({}); send a JSON object like '
+                         '{{"SIGNATURE": "<endpoint>", ...}}'.format(str(exc)[:120])) from None
+    if not isinstance(value, dict):
+        raise BadRequest('request body must be a JSON object, not {}'.format(type(value).__name__))
+    return value
+
+
+def request_inputs(request):
+    """The request's inputs as a dict: a JSON body, a form post, or the query arguments
+    (GET), as the original accepted all three. Query arguments fill in keys the body lacks."""
+    content_type = (request.getHeader(b'content-type') or b'').split(b';')[0].strip().lower()
+    request.content.seek(0)
+    raw = request.content.read()
+    inputs = {}
+    if raw.lstrip()[:1] in (b'{', b'['):
+        # JSON whatever the content type says: `curl -d '{...}'` labels it a form post
+        inputs = parse_json_object(raw)
+    elif content_type.startswith(b'multipart/form-data'):
+        inputs = {_text(k): _text(v[0]) for k, v in (request.args or {}).items()}
+    elif content_type == b'application/x-www-form-urlencoded':
+        inputs = {k: v for k, v in parse_qsl(_text(raw), keep_blank_values=True)}
+    elif raw.strip():
+        inputs = parse_json_object(raw)
+    query = request.uri.split(b'?', 1)
+    if len(query) == 2:
+        for key, value in parse_qsl(_text(query[1]), keep_blank_values=True):
+            inputs.setdefault(key, value)
+    return inputs
+
+
+def _text(value):
+    return value.decode('utf-8', 'replace') if isinstance(value, bytes) else value
+
+
+def error_answer(request, failure, extra_fields=None):
+    """The body and status for a failure raised by a route: ours carry their status; Klein's
+    routing errors (404, 405) keep theirs; anything else is a 500 without a traceback."""
+    exc = failure.value
+    if isinstance(exc, BisError):
+        body = {'ERROR': exc.message}
+        body.update(exc.extra)
+        headers = {}
+        if exc.retry_after is not None:
+            headers[b'Retry-After'] = str(exc.retry_after).encode('ascii')
+        status = exc.status
+    elif isinstance(exc, HTTPException):
+        status = exc.code or 500
+        body = {'ERROR': '{} {}: {}'.format(status, exc.name, request.path.decode('utf-8', 'replace'))}
+        headers = {}
+    else:
+        _log.failure('unexpected error answering {method} {path}', failure,
+                     method=request.method, path=request.path)
+        status, body, headers = 500, {'ERROR': 'internal error: {}'.format(type(exc).__name__)}, {}
+    if extra_fields:
+        body.update(extra_fields())
+    return write_json(request, status, body, headers)
