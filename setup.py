@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='bis_twisted',
+    version='0.1.0',
+    description='Inference server: a Twisted/Klein gateway in front of model-server processes',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['bis_twisted', 'bis_twisted.*']),
+    package_data={'bis_twisted': ['static/*']},
+    python_requires='>=3.9',
+    install_requires=[
+        'twisted>=23.8',
+        'klein>=23.5',
+        'treq>=23.11',
+        'psutil>=5.9',
+        'attrs>=22.2',
+        # the original's support_process.py, which users bring over, imports requests
+        'requests>=2.28',
+    ],
+    extras_require={
+        # the example iris endpoint fits a scikit-learn model on a data set it ships
+        'examples': ['scikit-learn>=1.2'],
+        'test': [
+            'scikit-learn>=1.2',
+            'pytest>=7',
+            'pytest-twisted>=1.14',
+            'pytest-timeout>=2.1',
+            'hypothesis>=6.80',
+        ],
+    },
+    entry_points={'console_scripts': ['bis-gateway = bis_twisted.cli:main']},
+)
