@@ -55,6 +55,7 @@ class WorkerPool:
         self._indexes = itertools.count()
         self._call_ids = itertools.count(1)
         self._resize_lock = defer.DeferredLock()
+        self._idle_waiters = []
 
     # -- numbers shown in status ------------------------------------------------------------
     @property
@@ -182,6 +183,18 @@ class WorkerPool:
             self._waiting.popleft().callback(worker)
         else:
             self._idle.append(worker)
+            if not self._busy:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for d in waiters:
+                    d.callback(None)
+
+    def when_idle(self):
+        """Fires when no request is running or waiting (at once if none is)."""
+        if not self._busy and not self._waiting:
+            return defer.succeed(None)
+        d = defer.Deferred(canceller=lambda d: self._idle_waiters.remove(d))
+        self._idle_waiters.append(d)
+        return d
 
 
 def _describe(stage, exc, tb):

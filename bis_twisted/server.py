@@ -14,6 +14,7 @@ its stdin closes, i.e. when the gateway that spawned it is gone, however it died
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 
@@ -33,6 +34,7 @@ from .web import error_answer, now_text, request_inputs, write_json
 
 DEFAULT_MAX_QUEUE = 1024
 READY_LINE = 'BIS-SERVER-READY'
+STOP_DRAIN_SECONDS = 4.0
 SIGNATURE = 'SIGNATURE'
 
 
@@ -180,7 +182,7 @@ def _fail(message, code):
 
 def main(argv=None):
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import FileLogObserver, formatEvent, globalLogBeginner, textFileLogObserver
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     prefix = 'bis-server {}: '.format(args.name)
@@ -195,12 +197,21 @@ def main(argv=None):
     except EndpointLoadError as exc:
         _fail(prefix + str(exc), 2)
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    if args.exit_with_parent:
+        # the gateway reads these lines and stamps them itself
+        observer = FileLogObserver(sys.stdout, lambda event: '[{}] {}\n'.format(
+            event.get('log_namespace', '-'), formatEvent(event)))
+    else:
+        observer = textFileLogObserver(sys.stdout)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     server = ModelServer(args.name, worker_class, default_config, config, reactor=reactor,
                          execution_path=args.path)
     exit_code = [0]
+    stopping = []
 
     def parent_gone():
+        if stopping:  # stdin also closes while we stop on our own: main() exits then
+            return
         Logger().warn('stdin closed: the parent is gone; exiting')
         sys.stdout.flush()
         os._exit(0)
@@ -214,8 +225,11 @@ def main(argv=None):
     site.log = _no_access_log  # one log line per request would cost more than the routing
     listening = endpoints.TCP4ServerEndpoint(reactor, args.port, interface=args.host).listen(site)
 
+    ports = []
+
     async def start():
         port = await listening
+        ports.append(port)
         await server.start()
         address = port.getHost()
         print('{} {}'.format(READY_LINE, address.port), flush=True)
@@ -225,12 +239,40 @@ def main(argv=None):
 
     def failed(failure):
         exit_code[0] = 3
-        message = failure.getErrorMessage() if failure.check(WorkerLoadError) else failure.getTraceback()
-        sys.stderr.write('{}{}: {}\n'.format(prefix, os.path.join(args.endpoints, (args.server_class or args.name) + '.py'),
-                                            message.strip().splitlines()[-1] if not failure.check(WorkerLoadError) else message))
+        stopping.append('failed')
+        if failure.check(WorkerLoadError):  # names the file: the worker's own code failed
+            where = os.path.join(args.endpoints, (args.server_class or args.name) + '.py')
+        else:  # e.g. the port is taken
+            where = 'cannot start'
+        sys.stderr.write('{}{}: {}\n'.format(prefix, where, failure.getErrorMessage().replace('\n', ' ')))
         sys.stderr.flush()
         reactor.stop()
 
+    async def graceful_stop():
+        # SIGTERM: stop taking requests, let those running finish (bounded: the gateway
+        # sends SIGKILL after its own killTime), then stop.
+        for port in ports:
+            await port.stopListening()
+        idle = server.pool.when_idle()
+        idle.addTimeout(STOP_DRAIN_SECONDS, reactor)
+        try:
+            await idle
+        except defer.TimeoutError:
+            Logger().warn('requests still running after {t}s; exiting anyway', t=STOP_DRAIN_SECONDS)
+        if reactor.running:
+            reactor.stop()
+
+    def on_term(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            reactor.callFromThread(lambda: defer.Deferred.fromCoroutine(graceful_stop()))
+
+    def install_signals():
+        # replaces Twisted's handlers: a second TERM must not call reactor.stop() again
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+
+    reactor.callWhenRunning(install_signals)
     reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()).addErrback(failed))
     reactor.run()
     sys.stdout.flush()

@@ -1,0 +1,85 @@
+"""``bis-gateway``: flags and environment -> ``Options`` -> the service tree, on the reactor.
+
+Every flag has an environment variable (API.md section 5); a flag wins over its variable.
+``BIS_ADMIN_TOKEN`` has no flag, so the secret never shows in ``ps``.
+"""
+
+import argparse
+import os
+import sys
+
+from twisted.logger import Logger, globalLogBeginner, globalLogPublisher, textFileLogObserver
+from twisted.python.logfile import LogFile
+
+from .errors import ConfigError
+from .service import GatewayService, Options
+
+ENV = {'config': 'BIS_CONFIG', 'host': 'BIS_HOST', 'port': 'BIS_PORT',
+       'endpoints': 'BIS_ENDPOINTS', 'cache': 'BIS_CACHE'}
+
+
+def options_from_env(environ=None, **overrides):
+    environ = os.environ if environ is None else environ
+    defaults = Options()
+    values = {}
+    for field, variable in ENV.items():
+        value = overrides.get(field)
+        if value is None:
+            value = environ.get(variable) or getattr(defaults, field)
+        values[field] = value
+    try:
+        values['port'] = int(values['port'])
+    except ValueError:
+        raise ConfigError('BIS_PORT / --port must be an integer, got {!r}'.format(values['port'])) from None
+    return Options(admin_token=environ.get('BIS_ADMIN_TOKEN') or None,
+                   execution_path=overrides.get('execution_path') or defaults.execution_path, **values)
+
+
+def parse_args(argv, environ=None):
+    parser = argparse.ArgumentParser(prog='bis-gateway', description='Run the bis_twisted gateway.')
+    parser.add_argument('--config', help='gateway config file (env BIS_CONFIG; default config_gateway.txt)')
+    parser.add_argument('--host', help='address to listen on (env BIS_HOST; default 0.0.0.0)')
+    parser.add_argument('--port', help='port to listen on (env BIS_PORT; default 5002); '
+                                       'endpoint servers count up from the next one')
+    parser.add_argument('--endpoints', help='folder of endpoint files (env BIS_ENDPOINTS; default endpoints)')
+    parser.add_argument('--cache', help='cache folder for logs and state (env BIS_CACHE; default _cache)')
+    args = parser.parse_args(argv)
+    return options_from_env(environ, **vars(args))
+
+
+def log_to_files(options):
+    """Send every log event to ``<cache>/_logs/gateway.log`` too, rotated by size."""
+    os.makedirs(options.logs_dir, exist_ok=True)
+    logfile = LogFile('gateway.log', options.logs_dir, rotateLength=10_000_000, maxRotatedFiles=5)
+    globalLogPublisher.addObserver(textFileLogObserver(logfile))
+
+
+def build_service(options, reactor=None):
+    """The service tree, or exit 2 with one line when the config cannot be used."""
+    try:
+        return GatewayService(options, reactor=reactor)
+    except ConfigError as exc:
+        sys.stderr.write('bis-gateway: {}\n'.format(exc))
+        sys.stderr.flush()
+        raise SystemExit(2)
+
+
+def main(argv=None):
+    from twisted.internet import reactor
+
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        sys.stderr.write('bis-gateway: {}\n'.format(exc))
+        raise SystemExit(2)
+    service = build_service(options, reactor)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    log_to_files(options)
+    Logger().info('bis-gateway starting with {config}', config=options.config)
+    service.startService()
+    reactor.addSystemEventTrigger('before', 'shutdown', service.stopService)
+    reactor.run()
+
+
+if __name__ == '__main__':
+    main()

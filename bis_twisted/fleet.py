@@ -1,0 +1,220 @@
+"""``Fleet``: the model servers the gateway knows and how to reach them.
+
+A configured endpoint is a ``Server`` with one ``Target`` per child process (``REPLICAS``) or
+per remote URL (``URLS``). The fleet registers the children with the supervisor, picks the
+ready target with the fewest requests in flight, and measures (never caches) whether a
+target answers.
+"""
+
+import datetime
+import json
+import sys
+
+import attr
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .errors import ServiceUnavailable, UnknownSignature
+from .supervisor import ChildSpec
+
+HEALTH_TIMEOUT = 2.0
+SERVER_PATHS = ('/notifications', '/update_workers', '/get_paths', '/health')
+
+
+def hms(seconds):
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+class Target:
+    """One process serving a server: a child of ours, or a remote model server."""
+
+    def __init__(self, server, index, base_url, child_name, execution_path):
+        self.server = server
+        self.index = index
+        self.base_url = base_url
+        self.child_name = child_name  # None for a remote URL
+        self.run_url = (base_url + execution_path).encode('ascii')  # built once: the hot path
+        self.in_flight = 0
+        self.remote_ok = True  # remote targets: last ping's verdict
+
+    def url(self, path):
+        return (self.base_url + path).encode('ascii')
+
+
+@attr.s
+class Server:
+    config = attr.ib()
+    targets = attr.ib(factory=list)
+
+    @property
+    def name(self):
+        return self.config.name
+
+
+class Fleet:
+    _log = Logger()
+
+    def __init__(self, config, supervisor, client, endpoints_dir, reactor=None, python=None,
+                 execution_path='/run', cwd=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.config = config
+        self.supervisor = supervisor
+        self.client = client
+        self.endpoints_dir = endpoints_dir
+        self.execution_path = execution_path
+        self._python = python or sys.executable
+        self._cwd = cwd
+        self.servers = {}
+        self.in_flight = 0
+        self._idle_waiters = []
+        for endpoint in config.endpoints:
+            if endpoint.is_support:
+                continue
+            server = Server(endpoint)
+            if endpoint.is_remote:
+                for i, url in enumerate(endpoint.urls):
+                    server.targets.append(Target(server, i, url, None, execution_path))
+            else:
+                for i, port in enumerate(endpoint.ports):
+                    child = endpoint.name if endpoint.replicas == 1 else '{}#{}'.format(endpoint.name, i)
+                    host = '127.0.0.1' if endpoint.host in ('0.0.0.0', '::') else endpoint.host
+                    server.targets.append(Target(server, i, 'http://{}:{}'.format(host, port), child,
+                                                 execution_path))
+            self.servers[endpoint.name] = server
+
+    def register_children(self):
+        for server in self.servers.values():
+            for target in server.targets:
+                if target.child_name is not None:
+                    self.supervisor.add(self.child_spec(server.config, target), start=not server.config.disabled)
+
+    def child_spec(self, endpoint, target):
+        port = endpoint.ports[target.index]
+        argv = [self._python, '-m', 'bis_twisted.server', '--endpoints', self.endpoints_dir,
+                '--name', endpoint.name, '--server-class', endpoint.server_class,
+                '--host', endpoint.host, '--port', str(port), '--path', self.execution_path,
+                '--config-json', json.dumps(endpoint.entry), '--exit-with-parent']
+        return ChildSpec(name=target.child_name, argv=argv, cwd=self._cwd)
+
+    # -- lookup and routing ----------------------------------------------------------------
+    def server(self, name):
+        server = self.servers.get(name)
+        if server is None:
+            raise UnknownSignature('unknown SIGNATURE {!r}; available: {}'.format(
+                name, ', '.join(sorted(self.servers)) or 'none'))
+        return server
+
+    def target_ready(self, target):
+        if target.child_name is None:
+            return target.remote_ok
+        return self.supervisor.is_ready(target.child_name)
+
+    def pick(self, server):
+        """The ready target with the fewest requests in flight, or 503 saying why none is."""
+        best = None
+        for target in server.targets:
+            if self.target_ready(target) and (best is None or target.in_flight < best.in_flight):
+                best = target
+        if best is None:
+            raise ServiceUnavailable('server {!r} is {}; retry shortly'.format(server.name, self._why_down(server)))
+        return best
+
+    def _why_down(self, server):
+        if server.config.is_remote:
+            return 'not answering at {}'.format(', '.join(server.config.urls))
+        states = [self.supervisor.status(t.child_name) for t in server.targets]
+        if not any(s.wanted for s in states):
+            return 'stopped (disabled or killed); POST /start_server to start it'
+        if any(s.running for s in states):
+            return 'starting (loading its workers)'
+        last = next((s.last_error for s in states if s.last_error), None)
+        return 'restarting' + (' after: {}'.format(last) if last else '')
+
+    async def run(self, name, payload):
+        server = self.server(name)
+        target = self.pick(server)
+        target.in_flight += 1
+        self.in_flight += 1
+        try:
+            return await self.client.post_json(target.run_url, payload, server.config.timeout, repr(name))
+        finally:
+            target.in_flight -= 1
+            self.in_flight -= 1
+            if not self.in_flight:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for d in waiters:
+                    d.callback(None)
+
+    def when_idle(self):
+        """Fires when no request is in flight to any server (at once if none is)."""
+        if not self.in_flight:
+            return defer.succeed(None)
+        d = defer.Deferred(canceller=lambda d: self._idle_waiters.remove(d))
+        self._idle_waiters.append(d)
+        return d
+
+    # -- measured state ------------------------------------------------------------------------
+    async def ping(self, target, timeout=HEALTH_TIMEOUT):
+        """The target's /health answer (a dict), or None when it does not answer 200 in time."""
+        try:
+            result = await self.client.get_json(target.url('/health'), timeout)
+        except Exception:  # any failure to answer means "not online"; the cause is not needed here
+            return None
+        return result.body if result.status == 200 else None
+
+    async def describe(self, server, now):
+        """The ``AVAIL_SERVERS`` entry of one server, ONLINE measured now."""
+        health = await defer.gatherResults([defer.Deferred.fromCoroutine(self.ping(t))
+                                            for t in server.targets])
+        replicas = []
+        for target, answer in zip(server.targets, health):
+            entry = {'URL': target.base_url, 'ONLINE': answer is not None, 'IN_FLIGHT': target.in_flight}
+            if target.child_name is not None:
+                status = self.supervisor.status(target.child_name)
+                entry.update({'PORT': server.config.ports[target.index], 'PID': status.pid,
+                              'UPTIME': hms(now - status.started_at) if status.running and status.started_at else None,
+                              'RESTARTS': status.restarts, 'ERROR': status.last_error,
+                              'STATE': _state(status, answer)})
+            else:
+                entry['STATE'] = 'online' if answer is not None else 'offline'
+            entry['NR_WORKERS'] = answer.get('NR_WORKERS') if answer else None
+            replicas.append(entry)
+        first = replicas[0] if replicas else {}
+        result = {
+            'ONLINE': any(r['ONLINE'] for r in replicas),
+            'ERROR': next((r.get('ERROR') for r in replicas if r.get('ERROR')), None),
+            'URLS': [r['URL'] + self.execution_path for r in replicas],
+            'PATHS': [self.execution_path] + list(SERVER_PATHS),
+            'PORT': first.get('PORT'),
+            'UPTIME': first.get('UPTIME'),
+            'PID': first.get('PID'),
+            'RESTARTS': sum(r.get('RESTARTS') or 0 for r in replicas),
+            'NR_WORKERS': next((r['NR_WORKERS'] for r in replicas if r['NR_WORKERS']), server.config.nr_workers),
+            'DESCRIPTION': server.config.description,
+            'STATE': first.get('STATE'),
+            'DISABLED': server.config.disabled,
+        }
+        if len(replicas) > 1 or server.config.is_remote:
+            result['REPLICAS'] = replicas
+        return result
+
+    async def unready(self):
+        """Names of the servers that should run and do not answer now."""
+        wanted = [s for s in self.servers.values()
+                  if s.config.is_remote or any(self.supervisor.status(t.child_name).wanted for t in s.targets)]
+        answers = await defer.gatherResults([
+            defer.gatherResults([defer.Deferred.fromCoroutine(self.ping(t)) for t in s.targets])
+            for s in wanted])
+        return [s.name for s, health in zip(wanted, answers) if not any(h is not None for h in health)]
+
+
+def _state(status, answer):
+    if answer is not None:
+        return 'online'
+    if not status.wanted:
+        return 'stopped'
+    if status.running:
+        return 'starting' if not status.ready else 'not answering'
+    return 'restarting'

@@ -1,0 +1,162 @@
+"""``ChildClient``: HTTP from the gateway to its model servers, over kept-alive connections.
+
+The hot call (``post_json``, used by ``/run``) goes straight to a ``twisted.web.client.Agent``
+on a persistent ``HTTPConnectionPool`` with the URL bytes built once per child: treq's
+per-request work (URL parsing, IDNA, cookie jar) measured as the larger part of the proxy's
+cost in our prototypes (issue 7). Everything else (health pings, notifications, admin calls)
+uses ``treq.client.HTTPClient`` over the same agent.
+
+Every call has a deadline (``Deferred.addTimeout``) and is cancellable: when the gateway's
+client goes away, the call to the child is abandoned (its connection aborted).
+"""
+
+import json
+
+import attr
+from treq.client import HTTPClient
+from twisted.internet import defer, error as net_error
+from twisted.web import client as web_client
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from .errors import BadGateway, GatewayTimeout, ServiceUnavailable
+
+_JSON_HEADERS = Headers({b'Content-Type': [b'application/json'], b'User-Agent': [b'bis-gateway']})
+
+# failures that mean the request never reached the child: safe to retry, and "not up" to the user
+_NOT_CONNECTED = (net_error.ConnectionRefusedError, net_error.ConnectError, net_error.DNSLookupError,
+                  net_error.NoRouteError)
+
+
+@attr.s(frozen=True)
+class ProxyResult:
+    """A child's answer: HTTP status and the decoded JSON object."""
+
+    status = attr.ib()
+    body = attr.ib()
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A body already in memory: written at once (``FileBodyProducer`` would add a cooperator
+    round trip per request)."""
+
+    def __init__(self, data):
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer):
+        consumer.write(self._data)
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+class ChildClient:
+    """One connection pool for all children; ``max_per_host`` idle connections each."""
+
+    def __init__(self, reactor=None, max_per_host=64, pool=None, agent=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        if pool is None:
+            pool = _QuietPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = max_per_host
+            pool.cachedConnectionTimeout = 120
+            pool.retryAutomatically = False  # a POST the child may have run is never replayed
+        self.pool = pool
+        self.agent = agent or web_client.Agent(reactor, pool=pool, connectTimeout=5)
+        self.http = HTTPClient(self.agent)
+
+    async def post_json(self, url, payload, timeout, what):
+        """POST ``payload`` (bytes) to ``url`` (bytes); ``what`` names the server in errors.
+        A failure to connect is retried once (the request never reached the child)."""
+        for attempt in (1, 2):
+            try:
+                return await self._post_once(url, payload, timeout, what)
+            except _NotConnected as exc:
+                if attempt == 2:
+                    raise ServiceUnavailable('server {} is not accepting connections ({}); '
+                                             'it may be restarting, retry shortly'.format(what, exc.reason)) from None
+
+    async def _post_once(self, url, payload, timeout, what):
+        response_holder = []
+
+        def keep_response(response):
+            response_holder.append(response)
+            return response
+
+        d = self.agent.request(b'POST', url, _JSON_HEADERS, BytesProducer(payload))
+        d.addCallback(keep_response)
+        d.addCallback(web_client.readBody)
+        d.addTimeout(timeout, self._reactor)
+        try:
+            raw = await d
+        except defer.TimeoutError:
+            raise GatewayTimeout('server {} did not answer within its TIMEOUT of {:g}s'.format(what, timeout)) from None
+        except _NOT_CONNECTED as exc:
+            raise _NotConnected(type(exc).__name__) from None
+        except (web_client.ResponseNeverReceived, web_client.ResponseFailed,
+                web_client.RequestTransmissionFailed, web_client.PartialDownloadError,
+                net_error.ConnectionLost, net_error.ConnectionDone) as exc:
+            raise BadGateway('server {} closed the connection before answering ({}); it may have '
+                             'crashed'.format(what, _short(exc))) from None
+        status = response_holder[0].code
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise BadGateway('server {} answered HTTP {} with something that is not a JSON object'.format(
+                what, status))
+        return ProxyResult(status, body)
+
+    async def get_json(self, url, timeout):
+        """GET for the non-hot routes (health pings, notifications)."""
+        return await self._call(self.http.get(url), timeout)
+
+    async def send_json(self, url, data, timeout):
+        """POST ``data`` as JSON for the non-hot routes (admin calls)."""
+        return await self._call(self.http.post(url, json=data), timeout)
+
+    async def _call(self, d, timeout):
+        d.addTimeout(timeout, self._reactor)
+        response = await d
+        raw = await response.content()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {'ERROR': 'not JSON: {!r}'.format(raw[:200])}
+        return ProxyResult(response.code, body if isinstance(body, dict) else {'VALUE': body})
+
+    def close(self):
+        return self.pool.closeCachedConnections()
+
+
+class _QuietFactory(web_client._HTTP11ClientFactory):
+    noisy = False  # one "Starting/Stopping factory" log line per connection is noise
+
+
+class _QuietPool(web_client.HTTPConnectionPool):
+    _factory = _QuietFactory
+
+
+class _NotConnected(Exception):
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _short(exc):
+    reasons = getattr(exc, 'reasons', None)
+    if reasons:
+        return '; '.join(r.getErrorMessage() for r in reasons)
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,117 @@
+"""``GatewayService``: the gateway's service tree, the same for ``bis.tac`` and ``bis-gateway``.
+
+Start: the supervisor spawns the children; the web port opens at once with
+``NO_STARTUP_WAIT``, otherwise when ``DEFAULT_SERVER`` is ready (no fixed sleeps). Stop, in
+order (``MultiService`` would stop children concurrently): close the port, let requests in
+flight finish (bounded by ``drain_timeout``), stop the children (TERM, then KILL), close the
+client pool.
+"""
+
+import os
+
+import attr
+from twisted.application.service import MultiService
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from .config import load_config
+from .fleet import Fleet
+from .gateway import Gateway
+from .proxy import ChildClient
+from .supervisor import Supervisor
+
+
+@attr.s(frozen=True)
+class Options:
+    """What the command line and the environment decide (API.md section 5)."""
+
+    config = attr.ib(default='config_gateway.txt')
+    host = attr.ib(default='0.0.0.0')
+    port = attr.ib(default=5002)
+    endpoints = attr.ib(default='endpoints')
+    cache = attr.ib(default='_cache')
+    admin_token = attr.ib(default=None, repr=False)
+    execution_path = attr.ib(default='/run')
+
+    @property
+    def logs_dir(self):
+        return os.path.join(self.cache, '_logs')
+
+
+class GatewayService(MultiService):
+    drain_timeout = 10.0
+
+    _log = Logger()
+
+    def __init__(self, options, reactor=None):
+        MultiService.__init__(self)
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.options = options
+        endpoints_dir = os.path.abspath(options.endpoints)
+        # validated before anything starts: ConfigError names file, endpoint and key
+        self.config = load_config(options.config, endpoints_dir, options.port)
+        os.makedirs(options.logs_dir, exist_ok=True)
+        self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir)
+        self.supervisor.setServiceParent(self)
+        self.client = ChildClient(reactor=reactor)
+        self.fleet = Fleet(self.config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
+                           execution_path=options.execution_path)
+        self.fleet.register_children()
+        self.gateway = Gateway(self.fleet, reactor=reactor)
+        self.site = Site(self.gateway.resource())
+        self.site.noisy = False
+        self.port = None
+        self.listening = defer.Deferred()  # fires with the port once the gateway serves
+
+    def startService(self):
+        MultiService.startService(self)
+        default = self.config.default_server
+        endpoint = self.config.endpoint(default) if default else None
+        if self.config.no_startup_wait or endpoint is None or not endpoint.is_spawned or endpoint.disabled:
+            self._listen()
+        else:
+            children = [t.child_name for t in self.fleet.servers[default].targets]
+            self._log.info('waiting for DEFAULT_SERVER {name} before serving', name=default)
+            d = defer.DeferredList([self.supervisor.when_ready(c) for c in children], fireOnOneCallback=True)
+            d.addCallback(lambda _: self._listen())
+
+    def _listen(self):
+        if not self.running:
+            return
+        endpoint = endpoints.TCP4ServerEndpoint(self._reactor, self.options.port, interface=self.options.host)
+        d = endpoint.listen(self.site)
+
+        def listening(port):
+            self.port = port
+            self._log.info('gateway serving on http://{host}:{port}', host=self.options.host,
+                           port=port.getHost().port)
+            self.listening.callback(port)
+
+        def failed(failure):
+            self._log.critical('cannot listen on {host}:{port}: {err}', host=self.options.host,
+                               port=self.options.port, err=failure.getErrorMessage())
+            self.listening.errback(failure)
+            self._reactor.stop()
+
+        d.addCallbacks(listening, failed)
+
+    async def _stop(self):
+        if self.port is not None:
+            await self.port.stopListening()
+            self.port = None
+        idle = self.fleet.when_idle()
+        idle.addTimeout(self.drain_timeout, self._reactor)
+        try:
+            await idle
+        except defer.TimeoutError:
+            self._log.warn('{n} requests still in flight after {t}s; stopping anyway',
+                           n=self.fleet.in_flight, t=self.drain_timeout)
+        await self.supervisor.stopService()
+        await self.client.close()
+
+    def stopService(self):
+        self.running = False  # MultiService's own stop would stop the supervisor too early
+        return defer.Deferred.fromCoroutine(self._stop())
