@@ -20,7 +20,8 @@ def endpoint_file(endpoints_dir, server_class):
 
 
 def expected_class_name(server_class, suffix=WORKER_SUFFIX):
-    return server_class.replace('_', '') + suffix
+    # spelled as users write it (dummy_model_demo2 -> DummyModelDemo2Worker); matched without case
+    return ''.join(part[:1].upper() + part[1:] for part in server_class.split('_')) + suffix
 
 
 def load_module(path, module_name=None):

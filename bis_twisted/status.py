@@ -15,7 +15,7 @@ import time
 import psutil
 from twisted.logger import Logger
 
-from . import __version__ as LIB_VER
+from . import LIB_VER
 
 INFO = 'Memory Size is in GB. Total and avail mem may be reported inconsistently in containers.'
 MONITORED_PACKAGES = ('twisted', 'klein', 'treq', 'psutil', 'bis_twisted')

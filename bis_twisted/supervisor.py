@@ -210,11 +210,12 @@ class Supervisor(Service):
     def _signal(self, child, sig):
         if child.protocol is None:
             return
+        transport = child.protocol.transport
         try:
-            child.protocol.transport.signalProcess(sig)
-            # a SIGSTOP-ed child does not act on TERM until it is continued
-            if sig == 'TERM' and child.protocol.transport.pid:
-                os.kill(child.protocol.transport.pid, signal.SIGCONT)
+            transport.signalProcess(sig)
+            if sig == 'TERM':
+                # a SIGSTOP-ed child does not act on TERM until it is continued
+                transport.signalProcess(signal.SIGCONT)
         except (error.ProcessExitedAlready, OSError):
             pass
 
