@@ -58,25 +58,29 @@ class AdminGuard:
         if self._token is None:
             if is_loopback(host):
                 return
-            self._refuse(Forbidden, host, path, 'remote client and no admin token configured',
-                         'admin route {}: only local clients are served while {} is not set; '
-                         'call it from the server itself, or start the gateway with {} set and '
-                         '{}'.format(path, TOKEN_VARIABLE, TOKEN_VARIABLE, _HOW))
+            raise self._refusal(
+                Forbidden, host, path, 'remote client and no admin token configured',
+                'admin route {}: only local clients are served while {} is not set; call it '
+                'from the server itself, or start the gateway with {} set and {}'.format(
+                    path, TOKEN_VARIABLE, TOKEN_VARIABLE, _HOW))
         header = request.getHeader(b'authorization')
-        scheme, _, presented = (header or b'').strip().partition(b' ')
-        presented = presented.strip()
-        if scheme.lower() != b'bearer' or not presented:
+        parts = (header or b'').split(None, 1)
+        presented = parts[1].strip() if len(parts) == 2 else b''
+        if not parts or parts[0].lower() != b'bearer' or not presented:
             # RFC 6750: a 401 names the scheme the client should use
             request.setHeader(b'WWW-Authenticate', b'Bearer realm="bis admin"')
-            reason = 'no Authorization header' if header is None else 'Authorization is not Bearer'
-            self._refuse(Unauthorized, host, path, reason,
-                         'admin route {}: {}'.format(path, _HOW))
+            reason = ('no Authorization header' if header is None
+                      else "Authorization is not 'Bearer <token>'")
+            raise self._refusal(Unauthorized, host, path, reason,
+                                'admin route {}: {}'.format(path, _HOW))
         if not hmac.compare_digest(presented, self._token):
-            self._refuse(Forbidden, host, path, 'wrong bearer token',
-                         'admin route {}: the bearer token is wrong; {} with the value the '
-                         'gateway was started with'.format(path, _HOW))
+            raise self._refusal(
+                Forbidden, host, path, 'wrong bearer token',
+                'admin route {}: the bearer token is wrong; {} with the value the gateway was '
+                'started with'.format(path, _HOW))
 
-    def _refuse(self, error_class, host, path, reason, message):
+    def _refusal(self, error_class, host, path, reason, message):
+        """Log the refusal (no credentials in it) and return the error to raise."""
         self._log.warn('admin route {path} refused for client {client}: {reason} ({status})',
                        path=path, client=host, reason=reason, status=error_class.status)
-        raise error_class(message)
+        return error_class(message)

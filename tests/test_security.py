@@ -1,0 +1,196 @@
+"""security.py: the admin rule of API.md section 5."""
+
+import json
+
+import pytest
+from klein import Klein
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web.test.requesthelper import DummyRequest
+
+from bis_twisted.errors import BisError, Forbidden, Unauthorized
+from bis_twisted.security import AdminGuard, is_loopback
+from bis_twisted.web import error_answer, write_json
+
+TOKEN = 's3cr3t-Admin-T0ken-value'
+
+
+def dummy_request(client, path=b'/shutdown'):
+    request = DummyRequest([path.lstrip(b'/')])
+    request.client = client  # DummyRequest's `client=` argument is not stored (Twisted 26.10)
+    request.path = path  # a real Request has it; DummyRequest does not
+    return request
+
+
+def admin_request(host='127.0.0.1', authorization=None, path=b'/shutdown'):
+    request = dummy_request(IPv4Address('TCP', host, 40123), path)
+    if authorization is not None:
+        request.requestHeaders.setRawHeaders(b'authorization', [authorization])
+    return request
+
+
+@pytest.fixture
+def log_events():
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def refusals(events):
+    return [formatEvent(e) for e in events if 'refused' in (e.get('log_format') or '')]
+
+
+@pytest.mark.parametrize('host', ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1', '::1%lo'])
+def test_loopback_hosts(host):
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize('host', ['10.0.0.5', '172.17.0.1', '::ffff:10.0.0.5', 'fe80::1',
+                                  '0.0.0.0', 'localhost', '', None])
+def test_non_loopback_hosts(host):
+    assert not is_loopback(host)
+
+
+def test_loopback_client_without_token_is_served():
+    AdminGuard().check(admin_request('127.0.0.1'))
+    AdminGuard().check(dummy_request(IPv6Address('TCP', '::1', 40123)))
+
+
+def test_remote_client_without_token_is_forbidden(log_events):
+    with pytest.raises(Forbidden) as caught:
+        AdminGuard().check(admin_request('10.1.2.3'))
+    assert caught.value.status == 403
+    assert 'BIS_ADMIN_TOKEN' in caught.value.message and '/shutdown' in caught.value.message
+    [logged] = refusals(log_events)
+    assert '10.1.2.3' in logged and '/shutdown' in logged
+
+
+def test_unix_socket_client_without_token_is_forbidden():
+    with pytest.raises(Forbidden):
+        AdminGuard().check(dummy_request(UNIXAddress(b'/tmp/bis.sock')))
+
+
+def test_empty_token_counts_as_unset():
+    guard = AdminGuard('')
+    assert not guard.token_required
+    guard.check(admin_request('127.0.0.1'))
+
+
+@pytest.mark.parametrize('host', ['127.0.0.1', '10.1.2.3'])
+def test_with_token_a_request_without_authorization_is_unauthorized(host, log_events):
+    request = admin_request(host)
+    with pytest.raises(Unauthorized) as caught:
+        AdminGuard(TOKEN).check(request)
+    assert caught.value.status == 401
+    assert "Authorization: Bearer <BIS_ADMIN_TOKEN>" in caught.value.message
+    assert request.responseHeaders.getRawHeaders(b'www-authenticate') == [
+        b'Bearer realm="bis admin"']
+    [logged] = refusals(log_events)
+    assert host in logged and 'no Authorization header' in logged
+
+
+@pytest.mark.parametrize('header', [TOKEN.encode(), b'Basic ' + TOKEN.encode(), b'Bearer',
+                                    b'Bearer   '])
+def test_with_token_a_malformed_authorization_is_unauthorized(header):
+    with pytest.raises(Unauthorized):
+        AdminGuard(TOKEN).check(admin_request('10.1.2.3', header))
+
+
+@pytest.mark.parametrize('host', ['127.0.0.1', '10.1.2.3'])
+def test_with_token_a_wrong_token_is_forbidden(host):
+    with pytest.raises(Forbidden) as caught:
+        AdminGuard(TOKEN).check(admin_request(host, b'Bearer ' + TOKEN[:-1].encode()))
+    assert caught.value.status == 403
+    assert 'wrong' in caught.value.message
+
+
+def test_with_token_the_right_token_is_served_from_anywhere():
+    guard = AdminGuard(TOKEN)
+    guard.check(admin_request('10.1.2.3', b'Bearer ' + TOKEN.encode()))
+    guard.check(admin_request('127.0.0.1', b'bearer  ' + TOKEN.encode() + b' '))
+    guard.check(admin_request('127.0.0.1', b'Bearer\t' + TOKEN.encode()))
+
+
+def test_non_ascii_token_bytes_are_refused_not_crashed():
+    with pytest.raises(Forbidden):
+        AdminGuard(TOKEN).check(admin_request('10.1.2.3', 'Bearer tök€n'.encode('utf-8')))
+
+
+def test_token_from_environment():
+    assert AdminGuard.from_environ({'BIS_ADMIN_TOKEN': TOKEN}).token_required
+    assert not AdminGuard.from_environ({}).token_required
+
+
+def test_no_token_value_in_logs_or_messages(log_events):
+    guard = AdminGuard(TOKEN)
+    presented = TOKEN + 'x'  # a near miss is as secret as the token itself
+    messages = []
+    for request in (admin_request('10.1.2.3'),
+                    admin_request('10.1.2.3', b'Bearer ' + presented.encode()),
+                    admin_request('10.1.2.3', b'Token ' + presented.encode())):
+        with pytest.raises(BisError) as caught:
+            guard.check(request)
+        messages.append(caught.value.message)
+    assert len(refusals(log_events)) == 3
+    everything = repr(log_events) + ''.join(formatEvent(e) for e in log_events) + repr(messages)
+    assert TOKEN not in everything
+    assert presented not in everything
+
+
+class AdminApp:
+    """A minimal app wired the way the gateway is: the guard raises, one handler answers."""
+
+    app = Klein()
+
+    def __init__(self, guard):
+        self.guard = guard
+        self.shutdowns = 0
+
+    @app.handle_errors(BisError)
+    def error(self, request, failure):
+        return error_answer(request, failure)
+
+    @app.route('/shutdown', methods=['POST'])
+    def shutdown(self, request):
+        self.guard.check(request)
+        self.shutdowns += 1
+        return write_json(request, 200, {'MESSAGE': 'OK'})
+
+
+def result_of(deferred):
+    """StubTreq answers synchronously: the Deferred has fired by the time it is returned."""
+    results = []
+    deferred.addBoth(results.append)
+    assert results, 'the Deferred has not fired'
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def post_shutdown(service, headers=None):
+    # StubTreq's client is 127.0.0.1: the token rule applies to loopback callers too
+    client = StubTreq(service.app.resource())
+    response = result_of(client.post('http://127.0.0.1:5002/shutdown',
+                                     json={'SIGNATURE': 'SAFE_KILL_SERVER_CMD'},
+                                     headers=headers or {}))
+    body = json.loads(result_of(response.content()))
+    return response, body
+
+
+def test_a_refused_admin_call_answers_401_json_and_changes_nothing():
+    service = AdminApp(AdminGuard(TOKEN))
+    response, body = post_shutdown(service)
+    assert response.code == 401
+    assert 'Authorization: Bearer' in body['ERROR']
+    assert response.headers.getRawHeaders(b'www-authenticate') == [b'Bearer realm="bis admin"']
+    assert service.shutdowns == 0
+
+
+def test_an_authorized_admin_call_is_served():
+    service = AdminApp(AdminGuard(TOKEN))
+    response, body = post_shutdown(service, {b'Authorization': [b'Bearer ' + TOKEN.encode()]})
+    assert (response.code, body) == (200, {'MESSAGE': 'OK'})
+    assert service.shutdowns == 1
