@@ -14,7 +14,7 @@ import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .errors import ServiceUnavailable, UnknownSignature
+from .errors import BadRequest, ServiceUnavailable, UnknownSignature
 from .supervisor import ChildSpec
 
 HEALTH_TIMEOUT = 2.0
@@ -154,6 +154,50 @@ class Fleet:
         d = defer.Deferred(canceller=lambda d: self._idle_waiters.remove(d))
         self._idle_waiters.append(d)
         return d
+
+    def spawned_server(self, name):
+        """A server whose processes this gateway runs (admin routes act on these)."""
+        server = self.server(name)
+        if server.config.is_remote:
+            raise BadRequest('server {!r} runs elsewhere (URLS); it cannot be started or stopped from here'.format(name))
+        return server
+
+    def pids(self, name):
+        return [self.supervisor.status(t.child_name).pid for t in self.servers[name].targets
+                if t.child_name is not None]
+
+    def start(self, server):
+        """Start the server's stopped processes; False when all were running already."""
+        started = False
+        for target in server.targets:
+            status = self.supervisor.status(target.child_name)
+            if not (status.running and status.wanted):
+                self.supervisor.start_child(target.child_name)
+                started = True
+        return started
+
+    def stop(self, server):
+        return defer.DeferredList([self.supervisor.stop_child(t.child_name) for t in server.targets
+                                   if t.child_name is not None])
+
+    async def each_ready_target(self, server, call):
+        """``await call(target)`` on every ready target; 503 when none is ready."""
+        targets = [t for t in server.targets if self.target_ready(t)]
+        if not targets:
+            raise ServiceUnavailable('server {!r} is {}; retry shortly'.format(server.name, self._why_down(server)))
+        try:
+            return await defer.gatherResults([defer.Deferred.fromCoroutine(call(t)) for t in targets])
+        except defer.FirstError as exc:
+            raise ServiceUnavailable('server {!r} did not answer: {}'.format(
+                server.name, exc.subFailure.getErrorMessage())) from None
+
+    def remember_workers(self, server, size):
+        """Keep a new NR_WORKERS for the server's restarts."""
+        endpoint = attr.evolve(server.config, nr_workers=size, entry=dict(server.config.entry, NR_WORKERS=size))
+        server.config = endpoint
+        for target in server.targets:
+            if target.child_name is not None:
+                self.supervisor.replace_spec(self.child_spec(endpoint, target))
 
     # -- measured state ------------------------------------------------------------------------
     async def ping(self, target, timeout=HEALTH_TIMEOUT):

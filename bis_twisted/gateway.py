@@ -6,27 +6,43 @@ import socket
 
 from klein import Klein
 from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from . import LIB_VER
-from .errors import BadRequest
+from .errors import BadRequest, UnknownSignature
+from .security import AdminGuard
+from .status import system_alerts, system_status
 from .fleet import hms
 from .web import dumps, error_answer, now_text, request_inputs, write_json
 
 SIGNATURE = 'SIGNATURE'
+SHUTDOWN_SIGNATURE = 'SAFE_KILL_SERVER_CMD'
+HTTP_TIMEOUT = 5.0
+UPDATE_WORKERS_TIMEOUT = 120.0  # growing loads models
 
 
 class Gateway:
-    """The HTTP face of the gateway. ``fleet`` routes to the model servers."""
+    """The HTTP face of the gateway. ``fleet`` routes to the model servers; ``guard`` decides
+    who may use the admin routes; ``history`` is the start/stop history; ``shutdown`` is
+    called (after the answer went out) by ``/shutdown``."""
 
     app = Klein()
     _log = Logger()
 
-    def __init__(self, fleet, reactor=None, app_version=None):
+    def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
+                 shutdown=None, cache_dir='.', server_name='', support_names=()):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
         self.fleet = fleet
+        self.guard = guard or AdminGuard()
+        self.history = history
+        self._shutdown = shutdown
+        self.cache_dir = cache_dir
+        self.server_name = server_name
+        self.support_names = tuple(support_names)
+        self.support_data = {}
         self.started_at = reactor.seconds()
         self._static_fields = {
             'ver-app': app_version or os.environ.get('BIS_APP_VER') or LIB_VER,
@@ -90,6 +106,92 @@ class Gateway:
                                               'ERROR': 'not answering: {}'.format(', '.join(unready))},
                                {b'Retry-After': b'1'})
         return self.answer(request, 200, {'READY': True, 'NOT_READY': []})
+
+    # -- status ----------------------------------------------------------------------------------
+    @app.route('/system_status', methods=['GET', 'POST'])
+    async def system_status(self, request):
+        server_pids = {name: self.fleet.pids(name) for name in self.fleet.servers}
+        # psutil walks /proc: a few ms, kept off the reactor thread
+        status = await deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), system_status, gateway_pid=os.getpid(), server_pids=server_pids, server_name=self.server_name,
+            support_services=self.support_data, cache_dir=self.cache_dir)
+        return self.answer(request, 200, {
+            'SYSTEM_STATUS': status,
+            'SYSTEM_ALERTS': system_alerts(status),
+            'SYSTEM_HISTORY': self.history.snapshot() if self.history is not None else {},
+        })
+
+    @app.route('/support_update_status', methods=['POST'])
+    def support_update_status(self, request):
+        inputs = request_inputs(request)
+        name = self.signature_of(inputs)
+        if name not in self.support_names:
+            raise UnknownSignature('unknown support process {!r}; configured: {}'.format(
+                name, ', '.join(self.support_names) or 'none'))
+        data = {k: v for k, v in inputs.items() if k != SIGNATURE}
+        data['time'] = now_text()
+        self.support_data[name] = data
+        return self.answer(request, 200, {'MESSAGE': 'OK', 'SIGNATURE': name})
+
+    @app.route('/notifications', methods=['GET', 'POST'])
+    async def notifications(self, request):
+        server = self.fleet.server(self.signature_of(request_inputs(request)))
+        answers = await self.fleet.each_ready_target(server, lambda t: self.fleet.client.get_json(
+            t.url('/notifications'), HTTP_TIMEOUT))
+        if len(server.targets) == 1:
+            return self.answer(request, 200, dict(answers[0].body))
+        return self.answer(request, 200, {'REPLICAS': [a.body for a in answers]})
+
+    # -- admin -----------------------------------------------------------------------------------
+    @app.route('/start_server', methods=['POST'])
+    def start_server(self, request):
+        self.guard.check(request)
+        server = self.fleet.spawned_server(self.signature_of(request_inputs(request)))
+        started = self.fleet.start(server)
+        message = 'starting' if started else 'already running'
+        return self.answer(request, 200, {'MESSAGE': '{} {}'.format(server.name, message),
+                                          'SIGNATURE': server.name})
+
+    @app.route('/kill_server', methods=['POST'])
+    async def kill_server(self, request):
+        self.guard.check(request)
+        signature = self.signature_of(request_inputs(request))
+        if signature == '*':
+            servers = [s for s in self.fleet.servers.values() if not s.config.is_remote]
+        else:
+            servers = [self.fleet.spawned_server(signature)]
+        await defer.gatherResults([self.fleet.stop(s) for s in servers])
+        names = [s.name for s in servers]
+        return self.answer(request, 200, {'MESSAGE': 'stopped: {}; POST /start_server to start again'.format(
+            ', '.join(names)), 'KILLED': names})
+
+    @app.route('/update_workers', methods=['POST'])
+    async def update_workers(self, request):
+        self.guard.check(request)
+        inputs = request_inputs(request)
+        server = self.fleet.server(self.signature_of(inputs))
+        size = inputs.get('NR_WORKERS')
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise BadRequest('NR_WORKERS must be an integer >= 1, got {!r}'.format(size))
+        answers = await self.fleet.each_ready_target(server, lambda t: self.fleet.client.send_json(
+            t.url('/update_workers'), {'NR_WORKERS': size}, UPDATE_WORKERS_TIMEOUT))
+        failed = [a for a in answers if a.status != 200]
+        if failed:
+            return self.answer(request, failed[0].status, dict(failed[0].body))
+        self.fleet.remember_workers(server, size)
+        return self.answer(request, 200, {'MESSAGE': 'OK', 'NR_WORKERS': size, 'SIGNATURE': server.name})
+
+    @app.route('/shutdown', methods=['POST'])
+    def shutdown(self, request):
+        self.guard.check(request)
+        if self.signature_of(request_inputs(request)) != SHUTDOWN_SIGNATURE:
+            raise BadRequest('to shut the gateway down send {{"SIGNATURE": "{}"}}'.format(SHUTDOWN_SIGNATURE))
+        self._log.warn('shutdown requested by {client}', client=request.getClientAddress())
+        if self._shutdown is not None:
+            # after the answer has gone out: the stop closes the port and the children
+            request.notifyFinish().addBoth(lambda _: self._reactor.callLater(0, self._shutdown))
+        return self.answer(request, 200, {'MESSAGE': 'shutting down: the servers stop, the state is saved, '
+                                                     'then the gateway exits (run.sh starts it again)'})
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):

@@ -4,7 +4,8 @@ Start: the supervisor spawns the children; the web port opens at once with
 ``NO_STARTUP_WAIT``, otherwise when ``DEFAULT_SERVER`` is ready (no fixed sleeps). Stop, in
 order (``MultiService`` would stop children concurrently): close the port, let requests in
 flight finish (bounded by ``drain_timeout``), stop the children (TERM, then KILL), close the
-client pool.
+client pool, and
+save the start/stop history.
 """
 
 import os
@@ -19,7 +20,10 @@ from .config import load_config
 from .fleet import Fleet
 from .gateway import Gateway
 from .proxy import ChildClient
+from .security import AdminGuard
+from .status import StateHistory
 from .supervisor import Supervisor
+from .support import SupportProcess
 
 
 @attr.s(frozen=True)
@@ -60,13 +64,22 @@ class GatewayService(MultiService):
         self.fleet = Fleet(self.config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
                            execution_path=options.execution_path)
         self.fleet.register_children()
-        self.gateway = Gateway(self.fleet, reactor=reactor)
+        self.history = StateHistory.in_cache(options.cache, clock=reactor)
+        self.supports = [SupportProcess(e, self.fleet, options.port, endpoints_dir, reactor=reactor)
+                         for e in self.config.endpoints if e.is_support and not e.disabled]
+        for support in self.supports:
+            support.setServiceParent(self)
+        self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(options.admin_token),
+                               history=self.history, shutdown=self._reactor.stop, cache_dir=options.cache,
+                               server_name=self.config.server_name,
+                               support_names=[e.name for e in self.config.endpoints if e.is_support])
         self.site = Site(self.gateway.resource())
         self.site.noisy = False
         self.port = None
         self.listening = defer.Deferred()  # fires with the port once the gateway serves
 
     def startService(self):
+        self.history.startup()
         MultiService.startService(self)
         default = self.config.default_server
         endpoint = self.config.endpoint(default) if default else None
@@ -99,6 +112,8 @@ class GatewayService(MultiService):
         d.addCallbacks(listening, failed)
 
     async def _stop(self):
+        for support in self.supports:
+            await support.stopService()
         if self.port is not None:
             await self.port.stopListening()
             self.port = None
@@ -111,6 +126,7 @@ class GatewayService(MultiService):
                            n=self.fleet.in_flight, t=self.drain_timeout)
         await self.supervisor.stopService()
         await self.client.close()
+        self.history.shutdown()
 
     def stopService(self):
         self.running = False  # MultiService's own stop would stop the supervisor too early

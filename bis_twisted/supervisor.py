@@ -134,6 +134,10 @@ class Supervisor(Service):
         if self.running and start:
             self._spawn(child)
 
+    def replace_spec(self, spec):
+        """Use ``spec`` from the child's next start on (a running child is left alone)."""
+        self._children[spec.name].spec = spec
+
     def names(self):
         return list(self._children)
 
