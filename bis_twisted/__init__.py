@@ -9,5 +9,6 @@ LIB_VER = __version__
 
 from .worker import FlaskWorker, Worker  # noqa: E402
 from .logger import Logger  # noqa: E402
+from .compat import FlaskGateway, get_packages  # noqa: E402
 
-__all__ = ['FlaskWorker', 'Worker', 'Logger', 'LIB_VER', '__version__']
+__all__ = ['FlaskWorker', 'Worker', 'Logger', 'FlaskGateway', 'get_packages', 'LIB_VER', '__version__']

@@ -72,6 +72,13 @@ def main(argv=None):
     except ConfigError as exc:
         sys.stderr.write('bis-gateway: {}\n'.format(exc))
         raise SystemExit(2)
+    run(options, reactor)
+
+
+def run(options, reactor=None):
+    """Build the service tree for ``options`` and serve until the reactor stops."""
+    if reactor is None:
+        from twisted.internet import reactor
     service = build_service(options, reactor)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     log_to_files(options)
