@@ -18,7 +18,7 @@ NO_HOST = 'NO_HOST'
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_QUEUE = 1024
 DEFAULT_PING_INTERVAL = 10.0
-DEFAULT_MAX_BODY = 8 * 1024 * 1024
+DEFAULT_MAX_BODY_MB = 8
 
 
 @attr.s(frozen=True)
@@ -65,6 +65,7 @@ class GatewayConfig:
     server_name = attr.ib()
     endpoints = attr.ib()  # tuple of EndpointConfig, in file order
     extra = attr.ib(factory=dict, repr=False)  # other top-level keys
+    max_body_mb = attr.ib(default=DEFAULT_MAX_BODY_MB)
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -98,6 +99,7 @@ _ENDPOINT_KEYS = {
     'TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'MAX_QUEUE': (lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
     'REPLICAS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'URLS': (lambda v: isinstance(v, list) and v and all(
         isinstance(u, str) and u.startswith(('http://', 'https://')) for u in v),
         'a non-empty list of http:// URLs'),
@@ -108,6 +110,7 @@ _TOP_KEYS = {
     'NO_STARTUP_WAIT': (lambda v: isinstance(v, bool), 'true or false'),
     'SERVER_NAME': (lambda v: isinstance(v, str), 'a string'),
     'CONFIG_ENDPOINTS': (lambda v: isinstance(v, dict), 'an object of endpoint entries'),
+    'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
 }
 
 
@@ -154,7 +157,8 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
     extra = {k: v for k, v in data.items() if k not in _TOP_KEYS}
     return GatewayConfig(path=label, default_server=default_server,
                          no_startup_wait=data.get('NO_STARTUP_WAIT', False),
-                         server_name=data.get('SERVER_NAME', ''), endpoints=tuple(endpoints), extra=extra)
+                         server_name=data.get('SERVER_NAME', ''), endpoints=tuple(endpoints), extra=extra,
+                         max_body_mb=data.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB))
 
 
 def _check_endpoint_file(where, endpoints_dir, server_class, required):

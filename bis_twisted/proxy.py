@@ -97,18 +97,33 @@ class ChildClient:
         d = self.agent.request(b'POST', url, _JSON_HEADERS, BytesProducer(payload))
         d.addCallback(keep_response)
         d.addCallback(web_client.readBody)
-        d.addTimeout(timeout, self._reactor)
+        # Not Deferred.addTimeout: cancelling an Agent request fails it with
+        # ResponseNeverReceived([CancelledError]), which addTimeout does not turn into a
+        # TimeoutError; our own timer knows it fired.
+        timed_out = []
+
+        def expire():
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self._reactor.callLater(timeout, expire)
         try:
             raw = await d
-        except defer.TimeoutError:
-            raise GatewayTimeout('server {} did not answer within its TIMEOUT of {:g}s'.format(what, timeout)) from None
         except _NOT_CONNECTED as exc:
             raise _NotConnected(type(exc).__name__) from None
-        except (web_client.ResponseNeverReceived, web_client.ResponseFailed,
+        except (defer.CancelledError, web_client.ResponseNeverReceived, web_client.ResponseFailed,
                 web_client.RequestTransmissionFailed, web_client.PartialDownloadError,
                 net_error.ConnectionLost, net_error.ConnectionDone) as exc:
+            if timed_out:
+                raise GatewayTimeout('server {} did not answer within its TIMEOUT of {:g}s'.format(
+                    what, timeout)) from None
+            if _was_cancelled(exc):
+                raise defer.CancelledError() from None  # our caller gave up (client gone)
             raise BadGateway('server {} closed the connection before answering ({}); it may have '
                              'crashed'.format(what, _short(exc))) from None
+        finally:
+            if timer.active():
+                timer.cancel()
         status = response_holder[0].code
         try:
             body = json.loads(raw)
@@ -153,6 +168,12 @@ class _NotConnected(Exception):
     def __init__(self, reason):
         super().__init__(reason)
         self.reason = reason
+
+
+def _was_cancelled(exc):
+    if isinstance(exc, defer.CancelledError):
+        return True
+    return any(r.check(defer.CancelledError) for r in getattr(exc, 'reasons', None) or ())
 
 
 def _short(exc):

@@ -22,7 +22,6 @@ from klein import Klein
 from twisted.internet import defer, endpoints, stdio
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from . import LIB_VER
 from .errors import BadRequest, BisError, EndpointLoadError, ServiceUnavailable
@@ -30,7 +29,7 @@ from .loader import load_worker_class
 from .logger import Logger as CompatLogger
 from .notifications import Notifications
 from .pool import WorkerLoadError, WorkerPool
-from .web import error_answer, now_text, request_inputs, write_json
+from .web import DEFAULT_MAX_BODY_MB, error_answer, make_site, now_text, request_inputs, write_json
 
 DEFAULT_MAX_QUEUE = 1024
 READY_LINE = 'BIS-SERVER-READY'
@@ -155,10 +154,6 @@ class _ParentWatch(Protocol):
         self._on_lost()
 
 
-def _no_access_log(request):
-    pass
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog='python -m bis_twisted.server',
                                      description='Run one bis_twisted model server.')
@@ -220,9 +215,7 @@ def main(argv=None):
         stdio.StandardIO(_ParentWatch(parent_gone), stdin=0,
                          stdout=os.open(os.devnull, os.O_WRONLY), reactor=reactor)
 
-    site = Site(server.resource())
-    site.noisy = False
-    site.log = _no_access_log  # one log line per request would cost more than the routing
+    site = make_site(server.resource(), max_body_mb=config.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB))
     listening = endpoints.TCP4ServerEndpoint(reactor, args.port, interface=args.host).listen(site)
 
     ports = []

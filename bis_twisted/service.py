@@ -14,7 +14,6 @@ import attr
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from .config import load_config
 from .fleet import Fleet
@@ -23,6 +22,7 @@ from .proxy import ChildClient
 from .security import AdminGuard
 from .status import StateHistory
 from .supervisor import Supervisor
+from .web import make_site
 from .support import SupportProcess
 
 
@@ -73,8 +73,7 @@ class GatewayService(MultiService):
                                history=self.history, shutdown=self._reactor.stop, cache_dir=options.cache,
                                server_name=self.config.server_name,
                                support_names=[e.name for e in self.config.endpoints if e.is_support])
-        self.site = Site(self.gateway.resource())
-        self.site.noisy = False
+        self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb)
         self.port = None
         self.listening = defer.Deferred()  # fires with the port once the gateway serves
 

@@ -3,14 +3,19 @@ writing JSON answers, turning our errors (and Klein's routing errors) into ``{"E
 """
 
 import base64
+import io
 import json
 import time
 from urllib.parse import parse_qsl
 
 from twisted.logger import Logger
+from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
 from .errors import BadRequest, BisError
+
+DEFAULT_MAX_BODY_MB = 8
+IDLE_TIMEOUT = 60  # seconds a connection may stay silent (twisted.web's default is 12 hours)
 
 _log = Logger()
 
@@ -116,3 +121,62 @@ def error_answer(request, failure, extra_fields=None):
     if extra_fields:
         body.update(extra_fields())
     return write_json(request, status, body, headers)
+
+
+class LimitedRequest(Request):
+    """A request that refuses a body over ``max_body`` bytes with 413 before buffering it.
+
+    twisted.web has no such cap (Twisted #4898): a ``Content-Length`` over the limit is
+    refused as soon as the headers are read, a chunked body as soon as it passes the limit;
+    the connection is then closed, since the rest of the body will not be read.
+    """
+
+    max_body = DEFAULT_MAX_BODY_MB * 1024 * 1024
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self.content = io.BytesIO()
+            self._refuse()
+            return
+        Request.gotLength(self, length)
+
+    def handleContentChunk(self, data):
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.max_body:
+            self._refuse()
+            return
+        Request.handleContentChunk(self, data)
+
+    def requestReceived(self, command, path, version):
+        if not self._refused:
+            Request.requestReceived(self, command, path, version)
+
+    def _refuse(self):
+        self._refused = True
+        body = dumps({'ERROR': 'request body over the limit of {} bytes; send less, or raise MAX_BODY_MB '
+                               'in the config'.format(self.max_body)})
+        head = ('HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n'
+                'Content-Length: {}\r\nConnection: close\r\n\r\n'.format(len(body))).encode('ascii')
+        transport = self.channel.transport
+        transport.write(head + body)
+        transport.loseConnection()
+
+
+def limited_request_factory(max_body_mb):
+    """A ``requestFactory`` for ``Site`` with a body cap of ``max_body_mb`` MiB."""
+    return type('LimitedRequest', (LimitedRequest,), {'max_body': int(max_body_mb * 1024 * 1024)})
+
+
+def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False):
+    """A ``Site`` with the body cap, an idle timeout, and (by default) no access log: one
+    log line per request costs more than routing it."""
+
+    site = Site(resource, requestFactory=limited_request_factory(max_body_mb), timeout=IDLE_TIMEOUT)
+    site.noisy = False
+    if not access_log:
+        site.log = lambda request: None
+    return site
