@@ -1,0 +1,81 @@
+"""Iris classifier: a real model behind an endpoint, written to be copied.
+
+Each worker fits a scikit-learn logistic regression on the iris data set, which ships with
+scikit-learn (nothing is downloaded). Send one flower or several, in centimetres::
+
+    {"SIGNATURE": "iris_classifier", "FEATURES": [5.1, 3.5, 1.4, 0.2]}
+    {"SIGNATURE": "iris_classifier", "FEATURES": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
+
+The features are sepal length, sepal width, petal length and petal width. A malformed input
+raises ValueError in ``_pre_process``, which the server answers with status 400.
+"""
+
+import math
+
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from bis_twisted import FlaskWorker
+
+_CONFIG = {
+    'C': 1.0,         # inverse regularisation strength of the logistic regression
+    'MAX_ITER': 500,
+}
+
+FEATURES_HELP = ('send "FEATURES": [sepal_length, sepal_width, petal_length, petal_width] '
+                 '(numbers, cm), or a list of such rows')
+
+
+class IrisClassifierWorker(FlaskWorker):
+
+    def _load_model(self):
+        iris = load_iris()
+        self.labels = [str(name) for name in iris.target_names]
+        self.model = make_pipeline(
+            StandardScaler(),
+            LogisticRegression(C=float(self.cfg_c), max_iter=int(self.cfg_max_iter)),
+        )
+        self.model.fit(iris.data, iris.target)
+        self.train_accuracy = float(self.model.score(iris.data, iris.target))
+        self.log.P('iris model fitted; train accuracy {:.3f}'.format(self.train_accuracy))
+
+    def _pre_process(self, inputs):
+        if 'FEATURES' not in inputs:
+            raise ValueError('FEATURES is missing; ' + FEATURES_HELP)
+        rows = inputs['FEATURES']
+        if not isinstance(rows, list) or not rows:
+            raise ValueError('FEATURES must be a non-empty list, got {!r}; {}'.format(rows, FEATURES_HELP))
+        if not isinstance(rows[0], list):
+            rows = [rows]  # a single flower
+        for index, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) != 4:
+                raise ValueError('FEATURES row {} must be a list of 4 numbers, got {!r}; {}'.format(
+                    index, row, FEATURES_HELP))
+            for value in row:
+                # bool is an int in Python, but `true` is not a measurement
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError('FEATURES row {}: {!r} is not a finite number; {}'.format(
+                        index, value, FEATURES_HELP))
+        return rows
+
+    def _predict(self, prep_inputs):
+        probabilities = self.model.predict_proba(prep_inputs)
+        return probabilities.argmax(axis=1), probabilities
+
+    def _post_process(self, pred):
+        class_ids, probabilities = pred
+        predictions = [
+            {
+                'label': self.labels[class_id],
+                'class_id': int(class_id),
+                'probabilities': {label: round(float(p), 4) for label, p in zip(self.labels, row)},
+            }
+            for class_id, row in zip(class_ids, probabilities)
+        ]
+        return {
+            'predictions': predictions,
+            'model': 'LogisticRegression',
+            'train_accuracy': round(self.train_accuracy, 4),
+        }
