@@ -21,6 +21,8 @@ setup(
     extras_require={
         # the example iris endpoint fits a scikit-learn model on a data set it ships
         'examples': ['scikit-learn>=1.2'],
+        # bench/run_bench.py draws its chart with matplotlib (wrk comes from apt)
+        'bench': ['matplotlib>=3.6'],
         'test': [
             'scikit-learn>=1.2',
             'pytest>=7',

@@ -29,7 +29,7 @@ from .loader import load_worker_class
 from .logger import Logger as CompatLogger
 from .notifications import Notifications
 from .pool import WorkerLoadError, WorkerPool
-from .web import DEFAULT_MAX_BODY_MB, error_answer, make_site, now_text, request_inputs, write_json
+from .web import DEFAULT_MAX_BODY_MB, LISTEN_BACKLOG, error_answer, make_site, now_text, request_inputs, write_json
 
 DEFAULT_MAX_QUEUE = 1024
 READY_LINE = 'BIS-SERVER-READY'
@@ -216,7 +216,7 @@ def main(argv=None):
                          stdout=os.open(os.devnull, os.O_WRONLY), reactor=reactor)
 
     site = make_site(server.resource(), max_body_mb=config.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB))
-    listening = endpoints.TCP4ServerEndpoint(reactor, args.port, interface=args.host).listen(site)
+    listening = endpoints.TCP4ServerEndpoint(reactor, args.port, backlog=LISTEN_BACKLOG, interface=args.host).listen(site)
 
     ports = []
 

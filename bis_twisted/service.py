@@ -22,7 +22,7 @@ from .proxy import ChildClient
 from .security import AdminGuard
 from .status import StateHistory
 from .supervisor import Supervisor
-from .web import make_site
+from .web import LISTEN_BACKLOG, make_site
 from .support import SupportProcess
 
 
@@ -93,7 +93,8 @@ class GatewayService(MultiService):
     def _listen(self):
         if not self.running:
             return
-        endpoint = endpoints.TCP4ServerEndpoint(self._reactor, self.options.port, interface=self.options.host)
+        endpoint = endpoints.TCP4ServerEndpoint(self._reactor, self.options.port, backlog=LISTEN_BACKLOG,
+                                                interface=self.options.host)
         d = endpoint.listen(self.site)
 
         def listening(port):

@@ -15,6 +15,8 @@ from werkzeug.exceptions import HTTPException
 from .errors import BadRequest, BisError
 
 DEFAULT_MAX_BODY_MB = 8
+# Twisted's default backlog is 50: a burst of new connections past it waits for SYN retries
+LISTEN_BACKLOG = 1024
 IDLE_TIMEOUT = 60  # seconds a connection may stay silent (twisted.web's default is 12 hours)
 
 _log = Logger()

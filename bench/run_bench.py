@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""The bis_twisted benchmark: one command, side-by-side figures from one run.
+
+    python bench/run_bench.py                # full run (about 4 minutes)
+    python bench/run_bench.py --duration 3   # shorter wrk runs
+
+It starts the real gateway (``bis-gateway``) on loopback with the endpoints in
+``bench/endpoints`` and drives it with ``wrk`` (installed with apt-get if missing):
+
+- requests/s and p50/p99 latency straight to the endpoint server and through the gateway,
+  for a trivial endpoint (echo) and a CPU-light one, at concurrency 1, 16, 64 and 256,
+  direct and gateway runs interleaved so machine noise hits both alike;
+- the gateway's and each child's memory;
+- time from launch to ready (the example config_gateway.txt, and the bench config);
+- time until a child's endpoint serves again after ``kill -9``;
+- 1,000 concurrent requests to a model that sleeps 1 s with 100 workers: all answered?,
+  with the gateway's peak memory;
+- a CPU-bound endpoint with REPLICAS 1 and 2.
+
+Prints the table, and writes it (Markdown + JSON) and a PNG chart (if matplotlib is
+installed: ``pip install -e '.[bench]'``) under ``bench/results/``.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, 'results')
+CONCURRENCY = (1, 16, 64, 256)
+
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def ensure_wrk():
+    if shutil.which('wrk'):
+        return shutil.which('wrk')
+    print('wrk not found: installing it with apt-get (Debian package "wrk")', flush=True)
+    subprocess.run(['apt-get', 'update', '-qq'], check=False)
+    subprocess.run(['apt-get', 'install', '-y', '-qq', 'wrk'], check=True)
+    return shutil.which('wrk')
+
+
+def free_block(size):
+    port = 30000 + (os.getpid() % 1000) * 20
+    while True:
+        try:
+            socks = []
+            for p in range(port, port + size):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(('127.0.0.1', p))
+            return port
+        except OSError:
+            port += size
+        finally:
+            for s in socks:
+                s.close()
+
+
+def http(method, url, body=None, timeout=10):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={'Content-Type': 'application/json'})
+    try:
+        with _opener.open(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b'{}')
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b'{}')
+
+
+def wait_for(probe, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if probe():
+                return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise RuntimeError('timed out waiting for ' + what)
+
+
+class Gateway:
+    def __init__(self, config, endpoints, workdir):
+        self.port = free_block(16)
+        cfg_path = os.path.join(workdir, 'config_{}.json'.format(self.port))
+        with open(cfg_path, 'w') as fh:
+            json.dump(config, fh)
+        self.url = 'http://127.0.0.1:{}'.format(self.port)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, '-m', 'bis_twisted.cli', '--config', cfg_path, '--port', str(self.port),
+             '--host', '127.0.0.1', '--endpoints', endpoints, '--cache', os.path.join(workdir, '_cache')],
+            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.ready_at = wait_for(lambda: http('GET', self.url + '/ready', timeout=2)[0] == 200, 60, '/ready')
+
+    @property
+    def ready_seconds(self):
+        return self.ready_at - self.started
+
+    def servers(self):
+        return http('GET', self.url + '/list_servers')[1]['AVAIL_SERVERS']
+
+    def memory(self):
+        gw = psutil.Process(self.proc.pid)
+        out = {'gateway': gw.memory_info().rss / 2 ** 20}
+        for name, info in self.servers().items():
+            pids = [r['PID'] for r in info.get('REPLICAS', [])] or [info['PID']]
+            out[name] = sum(psutil.Process(p).memory_info().rss for p in pids if p) / 2 ** 20
+        return out
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def wrk(wrk_bin, url, body, concurrency, duration, timeout=10):
+    script = tempfile.NamedTemporaryFile('w', suffix='.lua', delete=False)
+    script.write('wrk.method = "POST"\nwrk.body = {!r}\nwrk.headers["Content-Type"] = "application/json"\n'
+                 .format(json.dumps(body)))
+    script.close()
+    threads = min(2, concurrency)
+    out = subprocess.run([wrk_bin, '-t', str(threads), '-c', str(concurrency), '-d', '{}s'.format(duration),
+                          '--timeout', '{}s'.format(timeout), '--latency', '-s', script.name, url],
+                         capture_output=True, text=True).stdout
+    os.unlink(script.name)
+    return parse_wrk(out)
+
+
+def _ms(text):
+    value, unit = re.match(r'([\d.]+)(us|ms|s|m)', text).groups()
+    return float(value) * {'us': 0.001, 'ms': 1, 's': 1000, 'm': 60000}[unit]
+
+
+def parse_wrk(out):
+    rps = float(re.search(r'Requests/sec:\s+([\d.]+)', out).group(1))
+    p50 = _ms(re.search(r'\s50%\s+(\S+)', out).group(1))
+    p99 = _ms(re.search(r'\s99%\s+(\S+)', out).group(1))
+    total = int(re.search(r'(\d+) requests in', out).group(1))
+    non2xx = int((re.search(r'Non-2xx or 3xx responses: (\d+)', out) or [0, 0])[1])
+    sock = re.search(r'Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)', out)
+    sock_errors = sum(int(x) for x in sock.groups()) if sock else 0
+    return {'rps': rps, 'p50_ms': p50, 'p99_ms': p99, 'requests': total, 'errors': non2xx + sock_errors}
+
+
+def direct_url(gateway, name):
+    return gateway.servers()[name]['URLS'][0]
+
+
+def bench_throughput(wrk_bin, gateway, duration):
+    rows = []
+    for name, body in (('echo', {'SIGNATURE': 'echo', 'INPUT_VALUE': 'x'}),
+                       ('cpu_light', {'SIGNATURE': 'cpu_light', 'INPUT_VALUE': 200})):
+        direct = direct_url(gateway, name)
+        for c in CONCURRENCY:
+            d = wrk(wrk_bin, direct, body, c, duration)
+            g = wrk(wrk_bin, gateway.url + '/run', body, c, duration)
+            row = {'endpoint': name, 'c': c, 'direct': d, 'gateway': g, 'ratio': g['rps'] / d['rps'] if d['rps'] else 0,
+                   'added_p50_ms': g['p50_ms'] - d['p50_ms']}
+            rows.append(row)
+            print('{:<10} c={:<4} direct {:>8.0f} req/s p50 {:6.2f} ms p99 {:7.2f} ms | gateway {:>8.0f} req/s '
+                  'p50 {:6.2f} ms p99 {:7.2f} ms | ratio {:4.0%} errors {}/{}'.format(
+                      name, c, d['rps'], d['p50_ms'], d['p99_ms'], g['rps'], g['p50_ms'], g['p99_ms'],
+                      row['ratio'], d['errors'], g['errors']), flush=True)
+    return rows
+
+
+def bench_recovery(gateway, name='echo'):
+    pid = gateway.servers()[name]['PID']
+    body = {'SIGNATURE': name, 'INPUT_VALUE': 'x'}
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    back = wait_for(lambda: http('POST', gateway.url + '/run', body, timeout=2)[0] == 200, 30, 'recovery')
+    return back - killed
+
+
+def bench_sleepers(wrk_bin, gateway, duration):
+    peak = [0.0]
+    stop = threading.Event()
+    proc = psutil.Process(gateway.proc.pid)
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss / 2 ** 20)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    result = wrk(wrk_bin, gateway.url + '/run', {'SIGNATURE': 'sleeper', 'SECONDS': 1}, 1000, duration, timeout=30)
+    stop.set()
+    sampler.join()
+    result['gateway_peak_mb'] = peak[0]
+    return result
+
+
+def bench_replicas(wrk_bin, gateway, duration):
+    out = {}
+    for name in ('cpu_bound_1', 'cpu_bound_2'):
+        out[name] = wrk(wrk_bin, gateway.url + '/run', {'SIGNATURE': name, 'INPUT_VALUE': 200000}, 8, duration)
+    return out
+
+
+def launch_to_ready_examples(workdir):
+    gw = Gateway(json.load(open(os.path.join(REPO, 'config_gateway.txt'))), os.path.join(REPO, 'endpoints'), workdir)
+    seconds = gw.ready_seconds
+    gw.stop()
+    return seconds
+
+
+def write_report(report, stamp):
+    os.makedirs(RESULTS, exist_ok=True)
+    base = os.path.join(RESULTS, 'bench-' + stamp)
+    with open(base + '.json', 'w') as fh:
+        json.dump(report, fh, indent=2)
+    lines = ['# bis_twisted benchmark {}'.format(stamp), '',
+             'machine: {} cores, {:.0f} GiB, {}, Python {}'.format(
+                 psutil.cpu_count(), psutil.virtual_memory().total / 2 ** 30, report['platform'], report['python']),
+             '', '| endpoint | c | direct req/s | direct p50 ms | direct p99 ms | gateway req/s | gateway p50 ms '
+                 '| gateway p99 ms | ratio | gateway errors |', '|---|---|---|---|---|---|---|---|---|---|']
+    for r in report['throughput']:
+        lines.append('| {} | {} | {:.0f} | {:.2f} | {:.2f} | {:.0f} | {:.2f} | {:.2f} | {:.0%} | {} |'.format(
+            r['endpoint'], r['c'], r['direct']['rps'], r['direct']['p50_ms'], r['direct']['p99_ms'],
+            r['gateway']['rps'], r['gateway']['p50_ms'], r['gateway']['p99_ms'], r['ratio'], r['gateway']['errors']))
+    s = report['sleepers']
+    lines += ['', '| measure | value |', '|---|---|',
+              '| launch to ready, example config_gateway.txt | {:.2f} s |'.format(report['ready_examples_s']),
+              '| launch to ready, bench config | {:.2f} s |'.format(report['ready_bench_s']),
+              '| serving again after kill -9 of a child | {:.3f} s |'.format(report['recovery_s']),
+              '| 1,000 concurrent to a 1 s model, 100 workers | {} requests, {} errors, p50 {:.0f} ms, p99 {:.0f} ms |'.format(
+                  s['requests'], s['errors'], s['p50_ms'], s['p99_ms']),
+              '| gateway peak memory during that | {:.0f} MB |'.format(s['gateway_peak_mb'])]
+    for name, mb in report['memory_mb'].items():
+        lines.append('| memory of {} | {:.0f} MB |'.format(name, mb))
+    rep = report['replicas']
+    lines.append('| CPU-bound, REPLICAS 1 vs 2 (c=8) | {:.1f} vs {:.1f} req/s ({:.2f}x) |'.format(
+        rep['cpu_bound_1']['rps'], rep['cpu_bound_2']['rps'],
+        rep['cpu_bound_2']['rps'] / rep['cpu_bound_1']['rps'] if rep['cpu_bound_1']['rps'] else 0))
+    text = '\n'.join(lines) + '\n'
+    with open(base + '.md', 'w') as fh:
+        fh.write(text)
+    print('\n' + text)
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('(no chart: pip install matplotlib)')
+        return base
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for endpoint in ('echo', 'cpu_light'):
+        rows = [r for r in report['throughput'] if r['endpoint'] == endpoint]
+        cs = [r['c'] for r in rows]
+        for path, style in (('direct', '--'), ('gateway', '-')):
+            ax1.plot(cs, [r[path]['rps'] for r in rows], style, marker='o', label='{} {}'.format(endpoint, path))
+            ax2.plot(cs, [r[path]['p99_ms'] for r in rows], style, marker='o', label='{} {}'.format(endpoint, path))
+    for ax, title in ((ax1, 'throughput (req/s)'), (ax2, 'p99 latency (ms)')):
+        ax.set_xscale('log', base=2)
+        ax.set_xticks(CONCURRENCY)
+        ax.set_xticklabels([str(c) for c in CONCURRENCY])
+        ax.set_xlabel('concurrency')
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(base + '.png', dpi=100)
+    print('chart: ' + base + '.png')
+    return base
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--duration', type=int, default=5, help='seconds per wrk run (default 5)')
+    args = parser.parse_args()
+    wrk_bin = ensure_wrk()
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    workdir = tempfile.mkdtemp(prefix='bis-bench-')
+    config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'echo', 'CONFIG_ENDPOINTS': {
+        'echo': {'NR_WORKERS': 4},
+        'cpu_light': {'NR_WORKERS': 4},
+        'sleeper': {'NR_WORKERS': 100, 'MAX_QUEUE': 2000, 'TIMEOUT': 60},
+        'cpu_bound_1': {'SERVER_CLASS': 'cpu_bound', 'NR_WORKERS': 4},
+        'cpu_bound_2': {'SERVER_CLASS': 'cpu_bound', 'NR_WORKERS': 4, 'REPLICAS': 2},
+    }}
+    report = {'platform': sys.platform, 'python': sys.version.split()[0], 'duration_s': args.duration}
+    report['ready_examples_s'] = launch_to_ready_examples(workdir)
+    print('launch to ready (example config): {:.2f} s'.format(report['ready_examples_s']), flush=True)
+    gateway = Gateway(config, os.path.join(HERE, 'endpoints'), workdir)
+    try:
+        report['ready_bench_s'] = gateway.ready_seconds
+        report['throughput'] = bench_throughput(wrk_bin, gateway, args.duration)
+        report['memory_mb'] = gateway.memory()
+        report['recovery_s'] = bench_recovery(gateway)
+        print('serving again {:.3f} s after kill -9'.format(report['recovery_s']), flush=True)
+        report['sleepers'] = bench_sleepers(wrk_bin, gateway, max(args.duration, 10))
+        print('1000 concurrent to sleeper: {}'.format(report['sleepers']), flush=True)
+        report['replicas'] = bench_replicas(wrk_bin, gateway, args.duration)
+    finally:
+        gateway.stop()
+    write_report(report, stamp)
+
+
+if __name__ == '__main__':
+    main()
