@@ -17,7 +17,9 @@ from treq.client import HTTPClient
 from twisted.internet import defer, error as net_error
 from twisted.web import client as web_client
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from .errors import BadGateway, GatewayTimeout, ServiceUnavailable
@@ -73,7 +75,8 @@ class ChildClient:
             pool.cachedConnectionTimeout = 120
             pool.retryAutomatically = False  # a POST the child may have run is never replayed
         self.pool = pool
-        self.agent = agent or web_client.Agent(reactor, pool=pool, connectTimeout=5)
+        self.agent = agent or web_client.Agent.usingEndpointFactory(
+            reactor, _LoopbackEndpoints(reactor), pool=pool)
         self.http = HTTPClient(self.agent)
 
     async def post_json(self, url, payload, timeout, what):
@@ -154,6 +157,47 @@ class ChildClient:
 
     def close(self):
         return self.pool.closeCachedConnections()
+
+
+@implementer(IAgentEndpointFactory)
+class _LoopbackEndpoints:
+    """Endpoints to the children, made once per (host, port) and with TCP_NODELAY.
+
+    The default factory builds a ``HostnameEndpoint`` per request (IDNA-encoding the host
+    each time), and Nagle's algorithm held the request's body back behind its headers until
+    the child's delayed ACK, ~40 ms at a time under load.
+    """
+
+    def __init__(self, reactor, connect_timeout=5):
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._cache = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            if uri.scheme != b'http':
+                endpoint = web_client._StandardEndpointFactory(self._reactor, self._timeout, None).endpointForURI(uri)
+            else:
+                endpoint = _NoDelayEndpoint(TCP4ClientEndpoint(self._reactor, uri.host.decode('ascii'), uri.port,
+                                                               timeout=self._timeout))
+            self._cache[key] = endpoint
+        return endpoint
+
+
+@implementer(IStreamClientEndpoint)
+class _NoDelayEndpoint:
+    def __init__(self, wrapped):
+        self._wrapped = wrapped
+
+    def connect(self, factory):
+        return self._wrapped.connect(factory).addCallback(_no_delay)
+
+
+def _no_delay(protocol):
+    protocol.transport.setTcpNoDelay(True)
+    return protocol
 
 
 class _QuietFactory(web_client._HTTP11ClientFactory):
