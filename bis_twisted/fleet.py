@@ -9,12 +9,14 @@ target answers.
 import datetime
 import json
 import sys
+from urllib.parse import urlsplit
 
 import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import BadRequest, ServiceUnavailable, UnknownSignature
+from .proxy import NotConnected
 from .supervisor import ChildSpec
 
 HEALTH_TIMEOUT = 2.0
@@ -33,6 +35,7 @@ class Target:
         self.index = index
         self.base_url = base_url
         self.child_name = child_name  # None for a remote URL
+        self.execution_path = execution_path
         self.run_url = (base_url + execution_path).encode('ascii')  # built once: the hot path
         self.in_flight = 0
         self.remote_ok = True  # remote targets: last ping's verdict
@@ -75,7 +78,10 @@ class Fleet:
             server = Server(endpoint)
             if endpoint.is_remote:
                 for i, url in enumerate(endpoint.urls):
-                    server.targets.append(Target(server, i, url, None, execution_path))
+                    # "http://host:port/run": the path, when given, is that server's execution path
+                    parts = urlsplit(url)
+                    base = '{}://{}'.format(parts.scheme, parts.netloc)
+                    server.targets.append(Target(server, i, base, None, parts.path or execution_path))
             else:
                 for i, port in enumerate(endpoint.ports):
                     child = endpoint.name if endpoint.replicas == 1 else '{}#{}'.format(endpoint.name, i)
@@ -111,11 +117,13 @@ class Fleet:
             return target.remote_ok
         return self.supervisor.is_ready(target.child_name)
 
-    def pick(self, server):
+    def pick(self, server, exclude=()):
         """The ready target with the fewest requests in flight, or 503 saying why none is."""
         best = None
         for target in server.targets:
-            if self.target_ready(target) and (best is None or target.in_flight < best.in_flight):
+            if target in exclude or not self.target_ready(target):
+                continue
+            if best is None or target.in_flight < best.in_flight:
                 best = target
         if best is None:
             raise ServiceUnavailable('server {!r} is {}; retry shortly'.format(server.name, self._why_down(server)))
@@ -133,12 +141,28 @@ class Fleet:
         return 'restarting' + (' after: {}'.format(last) if last else '')
 
     async def run(self, name, payload):
+        """Send ``payload`` to the least busy ready target of server ``name``. A target the
+        request never reached (refused: it just died) is skipped for the next one; a request a
+        target may have run is never sent twice."""
         server = self.server(name)
-        target = self.pick(server)
+        tried = []
+        while True:
+            target = self.pick(server, exclude=tried)
+            try:
+                return await self._send(server, target, payload)
+            except NotConnected as exc:
+                tried.append(target)
+                if target.child_name is None:
+                    target.remote_ok = False
+                if len(tried) >= len(server.targets):
+                    raise ServiceUnavailable('server {!r} is not accepting connections ({}); it may be '
+                                             'restarting, retry shortly'.format(name, exc.reason)) from None
+
+    async def _send(self, server, target, payload):
         target.in_flight += 1
         self.in_flight += 1
         try:
-            return await self.client.post_json(target.run_url, payload, server.config.timeout, repr(name))
+            return await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name))
         finally:
             target.in_flight -= 1
             self.in_flight -= 1
@@ -229,7 +253,7 @@ class Fleet:
         result = {
             'ONLINE': any(r['ONLINE'] for r in replicas),
             'ERROR': next((r.get('ERROR') for r in replicas if r.get('ERROR')), None),
-            'URLS': [r['URL'] + self.execution_path for r in replicas],
+            'URLS': [t.run_url.decode('ascii') for t in server.targets],
             'PATHS': [self.execution_path] + list(SERVER_PATHS),
             'PORT': first.get('PORT'),
             'UPTIME': first.get('UPTIME'),

@@ -6,7 +6,7 @@ per-request work (URL parsing, IDNA, cookie jar) measured as the larger part of 
 cost in our prototypes (issue 7). Everything else (health pings, notifications, admin calls)
 uses ``treq.client.HTTPClient`` over the same agent.
 
-Every call has a deadline (``Deferred.addTimeout``) and is cancellable: when the gateway's
+Every call has a deadline and is cancellable: when the gateway's
 client goes away, the call to the child is abandoned (its connection aborted).
 """
 
@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
-from .errors import BadGateway, GatewayTimeout, ServiceUnavailable
+from .errors import BadGateway, GatewayTimeout
 
 _JSON_HEADERS = Headers({b'Content-Type': [b'application/json'], b'User-Agent': [b'bis-gateway']})
 
@@ -72,7 +72,7 @@ class ChildClient:
         if pool is None:
             pool = _QuietPool(reactor, persistent=True)
             pool.maxPersistentPerHost = max_per_host
-            pool.cachedConnectionTimeout = 120
+            pool.cachedConnectionTimeout = 50  # under the child's idle timeout (60 s)
             pool.retryAutomatically = False  # a POST the child may have run is never replayed
         self.pool = pool
         self.agent = agent or web_client.Agent.usingEndpointFactory(
@@ -81,14 +81,11 @@ class ChildClient:
 
     async def post_json(self, url, payload, timeout, what):
         """POST ``payload`` (bytes) to ``url`` (bytes); ``what`` names the server in errors.
-        A failure to connect is retried once (the request never reached the child)."""
-        for attempt in (1, 2):
-            try:
-                return await self._post_once(url, payload, timeout, what)
-            except _NotConnected as exc:
-                if attempt == 2:
-                    raise ServiceUnavailable('server {} is not accepting connections ({}); '
-                                             'it may be restarting, retry shortly'.format(what, exc.reason)) from None
+
+        Raises ``NotConnected`` when the request never reached the child (the caller may try
+        another replica), ``GatewayTimeout``, ``BadGateway``, or ``CancelledError`` when our
+        own caller gave up."""
+        return await self._post_once(url, payload, timeout, what)
 
     async def _post_once(self, url, payload, timeout, what):
         response_holder = []
@@ -113,7 +110,7 @@ class ChildClient:
         try:
             raw = await d
         except _NOT_CONNECTED as exc:
-            raise _NotConnected(type(exc).__name__) from None
+            raise NotConnected(type(exc).__name__) from None
         except (defer.CancelledError, web_client.ResponseNeverReceived, web_client.ResponseFailed,
                 web_client.RequestTransmissionFailed, web_client.PartialDownloadError,
                 net_error.ConnectionLost, net_error.ConnectionDone) as exc:
@@ -122,6 +119,8 @@ class ChildClient:
                     what, timeout)) from None
             if _was_cancelled(exc):
                 raise defer.CancelledError() from None  # our caller gave up (client gone)
+            if isinstance(exc, web_client.RequestNotSent):
+                raise NotConnected('RequestNotSent') from None
             raise BadGateway('server {} closed the connection before answering ({}); it may have '
                              'crashed'.format(what, _short(exc))) from None
         finally:
@@ -208,7 +207,9 @@ class _QuietPool(web_client.HTTPConnectionPool):
     _factory = _QuietFactory
 
 
-class _NotConnected(Exception):
+class NotConnected(Exception):
+    """The request never reached the child: safe to send elsewhere."""
+
     def __init__(self, reason):
         super().__init__(reason)
         self.reason = reason

@@ -15,7 +15,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
-from .config import load_config
+from .config import NO_HOST, EndpointConfig, load_config
 from .fleet import Fleet
 from .gateway import Gateway
 from .proxy import ChildClient
@@ -23,7 +23,7 @@ from .security import AdminGuard
 from .status import StateHistory
 from .supervisor import Supervisor
 from .web import LISTEN_BACKLOG, make_site
-from .support import SupportProcess
+from .support import REMOTE_HEALTH, SupportProcess
 
 
 @attr.s(frozen=True)
@@ -65,8 +65,13 @@ class GatewayService(MultiService):
                            execution_path=options.execution_path)
         self.fleet.register_children()
         self.history = StateHistory.in_cache(options.cache, clock=reactor)
+        supports = [e for e in self.config.endpoints if e.is_support and not e.disabled]
+        if not supports and any(e.is_remote for e in self.config.endpoints):
+            # remote servers are health-checked by the support loop: give them one
+            supports = [EndpointConfig(name=REMOTE_HEALTH, server_class=REMOTE_HEALTH, entry={}, host=NO_HOST,
+                                       has_file=False)]
         self.supports = [SupportProcess(e, self.fleet, options.port, endpoints_dir, reactor=reactor)
-                         for e in self.config.endpoints if e.is_support and not e.disabled]
+                         for e in supports]
         for support in self.supports:
             support.setServiceParent(self)
         self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(options.admin_token),

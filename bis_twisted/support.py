@@ -21,6 +21,7 @@ from .loader import endpoint_file, load_module
 from .logger import Logger as CompatLogger
 
 SUPPORT_STATUS_PATH = '/support_update_status'
+REMOTE_HEALTH = '_remote_health'  # the implicit support loop for URLS servers
 
 
 def find_monitor_class(module, path):
@@ -54,7 +55,7 @@ class SupportProcess(TimerService):
         self.ticks = 0
         self.monitor = None
         self._monitor_running = False
-        if endpoint.has_file:
+        if endpoint.has_file and endpoint.server_class != REMOTE_HEALTH:
             path = endpoint_file(endpoints_dir, endpoint.server_class)
             config = dict(endpoint.entry, SERVER='127.0.0.1', SERVER_PORT=gateway_port,
                           SERVER_PATH=SUPPORT_STATUS_PATH, SUPPORT_NAME=endpoint.name)
@@ -84,6 +85,23 @@ class SupportProcess(TimerService):
         self._monitor_running = False
 
     async def ping_all(self):
+        await defer.gatherResults([defer.Deferred.fromCoroutine(self._check_children()),
+                                   defer.Deferred.fromCoroutine(self._check_remotes())])
+
+    async def _check_remotes(self):
+        """Remote servers (URLS): offline while they do not answer /health with 200, back
+        in the rotation as soon as they do."""
+        targets = [t for server in self.fleet.servers.values() for t in server.targets if t.child_name is None]
+        answers = await defer.gatherResults([defer.Deferred.fromCoroutine(self.fleet.ping(t, self.ping_timeout))
+                                             for t in targets])
+        for target, answer in zip(targets, answers):
+            ok = answer is not None
+            if ok != target.remote_ok:
+                self._log.info('remote server {url} of {name} is {state}', url=target.base_url,
+                               name=target.server.name, state='back online' if ok else 'offline')
+            target.remote_ok = ok
+
+    async def _check_children(self):
         supervisor = self.fleet.supervisor
         now = self._reactor.seconds()
 
