@@ -15,6 +15,7 @@ setup(
         'treq>=23.11',
         'psutil>=5.9',
         'attrs>=22.2',
+        'prometheus-client>=0.17',
         # the original's support_process.py, which users bring over, imports requests
         'requests>=2.28',
     ],
@@ -29,6 +30,9 @@ setup(
             'pytest-twisted>=1.14',
             'pytest-timeout>=2.1',
             'hypothesis>=6.80',
+            # tests/test_kubernetes_manifests.py: the Kubernetes schemas, offline
+            'kubernetes-validate>=1.30',
+            'pyyaml>=6.0',
         ],
     },
     entry_points={'console_scripts': ['bis-gateway = bis_twisted.cli:main']},

@@ -66,6 +66,7 @@ class GatewayConfig:
     endpoints = attr.ib()  # tuple of EndpointConfig, in file order
     extra = attr.ib(factory=dict, repr=False)  # other top-level keys
     max_body_mb = attr.ib(default=DEFAULT_MAX_BODY_MB)
+    metrics_require_token = attr.ib(default=False)  # /metrics under the admin rule
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -111,6 +112,7 @@ _TOP_KEYS = {
     'SERVER_NAME': (lambda v: isinstance(v, str), 'a string'),
     'CONFIG_ENDPOINTS': (lambda v: isinstance(v, dict), 'an object of endpoint entries'),
     'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
+    'METRICS_REQUIRE_TOKEN': (lambda v: isinstance(v, bool), 'true or false'),
 }
 
 
@@ -158,7 +160,8 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
     return GatewayConfig(path=label, default_server=default_server,
                          no_startup_wait=data.get('NO_STARTUP_WAIT', False),
                          server_name=data.get('SERVER_NAME', ''), endpoints=tuple(endpoints), extra=extra,
-                         max_body_mb=data.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB))
+                         max_body_mb=data.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB),
+                         metrics_require_token=data.get('METRICS_REQUIRE_TOKEN', False))
 
 
 def _check_endpoint_file(where, endpoints_dir, server_class, required):

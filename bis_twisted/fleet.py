@@ -140,7 +140,7 @@ class Fleet:
         last = next((s.last_error for s in states if s.last_error), None)
         return 'restarting' + (' after: {}'.format(last) if last else '')
 
-    async def run(self, name, payload):
+    async def run(self, name, payload, request_id=None):
         """Send ``payload`` to the least busy ready target of server ``name``. A target the
         request never reached (refused: it just died) is skipped for the next one; a request a
         target may have run is never sent twice."""
@@ -149,7 +149,7 @@ class Fleet:
         while True:
             target = self.pick(server, exclude=tried)
             try:
-                return await self._send(server, target, payload)
+                return await self._send(server, target, payload, request_id)
             except NotConnected as exc:
                 tried.append(target)
                 if target.child_name is None:
@@ -158,11 +158,12 @@ class Fleet:
                     raise ServiceUnavailable('server {!r} is not accepting connections ({}); it may be '
                                              'restarting, retry shortly'.format(name, exc.reason)) from None
 
-    async def _send(self, server, target, payload):
+    async def _send(self, server, target, payload, request_id):
         target.in_flight += 1
         self.in_flight += 1
         try:
-            return await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name))
+            return await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name),
+                                               request_id=request_id)
         finally:
             target.in_flight -= 1
             self.in_flight -= 1

@@ -10,16 +10,19 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from . import LIB_VER
-from .errors import BadRequest, UnknownSignature
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .errors import BadRequest, BisError, UnknownSignature
 from .security import AdminGuard
 from .status import system_alerts, system_status
 from .fleet import hms
-from .web import dumps, error_answer, now_text, request_inputs, write_json
+from .web import dumps, error_answer, now_text, request_id_of, request_inputs, write_json
 
 SIGNATURE = 'SIGNATURE'
 SHUTDOWN_SIGNATURE = 'SAFE_KILL_SERVER_CMD'
 HTTP_TIMEOUT = 5.0
 UPDATE_WORKERS_TIMEOUT = 120.0  # growing loads models
+METRICS_PING_TIMEOUT = 1.0
 
 
 class Gateway:
@@ -31,7 +34,8 @@ class Gateway:
     _log = Logger()
 
     def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
-                 shutdown=None, cache_dir='.', server_name='', support_names=()):
+                 shutdown=None, cache_dir='.', server_name='', support_names=(), metrics=None,
+                 metrics_guarded=False):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -43,6 +47,8 @@ class Gateway:
         self.server_name = server_name
         self.support_names = tuple(support_names)
         self.support_data = {}
+        self.metrics = metrics
+        self.metrics_guarded = metrics_guarded
         self.started_at = reactor.seconds()
         self._static_fields = {
             'ver-app': app_version or os.environ.get('BIS_APP_VER') or LIB_VER,
@@ -63,7 +69,13 @@ class Gateway:
 
     def answer(self, request, status, body, headers=None):
         body.update(self.fields(body.get('worker_id', 'unknown')))
+        body['request_id'] = request_id_of(request)
         return write_json(request, status, body, headers)
+
+    def _error_fields(self, request):
+        fields = self.fields()
+        fields['request_id'] = request_id_of(request)
+        return fields
 
     @staticmethod
     def signature_of(inputs):
@@ -78,11 +90,42 @@ class Gateway:
     # -- /run ------------------------------------------------------------------------------------
     @app.route('/run', methods=['POST', 'GET'])
     async def run(self, request):
-        inputs = request_inputs(request)
-        signature = self.signature_of(inputs)
-        result = await self.fleet.run(signature, dumps(inputs))
-        headers = {b'Retry-After': b'1'} if result.status == 503 else None
-        return self.answer(request, result.status, dict(result.body), headers)
+        started = self._reactor.seconds()
+        rid = request_id_of(request)
+        signature, status = None, 500
+        try:
+            inputs = request_inputs(request)
+            signature = self.signature_of(inputs)
+            result = await self.fleet.run(signature, dumps(inputs), rid)
+            status = result.status
+            headers = {b'Retry-After': b'1'} if status == 503 else None
+            return self.answer(request, status, dict(result.body), headers)
+        except BisError as exc:
+            status = exc.status
+            if status >= 500:
+                self._log.warn('request {rid} to {name}: {status} {error}', rid=rid, name=signature,
+                               status=status, error=exc.message)
+            raise
+        except defer.CancelledError:
+            status = 499  # the client went away (nginx's code for it)
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe(signature, status, self._reactor.seconds() - started)
+
+    @app.route('/metrics', methods=['GET'])
+    async def metrics_route(self, request):
+        if self.metrics_guarded:
+            self.guard.check(request)
+        # queue depth and busy workers come from each server's /health, asked now
+        names = list(self.fleet.servers)
+        answers = await defer.gatherResults([
+            defer.gatherResults([defer.Deferred.fromCoroutine(self.fleet.ping(t, METRICS_PING_TIMEOUT))
+                                 for t in self.fleet.servers[name].targets]) for name in names])
+        self.metrics.health = dict(zip(names, answers))
+        text = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self.metrics.render)
+        request.setHeader(b'Content-Type', CONTENT_TYPE_LATEST.encode('ascii'))
+        return text
 
     # -- fleet views -----------------------------------------------------------------------------
     @app.route('/list_servers', methods=['GET', 'POST'])
@@ -195,4 +238,4 @@ class Gateway:
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):
-        return error_answer(request, failure, extra_fields=self.fields)
+        return error_answer(request, failure, extra_fields=lambda: self._error_fields(request))

@@ -17,7 +17,7 @@ class Notifications:
         self._max_calls = max_calls
         self._max_per_call = max_per_call
 
-    def add(self, call_id, notification_type, module, notif):
+    def add(self, call_id, notification_type, module, notif, request_id=None):
         key = GENERAL if call_id is None else str(call_id)
         item = {
             'NOTIFICATION_TYPE': notification_type,
@@ -25,6 +25,8 @@ class Notifications:
             'time': time.strftime('%Y-%m-%d %H:%M:%S'),
             'NOTIF': notif,
         }
+        if request_id is not None:
+            item['REQUEST_ID'] = request_id
         with self._lock:
             items = self._by_call.setdefault(key, collections.deque(maxlen=self._max_per_call))
             items.append(item)

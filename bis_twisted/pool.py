@@ -142,10 +142,10 @@ class WorkerPool:
         self._retire += count
 
     # -- requests --------------------------------------------------------------------------
-    async def run(self, inputs):
+    async def run(self, inputs, request_id=None):
         worker = await self._acquire()
         call_id = next(self._call_ids)
-        outcome = await self._execute(worker, inputs, call_id)
+        outcome = await self._execute(worker, inputs, call_id, request_id)
         return worker, call_id, outcome
 
     def _acquire(self):
@@ -160,12 +160,12 @@ class WorkerPool:
         self._waiting.append(waiter)
         return waiter
 
-    def _execute(self, worker, inputs, call_id):
+    def _execute(self, worker, inputs, call_id, request_id=None):
         # `answer` is what the caller awaits; cancelling it (client gone, deadline) must not
         # release the worker while its thread still runs, so the thread's own Deferred is
         # kept apart and releases the worker when the hook returns.
         answer = defer.Deferred()
-        running = deferToThreadPool(self._reactor, self._threadpool, worker.execute, inputs, call_id)
+        running = deferToThreadPool(self._reactor, self._threadpool, worker.execute, inputs, call_id, request_id)
         running.addBoth(self._released, worker)
         running.chainDeferred(answer)
         return answer

@@ -79,22 +79,26 @@ class ChildClient:
             reactor, _LoopbackEndpoints(reactor), pool=pool)
         self.http = HTTPClient(self.agent)
 
-    async def post_json(self, url, payload, timeout, what):
+    async def post_json(self, url, payload, timeout, what, request_id=None):
         """POST ``payload`` (bytes) to ``url`` (bytes); ``what`` names the server in errors.
 
         Raises ``NotConnected`` when the request never reached the child (the caller may try
         another replica), ``GatewayTimeout``, ``BadGateway``, or ``CancelledError`` when our
         own caller gave up."""
-        return await self._post_once(url, payload, timeout, what)
+        return await self._post_once(url, payload, timeout, what, request_id)
 
-    async def _post_once(self, url, payload, timeout, what):
+    async def _post_once(self, url, payload, timeout, what, request_id):
         response_holder = []
 
         def keep_response(response):
             response_holder.append(response)
             return response
 
-        d = self.agent.request(b'POST', url, _JSON_HEADERS, BytesProducer(payload))
+        headers = _JSON_HEADERS
+        if request_id is not None:
+            headers = _JSON_HEADERS.copy()
+            headers.setRawHeaders(b'X-Request-Id', [request_id.encode('ascii')])
+        d = self.agent.request(b'POST', url, headers, BytesProducer(payload))
         d.addCallback(keep_response)
         d.addCallback(web_client.readBody)
         # Not Deferred.addTimeout: cancelling an Agent request fails it with

@@ -29,7 +29,8 @@ from .loader import load_worker_class
 from .logger import Logger as CompatLogger
 from .notifications import Notifications
 from .pool import WorkerLoadError, WorkerPool
-from .web import DEFAULT_MAX_BODY_MB, LISTEN_BACKLOG, error_answer, make_site, now_text, request_inputs, write_json
+from .web import (DEFAULT_MAX_BODY_MB, LISTEN_BACKLOG, error_answer, make_site, now_text, request_id_of,
+                  request_inputs, write_json)
 
 DEFAULT_MAX_QUEUE = 1024
 READY_LINE = 'BIS-SERVER-READY'
@@ -98,13 +99,15 @@ class ModelServer:
         if not self.ready:
             raise ServiceUnavailable('server {!r} is still loading its workers; retry shortly'.format(self.name))
         inputs.pop(SIGNATURE, None)
-        worker, call_id, outcome = await self.pool.run(inputs)
+        rid = request_id_of(request)
+        worker, call_id, outcome = await self.pool.run(inputs, rid)
         body = dict(outcome.body)
         body.update({
             'worker_id': worker.worker_id,
             'call_id': call_id,
             'time': now_text(),
             'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id),
+            'request_id': rid,
         })
         return write_json(request, outcome.status, body)
 

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from .config import NO_HOST, EndpointConfig, load_config
 from .fleet import Fleet
 from .gateway import Gateway
+from .metrics import GatewayMetrics
 from .proxy import ChildClient
 from .security import AdminGuard
 from .status import StateHistory
@@ -77,7 +78,9 @@ class GatewayService(MultiService):
         self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(options.admin_token),
                                history=self.history, shutdown=self._reactor.stop, cache_dir=options.cache,
                                server_name=self.config.server_name,
-                               support_names=[e.name for e in self.config.endpoints if e.is_support])
+                               support_names=[e.name for e in self.config.endpoints if e.is_support],
+                               metrics=GatewayMetrics(self.fleet, self.supervisor, reactor),
+                               metrics_guarded=self.config.metrics_require_token)
         self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb)
         self.port = None
         self.listening = defer.Deferred()  # fires with the port once the gateway serves

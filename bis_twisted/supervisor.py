@@ -239,6 +239,8 @@ class Supervisor(Service):
         child.ready = False
         child.started_at = self._reactor.seconds()
         env = dict(os.environ if spec.env is None else spec.env)
+        # the admin token is the gateway's secret: endpoint code has no use for it
+        env.pop('BIS_ADMIN_TOKEN', None)
         self._reactor.spawnProcess(proto, spec.argv[0], list(spec.argv), env=env, path=spec.cwd,
                                    childFDs={0: 'w', 1: 'r', 2: 'r'})
         self._log.info('started server {name} (pid {pid})', name=spec.name, pid=proto.transport.pid)

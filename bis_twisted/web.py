@@ -5,10 +5,13 @@ writing JSON answers, turning our errors (and Klein's routing errors) into ``{"E
 import base64
 import io
 import json
+import re
 import time
+import uuid
 from urllib.parse import parse_qsl
 
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
@@ -65,13 +68,18 @@ def parse_json_object(raw):
     except UnicodeDecodeError:
         raise BadRequest('request body is not UTF-8 text; send a JSON object') from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise BadRequest('request body is not valid JSON ({}); send a JSON object like '
                          '{{"SIGNATURE": "<endpoint>", ...}}'.format(str(exc)[:120])) from None
     if not isinstance(value, dict):
         raise BadRequest('request body must be a JSON object, not {}'.format(type(value).__name__))
     return value
+
+
+def _reject_constant(name):
+    # Python's json accepts NaN and Infinity; JSON does not, and they cannot be sent on
+    raise ValueError('{} is not a JSON value'.format(name))
 
 
 def request_inputs(request):
@@ -95,6 +103,22 @@ def request_inputs(request):
         for key, value in parse_qsl(_text(query[1]), keep_blank_values=True):
             inputs.setdefault(key, value)
     return inputs
+
+
+REQUEST_ID_HEADER = b'X-Request-Id'
+_REQUEST_ID_OK = re.compile(rb'^[A-Za-z0-9._:-]{1,128}$')
+
+
+def request_id_of(request):
+    """The request's id: the client's ``X-Request-Id`` when it is a sane token, else one
+    made here; set once, sent back as a header."""
+    rid = getattr(request, '_bis_request_id', None)
+    if rid is None:
+        given = request.getHeader(REQUEST_ID_HEADER)
+        rid = given.decode('ascii') if given and _REQUEST_ID_OK.match(given) else uuid.uuid4().hex
+        request._bis_request_id = rid
+        request.setHeader(REQUEST_ID_HEADER, rid.encode('ascii'))
+    return rid
 
 
 def _text(value):
@@ -159,13 +183,29 @@ class LimitedRequest(Request):
 
     def _refuse(self):
         self._refused = True
-        body = dumps({'ERROR': 'request body over the limit of {} bytes; send less, or raise MAX_BODY_MB '
-                               'in the config'.format(self.max_body)})
-        head = ('HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n'
-                'Content-Length: {}\r\nConnection: close\r\n\r\n'.format(len(body))).encode('ascii')
         transport = self.channel.transport
-        transport.write(head + body)
+        _raw_json_answer(transport, '413 Payload Too Large',
+                         'request body over the limit of {} bytes; send less, or raise MAX_BODY_MB '
+                         'in the config'.format(self.max_body))
         transport.loseConnection()
+
+
+def _raw_json_answer(transport, status_line, message):
+    body = dumps({'ERROR': message})
+    head = ('HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n'
+            'Connection: close\r\n\r\n'.format(status_line, len(body))).encode('ascii')
+    transport.write(head + body)
+
+
+class JsonErrorChannel(HTTPChannel):
+    """An HTTP/1.1 channel whose protocol-level refusals (a malformed request line or
+    header, a form body that does not parse) answer JSON like every other error, instead of
+    twisted.web's bare ``400 Bad Request`` with no body."""
+
+    def _respondToBadRequestAndDisconnect(self):
+        _raw_json_answer(self.transport, '400 Bad Request',
+                         'malformed HTTP request (request line, headers or form body); send a JSON object')
+        self.loseConnection()
 
 
 def limited_request_factory(max_body_mb):
@@ -178,6 +218,7 @@ def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False):
     log line per request costs more than routing it."""
 
     site = Site(resource, requestFactory=limited_request_factory(max_body_mb), timeout=IDLE_TIMEOUT)
+    site.protocol = JsonErrorChannel  # HTTP/1.1 only: no HTTP/2 negotiation on plain TCP anyway
     site.noisy = False
     if not access_log:
         site.log = lambda request: None

@@ -57,6 +57,7 @@ class FlaskWorker:
         self.log = base_log.with_prefix(prefix_log, config_data=merged)
         self._notifications = notifications if notifications is not None else Notifications()
         self._counter = None
+        self._request_id = None
 
     def __getattr__(self, name):
         # Only called when normal lookup failed, so a subclass's own cfg_* property wins.
@@ -96,16 +97,18 @@ class FlaskWorker:
         """
         kind = notif if notif is not None else (notification_type or 'log')
         text = msg if msg is not None else notification
-        self._notifications.add(self._counter, str(kind).upper(), type(self).__name__, text)
+        self._notifications.add(self._counter, str(kind).upper(), type(self).__name__, text,
+                                request_id=self._request_id)
 
     # -- what the server calls ------------------------------------------------------------
     def startup(self):
         self._load_model()
 
-    def execute(self, inputs, call_id):
+    def execute(self, inputs, call_id, request_id=None):
         """Run the hooks on ``inputs``; never raises: a failing hook becomes an error Outcome
         (400 from ``_pre_process`` or input decoding, 500 later) and the worker stays usable."""
         self._counter = call_id
+        self._request_id = request_id
         try:
             try:
                 inputs = _decode_base64_inputs(inputs)
@@ -123,6 +126,7 @@ class FlaskWorker:
             return self._error_outcome(failed.stage, failed.info)
         finally:
             self._counter = None
+            self._request_id = None
 
     def _run_hook(self, stage, hook, arg):
         try:
@@ -135,7 +139,8 @@ class FlaskWorker:
         details = {'ERR_TYPE': err_type, 'ERR_MSG': err_msg, 'ERR_FILE': err_file,
                    'ERR_FUNC': err_func, 'ERR_LINE': err_line}
         self._create_notification(notif='exception', msg='Exception in {}: {}'.format(stage, details))
-        self.log.P('{} failed: {}: {}'.format(stage, err_type, err_msg), color='r')
+        self.log.P('request {}: {} failed: {}: {}'.format(self._request_id or '-', stage, err_type, err_msg),
+                   color='r')
         body = {
             '{}_ERROR'.format(type(self).__name__): details,
             'ERROR': '{} failed: {}: {} ({}:{})'.format(stage, err_type, err_msg, err_file, err_line),

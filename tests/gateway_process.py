@@ -11,11 +11,13 @@ from procs import REPO_ROOT, TWISTD, get, post, python_env, wait_until
 GATEWAY_READY = r'gateway serving on http://'
 
 
-def free_port_block(size, host='127.0.0.1', start=20000, stop=60000):
+def free_port_block(size, host='127.0.0.1', start=20000, stop=32000):
     """A port whose next ``size - 1`` ports are free too: the gateway's children count up
-    from its port + 1."""
-    port = start + (os.getpid() * 7) % (stop - start - 100)
-    while port < stop:
+    from its port + 1. Searched below Linux's ephemeral range (32768+), where outgoing
+    connections of concurrent tests would take ports, wrapping around once."""
+    first = start + (os.getpid() * 7) % (stop - start - size)
+    candidates = list(range(first, stop - size, size)) + list(range(start, first, size))
+    for port in candidates:
         socks = []
         try:
             for p in range(port, port + size):
@@ -24,7 +26,7 @@ def free_port_block(size, host='127.0.0.1', start=20000, stop=60000):
                 sock.bind((host, p))
             return port
         except OSError:
-            port += size
+            continue
         finally:
             for sock in socks:
                 sock.close()

@@ -73,7 +73,7 @@ class CountingWorker(FlaskWorker):
         self._threads_inside = 0
         self.most_threads_inside = 0
 
-    def execute(self, inputs, call_id):
+    def execute(self, inputs, call_id, request_id=None):
         with self._lock:
             self._threads_inside += 1
             self.most_threads_inside = max(self.most_threads_inside, self._threads_inside)

@@ -1,0 +1,132 @@
+"""Request statistics of the gateway: Prometheus metrics for ``/metrics`` and a short
+rolling history (requests/s, p99 per window) for the status page.
+
+The hot path pays one ``observe()`` per request: a counter and a histogram child looked up
+once per (endpoint, status) and cached, and an append to the current window. Everything
+else (in flight, restarts, online, memory, queue depth) is read at scrape time.
+"""
+
+import collections
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+UNKNOWN = '_unknown'  # a SIGNATURE that names no endpoint: one label, not one per typo
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class RecentStats:
+    """Requests/s and p99 latency over the last ``keep`` windows of ``window`` seconds."""
+
+    def __init__(self, clock, window=5.0, keep=120, max_samples=2000):
+        self._clock = clock
+        self.window = window
+        self._points = collections.deque(maxlen=keep)
+        self._start = None
+        self._count = 0
+        self._errors = 0
+        self._samples = []
+        self._max_samples = max_samples
+
+    def observe(self, status, seconds):
+        now = self._clock.seconds()
+        if self._start is None:
+            self._start = now
+        self._roll(now)
+        self._count += 1
+        if status >= 500:
+            self._errors += 1
+        if len(self._samples) < self._max_samples:
+            self._samples.append(seconds)
+
+    def _roll(self, now):
+        while now - self._start >= self.window:
+            self._points.append(self._close(self._start + self.window))
+            self._start += self.window
+            if now - self._start >= self.window * self._points.maxlen:  # long idle: skip ahead
+                self._start = now - (now - self._start) % self.window
+
+    def _close(self, end):
+        samples = sorted(self._samples)
+        p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else None
+        point = {'t': end, 'rps': self._count / self.window, 'errors': self._errors,
+                 'p99_ms': round(p99 * 1000, 2) if p99 is not None else None}
+        self._count, self._errors, self._samples = 0, 0, []
+        return point
+
+    def points(self):
+        if self._start is not None:
+            self._roll(self._clock.seconds())
+        return list(self._points)
+
+
+class GatewayMetrics:
+    """The gateway's Prometheus registry (its own, so several gateways in one process in
+    tests do not collide)."""
+
+    def __init__(self, fleet, supervisor, clock):
+        self.fleet = fleet
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # the gateway's own CPU, memory, fds
+        self._requests = Counter('bis_requests', 'Requests to /run answered, by endpoint and HTTP status',
+                                 ['endpoint', 'code'], registry=self.registry)
+        self._latency = Histogram('bis_request_latency_seconds', 'Time to answer /run, by endpoint',
+                                  ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._children = {}
+        self.recent = RecentStats(clock)
+        self.health = {}  # server name -> its last /health answers (queue depth, busy), set at scrape
+        self.registry.register(_FleetCollector(self, supervisor))
+
+    def observe(self, endpoint, status, seconds):
+        endpoint = endpoint if endpoint in self.fleet.servers else UNKNOWN
+        key = (endpoint, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self._requests.labels(endpoint, str(status)),
+                                               self._latency.labels(endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
+        self.recent.observe(status, seconds)
+
+    def render(self):
+        """The text exposition (blocking: reads /proc; call it off the reactor thread)."""
+        return generate_latest(self.registry)
+
+
+class _FleetCollector:
+    """What is read at scrape time: per endpoint in flight, online, restarts, memory, queue."""
+
+    def __init__(self, metrics, supervisor):
+        self._metrics = metrics
+        self._supervisor = supervisor
+
+    def collect(self):
+        fleet = self._metrics.fleet
+        in_flight = GaugeMetricFamily('bis_requests_in_flight', 'Requests sent to an endpoint and not answered yet',
+                                      labels=['endpoint'])
+        online = GaugeMetricFamily('bis_server_online', 'Replicas of an endpoint answering /health', labels=['endpoint'])
+        restarts = CounterMetricFamily('bis_server_restarts', 'Restarts of an endpoint\'s processes', labels=['endpoint'])
+        memory = GaugeMetricFamily('bis_server_memory_bytes', 'Resident memory of an endpoint\'s processes',
+                                   labels=['endpoint'])
+        queued = GaugeMetricFamily('bis_server_queue_depth', 'Requests waiting for a worker', labels=['endpoint'])
+        busy = GaugeMetricFamily('bis_server_busy_workers', 'Workers running a request', labels=['endpoint'])
+        for name, server in fleet.servers.items():
+            answers = self._metrics.health.get(name, [])
+            in_flight.add_metric([name], sum(t.in_flight for t in server.targets))
+            online.add_metric([name], sum(1 for a in answers if a is not None))
+            queued.add_metric([name], sum(a.get('QUEUED', 0) for a in answers if a))
+            busy.add_metric([name], sum(a.get('BUSY', 0) for a in answers if a))
+            children = [t.child_name for t in server.targets if t.child_name is not None]
+            restarts.add_metric([name], sum(self._supervisor.status(c).restarts for c in children))
+            memory.add_metric([name], sum(_rss(self._supervisor.status(c).pid) for c in children))
+        return [in_flight, online, restarts, memory, queued, busy]
+
+
+def _rss(pid):
+    if not pid:
+        return 0
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
