@@ -1,6 +1,7 @@
 """``Gateway``: the Klein routes of the gateway (``/run``, ``/list_servers``, ``/health``,
 ``/ready``, status and admin routes). Routes raise our errors; ``_error`` answers them."""
 
+import importlib.resources
 import os
 import socket
 
@@ -16,9 +17,11 @@ from .errors import BadRequest, BisError, UnknownSignature
 from .security import AdminGuard
 from .status import system_alerts, system_status
 from .fleet import hms
+from .openapi import openapi_document
 from .web import dumps, error_answer, now_text, request_id_of, request_inputs, write_json
 
 SIGNATURE = 'SIGNATURE'
+STATUS_PAGE = importlib.resources.files(__package__).joinpath('static/status.html').read_bytes()
 SHUTDOWN_SIGNATURE = 'SAFE_KILL_SERVER_CMD'
 HTTP_TIMEOUT = 5.0
 UPDATE_WORKERS_TIMEOUT = 120.0  # growing loads models
@@ -49,6 +52,7 @@ class Gateway:
         self.support_data = {}
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
+        self._openapi = openapi_document(fleet.servers, server_name)
         self.started_at = reactor.seconds()
         self._static_fields = {
             'ver-app': app_version or os.environ.get('BIS_APP_VER') or LIB_VER,
@@ -112,6 +116,22 @@ class Gateway:
         finally:
             if self.metrics is not None:
                 self.metrics.observe(signature, status, self._reactor.seconds() - started)
+
+    @app.route('/', methods=['GET'])
+    def status_page(self, request):
+        request.setHeader(b'Content-Type', b'text/html; charset=utf-8')
+        request.setHeader(b'Cache-Control', b'no-cache')
+        return STATUS_PAGE
+
+    @app.route('/stats', methods=['GET'])
+    def stats(self, request):
+        points = self.metrics.recent.points() if self.metrics is not None else []
+        return self.answer(request, 200, {'WINDOW_SECONDS': self.metrics.recent.window if self.metrics else None,
+                                          'POINTS': points})
+
+    @app.route('/openapi.json', methods=['GET'])
+    def openapi(self, request):
+        return write_json(request, 200, self._openapi)
 
     @app.route('/metrics', methods=['GET'])
     async def metrics_route(self, request):

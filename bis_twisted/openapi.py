@@ -1,0 +1,155 @@
+"""The OpenAPI 3 document of the gateway's routes, served at ``/openapi.json``.
+
+Built once per gateway from its config (the endpoint names), and kept true by a test that
+runs schemathesis against the live gateway.
+"""
+
+from . import LIB_VER
+
+_FIELDS = {
+    'ver-app': {'type': 'string'},
+    'ver-lib': {'type': 'string'},
+    'hostname': {'type': 'string'},
+    'worker_id': {},
+    'time': {'type': 'string', 'description': 'YYYY-MM-DD HH:MM:SS'},
+    'gw-uptime': {'type': 'string', 'description': 'H:MM:SS'},
+    'request_id': {'type': 'string'},
+}
+
+
+def _answer(properties=None, required=()):
+    props = dict(_FIELDS)
+    props.update(properties or {})
+    return {'type': 'object', 'properties': props,
+            'required': sorted(set(required) | {'ver-app', 'ver-lib', 'hostname', 'time', 'gw-uptime'})}
+
+
+def _json(schema_ref, description):
+    return {'description': description, 'content': {'application/json': {'schema': {'$ref': schema_ref}}}}
+
+
+_ERROR = '#/components/schemas/Error'
+_ERRORS = {
+    '400': _json(_ERROR, 'bad input: not a JSON object, SIGNATURE missing or not a string, bad field'),
+    '401': _json(_ERROR, 'admin route without credentials (BIS_ADMIN_TOKEN is set)'),
+    '403': _json(_ERROR, 'admin route: wrong token, or a remote client while no token is set'),
+    '404': _json(_ERROR, 'unknown SIGNATURE'),
+    '405': _json(_ERROR, 'method not allowed on this route'),
+    '413': _json(_ERROR, 'request body over MAX_BODY_MB'),
+    '503': _json(_ERROR, 'the endpoint server is down, starting, restarting, stopped or its queue is full '
+                         '(with Retry-After)'),
+}
+
+
+def _errors(*codes):
+    return {code: _ERRORS[code] for code in codes}
+
+
+def _signature_body(names, extra=None, required=('SIGNATURE',)):
+    props = {'SIGNATURE': {'type': 'string', 'description': 'the endpoint: one of ' + ', '.join(names)}}
+    props.update(extra or {})
+    return {'required': True, 'content': {'application/json': {'schema': {
+        'type': 'object', 'properties': props, 'required': list(required)}}}}
+
+
+def openapi_document(names, server_name=''):
+    names = list(names) or ['<none configured>']
+    any_object = {'type': 'object'}
+    ok = lambda ref, text: {'200': _json(ref, text)}  # noqa: E731
+    admin = ('400', '401', '403', '404', '405', '413')
+    paths = {
+        '/run': {
+            'post': {
+                'summary': 'Run the endpoint named by SIGNATURE on the other fields',
+                'requestBody': _signature_body(names),
+                'responses': dict(ok('#/components/schemas/RunAnswer', "the endpoint's answer"), **_errors(
+                    '400', '404', '405', '413', '503'), **{
+                    '500': _json('#/components/schemas/HookError', "the endpoint's _predict or _post_process raised"),
+                    '502': _json(_ERROR, 'the endpoint server closed the connection or answered garbage'),
+                    '504': _json(_ERROR, 'the endpoint server did not answer within its TIMEOUT')}),
+            },
+            'get': {
+                'summary': 'Run with the inputs as query arguments',
+                'parameters': [{'name': 'SIGNATURE', 'in': 'query', 'required': True, 'schema': {'type': 'string'}}],
+                'responses': dict(ok('#/components/schemas/RunAnswer', "the endpoint's answer"),
+                                  **_errors('400', '404', '503'), **{
+                                      '500': _json('#/components/schemas/HookError', 'the endpoint raised'),
+                                      '502': _json(_ERROR, 'bad answer from the endpoint server'),
+                                      '504': _json(_ERROR, 'endpoint server timeout')}),
+            },
+        },
+        '/list_servers': {method: {'summary': 'The servers, measured now',
+                                   'responses': ok('#/components/schemas/ListServers', 'the fleet')}
+                          for method in ('get', 'post')},
+        '/system_status': {method: {'summary': 'Memory, disk, versions, alerts, start/stop history',
+                                    'responses': ok('#/components/schemas/SystemStatus', 'the status')}
+                           for method in ('get', 'post')},
+        '/notifications': {'post': {'summary': "A server's notifications", 'requestBody': _signature_body(names),
+                                    'responses': dict(ok('#/components/schemas/Notifications', 'notifications'),
+                                                      **_errors('400', '404', '413', '503'))}},
+        '/support_update_status': {'post': {
+            'summary': 'A support process reports its data', 'requestBody': _signature_body(names),
+            'responses': dict(ok('#/components/schemas/Message', 'stored'), **_errors('400', '404', '413'))}},
+        '/start_server': {'post': {'summary': 'Start a stopped or DISABLED server (admin)',
+                                   'requestBody': _signature_body(names),
+                                   'responses': dict(ok('#/components/schemas/Message', 'starting'), **_errors(*admin))}},
+        '/kill_server': {'post': {'summary': 'Stop a server, or all with "*" (admin)',
+                                  'requestBody': _signature_body(names),
+                                  'responses': dict(ok('#/components/schemas/Message', 'stopped'), **_errors(*admin))}},
+        '/update_workers': {'post': {
+            'summary': "Resize a server's worker pool (admin)",
+            'requestBody': _signature_body(names, {'NR_WORKERS': {'type': 'integer', 'minimum': 1}},
+                                           required=('SIGNATURE', 'NR_WORKERS')),
+            'responses': dict(ok('#/components/schemas/Message', 'resized'), **_errors(*admin), **{
+                '503': _ERRORS['503']})}},
+        '/shutdown': {'post': {
+            'summary': 'Stop the servers, save state, exit (admin)',
+            'requestBody': _signature_body(['SAFE_KILL_SERVER_CMD']),
+            'responses': dict(ok('#/components/schemas/Message', 'shutting down'), **_errors('400', '401', '403',
+                                                                                             '405', '413'))}},
+        '/health': {'get': {'summary': 'Liveness', 'responses': ok('#/components/schemas/Message', 'serving')}},
+        '/ready': {'get': {'summary': 'Readiness: every enabled server answers', 'responses': {
+            '200': _json('#/components/schemas/Ready', 'all answer'),
+            '503': _json('#/components/schemas/Ready', 'some do not (NOT_READY lists them)')}}},
+        '/metrics': {'get': {'summary': 'Prometheus text format', 'responses': {
+            '200': {'description': 'metrics', 'content': {'text/plain': {'schema': {'type': 'string'}}}},
+            '401': _ERRORS['401'], '403': _ERRORS['403']}}},
+        '/stats': {'get': {'summary': 'Requests/s and p99 per window over the last minutes (the status page chart)',
+                           'responses': ok('#/components/schemas/Stats', 'recent windows')}},
+        '/openapi.json': {'get': {'summary': 'This document', 'responses': {
+            '200': {'description': 'OpenAPI 3', 'content': {'application/json': {'schema': any_object}}}}}},
+        '/': {'get': {'summary': 'The status page', 'responses': {
+            '200': {'description': 'HTML', 'content': {'text/html': {'schema': {'type': 'string'}}}}}}},
+    }
+    schemas = {
+        'Error': _answer({'ERROR': {'type': 'string'}}, required=['ERROR']),
+        'HookError': _answer({'ERROR': {'type': 'string'}, 'call_id': {'type': 'integer'}}, required=['ERROR']),
+        'RunAnswer': _answer({'predict_result': {}, 'call_id': {'type': 'integer'}, 'signature': {'type': 'string'}},
+                             required=['predict_result']),
+        'Message': _answer({'MESSAGE': {'type': 'string'}, 'STATUS': {'type': 'string'}}),
+        'ListServers': _answer({'AVAIL_SERVERS': {'type': 'object', 'additionalProperties': {
+            'type': 'object', 'required': ['ONLINE', 'ERROR', 'URLS', 'PATHS', 'PORT', 'UPTIME', 'PID', 'RESTARTS',
+                                           'NR_WORKERS', 'DESCRIPTION'],
+            'properties': {'ONLINE': {'type': 'boolean'}, 'RESTARTS': {'type': 'integer'},
+                           'URLS': {'type': 'array', 'items': {'type': 'string'}},
+                           'PATHS': {'type': 'array', 'items': {'type': 'string'}}}}}}, required=['AVAIL_SERVERS']),
+        'SystemStatus': _answer({'SYSTEM_STATUS': any_object, 'SYSTEM_ALERTS': any_object,
+                                 'SYSTEM_HISTORY': any_object},
+                                required=['SYSTEM_STATUS', 'SYSTEM_ALERTS', 'SYSTEM_HISTORY']),
+        'Notifications': _answer({'GENERAL': {'type': 'array'}}),
+        'Stats': _answer({'WINDOW_SECONDS': {'type': 'number'}, 'POINTS': {'type': 'array', 'items': {
+            'type': 'object', 'properties': {'t': {'type': 'number'}, 'rps': {'type': 'number'},
+                                             'errors': {'type': 'integer'},
+                                             'p99_ms': {'type': 'number', 'nullable': True}}}}},
+                         required=['POINTS']),
+        'Ready': _answer({'READY': {'type': 'boolean'}, 'NOT_READY': {'type': 'array', 'items': {'type': 'string'}}},
+                         required=['READY', 'NOT_READY']),
+    }
+    return {
+        'openapi': '3.0.3',
+        'info': {'title': 'bis_twisted gateway' + (' ({})'.format(server_name) if server_name else ''),
+                 'version': LIB_VER,
+                 'description': 'Every answer is a JSON object with the gateway fields; errors carry ERROR.'},
+        'paths': paths,
+        'components': {'schemas': schemas},
+    }
