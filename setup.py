@@ -30,6 +30,7 @@ setup(
             'pytest-twisted>=1.14',
             'pytest-timeout>=2.1',
             'hypothesis>=6.80',
+            'schemathesis>=4.0',
             # tests/test_kubernetes_manifests.py: the Kubernetes schemas, offline
             'kubernetes-validate>=1.30',
             'pyyaml>=6.0',

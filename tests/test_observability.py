@@ -1,0 +1,152 @@
+"""Metrics, OpenAPI, request ids: unit tests on a Clock, and the real gateway end to end."""
+
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+
+from bis_twisted.metrics import UNKNOWN, GatewayMetrics, RecentStats
+from gateway_process import start_gateway
+from procs import REPO_ROOT, Processes, http, wait_until
+
+DEMO2 = {'NR_WORKERS': 1, 'WEIGHT': 2, 'BIAS': 1}
+
+
+def samples(text):
+    """{(name, frozenset(labels)): value} of a Prometheus text exposition."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+class FakeFleet:
+    servers = {'a': SimpleNamespace(targets=[])}  # an endpoint with no process to measure
+
+
+def test_recent_stats_closes_windows_with_rate_and_p99():
+    clock = Clock()
+    stats = RecentStats(clock, window=5.0)
+    for i in range(100):
+        stats.observe(200, 0.001 * (i + 1))  # 1..100 ms
+    stats.observe(503, 0.5)
+    assert stats.points() == []  # the window is still open
+    clock.advance(5.0)
+    [point] = stats.points()
+    assert point['rps'] == pytest.approx(101 / 5.0)
+    assert point['errors'] == 1
+    assert point['p99_ms'] == 100.0
+    clock.advance(12.0)  # two empty windows follow
+    assert [p['rps'] for p in stats.points()] == [101 / 5.0, 0.0, 0.0]
+
+
+def test_gateway_metrics_count_exactly_and_fold_unknown_signatures():
+    metrics = GatewayMetrics(FakeFleet(), supervisor=None, clock=Clock())
+    for _ in range(3):
+        metrics.observe('a', 200, 0.01)
+    metrics.observe('a', 400, 0.002)
+    metrics.observe('typo-1', 404, 0.001)
+    metrics.observe('typo-2', 404, 0.001)
+    found = samples(metrics.render().decode())
+    assert found[('bis_requests_total', frozenset({('endpoint', 'a'), ('code', '200')}))] == 3
+    assert found[('bis_requests_total', frozenset({('endpoint', 'a'), ('code', '400')}))] == 1
+    assert found[('bis_requests_total', frozenset({('endpoint', UNKNOWN), ('code', '404')}))] == 2
+    assert found[('bis_request_latency_seconds_count', frozenset({('endpoint', 'a')}))] == 4
+    assert not any(('endpoint', 'typo-1') in labels for _, labels in found)
+
+
+@pytest.fixture(scope='module')
+def gateway(tmp_path_factory):
+    config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'dummy_model_demo2',
+              'CONFIG_ENDPOINTS': {'dummy_model_demo2': DEMO2}}
+    with Processes() as group:
+        yield start_gateway(group, tmp_path_factory.mktemp('obs'), config=config)
+
+
+def test_metrics_after_known_traffic(gateway):
+    before = samples(gateway.get('/metrics').text)
+    for value in range(7):
+        assert gateway.run('dummy_model_demo2', INPUT_VALUE=value).status == 200
+    for _ in range(3):
+        assert gateway.run('dummy_model_demo2', WRONG=1).status == 400
+    for name in ('nope', 'also-nope'):
+        assert gateway.run(name).status == 404
+    answer = gateway.get('/metrics')
+    assert answer.status == 200 and answer.headers['Content-Type'].startswith('text/plain')
+    after = samples(answer.text)
+
+    def delta(name, **labels):
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta('bis_requests_total', endpoint='dummy_model_demo2', code='200') == 7
+    assert delta('bis_requests_total', endpoint='dummy_model_demo2', code='400') == 3
+    assert delta('bis_requests_total', endpoint=UNKNOWN, code='404') == 2
+    assert delta('bis_request_latency_seconds_count', endpoint='dummy_model_demo2') == 10
+    labels = frozenset({('endpoint', 'dummy_model_demo2')})
+    assert after[('bis_server_online', labels)] == 1
+    assert after[('bis_requests_in_flight', labels)] == 0
+    assert after[('bis_server_queue_depth', labels)] == 0
+    assert after[('bis_server_restarts_total', labels)] == 0
+    assert after[('bis_server_memory_bytes', labels)] > 10 * 2 ** 20
+    assert after[('process_resident_memory_bytes', frozenset())] > 10 * 2 ** 20
+
+
+def test_request_id_round_trip_to_the_model_server_and_its_notifications(gateway):
+    answer = http('POST', gateway.url('/run'), body={'SIGNATURE': 'dummy_model_demo2', 'INPUT_VALUE': 3},
+                  headers={'X-Request-Id': 'client-req-42'})
+    assert answer.status == 200
+    assert answer.headers['X-Request-Id'] == 'client-req-42'
+    assert answer.json()['request_id'] == 'client-req-42'
+    call_id = str(answer.json()['call_id'])
+    notes = gateway.post('/notifications', {'SIGNATURE': 'dummy_model_demo2'}).json()
+    assert [n['REQUEST_ID'] for n in notes[call_id]] == ['client-req-42']
+
+
+def test_request_id_is_made_when_missing_or_unusable(gateway):
+    made = gateway.run('dummy_model_demo2', INPUT_VALUE=1)
+    rid = made.headers['X-Request-Id']
+    assert len(rid) == 32 and int(rid, 16) >= 0 and made.json()['request_id'] == rid
+    odd = http('POST', gateway.url('/run'), body={'SIGNATURE': 'nope'}, headers={'X-Request-Id': 'has spaces; and <junk>'})
+    assert odd.status == 404
+    assert odd.headers['X-Request-Id'] != 'has spaces; and <junk>'
+    assert odd.json()['request_id'] == odd.headers['X-Request-Id']
+
+
+def test_hook_error_log_line_carries_the_request_id(gateway, tmp_path):
+    http('POST', gateway.url('/run'), body={'SIGNATURE': 'dummy_model_demo2', 'WRONG': 1},
+         headers={'X-Request-Id': 'trace-me-7'})
+    wait_until(lambda: gateway.proc.stdout_lines, lambda lines: any(
+        'trace-me-7' in line and '_pre_process failed' in line for line in lines), what='log line with the request id')
+
+
+def test_metrics_can_require_the_admin_token(processes, tmp_path):
+    config = {'METRICS_REQUIRE_TOKEN': True, 'CONFIG_ENDPOINTS': {'dummy_model_demo2': DEMO2}}
+    gateway = start_gateway(processes, tmp_path, config=config, env={'BIS_ADMIN_TOKEN': 's3cret'})
+    assert gateway.get('/metrics').status == 401
+    assert http('GET', gateway.url('/metrics'), headers={'Authorization': 'Bearer s3cret'}).status == 200
+
+
+def test_openapi_document_holds_against_the_live_gateway_with_schemathesis(processes, tmp_path):
+    schemathesis = os.path.join(os.path.dirname(sys.executable), 'schemathesis')
+    assert os.path.exists(schemathesis), 'schemathesis is in the test extra: pip install -e .[test]'
+    endpoints = tmp_path / 'endpoints'
+    shutil.copytree(os.path.join(REPO_ROOT, 'bench', 'endpoints'), endpoints)
+    config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'echo', 'CONFIG_ENDPOINTS': {'echo': {'NR_WORKERS': 2}}}
+    # with a token set, the admin routes (shutdown, kill_server) answer 401 to the fuzzer
+    gateway = start_gateway(processes, tmp_path, config=config, endpoints=endpoints,
+                            env={'BIS_ADMIN_TOKEN': 'not-given-to-the-fuzzer'})
+    done = subprocess.run(
+        [schemathesis, 'run', gateway.url('/openapi.json'), '--checks',
+         'not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance',
+         '--max-examples', '15', '--generation-deterministic'],
+        capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert ' passed' in done.stdout
+    assert gateway.get('/health').status == 200
