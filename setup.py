@@ -34,6 +34,8 @@ setup(
             # tests/test_kubernetes_manifests.py: the Kubernetes schemas, offline
             'kubernetes-validate>=1.30',
             'pyyaml>=6.0',
+            # tests/test_status_page_browser.py drives Debian's chromium + chromium-driver (apt)
+            'selenium>=4.10',
         ],
     },
     entry_points={'console_scripts': ['bis-gateway = bis_twisted.cli:main']},
