@@ -16,10 +16,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import BadRequest, ServiceUnavailable, UnknownSignature
-from .proxy import NotConnected
+from .proxy import ChildConnectionLost, NotConnected
 from .supervisor import ChildSpec
 
 HEALTH_TIMEOUT = 2.0
+SUSPECT_SECONDS = 2.0  # how long a target that dropped a request is skipped, at most
 SERVER_PATHS = ('/notifications', '/update_workers', '/get_paths', '/health')
 
 
@@ -39,6 +40,7 @@ class Target:
         self.run_url = (base_url + execution_path).encode('ascii')  # built once: the hot path
         self.in_flight = 0
         self.remote_ok = True  # remote targets: last ping's verdict
+        self.suspect_until = 0.0  # dropped a request: kept out of the rotation until then
 
     def url(self, path):
         return (self.base_url + path).encode('ascii')
@@ -91,6 +93,7 @@ class Fleet:
             self.servers[endpoint.name] = server
 
     def register_children(self):
+        self.supervisor.listeners.append(self._child_event)
         for server in self.servers.values():
             for target in server.targets:
                 if target.child_name is not None:
@@ -113,9 +116,19 @@ class Fleet:
         return server
 
     def target_ready(self, target):
+        if target.suspect_until and target.suspect_until > self._reactor.seconds():
+            return False
         if target.child_name is None:
             return target.remote_ok
         return self.supervisor.is_ready(target.child_name)
+
+    def _child_event(self, name, event):
+        # a replica that dropped a request and was then restarted is trusted again
+        if event == 'ready':
+            for server in self.servers.values():
+                for target in server.targets:
+                    if target.child_name == name:
+                        target.suspect_until = 0.0
 
     def pick(self, server, exclude=()):
         """The ready target with the fewest requests in flight, or 503 saying why none is."""
@@ -164,6 +177,11 @@ class Fleet:
         try:
             return await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name),
                                                request_id=request_id)
+        except ChildConnectionLost:
+            # Its connections close a few ms before its exit is seen, and its port may still
+            # accept: without this the next request would go to the dying process too.
+            target.suspect_until = self._reactor.seconds() + SUSPECT_SECONDS
+            raise
         finally:
             target.in_flight -= 1
             self.in_flight -= 1
@@ -255,7 +273,7 @@ class Fleet:
             'ONLINE': any(r['ONLINE'] for r in replicas),
             'ERROR': next((r.get('ERROR') for r in replicas if r.get('ERROR')), None),
             'URLS': [t.run_url.decode('ascii') for t in server.targets],
-            'PATHS': [self.execution_path] + list(SERVER_PATHS),
+            'PATHS': sorted({t.execution_path for t in server.targets}) + list(SERVER_PATHS),
             'PORT': first.get('PORT'),
             'UPTIME': first.get('UPTIME'),
             'PID': first.get('PID'),

@@ -125,8 +125,8 @@ class ChildClient:
                 raise defer.CancelledError() from None  # our caller gave up (client gone)
             if isinstance(exc, web_client.RequestNotSent):
                 raise NotConnected('RequestNotSent') from None
-            raise BadGateway('server {} closed the connection before answering ({}); it may have '
-                             'crashed'.format(what, _short(exc))) from None
+            raise ChildConnectionLost('server {} closed the connection before answering ({}); it may have '
+                                      'crashed'.format(what, _short(exc))) from None
         finally:
             if timer.active():
                 timer.cancel()
@@ -209,6 +209,10 @@ class _QuietFactory(web_client._HTTP11ClientFactory):
 
 class _QuietPool(web_client.HTTPConnectionPool):
     _factory = _QuietFactory
+
+
+class ChildConnectionLost(BadGateway):
+    """The child dropped the connection mid-request: it is probably dying."""
 
 
 class NotConnected(Exception):

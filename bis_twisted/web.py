@@ -5,6 +5,7 @@ writing JSON answers, turning our errors (and Klein's routing errors) into ``{"E
 import base64
 import io
 import json
+import math
 import re
 import time
 import uuid
@@ -68,7 +69,7 @@ def parse_json_object(raw):
     except UnicodeDecodeError:
         raise BadRequest('request body is not UTF-8 text; send a JSON object') from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise BadRequest('request body is not valid JSON ({}); send a JSON object like '
                          '{{"SIGNATURE": "<endpoint>", ...}}'.format(str(exc)[:120])) from None
@@ -80,6 +81,13 @@ def parse_json_object(raw):
 def _reject_constant(name):
     # Python's json accepts NaN and Infinity; JSON does not, and they cannot be sent on
     raise ValueError('{} is not a JSON value'.format(name))
+
+
+def _finite_float(text):
+    value = float(text)
+    if math.isinf(value):  # 1e400: valid JSON syntax, but no JSON encoder can send it on
+        raise ValueError('{} is out of the range of a double'.format(text[:40]))
+    return value
 
 
 def request_inputs(request):

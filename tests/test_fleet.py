@@ -1,0 +1,464 @@
+"""The fleet's routing on a MemoryReactor + Clock: a real ``Supervisor`` whose children are
+fakes (ready when the test feeds them the ready line), a fake HTTP client whose answers are
+Deferreds the test fires, and the gateway's ``/run`` through ``StubTreq``. No process, no
+socket."""
+
+import json
+
+import pytest
+import treq
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
+
+from bis_twisted.config import parse_config
+from bis_twisted.errors import BadGateway, GatewayTimeout, ServiceUnavailable, UnknownSignature
+from bis_twisted.fleet import Fleet
+from bis_twisted.gateway import Gateway
+from bis_twisted.loader import expected_class_name
+from bis_twisted.proxy import ChildConnectionLost, NotConnected, ProxyResult
+from bis_twisted.server import READY_LINE
+from bis_twisted.supervisor import Supervisor
+from bis_twisted.support import SupportProcess
+
+GATEWAY_PORT = 5002
+GATEWAY_FIELDS = {'ver-app', 'ver-lib', 'hostname', 'worker_id', 'time', 'gw-uptime'}
+
+
+# -- the fake world ----------------------------------------------------------------------------
+class FakeProcess:
+    def __init__(self, proto, pid):
+        self.proto = proto
+        self.pid = pid
+
+    def signalProcess(self, sig):
+        if sig in ('TERM', 'KILL'):
+            self.exit(ProcessTerminated(signal=15 if sig == 'TERM' else 9))
+
+    def exit(self, reason):
+        if self.pid is not None:
+            self.pid = None
+            self.proto.processEnded(Failure(reason))
+
+
+class ProcessReactor(MemoryReactor, Clock):
+    """Records spawns; a child is ready when the test says so, exits when the test says so."""
+
+    def __init__(self):
+        MemoryReactor.__init__(self)
+        Clock.__init__(self)
+        self.spawned = []
+        self._next_pid = 100
+
+    def spawnProcess(self, proto, executable, args=(), env=None, path=None, uid=None, gid=None,
+                     usePTY=0, childFDs=None):
+        self._next_pid += 1
+        process = FakeProcess(proto, self._next_pid)
+        proto.makeConnection(process)
+        self.spawned.append(process)
+        return process
+
+    def child(self, name):
+        """The latest process spawned for child ``name``."""
+        for process in reversed(self.spawned):
+            if process.proto.name == name:
+                return process
+        raise AssertionError('child {!r} was never spawned'.format(name))
+
+    def ready(self, *names):
+        for name in names:
+            self.child(name).proto.childDataReceived(1, '{} 0\n'.format(READY_LINE).encode())
+
+
+class Call:
+    def __init__(self, url, payload):
+        self.url = url
+        self.payload = payload
+        self.cancelled = False
+        self.deferred = defer.Deferred(canceller=self._cancel)
+
+    def _cancel(self, d):
+        self.cancelled = True  # the real client aborts its connection here
+
+    @property
+    def port(self):
+        return int(self.url.rsplit(b':', 1)[1].split(b'/')[0])
+
+    def answer(self, status=200, **body):
+        self.deferred.callback(ProxyResult(status, dict({'predict_result': 'ok'}, **body)))
+
+
+class FakeChildren:
+    """The fleet's HTTP client. ``post_json`` records each call and answers with a Deferred the
+    test fires (or at once with ``answer_at_once``); URLs in ``refusing`` fail with
+    ``NotConnected`` (the request never reached them); bases in ``down`` fail ``/health``."""
+
+    def __init__(self):
+        self.calls = []      # requests that reached a child
+        self.refused = []    # urls that refused a request
+        self.refusing = set()
+        self.down = set()
+        self.answer_at_once = None
+
+    def post_json(self, url, payload, timeout, what, **kwargs):
+        if url in self.refusing:
+            self.refused.append(url)
+            return defer.fail(NotConnected('ConnectionRefusedError'))
+        call = Call(url, payload)
+        self.calls.append(call)
+        if self.answer_at_once is not None:
+            call.deferred.callback(ProxyResult(200, dict(self.answer_at_once, port=call.port)))
+        return call.deferred
+
+    def get_json(self, url, timeout):
+        base = url.rsplit(b'/', 1)[0]
+        if base in self.down:
+            return defer.fail(ConnectionRefusedError())
+        return defer.succeed(ProxyResult(200, {'STATUS': 'OK', 'NR_WORKERS': 1}))
+
+    @property
+    def ports(self):
+        return [call.port for call in self.calls]
+
+
+@pytest.fixture
+def reactor():
+    return ProcessReactor()
+
+
+@pytest.fixture
+def children():
+    return FakeChildren()
+
+
+@pytest.fixture
+def make_fleet(tmp_path, reactor, children):
+    """``make_fleet(CONFIG_ENDPOINTS)``: the fleet of that config, children spawned (not ready)."""
+    folder = tmp_path / 'endpoints'
+    folder.mkdir()
+
+    def make(endpoints):
+        for name, entry in endpoints.items():
+            if entry.get('HOST') != 'NO_HOST' and not entry.get('URLS'):
+                server_class = entry.get('SERVER_CLASS', name)
+                (folder / (server_class + '.py')).write_text(
+                    'class {}:\n    pass\n'.format(expected_class_name(server_class)))
+        config = parse_config({'CONFIG_ENDPOINTS': endpoints}, 'config_gateway.txt', str(folder),
+                              gateway_port=GATEWAY_PORT)
+        supervisor = Supervisor(reactor=reactor)
+        fleet = Fleet(config, supervisor, children, str(folder), reactor=reactor)
+        fleet.register_children()
+        supervisor.startService()
+        return fleet
+
+    return make
+
+
+def send(fleet, name='demo', payload=b'{"INPUT_VALUE": 1}'):
+    return defer.Deferred.fromCoroutine(fleet.run(name, payload))
+
+
+def result_of(d):
+    results = []
+    d.addBoth(results.append)
+    assert results, 'the Deferred has not fired'
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def failure_of(d, *types):
+    results = []
+    d.addBoth(results.append)
+    assert results, 'the Deferred has not fired'
+    assert isinstance(results[0], Failure), 'expected a failure, got {!r}'.format(results[0])
+    assert results[0].check(*types), results[0]
+    return results[0].value
+
+
+def described(fleet, name='demo'):
+    """What /list_servers shows of server ``name``."""
+    return result_of(defer.Deferred.fromCoroutine(fleet.describe(fleet.servers[name], fleet._reactor.seconds())))
+
+
+def in_flight(fleet, name='demo'):
+    return [replica['IN_FLIGHT'] for replica in described(fleet, name)['REPLICAS']]
+
+
+THREE = {'demo': {'REPLICAS': 3}}  # ports 5003, 5004, 5005
+CHILDREN = ['demo#0', 'demo#1', 'demo#2']
+
+
+# -- least busy ----------------------------------------------------------------------------------
+def test_least_busy_ready_replica_gets_the_request_and_ties_go_to_the_first(make_fleet, reactor, children):
+    fleet = make_fleet(THREE)
+    reactor.ready(*CHILDREN)
+    for _ in range(4):
+        send(fleet)
+    # all idle: the first; then each next one; then, all at 1, the first again
+    assert children.ports == [5003, 5004, 5005, 5003]
+    children.calls[1].answer()
+    assert in_flight(fleet) == [2, 0, 1]
+    send(fleet)
+    assert children.ports[-1] == 5004  # the one with 0 in flight
+    assert in_flight(fleet) == [2, 1, 1]
+    send(fleet)
+    assert children.ports[-1] == 5004  # tie between 5004 and 5005: the first
+
+
+def test_replica_that_is_not_ready_is_never_picked(make_fleet, reactor, children):
+    fleet = make_fleet(THREE)
+    reactor.ready('demo#1', 'demo#2')  # demo#0 is still loading
+    for _ in range(6):
+        send(fleet)
+    assert sorted(children.ports) == [5004, 5004, 5004, 5005, 5005, 5005]
+    # one that died is skipped too, the moment its exit is seen
+    reactor.child('demo#2').exit(ProcessTerminated(signal=9))
+    for _ in range(3):
+        send(fleet)
+    assert children.ports[6:] == [5004, 5004, 5004]
+    # ready at last: it has nothing in flight, so it is the least busy
+    reactor.ready('demo#0')
+    send(fleet)
+    assert children.ports[-1] == 5003
+
+
+@pytest.mark.parametrize('situation,why', [
+    ('starting', "server 'demo' is starting (loading its workers); retry shortly"),
+    ('restarting', "server 'demo' is restarting after: killed by signal 9; retry shortly"),
+    ('killed', "server 'demo' is stopped (disabled or killed); POST /start_server to start it; retry shortly"),
+    ('disabled', "server 'demo' is stopped (disabled or killed); POST /start_server to start it; retry shortly"),
+])
+def test_no_replica_ready_answers_503_saying_why(make_fleet, reactor, children, situation, why):
+    entry = {'REPLICAS': 2, 'DISABLED': situation == 'disabled'}
+    fleet = make_fleet({'demo': entry})
+    if situation == 'restarting':
+        reactor.ready('demo#0', 'demo#1')
+        for name in ('demo#0', 'demo#1'):
+            reactor.child(name).exit(ProcessTerminated(signal=9))
+    elif situation == 'killed':
+        reactor.ready('demo#0', 'demo#1')
+        result_of(fleet.stop(fleet.servers['demo']))
+    error = failure_of(send(fleet), ServiceUnavailable)
+    assert (error.status, error.retry_after) == (503, 1)
+    assert error.message == why
+    assert children.calls == []
+
+
+# -- refused connections ---------------------------------------------------------------------------
+def test_replica_that_refuses_passes_the_same_request_to_the_next_which_answers(make_fleet, reactor, children):
+    fleet = make_fleet({'demo': {'REPLICAS': 2}})
+    reactor.ready('demo#0', 'demo#1')
+    children.refusing.add(b'http://127.0.0.1:5003/run')  # died a moment ago; exit not seen yet
+    d = send(fleet, payload=b'{"INPUT_VALUE": 7}')
+    assert children.refused == [b'http://127.0.0.1:5003/run']
+    assert [(c.url, c.payload) for c in children.calls] == [(b'http://127.0.0.1:5004/run', b'{"INPUT_VALUE": 7}')]
+    children.calls[0].answer(worker_id=0)
+    assert result_of(d) == ProxyResult(200, {'predict_result': 'ok', 'worker_id': 0})
+    assert in_flight(fleet) == [0, 0]
+
+
+def test_single_replica_that_refuses_answers_503(make_fleet, reactor, children):
+    fleet = make_fleet({'demo': {}})
+    reactor.ready('demo')
+    children.refusing.add(b'http://127.0.0.1:5003/run')
+    error = failure_of(send(fleet), ServiceUnavailable)
+    assert error.status == 503
+    assert error.message.startswith("server 'demo' is not accepting connections (ConnectionRefusedError)")
+    assert children.refused == [b'http://127.0.0.1:5003/run']  # tried once, not in a loop
+    assert fleet.when_idle().called  # nothing left counted in flight
+
+
+def test_every_replica_refusing_answers_503_after_one_try_each(make_fleet, reactor, children):
+    fleet = make_fleet({'demo': {'REPLICAS': 2}})
+    reactor.ready('demo#0', 'demo#1')
+    children.refusing.update({b'http://127.0.0.1:5003/run', b'http://127.0.0.1:5004/run'})
+    error = failure_of(send(fleet), ServiceUnavailable)
+    assert 'not accepting connections' in error.message
+    assert sorted(children.refused) == [b'http://127.0.0.1:5003/run', b'http://127.0.0.1:5004/run']
+    assert in_flight(fleet) == [0, 0]
+
+
+def test_replica_that_dropped_a_request_gets_no_new_one_before_it_is_back(make_fleet, reactor, children):
+    # A SIGKILLed child's connections close some milliseconds before the supervisor sees it
+    # exit, and in between its port may still take connections: a request sent there then is a
+    # second 502 for a request that was never in flight on it (test_replicas_e2e's kill test).
+    fleet = make_fleet({'demo': {'REPLICAS': 2}})
+    reactor.ready('demo#0', 'demo#1')
+    crashed = send(fleet)
+    # what the proxy raises for a dropped connection (a plain BadGateway is a garbled answer)
+    children.calls[0].deferred.errback(ChildConnectionLost(
+        "server 'demo' closed the connection before answering (Connection was closed cleanly.); it may have crashed"))
+    assert failure_of(crashed, BadGateway).status == 502
+    send(fleet)  # the supervisor has not seen demo#0 exit yet
+    assert children.ports == [5003, 5004], 'the next request went to the replica that had just dropped one'
+    # once it was restarted and said it is ready, it is the least busy again
+    reactor.child('demo#0').exit(ProcessTerminated(signal=9))
+    reactor.advance(Supervisor.minRestartDelay)
+    reactor.ready('demo#0')
+    send(fleet)
+    assert children.ports[-1] == 5003
+
+
+# -- in-flight counts ---------------------------------------------------------------------------------
+@pytest.mark.parametrize('outcome', ['success', 'bad gateway', 'timeout', 'cancelled'])
+def test_in_flight_count_returns_to_zero_whatever_the_outcome(make_fleet, reactor, children, outcome):
+    fleet = make_fleet({'demo': {'REPLICAS': 2}})
+    reactor.ready('demo#0', 'demo#1')
+    first, second = send(fleet), send(fleet)
+    assert in_flight(fleet) == [1, 1]
+    idle = fleet.when_idle()
+    assert not idle.called
+    for d, call in ((first, children.calls[0]), (second, children.calls[1])):
+        if outcome == 'success':
+            call.answer()
+            assert result_of(d).status == 200
+        elif outcome == 'bad gateway':
+            call.deferred.errback(BadGateway("server 'demo' closed the connection before answering"))
+            assert failure_of(d, BadGateway).status == 502
+        elif outcome == 'timeout':
+            call.deferred.errback(GatewayTimeout("server 'demo' did not answer within its TIMEOUT of 60s"))
+            assert failure_of(d, GatewayTimeout).status == 504
+        else:  # the gateway's client went away: the call to the child is abandoned
+            d.cancel()
+            failure_of(d, defer.CancelledError)
+            assert call.cancelled
+    assert in_flight(fleet) == [0, 0]
+    assert idle.called  # the shutdown drain sees the gateway idle
+    # a request the child may have run is never sent twice
+    assert len(children.calls) == 2 and children.refused == []
+
+
+# -- remote servers (URLS) ---------------------------------------------------------------------------
+REMOTES = {'far': {'URLS': ['http://10.9.0.1:7000/run', 'http://10.9.0.2:7000/run']},
+           'monitor': {'HOST': 'NO_HOST', 'PING_INTERVAL': 2}}
+
+
+def start_support(fleet, reactor, name='monitor'):
+    endpoint = fleet.config.endpoint(name)
+    support = SupportProcess(endpoint, fleet, GATEWAY_PORT, fleet.endpoints_dir, reactor=reactor)
+    support.startService()  # the first round runs at once
+    return support
+
+
+def test_remote_that_misses_its_ping_is_skipped_and_comes_back_when_it_answers(make_fleet, reactor, children):
+    fleet = make_fleet(REMOTES)
+    children.down.add(b'http://10.9.0.1:7000')
+    support = start_support(fleet, reactor)
+    try:
+        assert [r['STATE'] for r in described(fleet, 'far')['REPLICAS']] == ['offline', 'online']
+        for _ in range(3):
+            send(fleet, 'far')
+        assert [c.url for c in children.calls] == [b'http://10.9.0.2:7000/run'] * 3
+        children.down.clear()
+        reactor.advance(2)  # the next ping round
+        send(fleet, 'far')
+        assert children.calls[-1].url == b'http://10.9.0.1:7000/run'
+    finally:
+        support.stopService()
+
+
+def test_every_remote_offline_answers_503_naming_the_urls(make_fleet, reactor, children):
+    fleet = make_fleet({'far': {'URLS': ['http://10.9.0.1:7000/run']}, 'monitor': {'HOST': 'NO_HOST'}})
+    children.down.add(b'http://10.9.0.1:7000')
+    support = start_support(fleet, reactor)
+    try:
+        error = failure_of(send(fleet, 'far'), ServiceUnavailable)
+        assert error.message == "server 'far' is not answering at http://10.9.0.1:7000/run; retry shortly"
+        assert children.calls == []
+    finally:
+        support.stopService()
+
+
+def test_remote_that_refuses_is_taken_out_and_the_request_goes_to_the_next(make_fleet, reactor, children):
+    fleet = make_fleet(REMOTES)
+    children.refusing.add(b'http://10.9.0.1:7000/run')
+    send(fleet, 'far')
+    assert [c.url for c in children.calls] == [b'http://10.9.0.2:7000/run']
+    children.calls[0].answer()
+    # not tried again until a ping says it is back
+    send(fleet, 'far')
+    assert children.refused == [b'http://10.9.0.1:7000/run']
+    assert children.calls[-1].url == b'http://10.9.0.2:7000/run'
+
+
+def test_urls_keep_their_path_as_the_execution_path(make_fleet, reactor, children):
+    fleet = make_fleet({'a': {'URLS': ['http://127.0.0.2:7000/run']},
+                        'b': {'URLS': ['http://127.0.0.3:7001/v1/predict/']},
+                        'c': {'URLS': ['http://127.0.0.4:7002']}})
+    for name in ('a', 'b', 'c'):
+        send(fleet, name)
+    assert [c.url for c in children.calls] == [b'http://127.0.0.2:7000/run', b'http://127.0.0.3:7001/v1/predict',
+                                              b'http://127.0.0.4:7002/run']
+    assert described(fleet, 'a')['URLS'] == ['http://127.0.0.2:7000/run']
+    assert described(fleet, 'b')['URLS'] == ['http://127.0.0.3:7001/v1/predict']
+    assert described(fleet, 'b')['REPLICAS'][0]['URL'] == 'http://127.0.0.3:7001'
+
+
+def test_unknown_signature_is_404_listing_the_servers(make_fleet, reactor, children):
+    fleet = make_fleet({'demo': {'REPLICAS': 2}, 'other': {}})
+    error = failure_of(send(fleet, 'nope'), UnknownSignature)
+    assert error.status == 404
+    assert error.message == "unknown SIGNATURE 'nope'; available: demo, other"
+
+
+# -- through the gateway's routes ---------------------------------------------------------------------
+@pytest.fixture
+def gateway_of(reactor, children):
+    def make(fleet):
+        children.answer_at_once = {'predict_result': {'dummy_model_predict': '4*2 + 1 = 9 PREDICTED'},
+                                   'worker_id': 0, 'call_id': 1, 'signature': 'h.demo.DemoWorker.0'}
+        return StubTreq(Gateway(fleet, reactor=reactor).resource())
+    return make
+
+
+def post_run(stub, body):
+    response = result_of(stub.post('http://gateway/run', data=json.dumps(body).encode(),
+                                   headers={b'Content-Type': [b'application/json']}))
+    return response, result_of(treq.json_content(response))
+
+
+def test_gateway_run_to_two_replicas_answers_the_childs_body_with_gateway_fields(make_fleet, reactor, gateway_of,
+                                                                                 children):
+    fleet = make_fleet({'demo': {'REPLICAS': 2}})
+    reactor.ready('demo#0', 'demo#1')
+    stub = gateway_of(fleet)
+    response, body = post_run(stub, {'SIGNATURE': 'demo', 'INPUT_VALUE': 4})
+    assert response.code == 200
+    assert body['predict_result'] == {'dummy_model_predict': '4*2 + 1 = 9 PREDICTED'}
+    assert body['signature'] == 'h.demo.DemoWorker.0' and body['worker_id'] == 0
+    assert GATEWAY_FIELDS <= set(body)
+    assert json.loads(children.calls[0].payload) == {'SIGNATURE': 'demo', 'INPUT_VALUE': 4}
+    # replica 0 not ready: the other one serves
+    reactor.child('demo#0').exit(ProcessTerminated(signal=9))
+    response, body = post_run(stub, {'SIGNATURE': 'demo', 'INPUT_VALUE': 4})
+    assert response.code == 200 and body['port'] == 5004
+
+
+def test_gateway_run_with_unknown_signature_is_404(make_fleet, reactor, gateway_of):
+    stub = gateway_of(make_fleet({'demo': {'REPLICAS': 2}}))
+    response, body = post_run(stub, {'SIGNATURE': 'nope'})
+    assert response.code == 404
+    assert body['ERROR'] == "unknown SIGNATURE 'nope'; available: demo"
+
+
+def test_gateway_run_with_every_replica_down_is_503_with_retry_after(make_fleet, reactor, gateway_of, children):
+    fleet = make_fleet({'demo': {'REPLICAS': 2}})
+    reactor.ready('demo#0', 'demo#1')
+    for name in ('demo#0', 'demo#1'):
+        reactor.child(name).exit(ProcessTerminated(signal=9))
+    stub = gateway_of(fleet)
+    response, body = post_run(stub, {'SIGNATURE': 'demo', 'INPUT_VALUE': 1})
+    assert response.code == 503
+    assert response.headers.getRawHeaders(b'Retry-After') == [b'1']
+    assert body['ERROR'] == "server 'demo' is restarting after: killed by signal 9; retry shortly"
+    assert GATEWAY_FIELDS <= set(body)
+    assert children.calls == []
+    # back after the restart delay and its ready line
+    reactor.advance(Supervisor.minRestartDelay)
+    reactor.ready('demo#0')
+    response, body = post_run(stub, {'SIGNATURE': 'demo', 'INPUT_VALUE': 1})
+    assert response.code == 200 and body['port'] == 5003
