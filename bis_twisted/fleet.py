@@ -104,8 +104,15 @@ class Fleet:
         argv = [self._python, '-m', 'bis_twisted.server', '--endpoints', self.endpoints_dir,
                 '--name', endpoint.name, '--server-class', endpoint.server_class,
                 '--host', endpoint.host, '--port', str(port), '--path', self.execution_path,
-                '--config-json', json.dumps(endpoint.entry), '--exit-with-parent']
+                '--config-json', json.dumps(self._child_entry(endpoint)), '--exit-with-parent']
         return ChildSpec(name=target.child_name, argv=argv, cwd=self._cwd)
+
+    def _child_entry(self, endpoint):
+        entry = dict(endpoint.entry)
+        # a form field re-encoded as JSON can grow (a control character becomes \\u0001):
+        # the child, behind the gateway's own limit, takes what the gateway let through
+        entry.setdefault('MAX_BODY_MB', self.config.max_body_mb * 6)
+        return entry
 
     # -- lookup and routing ----------------------------------------------------------------
     def server(self, name):

@@ -18,7 +18,7 @@ from .security import AdminGuard
 from .status import system_alerts, system_status
 from .fleet import hms
 from .openapi import openapi_document
-from .web import dumps, error_answer, now_text, request_id_of, request_inputs, write_json
+from .web import error_answer, forward_payload, now_text, request_id_of, request_inputs, write_json
 
 SIGNATURE = 'SIGNATURE'
 STATUS_PAGE = importlib.resources.files(__package__).joinpath('static/status.html').read_bytes()
@@ -100,7 +100,7 @@ class Gateway:
         try:
             inputs = request_inputs(request)
             signature = self.signature_of(inputs)
-            result = await self.fleet.run(signature, dumps(inputs), rid)
+            result = await self.fleet.run(signature, forward_payload(inputs), rid)
             status = result.status
             headers = {b'Retry-After': b'1'} if status == 503 else None
             return self.answer(request, status, dict(result.body), headers)

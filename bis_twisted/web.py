@@ -3,16 +3,21 @@ writing JSON answers, turning our errors (and Klein's routing errors) into ``{"E
 """
 
 import base64
+import email
+import email.errors
+import email.policy
+import email.utils
 import io
 import json
 import math
 import re
 import time
 import uuid
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
@@ -101,7 +106,7 @@ def request_inputs(request):
         # JSON whatever the content type says: `curl -d '{...}'` labels it a form post
         inputs = parse_json_object(raw)
     elif content_type.startswith(b'multipart/form-data'):
-        inputs = {_text(k): _text(v[0]) for k, v in (request.args or {}).items()}
+        inputs = multipart_fields(raw, request.getHeader(b'content-type'))
     elif content_type == b'application/x-www-form-urlencoded':
         inputs = {k: v for k, v in parse_qsl(_text(raw), keep_blank_values=True)}
     elif raw.strip():
@@ -111,6 +116,45 @@ def request_inputs(request):
         for key, value in parse_qsl(_text(query[1]), keep_blank_values=True):
             inputs.setdefault(key, value)
     return inputs
+
+
+def multipart_fields(raw, content_type):
+    """The fields of a multipart/form-data body. Parsed here, not by twisted.web (which
+    the sites are told not to): its parser failed on RFC 2231 field names
+    (``name*=utf-8''...``) and dropped the connection without an answer. A file part comes
+    as base64 text and is named in ``BASE64_KEYS``, so the worker receives its bytes."""
+    try:
+        message = email.message_from_bytes(b'Content-Type: ' + content_type + b'\r\n\r\n' + raw,
+                                           policy=email.policy.HTTP)
+        if not message.is_multipart():
+            raise ValueError('no parts')
+        fields, files = {}, []
+        for part in message.iter_parts():
+            name = part.get_param('name', header='content-disposition')
+            if name is None:
+                continue
+            name = email.utils.collapse_rfc2231_value(name)
+            payload = part.get_payload(decode=True) or b''
+            if part.get_filename() is not None:
+                fields[name] = base64.b64encode(payload).decode('ascii')
+                files.append(name)
+            else:
+                fields[name] = payload.decode(part.get_content_charset() or 'utf-8', 'replace')
+    except (ValueError, TypeError, LookupError, AttributeError, email.errors.MessageError) as exc:
+        raise BadRequest('multipart/form-data body that does not parse ({}); send a JSON object'.format(
+            type(exc).__name__)) from None
+    if files:
+        fields['BASE64_KEYS'] = files
+    return fields
+
+
+def forward_payload(inputs):
+    """The inputs as the JSON sent on to a model server: compact UTF-8, so a body under the
+    gateway's limit does not grow past the server's by escaping (``é`` is 2 bytes, ``\\u00e9`` 6)."""
+    try:
+        return json.dumps(inputs, ensure_ascii=False, separators=(',', ':')).encode('utf-8')
+    except UnicodeEncodeError:
+        raise BadRequest('the request holds a lone UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode') from None
 
 
 REQUEST_ID_HEADER = b'X-Request-Id'
@@ -221,11 +265,31 @@ def limited_request_factory(max_body_mb):
     return type('LimitedRequest', (LimitedRequest,), {'max_body': int(max_body_mb * 1024 * 1024)})
 
 
+class Utf8PathGuard(Resource):
+    """Answers a path whose %-escapes are not UTF-8 (``/%ff``) with a JSON 400. Klein
+    refuses such a path before routing, so our error handlers never see it, and it answers
+    text/html and logs a traceback per request."""
+
+    isLeaf = True
+
+    def __init__(self, wrapped):
+        Resource.__init__(self)
+        self._wrapped = wrapped
+
+    def render(self, request):
+        try:
+            unquote_to_bytes(request.path).decode('utf-8')
+        except UnicodeDecodeError:
+            return write_json(request, 400, {'ERROR': 'the URL path is not UTF-8 once %-decoded'})
+        return self._wrapped.render(request)
+
+
 def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False):
     """A ``Site`` with the body cap, an idle timeout, and (by default) no access log: one
     log line per request costs more than routing it."""
 
-    site = Site(resource, requestFactory=limited_request_factory(max_body_mb), timeout=IDLE_TIMEOUT)
+    site = Site(Utf8PathGuard(resource), requestFactory=limited_request_factory(max_body_mb), timeout=IDLE_TIMEOUT,
+                parsePOSTFormSubmission=False)
     site.protocol = JsonErrorChannel  # HTTP/1.1 only: no HTTP/2 negotiation on plain TCP anyway
     site.noisy = False
     if not access_log:
