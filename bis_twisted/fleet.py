@@ -251,7 +251,13 @@ class Fleet:
 
     # -- measured state ------------------------------------------------------------------------
     async def ping(self, target, timeout=HEALTH_TIMEOUT):
-        """The target's /health answer (a dict), or None when it does not answer 200 in time."""
+        """The target's /health answer (a dict), or None when it does not answer 200 in time.
+
+        A child that has not said it is ready is not asked: it cannot answer 200 yet, and a
+        connection to a port nobody listens on yet can, in the ephemeral range, connect to
+        itself and keep the port from the child for a minute."""
+        if target.child_name is not None and not self.supervisor.is_ready(target.child_name):
+            return None
         try:
             result = await self.client.get_json(target.url('/health'), timeout)
         except Exception:  # any failure to answer means "not online"; the cause is not needed here
