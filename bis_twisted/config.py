@@ -67,6 +67,7 @@ class GatewayConfig:
     extra = attr.ib(factory=dict, repr=False)  # other top-level keys
     max_body_mb = attr.ib(default=DEFAULT_MAX_BODY_MB)
     metrics_require_token = attr.ib(default=False)  # /metrics under the admin rule
+    metrics = attr.ib(default=True)  # false: no request statistics at all (/metrics answers 404)
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -113,6 +114,7 @@ _TOP_KEYS = {
     'CONFIG_ENDPOINTS': (lambda v: isinstance(v, dict), 'an object of endpoint entries'),
     'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'METRICS_REQUIRE_TOKEN': (lambda v: isinstance(v, bool), 'true or false'),
+    'METRICS': (lambda v: isinstance(v, bool), 'true or false'),
 }
 
 
@@ -161,7 +163,8 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
                          no_startup_wait=data.get('NO_STARTUP_WAIT', False),
                          server_name=data.get('SERVER_NAME', ''), endpoints=tuple(endpoints), extra=extra,
                          max_body_mb=data.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB),
-                         metrics_require_token=data.get('METRICS_REQUIRE_TOKEN', False))
+                         metrics_require_token=data.get('METRICS_REQUIRE_TOKEN', False),
+                         metrics=data.get('METRICS', True))
 
 
 def _check_endpoint_file(where, endpoints_dir, server_class, required):

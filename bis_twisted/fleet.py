@@ -266,8 +266,7 @@ class Fleet:
 
     async def describe(self, server, now):
         """The ``AVAIL_SERVERS`` entry of one server, ONLINE measured now."""
-        health = await defer.gatherResults([defer.Deferred.fromCoroutine(self.ping(t))
-                                            for t in server.targets])
+        health = await self.ping_server(server)
         replicas = []
         for target, answer in zip(server.targets, health):
             entry = {'URL': target.base_url, 'ONLINE': answer is not None, 'IN_FLIGHT': target.in_flight}
@@ -300,14 +299,21 @@ class Fleet:
             result['REPLICAS'] = replicas
         return result
 
+    def ping_server(self, server, timeout=HEALTH_TIMEOUT):
+        """A Deferred list of the /health answers (or None) of each of the server's targets."""
+        return defer.gatherResults([defer.Deferred.fromCoroutine(self.ping(t, timeout)) for t in server.targets])
+
+    async def ping_servers(self, servers, timeout=HEALTH_TIMEOUT):
+        """``{name: [answer or None per target]}`` for ``servers``, asked concurrently."""
+        answers = await defer.gatherResults([self.ping_server(s, timeout) for s in servers])
+        return {s.name: a for s, a in zip(servers, answers)}
+
     async def unready(self):
         """Names of the servers that should run and do not answer now."""
         wanted = [s for s in self.servers.values()
                   if s.config.is_remote or any(self.supervisor.status(t.child_name).wanted for t in s.targets)]
-        answers = await defer.gatherResults([
-            defer.gatherResults([defer.Deferred.fromCoroutine(self.ping(t)) for t in s.targets])
-            for s in wanted])
-        return [s.name for s, health in zip(wanted, answers) if not any(h is not None for h in health)]
+        health = await self.ping_servers(wanted)
+        return [name for name, answers in health.items() if all(a is None for a in answers)]
 
 
 def _state(status, answer):

@@ -6,18 +6,17 @@ import os
 import socket
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from . import LIB_VER
-from prometheus_client import CONTENT_TYPE_LATEST
-
-from .errors import BadRequest, BisError, UnknownSignature
-from .security import AdminGuard
-from .status import system_alerts, system_status
+from .errors import BadRequest, BisError, NotFound, UnknownSignature
 from .fleet import hms
 from .openapi import openapi_document
+from .security import AdminGuard
+from .status import memory_gb, system_alerts, system_status
 from .web import error_answer, forward_payload, now_text, request_id_of, request_inputs, write_json
 
 SIGNATURE = 'SIGNATURE'
@@ -63,23 +62,18 @@ class Gateway:
     def resource(self):
         return self.app.resource()
 
-    def fields(self, worker_id='unknown'):
+    def fields(self, request, worker_id='unknown'):
         """What every answer of the gateway carries."""
         fields = dict(self._static_fields)
         fields['worker_id'] = worker_id
         fields['time'] = now_text()
         fields['gw-uptime'] = hms(self._reactor.seconds() - self.started_at)
+        fields['request_id'] = request_id_of(request)
         return fields
 
     def answer(self, request, status, body, headers=None):
-        body.update(self.fields(body.get('worker_id', 'unknown')))
-        body['request_id'] = request_id_of(request)
+        body.update(self.fields(request, body.get('worker_id', 'unknown')))
         return write_json(request, status, body, headers)
-
-    def _error_fields(self, request):
-        fields = self.fields()
-        fields['request_id'] = request_id_of(request)
-        return fields
 
     @staticmethod
     def signature_of(inputs):
@@ -125,9 +119,10 @@ class Gateway:
 
     @app.route('/stats', methods=['GET'])
     def stats(self, request):
-        points = self.metrics.recent.points() if self.metrics is not None else []
-        return self.answer(request, 200, {'WINDOW_SECONDS': self.metrics.recent.window if self.metrics else None,
-                                          'POINTS': points})
+        if self.metrics is None:
+            return self.answer(request, 200, {'WINDOW_SECONDS': None, 'POINTS': []})
+        return self.answer(request, 200, {'WINDOW_SECONDS': self.metrics.recent.window,
+                                          'POINTS': self.metrics.recent.points()})
 
     @app.route('/openapi.json', methods=['GET'])
     def openapi(self, request):
@@ -135,14 +130,12 @@ class Gateway:
 
     @app.route('/metrics', methods=['GET'])
     async def metrics_route(self, request):
+        if self.metrics is None:
+            raise NotFound('metrics are off in this gateway\'s config ("METRICS": false)')
         if self.metrics_guarded:
             self.guard.check(request)
         # queue depth and busy workers come from each server's /health, asked now
-        names = list(self.fleet.servers)
-        answers = await defer.gatherResults([
-            defer.gatherResults([defer.Deferred.fromCoroutine(self.fleet.ping(t, METRICS_PING_TIMEOUT))
-                                 for t in self.fleet.servers[name].targets]) for name in names])
-        self.metrics.health = dict(zip(names, answers))
+        self.metrics.health = await self.fleet.ping_servers(list(self.fleet.servers.values()), METRICS_PING_TIMEOUT)
         text = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self.metrics.render)
         request.setHeader(b'Content-Type', CONTENT_TYPE_LATEST.encode('ascii'))
         return text
@@ -175,14 +168,20 @@ class Gateway:
     async def system_status(self, request):
         server_pids = {name: self.fleet.pids(name) for name in self.fleet.servers}
         # psutil walks /proc: a few ms, kept off the reactor thread
-        status = await deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(), system_status, gateway_pid=os.getpid(), server_pids=server_pids, server_name=self.server_name,
-            support_services=self.support_data, cache_dir=self.cache_dir)
+        status = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._measure, server_pids)
         return self.answer(request, 200, {
             'SYSTEM_STATUS': status,
             'SYSTEM_ALERTS': system_alerts(status),
             'SYSTEM_HISTORY': self.history.snapshot() if self.history is not None else {},
         })
+
+    def _measure(self, server_pids):
+        status = system_status(gateway_pid=os.getpid(), server_pids=server_pids, server_name=self.server_name,
+                               support_services=self.support_data, cache_dir=self.cache_dir)
+        replicas = {name: [memory_gb(pid) for pid in pids] for name, pids in server_pids.items() if len(pids) > 1}
+        if replicas:  # each replica's share, beside the per-endpoint sum in mem_servers
+            status['mem_replicas'] = replicas
+        return status
 
     @app.route('/support_update_status', methods=['POST'])
     def support_update_status(self, request):
@@ -258,4 +257,4 @@ class Gateway:
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):
-        return error_answer(request, failure, extra_fields=lambda: self._error_fields(request))
+        return error_answer(request, failure, extra_fields=lambda: self.fields(request))

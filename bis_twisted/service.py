@@ -15,6 +15,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from .compat import get_packages
 from .config import NO_HOST, EndpointConfig, load_config
 from .fleet import Fleet
 from .gateway import Gateway
@@ -79,7 +80,8 @@ class GatewayService(MultiService):
                                history=self.history, shutdown=self._reactor.stop, cache_dir=options.cache,
                                server_name=self.config.server_name,
                                support_names=[e.name for e in self.config.endpoints if e.is_support],
-                               metrics=GatewayMetrics(self.fleet, self.supervisor, reactor),
+                               metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
+                                        if self.config.metrics else None),
                                metrics_guarded=self.config.metrics_require_token)
         self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb)
         self.port = None
@@ -87,6 +89,9 @@ class GatewayService(MultiService):
 
     def startService(self):
         self.history.startup()
+        if os.environ.get('AID_APP_SHOW_PACKS', os.environ.get('SHOW_PACKS', '')).lower() == 'yes':
+            # the original image's switch: the installed packages at start, for the record
+            self._log.info('installed packages:\n{packages}', packages='\n'.join(get_packages()))
         MultiService.startService(self)
         default = self.config.default_server
         endpoint = self.config.endpoint(default) if default else None

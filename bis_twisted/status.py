@@ -58,6 +58,11 @@ def _trees_rss(pids, exclude=()):
     return total, seen
 
 
+def memory_gb(pid):
+    """RSS in GB of the process ``pid`` and its descendants (0 when it is gone or None)."""
+    return _gb(_trees_rss(_as_pid_list(pid))[0])
+
+
 def _existing_folder(path):
     # disk_usage needs a path that exists; before the first write the cache may not
     path = os.path.abspath(path or '.')

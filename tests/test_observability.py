@@ -150,3 +150,17 @@ def test_openapi_document_holds_against_the_live_gateway_with_schemathesis(proce
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert ' passed' in done.stdout
     assert gateway.get('/health').status == 200
+
+
+def test_metrics_off_means_no_metrics_route_and_an_empty_chart(processes, tmp_path):
+    config = {'METRICS': False, 'CONFIG_ENDPOINTS': {'dummy_model_demo2': DEMO2}}
+    gateway = start_gateway(processes, tmp_path, config=config)
+    answer = gateway.get('/metrics')
+    assert answer.status == 404 and '"METRICS": false' in answer.json()['ERROR']
+    assert gateway.get('/stats').json()['POINTS'] == []
+
+
+def test_show_packs_logs_the_installed_packages_at_start(processes, tmp_path):
+    config = {'CONFIG_ENDPOINTS': {'dummy_model_demo2': DEMO2}}
+    gateway = start_gateway(processes, tmp_path, config=config, env={'AID_APP_SHOW_PACKS': 'Yes'})
+    assert any(line.strip().lower().startswith('twisted==') for line in gateway.proc.stdout_lines)

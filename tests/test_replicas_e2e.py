@@ -64,6 +64,15 @@ def test_two_replicas_are_listed_with_their_own_port_and_pid(gateway):
     assert server['URLS'] == ['http://127.0.0.1:{}/run'.format(r['PORT']) for r in listed]
 
 
+def test_system_status_sums_memory_per_endpoint_and_shows_each_replica(gateway):
+    wait_replicas_online(gateway)
+    status = gateway.get('/system_status').json()['SYSTEM_STATUS']
+    per_replica = status['mem_replicas'][DEMO]
+    assert len(per_replica) == 2 and all(mem > 0 for mem in per_replica)
+    # both measured by psutil, rounded to 0.01 GB each
+    assert status['mem_servers'][DEMO] == pytest.approx(sum(per_replica), abs=0.021)
+
+
 def test_request_goes_to_the_idle_replica_while_the_other_is_busy(gateway):
     first, second = wait_replicas_online(gateway)
     # replica 0 frozen: whichever request the gateway routes first waits there (idle replicas
