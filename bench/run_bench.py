@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The bis_twisted benchmark: one command, side-by-side figures from one run.
 
-    python bench/run_bench.py                # full run (about 4 minutes)
+    python bench/run_bench.py                # full run (about 6 minutes)
     python bench/run_bench.py --duration 3   # shorter wrk runs
 
 It starts the real gateway (``bis-gateway``) on loopback with the endpoints in
@@ -15,7 +15,8 @@ It starts the real gateway (``bis-gateway``) on loopback with the endpoints in
 - time until a child's endpoint serves again after ``kill -9``;
 - 1,000 requests at once to a model that sleeps 1 s with 100 workers: how many answered,
   in how long, with the gateway's peak memory;
-- a CPU-bound endpoint with REPLICAS 1 and 2.
+- a CPU-bound endpoint with REPLICAS 1 and 2;
+- the cost of the metrics: the ratio to direct with ``METRICS`` on and off.
 
 Prints the table, and writes it (Markdown + JSON) and a PNG chart (if matplotlib is
 installed: ``pip install -e '.[bench]'``) under ``bench/results/``.
@@ -240,10 +241,46 @@ def bench_sleepers(gateway, count=1000):
             'gateway_peak_mb': peak[0]}
 
 
-def bench_replicas(wrk_bin, gateway, duration):
-    out = {}
-    for name in ('cpu_bound_1', 'cpu_bound_2'):
-        out[name] = wrk(wrk_bin, gateway.url + '/run', {'SIGNATURE': name, 'INPUT_VALUE': 200000}, 8, duration)
+def _median_run(runs):
+    runs = sorted(runs, key=lambda r: r['rps'])
+    return dict(runs[len(runs) // 2], all_rps=[r['rps'] for r in runs])
+
+
+def bench_replicas(wrk_bin, gateway, duration, rounds=3):
+    """CPU-bound endpoint with REPLICAS 1 and 2, interleaved ``rounds`` times; medians."""
+    runs = {'cpu_bound_1': [], 'cpu_bound_2': []}
+    for _ in range(rounds):
+        for name in runs:
+            runs[name].append(wrk(wrk_bin, gateway.url + '/run', {'SIGNATURE': name, 'INPUT_VALUE': 200000}, 8,
+                                  duration))
+    out = {name: _median_run(r) for name, r in runs.items()}
+    print('CPU-bound REPLICAS 1 vs 2: {:.1f} vs {:.1f} req/s'.format(out['cpu_bound_1']['rps'],
+                                                                    out['cpu_bound_2']['rps']), flush=True)
+    return out
+
+
+def bench_metrics_cost(wrk_bin, workdir, duration, rounds=3):
+    """The same echo endpoint behind a gateway with metrics on and one with METRICS false,
+    each against its own child directly, interleaved: the ratio to direct with and without."""
+    gateways = {}
+    for label, metrics in (('on', True), ('off', False)):
+        config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'echo', 'METRICS': metrics,
+                  'CONFIG_ENDPOINTS': {'echo': {'NR_WORKERS': 4}}}
+        gateways[label] = Gateway(config, os.path.join(HERE, 'endpoints'), workdir)
+    body = {'SIGNATURE': 'echo', 'INPUT_VALUE': 'x'}
+    ratios = {'on': [], 'off': []}
+    try:
+        for _ in range(rounds):
+            for label, gateway in gateways.items():
+                direct = wrk(wrk_bin, direct_url(gateway, 'echo'), body, 64, duration)
+                through = wrk(wrk_bin, gateway.url + '/run', body, 64, duration)
+                ratios[label].append(through['rps'] / direct['rps'])
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+    out = {label: sorted(r)[len(r) // 2] for label, r in ratios.items()}
+    out['runs'] = ratios
+    print('ratio to direct at c=64: metrics on {:.0%}, off {:.0%}'.format(out['on'], out['off']), flush=True)
     return out
 
 
@@ -279,9 +316,12 @@ def write_report(report, stamp):
     for name, mb in report['memory_mb'].items():
         lines.append('| memory of {} | {:.0f} MB |'.format(name, mb))
     rep = report['replicas']
-    lines.append('| CPU-bound, REPLICAS 1 vs 2 (c=8) | {:.1f} vs {:.1f} req/s ({:.2f}x) |'.format(
+    lines.append('| CPU-bound, REPLICAS 1 vs 2 (c=8, median of 3 interleaved) | {:.1f} vs {:.1f} req/s ({:.2f}x) |'.format(
         rep['cpu_bound_1']['rps'], rep['cpu_bound_2']['rps'],
         rep['cpu_bound_2']['rps'] / rep['cpu_bound_1']['rps'] if rep['cpu_bound_1']['rps'] else 0))
+    cost = report['metrics_cost']
+    lines.append('| echo c=64, ratio to direct with metrics on vs off (median of 3 interleaved) | {:.0%} vs {:.0%} |'.format(
+        cost['on'], cost['off']))
     text = '\n'.join(lines) + '\n'
     with open(base + '.md', 'w') as fh:
         fh.write(text)
@@ -343,6 +383,7 @@ def main():
         report['replicas'] = bench_replicas(wrk_bin, gateway, args.duration)
     finally:
         gateway.stop()
+    report['metrics_cost'] = bench_metrics_cost(wrk_bin, workdir, args.duration)
     write_report(report, stamp)
 
 
