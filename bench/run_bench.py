@@ -259,9 +259,10 @@ def bench_replicas(wrk_bin, gateway, duration, rounds=3):
     return out
 
 
-def bench_metrics_cost(wrk_bin, workdir, duration, rounds=3):
+def bench_metrics_cost(wrk_bin, workdir, duration, rounds=4):
     """The same echo endpoint behind a gateway with metrics on and one with METRICS false,
-    each against its own child directly, interleaved: the ratio to direct with and without."""
+    each against its own child directly, interleaved (the order flips each round): the ratio
+    to direct, and the gateway's own req/s, with and without."""
     gateways = {}
     for label, metrics in (('on', True), ('off', False)):
         config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'echo', 'METRICS': metrics,
@@ -269,18 +270,24 @@ def bench_metrics_cost(wrk_bin, workdir, duration, rounds=3):
         gateways[label] = Gateway(config, os.path.join(HERE, 'endpoints'), workdir)
     body = {'SIGNATURE': 'echo', 'INPUT_VALUE': 'x'}
     ratios = {'on': [], 'off': []}
+    gateway_rps = {'on': [], 'off': []}
     try:
-        for _ in range(rounds):
-            for label, gateway in gateways.items():
+        for round_no in range(rounds):
+            for label in (('on', 'off') if round_no % 2 == 0 else ('off', 'on')):
+                gateway = gateways[label]
                 direct = wrk(wrk_bin, direct_url(gateway, 'echo'), body, 64, duration)
                 through = wrk(wrk_bin, gateway.url + '/run', body, 64, duration)
                 ratios[label].append(through['rps'] / direct['rps'])
+                gateway_rps[label].append(through['rps'])
     finally:
         for gateway in gateways.values():
             gateway.stop()
-    out = {label: sorted(r)[len(r) // 2] for label, r in ratios.items()}
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    out = {label: median(r) for label, r in ratios.items()}
+    out['gateway_rps'] = {label: sum(r) / len(r) for label, r in gateway_rps.items()}
     out['runs'] = ratios
-    print('ratio to direct at c=64: metrics on {:.0%}, off {:.0%}'.format(out['on'], out['off']), flush=True)
+    print('ratio to direct at c=64: metrics on {:.0%}, off {:.0%}; gateway mean req/s on {:.0f}, off {:.0f}'.format(
+        out['on'], out['off'], out['gateway_rps']['on'], out['gateway_rps']['off']), flush=True)
     return out
 
 
@@ -320,8 +327,9 @@ def write_report(report, stamp):
         rep['cpu_bound_1']['rps'], rep['cpu_bound_2']['rps'],
         rep['cpu_bound_2']['rps'] / rep['cpu_bound_1']['rps'] if rep['cpu_bound_1']['rps'] else 0))
     cost = report['metrics_cost']
-    lines.append('| echo c=64, ratio to direct with metrics on vs off (median of 3 interleaved) | {:.0%} vs {:.0%} |'.format(
-        cost['on'], cost['off']))
+    lines.append('| echo c=64 with metrics on vs off (4 interleaved rounds): median ratio to direct; gateway mean '
+                 'req/s | {:.0%} vs {:.0%}; {:.0f} vs {:.0f} |'.format(cost['on'], cost['off'], cost['gateway_rps']['on'],
+                                                                      cost['gateway_rps']['off']))
     text = '\n'.join(lines) + '\n'
     with open(base + '.md', 'w') as fh:
         fh.write(text)

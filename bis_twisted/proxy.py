@@ -6,8 +6,8 @@ per-request work (URL parsing, IDNA, cookie jar) measured as the larger part of 
 cost in our prototypes (issue 7). Everything else (health pings, notifications, admin calls)
 uses ``treq.client.HTTPClient`` over the same agent.
 
-Every call has a deadline and is cancellable: when the gateway's
-client goes away, the call to the child is abandoned (its connection aborted).
+Every call has a deadline and is cancellable: when the gateway's client goes away, the call
+to the child is abandoned (its connection aborted).
 """
 
 import json
@@ -15,10 +15,10 @@ import json
 import attr
 from treq.client import HTTPClient
 from twisted.internet import defer, error as net_error
-from twisted.web import client as web_client
-from twisted.web.http_headers import Headers
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web import client as web_client
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
@@ -28,7 +28,7 @@ _JSON_HEADERS = Headers({b'Content-Type': [b'application/json'], b'User-Agent': 
 
 # failures that mean the request never reached the child: safe to retry, and "not up" to the user
 _NOT_CONNECTED = (net_error.ConnectionRefusedError, net_error.ConnectError, net_error.DNSLookupError,
-                  net_error.NoRouteError)
+                  net_error.NoRouteError, web_client.RequestNotSent)
 
 
 @attr.s(frozen=True)
@@ -83,11 +83,8 @@ class ChildClient:
         """POST ``payload`` (bytes) to ``url`` (bytes); ``what`` names the server in errors.
 
         Raises ``NotConnected`` when the request never reached the child (the caller may try
-        another replica), ``GatewayTimeout``, ``BadGateway``, or ``CancelledError`` when our
-        own caller gave up."""
-        return await self._post_once(url, payload, timeout, what, request_id)
-
-    async def _post_once(self, url, payload, timeout, what, request_id):
+        another replica), ``GatewayTimeout``, ``BadGateway`` (``ChildConnectionLost`` when the
+        child dropped the connection), or ``CancelledError`` when our own caller gave up."""
         response_holder = []
 
         def keep_response(response):
@@ -123,8 +120,6 @@ class ChildClient:
                     what, timeout)) from None
             if _was_cancelled(exc):
                 raise defer.CancelledError() from None  # our caller gave up (client gone)
-            if isinstance(exc, web_client.RequestNotSent):
-                raise NotConnected('RequestNotSent') from None
             raise ChildConnectionLost('server {} closed the connection before answering ({}); it may have '
                                       'crashed'.format(what, _short(exc))) from None
         finally:
