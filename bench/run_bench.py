@@ -271,12 +271,16 @@ def bench_metrics_cost(wrk_bin, workdir, duration, rounds=4):
     body = {'SIGNATURE': 'echo', 'INPUT_VALUE': 'x'}
     ratios = {'on': [], 'off': []}
     gateway_rps = {'on': [], 'off': []}
+    cpu_us = {'on': [], 'off': []}  # the gateway's CPU time per request: far steadier than req/s
     try:
         for round_no in range(rounds):
             for label in (('on', 'off') if round_no % 2 == 0 else ('off', 'on')):
                 gateway = gateways[label]
+                process = psutil.Process(gateway.proc.pid)
                 direct = wrk(wrk_bin, direct_url(gateway, 'echo'), body, 64, duration)
+                cpu_before = sum(process.cpu_times()[:2])
                 through = wrk(wrk_bin, gateway.url + '/run', body, 64, duration)
+                cpu_us[label].append((sum(process.cpu_times()[:2]) - cpu_before) / through['requests'] * 1e6)
                 ratios[label].append(through['rps'] / direct['rps'])
                 gateway_rps[label].append(through['rps'])
     finally:
@@ -285,9 +289,12 @@ def bench_metrics_cost(wrk_bin, workdir, duration, rounds=4):
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
     out = {label: median(r) for label, r in ratios.items()}
     out['gateway_rps'] = {label: sum(r) / len(r) for label, r in gateway_rps.items()}
+    out['cpu_us_per_request'] = {label: median(r) for label, r in cpu_us.items()}
     out['runs'] = ratios
-    print('ratio to direct at c=64: metrics on {:.0%}, off {:.0%}; gateway mean req/s on {:.0f}, off {:.0f}'.format(
-        out['on'], out['off'], out['gateway_rps']['on'], out['gateway_rps']['off']), flush=True)
+    print('ratio to direct at c=64: metrics on {:.0%}, off {:.0%}; gateway mean req/s on {:.0f}, off {:.0f}; '
+          'gateway CPU per request on {:.0f} us, off {:.0f} us'.format(
+              out['on'], out['off'], out['gateway_rps']['on'], out['gateway_rps']['off'],
+              out['cpu_us_per_request']['on'], out['cpu_us_per_request']['off']), flush=True)
     return out
 
 
@@ -328,8 +335,9 @@ def write_report(report, stamp):
         rep['cpu_bound_2']['rps'] / rep['cpu_bound_1']['rps'] if rep['cpu_bound_1']['rps'] else 0))
     cost = report['metrics_cost']
     lines.append('| echo c=64 with metrics on vs off (4 interleaved rounds): median ratio to direct; gateway mean '
-                 'req/s | {:.0%} vs {:.0%}; {:.0f} vs {:.0f} |'.format(cost['on'], cost['off'], cost['gateway_rps']['on'],
-                                                                      cost['gateway_rps']['off']))
+                 'req/s; gateway CPU per request | {:.0%} vs {:.0%}; {:.0f} vs {:.0f}; {:.0f} vs {:.0f} us |'.format(
+                     cost['on'], cost['off'], cost['gateway_rps']['on'], cost['gateway_rps']['off'],
+                     cost['cpu_us_per_request']['on'], cost['cpu_us_per_request']['off']))
     text = '\n'.join(lines) + '\n'
     with open(base + '.md', 'w') as fh:
         fh.write(text)

@@ -24,7 +24,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from . import LIB_VER
-from .errors import BadRequest, BisError, EndpointLoadError, ServiceUnavailable
+from .errors import BadRequest, EndpointLoadError, ServiceUnavailable
 from .loader import load_worker_class
 from .logger import Logger as CompatLogger
 from .notifications import Notifications

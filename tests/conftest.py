@@ -4,6 +4,7 @@ endpoint files written by the test itself."""
 import textwrap
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 from procs import Processes
 
@@ -40,3 +41,12 @@ def endpoint_folder(tmp_path):
     folder = tmp_path / 'endpoints'
     folder.mkdir()
     return EndpointFolder(folder)
+
+
+@pytest.fixture
+def log_events():
+    """Every twisted.logger event emitted during the test."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)

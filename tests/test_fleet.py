@@ -10,8 +10,6 @@ import treq
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError, ProcessTerminated
-from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
 from bis_twisted.config import parse_config
@@ -20,59 +18,15 @@ from bis_twisted.fleet import Fleet
 from bis_twisted.gateway import Gateway
 from bis_twisted.loader import expected_class_name
 from bis_twisted.proxy import ChildConnectionLost, NotConnected, ProxyResult
-from bis_twisted.server import READY_LINE
 from bis_twisted.supervisor import Supervisor
 from bis_twisted.support import SupportProcess
+from fakes import ProcessReactor
 
 GATEWAY_PORT = 5002
 GATEWAY_FIELDS = {'ver-app', 'ver-lib', 'hostname', 'worker_id', 'time', 'gw-uptime'}
 
 
 # -- the fake world ----------------------------------------------------------------------------
-class FakeProcess:
-    def __init__(self, proto, pid):
-        self.proto = proto
-        self.pid = pid
-
-    def signalProcess(self, sig):
-        if sig in ('TERM', 'KILL'):
-            self.exit(ProcessTerminated(signal=15 if sig == 'TERM' else 9))
-
-    def exit(self, reason):
-        if self.pid is not None:
-            self.pid = None
-            self.proto.processEnded(Failure(reason))
-
-
-class ProcessReactor(MemoryReactor, Clock):
-    """Records spawns; a child is ready when the test says so, exits when the test says so."""
-
-    def __init__(self):
-        MemoryReactor.__init__(self)
-        Clock.__init__(self)
-        self.spawned = []
-        self._next_pid = 100
-
-    def spawnProcess(self, proto, executable, args=(), env=None, path=None, uid=None, gid=None,
-                     usePTY=0, childFDs=None):
-        self._next_pid += 1
-        process = FakeProcess(proto, self._next_pid)
-        proto.makeConnection(process)
-        self.spawned.append(process)
-        return process
-
-    def child(self, name):
-        """The latest process spawned for child ``name``."""
-        for process in reversed(self.spawned):
-            if process.proto.name == name:
-                return process
-        raise AssertionError('child {!r} was never spawned'.format(name))
-
-    def ready(self, *names):
-        for name in names:
-            self.child(name).proto.childDataReceived(1, '{} 0\n'.format(READY_LINE).encode())
-
-
 class Call:
     def __init__(self, url, payload):
         self.url = url

@@ -6,7 +6,7 @@ import pytest
 from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -29,14 +29,6 @@ def admin_request(host='127.0.0.1', authorization=None, path=b'/shutdown'):
     if authorization is not None:
         request.requestHeaders.setRawHeaders(b'authorization', [authorization])
     return request
-
-
-@pytest.fixture
-def log_events():
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def refusals(events):

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher, formatEvent
+from twisted.logger import formatEvent
 
 from bis_twisted import status
 from bis_twisted.status import StateHistory, system_alerts, system_status
@@ -39,14 +39,6 @@ def vanished_pid():
     child.wait(timeout=10)
     assert not psutil.pid_exists(child.pid)  # reaped; Linux does not reuse a pid this soon
     return child.pid
-
-
-@pytest.fixture
-def log_events():
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def warnings_text(events):

@@ -4,51 +4,11 @@ spawns are recorded, exits injected, time advanced by hand."""
 import signal
 
 import pytest
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor
-from twisted.python.failure import Failure
+from twisted.internet.error import ProcessDone, ProcessTerminated
 
 from bis_twisted.server import READY_LINE
 from bis_twisted.supervisor import ChildSpec, Supervisor
-
-
-class FakeProcess:
-    def __init__(self, reactor, proto, pid):
-        self.reactor = reactor
-        self.proto = proto
-        self.pid = pid
-        self.signals = []
-
-    def signalProcess(self, sig):
-        if self.pid is None:
-            raise ProcessExitedAlready()
-        self.signals.append(sig)
-        if sig in ("TERM", "KILL") and self.reactor.obey_signals:
-            self.exit(ProcessTerminated(signal=15 if sig == 'TERM' else 9))
-
-    def exit(self, reason):
-        self.pid = None
-        self.proto.processEnded(Failure(reason))
-
-
-class ProcessReactor(MemoryReactor, Clock):
-    """Records spawns; a child "exits" when the test says so (or on a signal, if obey_signals)."""
-
-    def __init__(self):
-        MemoryReactor.__init__(self)
-        Clock.__init__(self)
-        self.spawned = []
-        self.obey_signals = True
-        self._next_pid = 100
-
-    def spawnProcess(self, proto, executable, args=(), env=None, path=None, uid=None, gid=None,
-                     usePTY=0, childFDs=None):
-        self._next_pid += 1
-        process = FakeProcess(self, proto, self._next_pid)
-        proto.makeConnection(process)
-        self.spawned.append((process, args, childFDs))
-        return process
+from fakes import ProcessReactor
 
 
 @pytest.fixture
@@ -64,16 +24,16 @@ def make_supervisor(reactor, *names, start=True):
 
 
 def last_process(reactor):
-    return reactor.spawned[-1][0]
+    return reactor.spawned[-1]
 
 
 def test_start_spawns_each_wanted_child_with_stdin_pipe_kept(reactor):
     supervisor = make_supervisor(reactor, 'a', 'b')
     supervisor.add(ChildSpec(name='disabled', argv=['python']), start=False)
     supervisor.startService()
-    assert [args[-1] for _, args, _ in reactor.spawned] == ['a', 'b']
+    assert [p.args[-1] for p in reactor.spawned] == ['a', 'b']
     # stdin is a pipe the gateway holds: the child exits when it closes
-    assert reactor.spawned[0][2] == {0: 'w', 1: 'r', 2: 'r'}
+    assert reactor.spawned[0].child_fds == {0: 'w', 1: 'r', 2: 'r'}
     assert supervisor.status('disabled').running is False
 
 
