@@ -46,7 +46,8 @@ class Options:
 
 
 class GatewayService(MultiService):
-    drain_timeout = 10.0
+    drain_timeout = 10.0      # seconds requests in flight get to finish at stop
+    startup_wait_max = 120.0  # seconds the port waits for DEFAULT_SERVER at most
 
     _log = Logger()
 
@@ -85,7 +86,6 @@ class GatewayService(MultiService):
                                metrics_guarded=self.config.metrics_require_token)
         self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb)
         self.port = None
-        self.listening = defer.Deferred()  # fires with the port once the gateway serves
 
     def startService(self):
         self.history.startup()
@@ -101,6 +101,10 @@ class GatewayService(MultiService):
             children = [t.child_name for t in self.fleet.servers[default].targets]
             self._log.info('waiting for DEFAULT_SERVER {name} before serving', name=default)
             d = defer.DeferredList([self.supervisor.when_ready(c) for c in children], fireOnOneCallback=True)
+            # a DEFAULT_SERVER that never loads must not keep /list_servers from saying why
+            d.addTimeout(self.startup_wait_max, self._reactor)
+            d.addErrback(lambda _: self._log.warn('DEFAULT_SERVER {name} not ready after {t}s; serving anyway',
+                                                  name=default, t=self.startup_wait_max))
             d.addCallback(lambda _: self._listen())
 
     def _listen(self):
@@ -114,12 +118,10 @@ class GatewayService(MultiService):
             self.port = port
             self._log.info('gateway serving on http://{host}:{port}', host=self.options.host,
                            port=port.getHost().port)
-            self.listening.callback(port)
 
         def failed(failure):
             self._log.critical('cannot listen on {host}:{port}: {err}', host=self.options.host,
                                port=self.options.port, err=failure.getErrorMessage())
-            self.listening.errback(failure)
             self._reactor.stop()
 
         d.addCallbacks(listening, failed)
