@@ -178,6 +178,88 @@ def _fail(message, code):
     os._exit(code)
 
 
+class ServerProcess:
+    """The life of one model-server process: listen at once, load the workers, print the
+    ready line; on SIGTERM/SIGINT stop listening and let running requests finish (bounded),
+    then exit; with ``exit_with_parent``, exit as soon as stdin closes."""
+
+    _log = Logger()
+
+    def __init__(self, args, server, reactor, max_body_mb):
+        self.args = args
+        self.server = server
+        self._reactor = reactor
+        self._site = make_site(server.resource(), max_body_mb=max_body_mb)
+        self._ports = []
+        self.exit_code = 0
+        self.stopping = False
+        self._prefix = 'bis-server {}: '.format(args.name)
+
+    def run(self):
+        """Serve until stopped; returns the exit code."""
+        if self.args.exit_with_parent:
+            stdio.StandardIO(_ParentWatch(self._parent_gone), stdin=0,
+                             stdout=os.open(os.devnull, os.O_WRONLY), reactor=self._reactor)
+        self._reactor.callWhenRunning(self._install_signals)
+        self._reactor.callWhenRunning(
+            lambda: defer.Deferred.fromCoroutine(self._start()).addErrback(self._failed))
+        self._reactor.run()
+        return self.exit_code
+
+    async def _start(self):
+        endpoint = endpoints.TCP4ServerEndpoint(self._reactor, self.args.port, backlog=LISTEN_BACKLOG,
+                                                interface=self.args.host)
+        port = await endpoint.listen(self._site)
+        self._ports.append(port)
+        await self.server.start()
+        address = port.getHost()
+        print('{} {}'.format(READY_LINE, address.port), flush=True)
+        self._log.info('server {name} serving {n} workers of {cls} on {host}:{port}{path}',
+                       name=self.args.name, n=self.server.pool.size, cls=self.server.worker_class.__name__,
+                       host=address.host, port=address.port, path=self.args.path)
+
+    def _failed(self, failure):
+        self.exit_code = 3
+        self.stopping = True
+        if failure.check(WorkerLoadError):  # names the file: the worker's own code failed
+            where = os.path.join(self.args.endpoints, (self.args.server_class or self.args.name) + '.py')
+        else:  # e.g. the port is taken
+            where = 'cannot start'
+        sys.stderr.write('{}{}: {}\n'.format(self._prefix, where, failure.getErrorMessage().replace('\n', ' ')))
+        sys.stderr.flush()
+        self._reactor.stop()
+
+    def _parent_gone(self):
+        if self.stopping:  # stdin also closes while we stop on our own: main() exits then
+            return
+        self._log.warn('stdin closed: the parent is gone; exiting')
+        sys.stdout.flush()
+        os._exit(0)
+
+    def _install_signals(self):
+        # replaces Twisted's handlers: a second TERM must not call reactor.stop() again
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+
+    def _on_term(self, signum, frame):
+        if not self.stopping:
+            self.stopping = True
+            self._reactor.callFromThread(lambda: defer.Deferred.fromCoroutine(self._graceful_stop()))
+
+    async def _graceful_stop(self):
+        # bounded: the gateway sends SIGKILL after its own killTime
+        for port in self._ports:
+            await port.stopListening()
+        idle = self.server.pool.when_idle()
+        idle.addTimeout(STOP_DRAIN_SECONDS, self._reactor)
+        try:
+            await idle
+        except defer.TimeoutError:
+            self._log.warn('requests still running after {t}s; exiting anyway', t=STOP_DRAIN_SECONDS)
+        if self._reactor.running:
+            self._reactor.stop()
+
+
 def main(argv=None):
     from twisted.internet import reactor
     from twisted.logger import FileLogObserver, formatEvent, globalLogBeginner, textFileLogObserver
@@ -204,77 +286,11 @@ def main(argv=None):
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     server = ModelServer(args.name, worker_class, default_config, config, reactor=reactor,
                          execution_path=args.path)
-    exit_code = [0]
-    stopping = []
-
-    def parent_gone():
-        if stopping:  # stdin also closes while we stop on our own: main() exits then
-            return
-        Logger().warn('stdin closed: the parent is gone; exiting')
-        sys.stdout.flush()
-        os._exit(0)
-
-    if args.exit_with_parent:
-        stdio.StandardIO(_ParentWatch(parent_gone), stdin=0,
-                         stdout=os.open(os.devnull, os.O_WRONLY), reactor=reactor)
-
-    site = make_site(server.resource(), max_body_mb=config.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB))
-    listening = endpoints.TCP4ServerEndpoint(reactor, args.port, backlog=LISTEN_BACKLOG, interface=args.host).listen(site)
-
-    ports = []
-
-    async def start():
-        port = await listening
-        ports.append(port)
-        await server.start()
-        address = port.getHost()
-        print('{} {}'.format(READY_LINE, address.port), flush=True)
-        Logger().info('server {name} serving {n} workers of {cls} on {host}:{port}{path}',
-                      name=args.name, n=server.pool.size, cls=worker_class.__name__,
-                      host=address.host, port=address.port, path=args.path)
-
-    def failed(failure):
-        exit_code[0] = 3
-        stopping.append('failed')
-        if failure.check(WorkerLoadError):  # names the file: the worker's own code failed
-            where = os.path.join(args.endpoints, (args.server_class or args.name) + '.py')
-        else:  # e.g. the port is taken
-            where = 'cannot start'
-        sys.stderr.write('{}{}: {}\n'.format(prefix, where, failure.getErrorMessage().replace('\n', ' ')))
-        sys.stderr.flush()
-        reactor.stop()
-
-    async def graceful_stop():
-        # SIGTERM: stop taking requests, let those running finish (bounded: the gateway
-        # sends SIGKILL after its own killTime), then stop.
-        for port in ports:
-            await port.stopListening()
-        idle = server.pool.when_idle()
-        idle.addTimeout(STOP_DRAIN_SECONDS, reactor)
-        try:
-            await idle
-        except defer.TimeoutError:
-            Logger().warn('requests still running after {t}s; exiting anyway', t=STOP_DRAIN_SECONDS)
-        if reactor.running:
-            reactor.stop()
-
-    def on_term(signum, frame):
-        if not stopping:
-            stopping.append(signum)
-            reactor.callFromThread(lambda: defer.Deferred.fromCoroutine(graceful_stop()))
-
-    def install_signals():
-        # replaces Twisted's handlers: a second TERM must not call reactor.stop() again
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_term)
-
-    reactor.callWhenRunning(install_signals)
-    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()).addErrback(failed))
-    reactor.run()
+    exit_code = ServerProcess(args, server, reactor, config.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB)).run()
     sys.stdout.flush()
     sys.stderr.flush()
     # daemon pool threads may still be inside a hook that never returns: do not wait for them
-    os._exit(exit_code[0])
+    os._exit(exit_code)
 
 
 if __name__ == '__main__':
