@@ -61,8 +61,8 @@ class Logger:
     def get_error_info(return_err_val=False):
         """``(type, file, function, line[, message])`` of the exception being handled,
         taken from the innermost frame (where it was raised)."""
-        exc_type, exc, tb = sys.exc_info()
-        return error_info(exc_type, exc, tb) if return_err_val else error_info(exc_type, exc, tb)[:4]
+        info = error_info(*sys.exc_info())
+        return info if return_err_val else info[:4]
 
 
 def error_info(exc_type, exc, tb):
@@ -75,3 +75,9 @@ def error_info(exc_type, exc, tb):
         last.lineno if last else 0,
         str(exc),
     )
+
+
+def describe_failure(stage, info):
+    """One line for an ``error_info`` tuple: ``<stage> failed: <type>: <message> (<file>:<line>)``."""
+    err_type, err_file, _func, err_line, err_msg = info
+    return '{} failed: {}: {} ({}:{})'.format(stage, err_type, err_msg, err_file, err_line)

@@ -117,9 +117,9 @@ class _FleetCollector:
             online.add_metric([name], sum(1 for a in answers if a is not None))
             queued.add_metric([name], sum(a.get('QUEUED', 0) for a in answers if a))
             busy.add_metric([name], sum(a.get('BUSY', 0) for a in answers if a))
-            children = [t.child_name for t in server.targets if t.child_name is not None]
-            restarts.add_metric([name], sum(self._supervisor.status(c).restarts for c in children))
-            memory.add_metric([name], sum(_rss(self._supervisor.status(c).pid) for c in children))
+            states = [self._supervisor.status(t.child_name) for t in server.targets if t.child_name is not None]
+            restarts.add_metric([name], sum(state.restarts for state in states))
+            memory.add_metric([name], sum(_rss(state.pid) for state in states))
         return [in_flight, online, restarts, memory, queued, busy]
 
 

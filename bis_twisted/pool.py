@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from .errors import BadRequest, QueueFull
-from .logger import error_info
+from .logger import describe_failure, error_info
 
 
 class WorkerLoadError(Exception):
@@ -128,11 +128,11 @@ class WorkerPool:
         try:
             worker = self._make_worker(index)
         except Exception as exc:  # the user's __init__: reported in one line
-            raise WorkerLoadError(_describe('building the worker', exc, sys.exc_info()[2])) from None
+            raise WorkerLoadError(describe_failure('building the worker', error_info(type(exc), exc, sys.exc_info()[2]))) from None
         try:
             worker.startup()
         except Exception as exc:  # the user's _load_model
-            raise WorkerLoadError(_describe('_load_model', exc, sys.exc_info()[2])) from None
+            raise WorkerLoadError(describe_failure('_load_model', error_info(type(exc), exc, sys.exc_info()[2]))) from None
         return worker
 
     def _shrink(self, count):
@@ -196,7 +196,3 @@ class WorkerPool:
         self._idle_waiters.append(d)
         return d
 
-
-def _describe(stage, exc, tb):
-    err_type, err_file, _func, err_line, err_msg = error_info(type(exc), exc, tb)
-    return '{} failed: {}: {} ({}:{})'.format(stage, err_type, err_msg, err_file, err_line)

@@ -12,7 +12,7 @@ import sys
 
 import attr
 
-from .logger import Logger, error_info
+from .logger import Logger, describe_failure, error_info
 from .notifications import Notifications
 
 STAGE_STATUS = {'_pre_process': 400, '_predict': 500, '_post_process': 500}
@@ -143,7 +143,7 @@ class FlaskWorker:
                    color='r')
         body = {
             '{}_ERROR'.format(type(self).__name__): details,
-            'ERROR': '{} failed: {}: {} ({}:{})'.format(stage, err_type, err_msg, err_file, err_line),
+            'ERROR': describe_failure(stage, info),
         }
         return Outcome(STAGE_STATUS[stage], body)
 
