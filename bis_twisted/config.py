@@ -19,6 +19,8 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_QUEUE = 1024
 DEFAULT_PING_INTERVAL = 10.0
 DEFAULT_MAX_BODY_MB = 8
+DEFAULT_LOAD_TIMEOUT = 600.0
+DEFAULT_HEALTH_INTERVAL = 5.0
 
 
 @attr.s(frozen=True)
@@ -39,6 +41,10 @@ class EndpointConfig:
     urls = attr.ib(default=())
     ping_interval = attr.ib(default=DEFAULT_PING_INTERVAL)
     has_file = attr.ib(default=True)
+    load_timeout = attr.ib(default=DEFAULT_LOAD_TIMEOUT)  # spawn to ready, at most
+    health_interval = attr.ib(default=DEFAULT_HEALTH_INTERVAL)  # seconds between /health pings
+    retry_on_crash = attr.ib(default=True)  # a request a dying replica dropped goes to another once
+    max_rss_mb = attr.ib(default=None)  # a child over it is recycled
 
     @property
     def is_support(self):
@@ -102,6 +108,10 @@ _ENDPOINT_KEYS = {
     'MAX_QUEUE': (lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
     'REPLICAS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
     'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
+    'LOAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
+    'HEALTH_INTERVAL': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
+    'RETRY_ON_CRASH': (lambda v: isinstance(v, bool), 'true or false'),
+    'MAX_RSS_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'URLS': (lambda v: isinstance(v, list) and v and all(
         isinstance(u, str) and u.startswith(('http://', 'https://')) for u in v),
         'a non-empty list of http:// URLs'),
@@ -233,5 +243,9 @@ def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host):
             disabled=entry.get('DISABLED', False), timeout=float(entry.get('TIMEOUT', DEFAULT_TIMEOUT)),
             max_queue=entry.get('MAX_QUEUE', DEFAULT_MAX_QUEUE), replicas=entry.get('REPLICAS', 1),
             urls=tuple(u.rstrip('/') for u in entry.get('URLS', ())),
-            ping_interval=float(entry.get('PING_INTERVAL', DEFAULT_PING_INTERVAL)), has_file=has_file))
+            ping_interval=float(entry.get('PING_INTERVAL', DEFAULT_PING_INTERVAL)), has_file=has_file,
+            load_timeout=float(entry.get('LOAD_TIMEOUT', DEFAULT_LOAD_TIMEOUT)),
+            health_interval=float(entry.get('HEALTH_INTERVAL', DEFAULT_HEALTH_INTERVAL)),
+            retry_on_crash=entry.get('RETRY_ON_CRASH', True),
+            max_rss_mb=entry.get('MAX_RSS_MB')))
     return endpoints

@@ -45,6 +45,18 @@ class ServiceUnavailable(BisError):
     retry_after = 1
 
 
+class ServerStopped(ServiceUnavailable):
+    """Stopped by an operator or ``DISABLED``: it stays down until ``/start_server``."""
+
+    retry_after = None
+
+
+class ServerFailed(ServiceUnavailable):
+    """It keeps failing before it is ready: a retry will not help until it is fixed."""
+
+    retry_after = None
+
+
 class QueueFull(ServiceUnavailable):
     """All workers are busy and the waiting queue is at MAX_QUEUE."""
 

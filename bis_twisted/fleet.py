@@ -15,7 +15,7 @@ import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .errors import BadRequest, ServiceUnavailable, UnknownSignature
+from .errors import BadRequest, ServerFailed, ServerStopped, ServiceUnavailable, UnknownSignature
 from .proxy import ChildConnectionLost, NotConnected
 from .supervisor import ChildSpec
 
@@ -105,7 +105,7 @@ class Fleet:
                 '--name', endpoint.name, '--server-class', endpoint.server_class,
                 '--host', endpoint.host, '--port', str(port), '--path', self.execution_path,
                 '--config-json', json.dumps(self._child_entry(endpoint)), '--exit-with-parent']
-        return ChildSpec(name=target.child_name, argv=argv, cwd=self._cwd)
+        return ChildSpec(name=target.child_name, argv=argv, cwd=self._cwd, load_timeout=endpoint.load_timeout)
 
     def _child_entry(self, endpoint):
         entry = dict(endpoint.entry)
@@ -146,28 +146,51 @@ class Fleet:
             if best is None or target.in_flight < best.in_flight:
                 best = target
         if best is None:
-            raise ServiceUnavailable('server {!r} is {}; retry shortly'.format(server.name, self._why_down(server)))
+            raise self.unavailable(server)
         return best
 
-    def _why_down(self, server):
+    def unavailable(self, server):
+        """The 503 that says why no target of ``server`` can take a request now."""
+        name = server.name
         if server.config.is_remote:
-            return 'not answering at {}'.format(', '.join(server.config.urls))
+            return ServiceUnavailable('server {!r} is not answering at {}; retry shortly'.format(
+                name, ', '.join(server.config.urls)))
         states = [self.supervisor.status(t.child_name) for t in server.targets]
-        if not any(s.wanted for s in states):
-            return 'stopped (disabled or killed); POST /start_server to start it'
-        if any(s.running for s in states):
-            return 'starting (loading its workers)'
-        last = next((s.last_error for s in states if s.last_error), None)
-        return 'restarting' + (' after: {}'.format(last) if last else '')
+        wanted = [s for s in states if s.wanted]
+        if not wanted:
+            return ServerStopped('server {!r} is stopped (disabled or killed); POST /start_server to start it'.format(
+                name))
+        if all(s.failed for s in wanted):
+            return ServerFailed('server {!r} failed {} times in a row before it was ready: {}; it is still retried, '
+                                'but needs a fix (see its log)'.format(name, self.supervisor.crash_loop_after,
+                                                                       wanted[0].last_error))
+        if any(s.running and s.ready and not s.stopping for s in wanted):
+            return ServiceUnavailable('server {!r} is not answering; retry shortly'.format(name))
+        if any(s.running and s.stopping for s in wanted):
+            return ServiceUnavailable('server {!r} is being replaced; retry shortly'.format(name))
+        if any(s.running for s in wanted):
+            return ServiceUnavailable('server {!r} is starting (loading its workers); retry shortly'.format(name))
+        last = next((s.last_error for s in wanted if s.last_error), None)
+        return ServiceUnavailable('server {!r} is restarting{}; retry shortly'.format(
+            name, ' after: {}'.format(last) if last else ''))
 
     async def run(self, name, payload, request_id=None):
-        """Send ``payload`` to the least busy ready target of server ``name``. A target the
-        request never reached (refused: it just died) is skipped for the next one; a request a
-        target may have run is never sent twice."""
+        """Send ``payload`` to the least busy ready target of server ``name``.
+
+        A target the request never reached (refused: it just died) is skipped for the next
+        one. A target that dropped the connection before answering (it crashed) has the
+        request sent once more, to another ready target, unless the endpoint says
+        ``RETRY_ON_CRASH: false`` (a ``_predict`` not safe to run twice)."""
         server = self.server(name)
         tried = []
+        crashed = None
         while True:
-            target = self.pick(server, exclude=tried)
+            try:
+                target = self.pick(server, exclude=tried)
+            except ServiceUnavailable:
+                if crashed is not None:
+                    raise crashed from None  # no other replica to take it: the 502 stands
+                raise
             try:
                 return await self._send(server, target, payload, request_id)
             except NotConnected as exc:
@@ -175,8 +198,17 @@ class Fleet:
                 if target.child_name is None:
                     target.remote_ok = False
                 if len(tried) >= len(server.targets):
+                    if crashed is not None:
+                        raise crashed from None
                     raise ServiceUnavailable('server {!r} is not accepting connections ({}); it may be '
                                              'restarting, retry shortly'.format(name, exc.reason)) from None
+            except ChildConnectionLost as exc:
+                if crashed is not None or not server.config.retry_on_crash or len(server.targets) < 2:
+                    raise
+                crashed = exc
+                tried.append(target)
+                self._log.info('server {name}: a replica dropped a request; sending it to another',
+                               name=name)
 
     async def _send(self, server, target, payload, request_id):
         target.in_flight += 1
@@ -234,7 +266,7 @@ class Fleet:
         """``await call(target)`` on every ready target; 503 when none is ready."""
         targets = [t for t in server.targets if self.target_ready(t)]
         if not targets:
-            raise ServiceUnavailable('server {!r} is {}; retry shortly'.format(server.name, self._why_down(server)))
+            raise self.unavailable(server)
         try:
             return await defer.gatherResults([defer.Deferred.fromCoroutine(call(t)) for t in targets])
         except defer.FirstError as exc:
@@ -274,8 +306,8 @@ class Fleet:
                 status = self.supervisor.status(target.child_name)
                 entry.update({'PORT': server.config.ports[target.index], 'PID': status.pid,
                               'UPTIME': hms(now - status.started_at) if status.running and status.started_at else None,
-                              'RESTARTS': status.restarts, 'ERROR': status.last_error,
-                              'STATE': _state(status, answer)})
+                              'RESTARTS': status.restarts, 'RECYCLES': status.recycles,
+                              'ERROR': status.last_error, 'STATE': _state(status, answer)})
             else:
                 entry['STATE'] = 'online' if answer is not None else 'offline'
             entry['NR_WORKERS'] = answer.get('NR_WORKERS') if answer else None
@@ -290,6 +322,7 @@ class Fleet:
             'UPTIME': first.get('UPTIME'),
             'PID': first.get('PID'),
             'RESTARTS': sum(r.get('RESTARTS') or 0 for r in replicas),
+            'RECYCLES': sum(r.get('RECYCLES') or 0 for r in replicas),
             'NR_WORKERS': next((r['NR_WORKERS'] for r in replicas if r['NR_WORKERS']), server.config.nr_workers),
             'DESCRIPTION': server.config.description,
             'STATE': first.get('STATE'),
@@ -317,10 +350,9 @@ class Fleet:
 
 
 def _state(status, answer):
-    if answer is not None:
-        return 'online'
-    if not status.wanted:
-        return 'stopped'
-    if status.running:
-        return 'starting' if not status.ready else 'not answering'
-    return 'restarting'
+    state = status.state
+    if answer is not None and state in ('ready', 'recycling'):
+        return 'online' if state == 'ready' else state
+    if state == 'ready':
+        return 'not answering'
+    return state

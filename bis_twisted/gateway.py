@@ -158,8 +158,9 @@ class Gateway:
     async def ready(self, request):
         unready = await self.fleet.unready()
         if unready:
+            reasons = [self.fleet.unavailable(self.fleet.servers[name]).message for name in unready]
             return self.answer(request, 503, {'READY': False, 'NOT_READY': unready,
-                                              'ERROR': 'not answering: {}'.format(', '.join(unready))},
+                                              'ERROR': 'not answering: {}'.format('; '.join(reasons))},
                                {b'Retry-After': b'1'})
         return self.answer(request, 200, {'READY': True, 'NOT_READY': []})
 

@@ -28,13 +28,15 @@ from .errors import BadRequest, EndpointLoadError, ServiceUnavailable
 from .loader import load_worker_class
 from .logger import Logger as CompatLogger
 from .notifications import Notifications
+from .drain import ConnectionDrain
 from .pool import WorkerLoadError, WorkerPool
 from .web import (DEFAULT_MAX_BODY_MB, LISTEN_BACKLOG, error_answer, make_site, now_text, request_id_of,
                   request_inputs, write_json)
 
 DEFAULT_MAX_QUEUE = 1024
 READY_LINE = 'BIS-SERVER-READY'
-STOP_DRAIN_SECONDS = 4.0
+STOP_DRAIN_SECONDS = 4.0   # running requests get this long to finish on TERM
+ANSWER_FLUSH_SECONDS = 0.5  # then their answers this long to be written
 SIGNATURE = 'SIGNATURE'
 
 
@@ -172,6 +174,20 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def end_own_group():
+    """Kill the helper processes this server started (a tokenizer pool, a sidecar), when it
+    leads a process group of its own, as the gateway starts it (setsid)."""
+    if os.getpgrp() != os.getpid():
+        return  # started from a shell or a test: the group is not ours alone
+    handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _fail(message, code):
     sys.stderr.write(message.replace('\n', ' ') + '\n')
     sys.stderr.flush()
@@ -190,6 +206,7 @@ class ServerProcess:
         self.server = server
         self._reactor = reactor
         self._site = make_site(server.resource(), max_body_mb=max_body_mb)
+        self._connections = ConnectionDrain(self._site, reactor=reactor)
         self._ports = []
         self.exit_code = 0
         self.stopping = False
@@ -234,6 +251,7 @@ class ServerProcess:
             return
         self._log.warn('stdin closed: the parent is gone; exiting')
         sys.stdout.flush()
+        end_own_group()
         os._exit(0)
 
     def _install_signals(self):
@@ -256,6 +274,8 @@ class ServerProcess:
             await idle
         except defer.TimeoutError:
             self._log.warn('requests still running after {t}s; exiting anyway', t=STOP_DRAIN_SECONDS)
+        # the answers of the requests that finished are written before the process goes
+        await self._connections.close_when_answered(ANSWER_FLUSH_SECONDS)
         if self._reactor.running:
             self._reactor.stop()
 

@@ -9,6 +9,7 @@ save the start/stop history.
 """
 
 import os
+import resource
 
 import attr
 from twisted.application.service import MultiService
@@ -16,16 +17,18 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from .compat import get_packages
-from .config import NO_HOST, EndpointConfig, load_config
+from .config import load_config
+from .drain import ConnectionDrain
 from .fleet import Fleet
 from .gateway import Gateway
+from .health import HealthMonitor
 from .metrics import GatewayMetrics
 from .proxy import ChildClient
 from .security import AdminGuard
 from .status import StateHistory
 from .supervisor import Supervisor
 from .web import LISTEN_BACKLOG, make_site
-from .support import REMOTE_HEALTH, SupportProcess
+from .support import SupportProcess
 
 
 @attr.s(frozen=True)
@@ -44,6 +47,29 @@ class Options:
     def logs_dir(self):
         return os.path.join(self.cache, '_logs')
 
+    @property
+    def pids_dir(self):
+        return os.path.join(self.cache, '_pids')
+
+
+def raise_open_files_limit(log=None):
+    """Raise this process's soft limit on open files to its hard limit (what nginx's
+    ``worker_rlimit_nofile`` is for): every client connection and every child's pipes take
+    descriptors. Returns ``(soft before, soft now, hard)``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = soft
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        # an unlimited hard limit is not a number a select/epoll table wants: cap it
+        new = hard if hard != resource.RLIM_INFINITY else max(soft, 1048576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            new = soft
+    if log is not None:
+        log.info('open files limit: soft {soft} -> {new}, hard {hard}', soft=soft, new=new,
+                 hard='unlimited' if hard == resource.RLIM_INFINITY else hard)
+    return soft, new, hard
+
 
 class GatewayService(MultiService):
     drain_timeout = 10.0      # seconds requests in flight get to finish at stop
@@ -61,7 +87,7 @@ class GatewayService(MultiService):
         # validated before anything starts: ConfigError names file, endpoint and key
         self.config = load_config(options.config, endpoints_dir, options.port)
         os.makedirs(options.logs_dir, exist_ok=True)
-        self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir)
+        self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir, pid_dir=options.pids_dir)
         self.supervisor.setServiceParent(self)
         self.client = ChildClient(reactor=reactor)
         self.fleet = Fleet(self.config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
@@ -69,10 +95,9 @@ class GatewayService(MultiService):
         self.fleet.register_children()
         self.history = StateHistory.in_cache(options.cache, clock=reactor)
         supports = [e for e in self.config.endpoints if e.is_support and not e.disabled]
-        if not supports and any(e.is_remote for e in self.config.endpoints):
-            # remote servers are health-checked by the support loop: give them one
-            supports = [EndpointConfig(name=REMOTE_HEALTH, server_class=REMOTE_HEALTH, entry={}, host=NO_HOST,
-                                       has_file=False)]
+        # every spawned child and remote server is watched, with or without support entries
+        self.health = HealthMonitor(self.fleet, reactor=reactor)
+        self.health.setServiceParent(self)
         self.supports = [SupportProcess(e, self.fleet, options.port, endpoints_dir, reactor=reactor)
                          for e in supports]
         for support in self.supports:
@@ -85,9 +110,11 @@ class GatewayService(MultiService):
                                         if self.config.metrics else None),
                                metrics_guarded=self.config.metrics_require_token)
         self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb)
+        self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.port = None
 
     def startService(self):
+        raise_open_files_limit(self._log)
         self.history.startup()
         if os.environ.get('AID_APP_SHOW_PACKS', os.environ.get('SHOW_PACKS', '')).lower() == 'yes':
             # the original image's switch: the installed packages at start, for the record
@@ -127,11 +154,26 @@ class GatewayService(MultiService):
         d.addCallbacks(listening, failed)
 
     async def _stop(self):
-        for support in self.supports:
-            await support.stopService()
+        # every step runs whatever the one before did: the history is saved in any case
+        steps = [self._stop_loops, self._stop_listening, self._drain, self.supervisor.stopService,
+                 self.client.close]
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                self._log.failure('stopping the gateway: {step} failed; going on', step=step.__name__)
+        self.history.shutdown()
+
+    async def _stop_loops(self):
+        for service in [self.health] + self.supports:
+            await service.stopService()
+
+    async def _stop_listening(self):
         if self.port is not None:
-            await self.port.stopListening()
-            self.port = None
+            port, self.port = self.port, None
+            await port.stopListening()
+
+    async def _drain(self):
         idle = self.fleet.when_idle()
         idle.addTimeout(self.drain_timeout, self._reactor)
         try:
@@ -139,9 +181,8 @@ class GatewayService(MultiService):
         except defer.TimeoutError:
             self._log.warn('{n} requests still in flight after {t}s; stopping anyway',
                            n=self.fleet.in_flight, t=self.drain_timeout)
-        await self.supervisor.stopService()
-        await self.client.close()
-        self.history.shutdown()
+        # the answers of the last requests are written before the process goes
+        await self.connections.close_when_answered(self.drain_timeout)
 
     def stopService(self):
         self.running = False  # MultiService's own stop would stop the supervisor too early

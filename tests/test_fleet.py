@@ -9,7 +9,7 @@ import pytest
 import treq
 from treq.testing import StubTreq
 from twisted.internet import defer
-from twisted.internet.error import ConnectionRefusedError, ProcessTerminated
+from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
 from twisted.python.failure import Failure
 
 from bis_twisted.config import parse_config
@@ -19,7 +19,7 @@ from bis_twisted.gateway import Gateway
 from bis_twisted.loader import expected_class_name
 from bis_twisted.proxy import ChildConnectionLost, NotConnected, ProxyResult
 from bis_twisted.supervisor import Supervisor
-from bis_twisted.support import SupportProcess
+from bis_twisted.health import HealthMonitor
 from fakes import ProcessReactor
 
 GATEWAY_PORT = 5002
@@ -180,13 +180,16 @@ def test_replica_that_is_not_ready_is_never_picked(make_fleet, reactor, children
     assert children.ports[-1] == 5003
 
 
-@pytest.mark.parametrize('situation,why', [
-    ('starting', "server 'demo' is starting (loading its workers); retry shortly"),
-    ('restarting', "server 'demo' is restarting after: killed by signal 9; retry shortly"),
-    ('killed', "server 'demo' is stopped (disabled or killed); POST /start_server to start it; retry shortly"),
-    ('disabled', "server 'demo' is stopped (disabled or killed); POST /start_server to start it; retry shortly"),
+@pytest.mark.parametrize('situation,why,retry_after', [
+    ('starting', "server 'demo' is starting (loading its workers); retry shortly", 1),
+    ('restarting', "server 'demo' is restarting after: killed by signal 9; retry shortly", 1),
+    # an operator's stop is not something to wait for: no Retry-After, and what to do
+    ('killed', "server 'demo' is stopped (disabled or killed); POST /start_server to start it", None),
+    ('disabled', "server 'demo' is stopped (disabled or killed); POST /start_server to start it", None),
+    ('failed', "server 'demo' failed 5 times in a row before it was ready: exit code 2: "
+               "ModuleNotFoundError: No module named 'torch'; it is still retried, but needs a fix (see its log)", None),
 ])
-def test_no_replica_ready_answers_503_saying_why(make_fleet, reactor, children, situation, why):
+def test_no_replica_ready_answers_503_saying_why(make_fleet, reactor, children, situation, why, retry_after):
     entry = {'REPLICAS': 2, 'DISABLED': situation == 'disabled'}
     fleet = make_fleet({'demo': entry})
     if situation == 'restarting':
@@ -196,8 +199,15 @@ def test_no_replica_ready_answers_503_saying_why(make_fleet, reactor, children, 
     elif situation == 'killed':
         reactor.ready('demo#0', 'demo#1')
         result_of(fleet.stop(fleet.servers['demo']))
+    elif situation == 'failed':
+        for _ in range(Supervisor.crash_loop_after):
+            for name in ('demo#0', 'demo#1'):
+                reactor.child(name).proto.childDataReceived(2, b"ModuleNotFoundError: No module named 'torch'\n")
+                reactor.child(name).exit(ProcessTerminated(exitCode=2))
+            reactor.advance(Supervisor.maxRestartDelay)
+        # the last try is still loading (it is retried): still failed, until it is ready
     error = failure_of(send(fleet), ServiceUnavailable)
-    assert (error.status, error.retry_after) == (503, 1)
+    assert (error.status, error.retry_after) == (503, retry_after)
     assert error.message == why
     assert children.calls == []
 
@@ -236,11 +246,39 @@ def test_every_replica_refusing_answers_503_after_one_try_each(make_fleet, react
     assert in_flight(fleet) == [0, 0]
 
 
+def test_request_a_crashing_replica_dropped_is_sent_once_to_another(make_fleet, reactor, children):
+    fleet = make_fleet({'demo': {'REPLICAS': 2}})
+    reactor.ready('demo#0', 'demo#1')
+    d = send(fleet, payload=b'{"INPUT_VALUE": 3}')
+    children.calls[0].deferred.errback(ChildConnectionLost(
+        "server 'demo' closed the connection before answering (Connection was closed cleanly.); it may have crashed"))
+    assert [(c.url, c.payload) for c in children.calls] == [(b'http://127.0.0.1:5003/run', b'{"INPUT_VALUE": 3}'),
+                                                         (b'http://127.0.0.1:5004/run', b'{"INPUT_VALUE": 3}')]
+    children.calls[1].answer(worker_id=0)
+    assert result_of(d).status == 200
+    # sent twice at most: a second drop is the client's 502
+    reactor.advance(10)  # the replica that dropped one is trusted again
+    d = send(fleet)
+    children.calls[2].deferred.errback(ChildConnectionLost("server 'demo' closed the connection"))
+    children.calls[3].deferred.errback(ChildConnectionLost("server 'demo' closed the connection"))
+    assert failure_of(d, BadGateway).status == 502
+    assert len(children.calls) == 4 and in_flight(fleet) == [0, 0]
+
+
+def test_no_other_replica_ready_leaves_the_dropped_request_a_502(make_fleet, reactor, children):
+    fleet = make_fleet({'demo': {'REPLICAS': 2}})
+    reactor.ready('demo#0')
+    d = send(fleet)
+    children.calls[0].deferred.errback(ChildConnectionLost("server 'demo' closed the connection"))
+    assert failure_of(d, BadGateway).status == 502 and len(children.calls) == 1
+
+
 def test_replica_that_dropped_a_request_gets_no_new_one_before_it_is_back(make_fleet, reactor, children):
     # A SIGKILLed child's connections close some milliseconds before the supervisor sees it
     # exit, and in between its port may still take connections: a request sent there then is a
     # second 502 for a request that was never in flight on it (test_replicas_e2e's kill test).
-    fleet = make_fleet({'demo': {'REPLICAS': 2}})
+    # RETRY_ON_CRASH false: a _predict not safe to run twice answers 502 instead of a retry.
+    fleet = make_fleet({'demo': {'REPLICAS': 2, 'RETRY_ON_CRASH': False}})
     reactor.ready('demo#0', 'demo#1')
     crashed = send(fleet)
     # what the proxy raises for a dropped connection (a plain BadGateway is a garbled answer)
@@ -287,21 +325,19 @@ def test_in_flight_count_returns_to_zero_whatever_the_outcome(make_fleet, reacto
 
 
 # -- remote servers (URLS) ---------------------------------------------------------------------------
-REMOTES = {'far': {'URLS': ['http://10.9.0.1:7000/run', 'http://10.9.0.2:7000/run']},
-           'monitor': {'HOST': 'NO_HOST', 'PING_INTERVAL': 2}}
+REMOTES = {'far': {'URLS': ['http://10.9.0.1:7000/run', 'http://10.9.0.2:7000/run'], 'HEALTH_INTERVAL': 2}}
 
 
-def start_support(fleet, reactor, name='monitor'):
-    endpoint = fleet.config.endpoint(name)
-    support = SupportProcess(endpoint, fleet, GATEWAY_PORT, fleet.endpoints_dir, reactor=reactor)
-    support.startService()  # the first round runs at once
-    return support
+def start_health(fleet, reactor, rss_of=None):
+    monitor = HealthMonitor(fleet, reactor=reactor, rss_of=rss_of)
+    monitor.startService()  # the first round runs at once
+    return monitor
 
 
 def test_remote_that_misses_its_ping_is_skipped_and_comes_back_when_it_answers(make_fleet, reactor, children):
     fleet = make_fleet(REMOTES)
     children.down.add(b'http://10.9.0.1:7000')
-    support = start_support(fleet, reactor)
+    support = start_health(fleet, reactor)
     try:
         assert [r['STATE'] for r in described(fleet, 'far')['REPLICAS']] == ['offline', 'online']
         for _ in range(3):
@@ -316,9 +352,9 @@ def test_remote_that_misses_its_ping_is_skipped_and_comes_back_when_it_answers(m
 
 
 def test_every_remote_offline_answers_503_naming_the_urls(make_fleet, reactor, children):
-    fleet = make_fleet({'far': {'URLS': ['http://10.9.0.1:7000/run']}, 'monitor': {'HOST': 'NO_HOST'}})
+    fleet = make_fleet({'far': {'URLS': ['http://10.9.0.1:7000/run']}})
     children.down.add(b'http://10.9.0.1:7000')
-    support = start_support(fleet, reactor)
+    support = start_health(fleet, reactor)
     try:
         error = failure_of(send(fleet, 'far'), ServiceUnavailable)
         assert error.message == "server 'far' is not answering at http://10.9.0.1:7000/run; retry shortly"
@@ -416,3 +452,81 @@ def test_gateway_run_with_every_replica_down_is_503_with_retry_after(make_fleet,
     reactor.ready('demo#0')
     response, body = post_run(stub, {'SIGNATURE': 'demo', 'INPUT_VALUE': 1})
     assert response.code == 200 and body['port'] == 5003
+
+
+# -- the health loop: always on, after ready only ------------------------------------------------------
+def test_health_loop_runs_without_support_entries_and_replaces_a_hung_child(make_fleet, reactor, children):
+    fleet = make_fleet({'demo': {'HEALTH_INTERVAL': 5}})
+    monitor = start_health(fleet, reactor)
+    try:
+        reactor.ready('demo')
+        first = reactor.child('demo')
+        children.down.add(b'http://127.0.0.1:5003')  # SIGSTOP-ed: no answer
+        reactor.advance(5)
+        reactor.advance(5)
+        assert first.signals == []  # two misses: not yet
+        reactor.advance(5)
+        assert first.signals == ['KILL']
+        assert fleet.supervisor.status('demo').last_error == \
+            'did not answer 3 health checks in a row (5s apart); replaced'
+    finally:
+        monitor.stopService()
+
+
+def test_health_loop_never_pings_a_child_that_is_still_loading(make_fleet, reactor, children):
+    fleet = make_fleet({'slow': {'LOAD_TIMEOUT': 600}})
+    children.down.add(b'http://127.0.0.1:5003')
+    monitor = start_health(fleet, reactor)
+    try:
+        reactor.advance(300)  # a 5-minute import: 60 rounds, no miss counted
+        assert reactor.child('slow').signals == [] and len(reactor.spawned) == 1
+        reactor.advance(300)  # its LOAD_TIMEOUT, then
+        assert reactor.spawned[0].signals == ['KILL']
+        assert fleet.supervisor.status('slow').last_error == 'did not become ready within LOAD_TIMEOUT (600s)'
+    finally:
+        monitor.stopService()
+
+
+def test_child_over_max_rss_is_recycled_one_replica_at_a_time(make_fleet, reactor, children):
+    reactor.obey_signals = False  # they drain on TERM: the test says when each has exited
+    fleet = make_fleet({'demo': {'REPLICAS': 2, 'MAX_RSS_MB': 100, 'HEALTH_INTERVAL': 1}})
+    reactor.ready('demo#0', 'demo#1')
+    rss = {reactor.child('demo#0').pid: 300 * 2 ** 20, reactor.child('demo#1').pid: 300 * 2 ** 20}
+    monitor = start_health(fleet, reactor, rss_of=rss.get)
+    try:
+        reactor.advance(1)  # the second sample over the limit
+        signalled = [name for name in ('demo#0', 'demo#1') if reactor.child(name).signals]
+        assert signalled == ['demo#0'], 'both replicas recycled at once'
+        assert reactor.child('demo#0').signals[0] == 'TERM'  # drains: its answers are written
+        send(fleet)
+        assert children.ports == [5004]  # no new request to the one that drains
+        reactor.advance(3)
+        assert not reactor.child('demo#1').signals  # still waits for demo#0
+        reactor.child('demo#0').exit(ProcessDone(0))
+        reactor.advance(0)
+        rss[reactor.child('demo#0').pid] = 10 * 2 ** 20
+        reactor.ready('demo#0')
+        reactor.advance(2)
+        assert reactor.child('demo#1').signals[0] == 'TERM'
+        reactor.child('demo#1').exit(ProcessDone(0))
+        described_demo = described(fleet)
+        assert described_demo['RECYCLES'] == 2 and described_demo['RESTARTS'] == 0
+    finally:
+        monitor.stopService()
+
+
+def test_lone_child_over_max_rss_is_recycled_only_when_idle(make_fleet, reactor, children):
+    reactor.obey_signals = False
+    fleet = make_fleet({'demo': {'MAX_RSS_MB': 100, 'HEALTH_INTERVAL': 1}})
+    reactor.ready('demo')
+    monitor = start_health(fleet, reactor, rss_of=lambda pid: 200 * 2 ** 20)
+    try:
+        busy = send(fleet)
+        reactor.advance(3)
+        assert reactor.child('demo').signals == []
+        children.calls[0].answer()
+        assert result_of(busy).status == 200
+        reactor.advance(1)
+        assert reactor.child('demo').signals[0] == 'TERM'
+    finally:
+        monitor.stopService()

@@ -37,11 +37,11 @@ WALL_TIME = re.compile(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$')
 DURATION = re.compile(r'^\d+:\d\d:\d\d$')
 
 
-def small_config(support=None, disabled_twin=False):
+def small_config(support=None, disabled_twin=False, **demo):
     """demo2 with one worker (the gateway serves once it is ready), and optionally a support
     process entry and a disabled second server of the same class."""
-    endpoints = {DEMO: {'NR_WORKERS': 1, 'HOST': '127.0.0.1', 'WEIGHT': 2, 'BIAS': 1,
-                        'DESCRIPTION': 'demo2 for operations tests'}}
+    endpoints = {DEMO: dict({'NR_WORKERS': 1, 'HOST': '127.0.0.1', 'WEIGHT': 2, 'BIAS': 1,
+                             'DESCRIPTION': 'demo2 for operations tests'}, **demo)}
     if disabled_twin:
         endpoints[DEMO_BIS] = {'SERVER_CLASS': DEMO, 'NR_WORKERS': 1, 'HOST': '127.0.0.1',
                                'WEIGHT': 2, 'BIAS': 1, 'DISABLED': True}
@@ -141,8 +141,9 @@ def test_readme_support_process_reports_through_the_gateway(processes, tmp_path)
 
 
 # -- 3. a hung (SIGSTOP-ed) child is replaced by the support loop -------------------------------------
-def test_sigstopped_child_is_replaced_after_missed_pings_and_serves(processes, tmp_path):
-    gateway = start_gateway(processes, tmp_path, config=small_config(support={'PING_INTERVAL': 0.5}))
+def test_sigstopped_child_is_replaced_after_missed_health_checks_with_no_support_entry(processes, tmp_path):
+    # hang detection is always on: no support entry in this config
+    gateway = start_gateway(processes, tmp_path, config=small_config(HEALTH_INTERVAL=0.5))
     assert_runs(gateway)
     before = servers(gateway)[DEMO]
     stopped = psutil.Process(before['PID'])  # psutil checks identity: never kills a reused pid
@@ -152,7 +153,7 @@ def test_sigstopped_child_is_replaced_after_missed_pings_and_serves(processes, t
                            lambda s: s['PID'] not in (None, before['PID']) and s['ONLINE'],
                            timeout=15, what='{} replaced by a new, online process'.format(DEMO))
         assert_runs(gateway, value=5)
-        assert 'pings' in after['ERROR'], after
+        assert 'did not answer 3 health checks in a row' in after['ERROR'], after
         assert after['RESTARTS'] == before['RESTARTS'] + 1
         wait_gone(before['PID'], 'the stopped child')
     finally:

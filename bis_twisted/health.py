@@ -1,0 +1,140 @@
+"""``HealthMonitor``: the one loop that watches every model server, always on.
+
+Every ``HEALTH_INTERVAL`` (per endpoint, default 5 s) it asks each spawned child that said it
+is ready for ``/health``; ``misses_allowed`` misses in a row (a deadlocked or SIGSTOP-ed
+process) replace the child. A child still loading is not asked: its ``LOAD_TIMEOUT`` bounds
+that (the supervisor's timer). With ``MAX_RSS_MB``, the child's resident memory is sampled on
+the same beat; over the limit on ``rss_samples_over`` samples in a row, it is recycled: it
+stops taking requests, finishes those it has, and a new process takes its place, one replica
+of an endpoint at a time, and a lone child only once nothing is in flight to it. Remote
+servers (``URLS``) are pinged too: out of the rotation while they do not answer.
+"""
+
+import psutil
+from twisted.application.internet import TimerService
+from twisted.internet import defer
+from twisted.logger import Logger
+
+MB = 1024 * 1024
+
+
+class HealthMonitor(TimerService):
+    misses_allowed = 3
+    rss_samples_over = 2
+    ping_timeout = 2.0
+
+    _log = Logger()
+
+    def __init__(self, fleet, reactor=None, rss_of=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.fleet = fleet
+        intervals = [s.config.health_interval for s in fleet.servers.values()] or [5.0]
+        self.tick_interval = min(intervals)
+        TimerService.__init__(self, self.tick_interval, self.tick)
+        self.clock = reactor  # TimerService's LoopingCall uses it: a Clock in tests
+        self._rss_of = rss_of or _rss_of_pid
+        self.misses = {}       # child name -> consecutive failed pings
+        self.over = {}         # child name -> consecutive RSS samples over MAX_RSS_MB
+        self._next_due = {}    # target -> time of its next ping
+        self._recycling = set()  # child names being recycled
+        self.rounds = 0
+
+    async def tick(self):
+        # LoopingCall stops for good on an error: nothing may escape from here
+        self.rounds += 1
+        try:
+            await self.check_all()
+        except Exception:
+            self._log.failure('health round failed')
+
+    async def check_all(self):
+        now = self._reactor.seconds()
+        due = []
+        for server in self.fleet.servers.values():
+            interval = server.config.health_interval
+            for target in server.targets:
+                if self._next_due.get(target, 0.0) <= now + 1e-9:
+                    self._next_due[target] = now + interval
+                    due.append(target)
+        await defer.gatherResults([defer.Deferred.fromCoroutine(self._check(t)) for t in due])
+
+    async def _check(self, target):
+        if target.child_name is None:
+            await self._check_remote(target)
+        else:
+            await self._check_child(target)
+
+    async def _check_remote(self, target):
+        ok = await self.fleet.ping(target, min(self.ping_timeout, target.server.config.health_interval)) is not None
+        if ok != target.remote_ok:
+            self._log.info('remote server {url} of {name} is {state}', url=target.base_url,
+                           name=target.server.name, state='back online' if ok else 'offline')
+        target.remote_ok = ok
+
+    async def _check_child(self, target):
+        supervisor = self.fleet.supervisor
+        name = target.child_name
+        status = supervisor.status(name)
+        if not (status.running and status.ready) or status.stopping:
+            self.misses.pop(name, None)
+            self.over.pop(name, None)
+            return
+        alive = await self._answers(target)
+        status = supervisor.status(name)
+        if not status.running or status.stopping:
+            return
+        if alive:
+            self.misses.pop(name, None)
+        else:
+            self.misses[name] = self.misses.get(name, 0) + 1
+            if self.misses[name] >= self.misses_allowed:
+                self.misses.pop(name)
+                interval = target.server.config.health_interval
+                supervisor.restart_child(name, 'did not answer {} health checks in a row ({:g}s apart); '
+                                               'replaced'.format(self.misses_allowed, interval))
+                return
+        self._check_memory(target, status)
+
+    async def _answers(self, target):
+        timeout = min(self.ping_timeout, target.server.config.health_interval)
+        try:
+            await self.fleet.client.get_json(target.url('/health'), timeout)
+        except Exception:  # any failure to answer, the timeout included, is a missed ping
+            return False
+        return True
+
+    # -- memory recycling ------------------------------------------------------------------------
+    def _check_memory(self, target, status):
+        limit = target.server.config.max_rss_mb
+        name = target.child_name
+        if not limit or status.pid is None:
+            return
+        rss = self._rss_of(status.pid)
+        if rss is None or rss <= limit * MB:
+            self.over.pop(name, None)
+            return
+        self.over[name] = self.over.get(name, 0) + 1
+        if self.over[name] < self.rss_samples_over or name in self._recycling:
+            return
+        server = target.server
+        others = [t for t in server.targets if t is not target and t.child_name is not None]
+        if any(t.child_name in self._recycling for t in others):
+            return  # one replica of an endpoint at a time
+        if others and not any(self.fleet.target_ready(t) for t in others):
+            return  # the others are down: recycling this one now would leave none
+        if not others and target.in_flight:
+            return  # alone: only once it is idle (checked again next beat)
+        self.over.pop(name, None)
+        reason = 'RSS {:.0f} MB over MAX_RSS_MB {:g}'.format(rss / MB, limit)
+        self._recycling.add(name)
+        d = self.fleet.supervisor.recycle_child(name, reason)
+        d.addBoth(lambda _: self._recycling.discard(name))
+
+
+def _rss_of_pid(pid):
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return None
