@@ -332,9 +332,9 @@ def gateway_connections(pid):
 def test_soak_with_a_child_killed_and_another_stopped_answers_every_request(processes, tmp_path):
     endpoints = endpoints_with_faulty_models(tmp_path)
     config = {'NO_STARTUP_WAIT': True, 'CONFIG_ENDPOINTS': {
-        'dummy_model_demo2': {'NR_WORKERS': 2, 'WEIGHT': 2, 'BIAS': 1, 'TIMEOUT': SOAK_TIMEOUT},
-        'dummy_model_demo1': {'NR_WORKERS': 2, 'TIMEOUT': SOAK_TIMEOUT},
-        'support_process': {'HOST': 'NO_HOST', 'PING_INTERVAL': 0.5}}}
+        'dummy_model_demo2': {'NR_WORKERS': 2, 'WEIGHT': 2, 'BIAS': 1, 'TIMEOUT': SOAK_TIMEOUT,
+                              'HEALTH_INTERVAL': 0.5},
+        'dummy_model_demo1': {'NR_WORKERS': 2, 'TIMEOUT': SOAK_TIMEOUT, 'HEALTH_INTERVAL': 0.5}}}
     gateway = start_gateway(processes, tmp_path, config=config, endpoints=endpoints)
     wait_ready(gateway)
     gateway_pid = gateway.proc.pid
@@ -397,7 +397,7 @@ def test_soak_with_a_child_killed_and_another_stopped_answers_every_request(proc
         assert status == 200, (server, body)
     now = {name: gateway.server(name) for name in ('dummy_model_demo2', 'dummy_model_demo1')}
     assert now['dummy_model_demo2']['PID'] != killed['PID'] and now['dummy_model_demo1']['PID'] != stopped['PID']
-    assert 'did not answer 3 pings in a row' in now['dummy_model_demo1']['ERROR'], now['dummy_model_demo1']
+    assert 'did not answer 3 health checks in a row' in now['dummy_model_demo1']['ERROR'], now['dummy_model_demo1']
 
     rss_end = psutil.Process(gateway_pid).memory_info().rss
     print('soak: gateway RSS after warm-up {:.1f} MB, at the end {:.1f} MB ({:+.1f} MB)'.format(

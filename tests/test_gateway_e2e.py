@@ -65,8 +65,8 @@ def test_bad_requests_get_json_error_and_status(gateway, body, status, fragment)
     payload = answer.json()
     assert fragment in payload['ERROR']
     assert GATEWAY_FIELDS <= set(payload)
-    if status == 503:
-        assert answer.headers['Retry-After'] == '1'
+    if status == 503:  # a DISABLED server: down until /start_server, so no Retry-After
+        assert 'Retry-After' not in answer.headers
     assert gateway.get('/health').status == 200
 
 

@@ -192,8 +192,7 @@ def test_remote_server_is_served_goes_offline_when_killed_and_comes_back(process
     port = free_port(REMOTE_HOST)
     remote = start_remote(processes, port)
     url = 'http://{}:{}/run'.format(REMOTE_HOST, port)
-    config = {'CONFIG_ENDPOINTS': {'remote_demo2': {'URLS': [url]},
-                                   'support_process': {'HOST': 'NO_HOST', 'PING_INTERVAL': 0.5}}}
+    config = {'CONFIG_ENDPOINTS': {'remote_demo2': {'URLS': [url], 'HEALTH_INTERVAL': 0.5}}}
     gateway = start_gateway(processes, tmp_path, config=config)
 
     answer = run(gateway, 4, 'remote_demo2')
