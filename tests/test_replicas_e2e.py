@@ -122,7 +122,7 @@ class Stream(threading.Thread):
             self.results.append((sent, time.monotonic(), outcome))
 
 
-def test_sigkill_of_one_replica_under_load_loses_no_request_and_it_is_replaced(gateway):
+def test_sigkill_of_one_replica_under_load_fails_no_request_and_it_is_replaced(gateway):
     before = wait_replicas_online(gateway)
     victim, survivor = before  # replica 0: the one idle ties send most requests to
     streams = [Stream(gateway, i) for i in (1, 2)]
@@ -147,19 +147,11 @@ def test_sigkill_of_one_replica_under_load_loses_no_request_and_it_is_replaced(g
     assert not any(s.is_alive() for s in streams), 'a client is still waiting for an answer'
     results = [(s.index,) + r for s in streams for r in s.results]
     log = [line for line in gateway.proc.stdout_lines if ' 502 ' in line or 'exited' in line]
-    unexpected = [r for r in results if r[3] not in (200, 502)]
-    assert not unexpected, 'answers other than 200 and 502 (sent/answered in s after the kill): {}\n{}'.format(
-        [(i, round(a - killed_at, 4), round(b - killed_at, 4), o) for i, a, b, o in unexpected[:10]], log)
-    # A 502 is the answer for a request the killed replica had taken: sent before its death
-    # showed, i.e. before its connections closed (the first 502; the process dies a few ms after
-    # SIGKILL is sent). A request sent after that must go to the other replica.
-    bad_gateway = [r for r in results if r[3] == 502]
-    seen_dead_at = min((answered for _, _, answered, _ in bad_gateway), default=None)
-    late = [r for r in bad_gateway if r[1] > seen_dead_at]
-    assert not late and all(sum(1 for r in bad_gateway if r[0] == s.index) <= 1 for s in streams), \
-        '502 for requests sent after the gateway saw replica 0 die ({:.4f}s after the kill): {}\n{}'.format(
-            seen_dead_at - killed_at, [(i, round(a - killed_at, 4), round(b - killed_at, 4)) for i, a, b, _ in bad_gateway],
-            '\n'.join(log))
+    # A request the killed replica had taken is sent once more, to the other replica
+    # (RETRY_ON_CRASH, on by default): the clients see no error at all.
+    failed = [r for r in results if r[3] != 200]
+    assert not failed, 'answers other than 200 (sent/answered in s after the kill): {}\n{}'.format(
+        [(i, round(a - killed_at, 4), round(b - killed_at, 4), o) for i, a, b, o in failed[:10]], '\n'.join(log))
     for stream in streams:
         assert [r[2] for r in stream.results].count(200) >= 40
     assert sum(1 for s in streams for r in s.results if r[1] > killed_at) >= 40  # the stream went on through the kill
