@@ -67,7 +67,7 @@ class GatewayProcess:
 
 
 def start_gateway(processes, tmp_path, config=None, endpoints=None, use_twistd=True, ports=12,
-                  env=None, wait=True, extra_args=()):
+                  env=None, wait=True, extra_args=(), prefix=()):
     """Start a gateway on a free block of ports; ``config`` is a dict written to a file (the
     repo's config_gateway.txt when None). Waits until it serves."""
     port = free_port_block(ports)
@@ -88,7 +88,8 @@ def start_gateway(processes, tmp_path, config=None, endpoints=None, use_twistd=T
     else:
         argv = [sys.executable, '-m', 'bis_twisted.cli'] + list(extra_args)
         proc_env = python_env({k: v for k, v in variables.items()})
-    proc = processes.start(argv, env=proc_env, cwd=str(tmp_path), name='gateway')
+    # prefix: a command the gateway runs under (``prlimit --nofile=64:64``)
+    proc = processes.start(list(prefix) + argv, env=proc_env, cwd=str(tmp_path), name='gateway')
     gateway = GatewayProcess(proc, port)
     if wait:
         proc.wait_for_line(GATEWAY_READY, timeout=30)

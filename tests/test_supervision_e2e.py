@@ -315,3 +315,37 @@ def test_leaking_model_is_recycled_at_max_rss_and_keeps_serving(processes, tmp_p
     # a lone child is replaced after it drained: while the new one loads, a clean 503 to retry
     assert set(statuses) <= {(200, None), (503, '1')}, statuses
     assert json.loads(gateway.run('leaky').body)['predict_result'] >= 1
+
+
+# -- 2. a restart that cannot spawn (out of file descriptors) -------------------------------------------
+def test_restart_that_fails_for_want_of_descriptors_is_retried_and_stop_still_saves_history(processes, tmp_path):
+    import socket
+    config = {'CONFIG_ENDPOINTS': {'dummy_model_demo2': {'WEIGHT': 2, 'BIAS': 1}}}
+    limit = 64
+    gateway = start_gateway(processes, tmp_path, config=config,
+                            wait=False, prefix=['prlimit', '--nofile={0}:{0}'.format(limit)])
+    gateway.proc.wait_for_line(r'gateway serving on http://', timeout=30)
+    assert gateway.proc.wait_for_line(r'open files limit: soft {0} -> {0}, hard {0}'.format(limit), timeout=5)
+    first = gateway.wait_online('dummy_model_demo2')
+    held = []
+    try:
+        for _ in range(limit):  # take every descriptor the gateway has left
+            sock = socket.create_connection(('127.0.0.1', gateway.port), timeout=5)
+            held.append(sock)
+        wait_until(lambda: psutil.Process(gateway.proc.pid).num_fds(), lambda n: n >= limit - 1, timeout=10,
+                   what='the gateway out of descriptors')
+        os.kill(first['PID'], signal.SIGKILL)
+        gateway.proc.wait_for_line(r'could not start the process: \[Errno 24\]', timeout=10)
+    finally:
+        for sock in held:
+            sock.close()
+    back = wait_until(lambda: gateway.server('dummy_model_demo2'), lambda s: s['ONLINE'], timeout=40,
+                      what='dummy_model_demo2 started once descriptors were free')
+    assert back['PID'] != first['PID']
+    answer = gateway.run('dummy_model_demo2', INPUT_VALUE=2)
+    assert answer.status == 200, answer
+    gateway.proc.popen.send_signal(signal.SIGTERM)
+    # twistd ends itself with the signal that stopped it, to report it
+    assert gateway.proc.popen.wait(timeout=20) in (0, -signal.SIGTERM)
+    with open(tmp_path / '_cache' / '_data' / 'gw_state_history.json', encoding='utf-8') as fh:
+        assert json.load(fh)['LAST_SHUTDOWN'] is not None
