@@ -167,6 +167,7 @@ def test_exit_of_a_child_whose_helper_holds_its_output_is_restarted_and_helpers_
                       lambda s: s['ONLINE'] and s['PID'] not in (None, first['PID']), timeout=10,
                       what='helper_holder restarted')
     recovered = time.monotonic() - crashed_at
+    print('helper_holder serving again {:.2f}s after its exit'.format(recovered))
     assert recovered < 3, 'serving again {:.1f}s after the exit'.format(recovered)
     assert back['RESTARTS'] == 1 and back['ERROR'].startswith('exit code 1')
     assert gateway.run('helper_holder', X=5).json()['predict_result'] == 10
@@ -178,6 +179,7 @@ def test_exit_of_a_child_whose_helper_holds_its_output_is_restarted_and_helpers_
     stopping = time.monotonic()
     gateway.proc.popen.send_signal(signal.SIGTERM)
     gateway.proc.popen.wait(timeout=20)
+    print('gateway stopped in {:.2f}s with a helper running'.format(time.monotonic() - stopping))
     assert time.monotonic() - stopping < 10, 'the gateway waited for a helper to stop'
     wait_until(lambda: process_gone(second_helper), what='the second helper gone with the gateway', timeout=5)
 
