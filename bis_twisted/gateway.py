@@ -14,7 +14,9 @@ from twisted.logger import Logger
 from . import LIB_VER
 from .errors import BadRequest, BisError, NotFound, UnknownSignature
 from .fleet import hms
+from .loader import endpoint_file
 from .openapi import openapi_document
+from .schemas import declared_schemas
 from .security import AdminGuard
 from .status import memory_gb, system_alerts, system_status
 from .web import error_answer, forward_payload, now_text, request_id_of, request_inputs, write_json
@@ -25,6 +27,14 @@ SHUTDOWN_SIGNATURE = 'SAFE_KILL_SERVER_CMD'
 HTTP_TIMEOUT = 5.0
 UPDATE_WORKERS_TIMEOUT = 120.0  # growing loads models
 METRICS_PING_TIMEOUT = 1.0
+
+
+def endpoint_schemas(fleet):
+    """Each spawned endpoint's INPUT_SCHEMA / OUTPUT_SCHEMA, read from its file's syntax tree
+    (the gateway never imports endpoint code)."""
+    return {name: declared_schemas(endpoint_file(fleet.endpoints_dir, server.config.server_class))
+            for name, server in fleet.servers.items()
+            if server.config.has_file and not server.config.is_remote}
 
 
 class Gateway:
@@ -51,7 +61,7 @@ class Gateway:
         self.support_data = {}
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
-        self._openapi = openapi_document(fleet.servers, server_name)
+        self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet))
         self.started_at = reactor.seconds()
         self._static_fields = {
             'ver-app': app_version or os.environ.get('BIS_APP_VER') or LIB_VER,
