@@ -7,7 +7,7 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['bis_twisted', 'bis_twisted.*']),
-    package_data={'bis_twisted': ['static/*']},
+    package_data={'bis_twisted': ['static/*', 'static/uplot/*']},
     python_requires='>=3.9',
     install_requires=[
         'twisted>=23.8',

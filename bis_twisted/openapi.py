@@ -42,6 +42,12 @@ _ERRORS = {
 }
 
 
+_STATS_POINT = {'type': 'object', 'properties': {
+    't': {'type': 'number', 'description': 'end of the window, seconds since the epoch'},
+    'rps': {'type': 'number'}, 'errors': {'type': 'integer', 'description': '5xx answers in the window'},
+    'p50_ms': {'type': 'number', 'nullable': True}, 'p99_ms': {'type': 'number', 'nullable': True}}}
+
+
 def _errors(*codes):
     return {code: _ERRORS[code] for code in codes}
 
@@ -181,10 +187,14 @@ def openapi_document(names, server_name='', schemas=None):
         '/metrics': {'get': {'summary': 'Prometheus text format', 'responses': {
             '200': {'description': 'metrics', 'content': {'text/plain': {'schema': {'type': 'string'}}}},
             '401': _ERRORS['401'], '403': _ERRORS['403']}}},
-        '/stats': {'get': {'summary': 'Requests/s and p99 per window over the last minutes (the status page chart)',
+        '/stats': {'get': {'summary': 'Requests/s, 5xx, p50 and p99 per window over the last minutes, for the gateway '
+                                      'and per endpoint (the status page charts)',
                            'responses': ok('#/components/schemas/Stats', 'recent windows')}},
         '/openapi.json': {'get': {'summary': 'This document', 'responses': {
             '200': {'description': 'OpenAPI 3', 'content': {'application/json': {'schema': any_object}}}}}},
+        '/docs': {'get': {'summary': 'Swagger UI for this document, served offline', 'responses': {
+            '200': {'description': 'HTML', 'content': {'text/html': {'schema': {'type': 'string'}}}},
+            '404': _ERRORS['404']}}},
         '/': {'get': {'summary': 'The status page', 'responses': {
             '200': {'description': 'HTML', 'content': {'text/html': {'schema': {'type': 'string'}}}}}}},
     }
@@ -204,11 +214,11 @@ def openapi_document(names, server_name='', schemas=None):
                                  'SYSTEM_HISTORY': any_object},
                                 required=['SYSTEM_STATUS', 'SYSTEM_ALERTS', 'SYSTEM_HISTORY']),
         'Notifications': _answer({'GENERAL': {'type': 'array'}}),
-        'Stats': _answer({'WINDOW_SECONDS': {'type': 'number'}, 'POINTS': {'type': 'array', 'items': {
-            'type': 'object', 'properties': {'t': {'type': 'number'}, 'rps': {'type': 'number'},
-                                             'errors': {'type': 'integer'},
-                                             'p99_ms': {'type': 'number', 'nullable': True}}}}},
-                         required=['POINTS']),
+        'Stats': _answer({'WINDOW_SECONDS': {'type': 'number', 'nullable': True},
+                          'POINTS': {'type': 'array', 'items': _STATS_POINT},
+                          'ENDPOINTS': {'type': 'object', 'additionalProperties': {
+                              'type': 'array', 'items': _STATS_POINT}}},
+                         required=['POINTS', 'ENDPOINTS']),
         'Ready': _answer({'READY': {'type': 'boolean'}, 'NOT_READY': {'type': 'array', 'items': {'type': 'string'}}},
                          required=['READY', 'NOT_READY']),
     }
