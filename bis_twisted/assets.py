@@ -34,7 +34,7 @@ class Assets:
 
     def __init__(self):
         self._files = {('static', name): package_file(name) for name in STATIC_FILES}
-        self._files[('docs', 'index.html')] = package_file('docs.html')
+        self._files[('page', 'docs.html')] = package_file('docs.html')  # at /docs only: its URLs are relative
         self.swagger_error = None
         try:
             from swagger_ui_bundle import swagger_ui_path

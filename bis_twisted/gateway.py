@@ -134,7 +134,7 @@ class Gateway:
         """Swagger UI for /openapi.json, from files this gateway holds ("try it out" works)."""
         if self.assets.swagger_error:
             raise NotFound(self.assets.swagger_error)
-        return self._asset(request, 'docs', 'index.html', cache=False)
+        return self._asset(request, 'page', 'docs.html', cache=False)
 
     @app.route('/docs/<string:name>', methods=['GET'])
     def docs_file(self, request, name):

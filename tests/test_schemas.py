@@ -3,6 +3,8 @@ gateway (for ``/openapi.json``), checked at load by the model server, and enforc
 request by a real model server (400 naming the field and the rule; 500 for an answer that
 breaks ``OUTPUT_SCHEMA``), through the real gateway too."""
 
+import sys
+
 import pytest
 
 from gateway_process import start_gateway
@@ -211,3 +213,26 @@ def test_iris_through_the_gateway_answers_400_naming_features_and_shows_its_sche
     variants = document['paths']['/run']['post']['requestBody']['content']['application/json']['schema']['oneOf']
     iris = [v for v in variants if v['title'] == 'iris_classifier'][0]
     assert iris['properties']['FEATURES']['description'].startswith('an array of 4 numbers')
+
+
+def test_openapi_document_with_the_example_endpoints_is_valid_openapi_30():
+    from jsonschema import Draft4Validator
+    from schemathesis.specs.openapi.definitions import OPENAPI_30  # the OpenAPI 3.0 meta-schema, offline
+
+    names = ['iris_classifier', 'dummy_model_demo1', 'dummy_model_demo2']
+    schemas = {name: declared_schemas('{}/{}.py'.format(ENDPOINTS_DIR, name)) for name in names}
+    document = openapi_document(names + ['no_schema'], 'demo', schemas=schemas)
+    errors = sorted(Draft4Validator(OPENAPI_30).iter_errors(document), key=lambda e: list(e.path))
+    assert errors == [], [(list(e.path), e.message) for e in errors[:5]]
+
+
+def test_without_jsonschema_an_endpoint_declaring_a_schema_refuses_to_load(endpoint_folder, monkeypatch):
+    endpoint_folder.write('shouter', SHOUTER)
+    endpoint_folder.write('computed', NOT_A_LITERAL.replace("INPUT_SCHEMA = _schema()", "X = _schema()"))
+    monkeypatch.setitem(sys.modules, 'jsonschema', None)  # import jsonschema -> ImportError
+    with pytest.raises(EndpointLoadError) as missing:
+        load_endpoint(str(endpoint_folder.path), 'shouter')
+    assert str(missing.value) == ('{}: INPUT_SCHEMA needs the jsonschema package, which is not installed: '
+                                  'pip install jsonschema'.format(endpoint_folder.path / 'shouter.py'))
+    # a file that declares none loads without it
+    assert load_endpoint(str(endpoint_folder.path), 'computed').schemas.input is None
