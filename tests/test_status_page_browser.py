@@ -4,8 +4,11 @@ driven by selenium through the system's chromedriver.
 
 What a user would see: a row per configured server, both online, with no error in the browser
 console; the row of a child killed with SIGKILL goes offline and comes back online when the
-supervisor has restarted it; the admin buttons appear only once a token is typed; the chart
-draws the ``/run`` traffic. The last test saves a screenshot (``docs/status-page.png``, the README's, with BIS_SCREENSHOT=1).
+supervisor has restarted it; the admin buttons appear only once a token is typed; each
+endpoint's uPlot chart holds what ``/stats`` says of its ``/run`` traffic, with a legend and
+values on hover; names link to notifications; nothing is fetched but from the gateway. Then
+``/docs``: Swagger UI's "Try it out" runs an endpoint from its example. Screenshots go to
+``docs/status-page.png`` and ``docs/docs-page.png`` (the README's) with BIS_SCREENSHOT=1.
 
 Chromium and chromedriver come from Debian (``apt-get install chromium chromium-driver``);
 selenium is pointed at them, so Selenium Manager never runs (nothing is downloaded). Without
@@ -43,6 +46,8 @@ CHROMIUM_FLAGS = ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-
 # leaves the checkout clean
 SCREENSHOT = (os.path.join(REPO_ROOT, 'docs', 'status-page.png') if os.environ.get('BIS_SCREENSHOT')
               else os.path.join(tempfile.gettempdir(), 'bis-status-page.png'))
+DOCS_SCREENSHOT = (os.path.join(REPO_ROOT, 'docs', 'docs-page.png') if os.environ.get('BIS_SCREENSHOT')
+                   else os.path.join(tempfile.gettempdir(), 'bis-docs-page.png'))
 
 KILLED = 'dummy_model_demo2'
 SERVERS = (KILLED, 'dummy_model_demo1')
@@ -419,3 +424,6 @@ def test_docs_try_it_out_runs_an_endpoint_from_its_example(browser, gateway):
     assert any(url.endswith('/docs/swagger-ui-bundle.js') for url in resources), resources
     assert all(url.startswith(gateway.url('/')) for url in resources), resources
     assert console_errors(browser) == []
+    browser.execute_script('arguments[0].scrollIntoView()', run)
+    browser.set_window_size(1280, 1400)
+    assert browser.save_screenshot(DOCS_SCREENSHOT)
