@@ -136,6 +136,12 @@ class Gateway:
             raise NotFound(self.assets.swagger_error)
         return self._asset(request, 'page', 'docs.html', cache=False)
 
+    @app.route('/docs/', methods=['GET'])
+    def docs_slash(self, request):
+        # the page's URLs are relative to /docs: under /docs/ they would miss
+        request.redirect(b'../docs')
+        return b''
+
     @app.route('/docs/<string:name>', methods=['GET'])
     def docs_file(self, request, name):
         return self._asset(request, 'docs', name)

@@ -131,8 +131,10 @@ class SchemaCheck:
         return self._input is not None or self._output is not None
 
     def check_input(self, inputs):
+        """``inputs`` as the client sent them, less the keys the server itself reads
+        (``TRANSPORT_KEYS``), so a schema with ``additionalProperties: false`` need not list them."""
         if self._input is not None:
-            self._check(self._input, {k: v for k, v in inputs.items() if k != 'SIGNATURE'}, 'inputs')
+            self._check(self._input, {k: v for k, v in inputs.items() if k not in TRANSPORT_KEYS}, 'inputs')
 
     def check_output(self, result):
         """``result`` as it will be sent: numpy arrays as lists, bytes as base64 text."""
@@ -164,7 +166,9 @@ def _field(path, root):
 
 def _rule(error):
     value = error.validator_value
-    if isinstance(value, (int, float, str, bool)) and error.validator not in ('$ref', 'pattern'):
+    if isinstance(value, bool):  # spelled as in the schema's JSON
+        return '{}: {}'.format(error.validator, json.dumps(value))
+    if isinstance(value, (int, float, str)) and error.validator not in ('$ref', 'pattern'):
         return '{}: {}'.format(error.validator, value)
     if error.validator == 'pattern':
         return 'pattern: {}'.format(value)

@@ -16,11 +16,11 @@ class NoFleet:
     endpoints_dir = '.'
 
 
-def answer(stub, path):
+def answer(stub, path, **kwargs):
     from twisted.internet import defer
 
     done = []
-    d = stub.get('http://gw' + path)
+    d = stub.get('http://gw' + path, **kwargs)
     d.addCallback(lambda r: defer.gatherResults([defer.succeed(r), r.content()]))
     d.addCallback(done.append)
     stub.flush()
@@ -45,6 +45,12 @@ def test_listed_files_are_served_with_their_types_and_nothing_else():
     for path in ('/docs/index.html', '/docs/swagger-initializer.js', '/static/uplot/other.js', '/docs/..%2Fsetup.py'):
         code, kind, body = answer(stub, path)
         assert code == 404 and kind == 'application/json', (path, code)
+
+
+def test_docs_with_a_slash_redirects_to_docs():
+    stub = stub_gateway()
+    code, _, _ = answer(stub, '/docs/', allow_redirects=False)
+    assert code == 302
 
 
 def test_docs_without_swagger_ui_bundle_answers_404_saying_what_to_install(monkeypatch):

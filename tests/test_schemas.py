@@ -13,7 +13,7 @@ from procs import ENDPOINTS_DIR, start_model_server
 from bis_twisted.errors import EndpointLoadError
 from bis_twisted.loader import load_endpoint
 from bis_twisted.openapi import as_openapi_schema, openapi_document
-from bis_twisted.schemas import SchemaCheck, SchemaViolation, declared_schemas
+from bis_twisted.schemas import EndpointSchemas, SchemaCheck, SchemaViolation, declared_schemas
 
 SHOUTER = '''
     from bis_twisted import FlaskWorker
@@ -236,3 +236,14 @@ def test_without_jsonschema_an_endpoint_declaring_a_schema_refuses_to_load(endpo
                                   'pip install jsonschema'.format(endpoint_folder.path / 'shouter.py'))
     # a file that declares none loads without it
     assert load_endpoint(str(endpoint_folder.path), 'computed').schemas.input is None
+
+
+def test_the_servers_own_keys_are_not_checked_against_the_schema():
+    strict = SchemaCheck(EndpointSchemas(input={
+        'type': 'object', 'properties': {'IMAGE': {'type': 'string'}}, 'additionalProperties': False}))
+    strict.check_input({'SIGNATURE': 'ocr', 'IMAGE': 'aGk=', 'BASE64_KEYS': ['IMAGE'], 'ENCODING': 'binary',
+                        'BASE64_OUTPUTS': []})
+    with pytest.raises(SchemaViolation) as extra:
+        strict.check_input({'IMAGE': 'aGk=', 'COLOUR': 'red'})
+    assert extra.value.rule == 'additionalProperties: false'
+    assert "'COLOUR' was unexpected" in extra.value.message
