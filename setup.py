@@ -33,6 +33,8 @@ setup(
         'test': [
             'scikit-learn>=1.2',
             'httpx>=0.24',
+            # tests/test_client_unit.py: bis_twisted.client is checked with mypy --strict
+            'mypy>=1.5',
             'pytest>=7',
             'pytest-twisted>=1.14',
             'pytest-timeout>=2.1',

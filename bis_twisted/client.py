@@ -128,6 +128,18 @@ def _decode(response: 'httpx.Response', path: str) -> Answer:
     raise cls(response.status_code, error, body, _retry_after(response))
 
 
+def _ready_answer(response: 'httpx.Response') -> Answer:
+    """``/ready``'s 503 is an answer (``NOT_READY`` says who), not an error."""
+    if response.status_code == 503:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and 'READY' in body:
+            return body
+    return _decode(response, '/ready')
+
+
 class _Calls:
     """What both clients share: the URL, the headers, the retry rule and the payloads."""
 
@@ -235,10 +247,7 @@ class Client(_Calls):
 
     def ready(self) -> Answer:
         """``/ready`` as an answer, also when it is 503: ``READY`` and ``NOT_READY`` say who."""
-        response = self._call('GET', '/ready')
-        if response.status_code == 503:
-            return response.json()
-        return _decode(response, '/ready')
+        return _ready_answer(self._call('GET', '/ready'))
 
     def stats(self) -> Answer:
         return self._json('GET', '/stats')
@@ -325,10 +334,7 @@ class AsyncClient(_Calls):
         return await self._json('GET', '/health')
 
     async def ready(self) -> Answer:
-        response = await self._call('GET', '/ready')
-        if response.status_code == 503:
-            return response.json()
-        return _decode(response, '/ready')
+        return _ready_answer(await self._call('GET', '/ready'))
 
     async def stats(self) -> Answer:
         return await self._json('GET', '/stats')

@@ -67,3 +67,36 @@ def test_the_wait_is_capped_and_other_errors_are_never_retried():
         with pytest.raises(BadGateway):
             bis.run('m')  # the model server may have run it: not sent twice
     assert len(transport.seen) == 1
+
+
+def test_async_client_retries_the_same_way_and_reads_ready_503_as_an_answer():
+    import asyncio
+
+    from bis_twisted.client import AsyncClient
+
+    transport = scripted((503, {'Retry-After': '0.2'}, {'ERROR': 'loading'}), (200, {}, {'predict_result': 'ok'}),
+                         (503, {'Retry-After': '1'}, {'READY': False, 'NOT_READY': ['m'], 'ERROR': 'not answering: m'}))
+
+    async def scenario():
+        async with AsyncClient('http://gw', transport=transport, retries=2) as bis:
+            started = time.monotonic()
+            answer = await bis.run('m', X=1)
+            return answer, time.monotonic() - started, await bis.ready()
+
+    answer, waited, ready = asyncio.run(scenario())
+    assert answer['predict_result'] == 'ok' and 0.2 <= waited < 2.0
+    assert ready == {'READY': False, 'NOT_READY': ['m'], 'ERROR': 'not answering: m'}
+    assert len(transport.seen) == 3  # /ready's 503 was not retried
+
+
+def test_the_client_module_passes_mypy_strict():
+    import os
+    import subprocess
+    import sys
+
+    from procs import REPO_ROOT
+
+    done = subprocess.run([sys.executable, '-m', 'mypy', '--strict', '--follow-imports=silent', '--cache-dir', os.devnull,
+                           os.path.join('bis_twisted', 'client.py')], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
