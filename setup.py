@@ -7,7 +7,7 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['bis_twisted', 'bis_twisted.*']),
-    package_data={'bis_twisted': ['static/*']},
+    package_data={'bis_twisted': ['static/*', 'static/uplot/*']},
     python_requires='>=3.9',
     install_requires=[
         'twisted>=23.8',
@@ -18,14 +18,23 @@ setup(
         'prometheus-client>=0.17',
         # the original's support_process.py, which users bring over, imports requests
         'requests>=2.28',
+        # INPUT_SCHEMA / OUTPUT_SCHEMA of endpoint files, validated in the model server
+        'jsonschema>=4.0',
+        # /docs: Swagger UI's files, served by the gateway itself (no CDN)
+        'swagger-ui-bundle>=1.1',
     ],
     extras_require={
+        # bis_twisted.client: Client / AsyncClient
+        'client': ['httpx>=0.24'],
         # the example iris endpoint fits a scikit-learn model on a data set it ships
         'examples': ['scikit-learn>=1.2'],
         # bench/run_bench.py draws its chart with matplotlib (wrk comes from apt)
         'bench': ['matplotlib>=3.6'],
         'test': [
             'scikit-learn>=1.2',
+            'httpx>=0.24',
+            # tests/test_client_unit.py: bis_twisted.client is checked with mypy --strict
+            'mypy>=1.5',
             'pytest>=7',
             'pytest-twisted>=1.14',
             'pytest-timeout>=2.1',

@@ -1,4 +1,5 @@
-"""``bis-gateway``: flags and environment -> ``Options`` -> the service tree, on the reactor.
+"""``bis-gateway``: flags and environment -> ``Options`` -> the service tree, on the reactor;
+``bis-gateway check`` and ``bis-gateway new NAME`` (``check.py``, ``scaffold.py``) take the same flags.
 
 Every flag has an environment variable (API.md section 5); a flag wins over its variable.
 ``BIS_ADMIN_TOKEN`` has no flag, so the secret never shows in ``ps``.
@@ -35,16 +36,58 @@ def options_from_env(environ=None, **overrides):
                    execution_path=overrides.get('execution_path') or defaults.execution_path, **values)
 
 
-def parse_args(argv, environ=None):
-    parser = argparse.ArgumentParser(prog='bis-gateway', description='Run the bis_twisted gateway.')
+COMMANDS_HELP = """commands (before the flags; without one, the gateway runs):
+  bis-gateway check [--config F] [--endpoints D]       validate the config, import every enabled
+                                                        endpoint file (each in a child); exit 1 on problems
+  bis-gateway new NAME [--config F] [--endpoints D]    write a commented endpoint skeleton to
+                                                        <endpoints>/NAME.py and add NAME to the config
+"""
+
+
+def _add_flags(parser):
     parser.add_argument('--config', help='gateway config file (env BIS_CONFIG; default config_gateway.txt)')
     parser.add_argument('--host', help='address to listen on (env BIS_HOST; default 0.0.0.0)')
     parser.add_argument('--port', help='port to listen on (env BIS_PORT; default 5002); '
                                        'endpoint servers count up from the next one')
     parser.add_argument('--endpoints', help='folder of endpoint files (env BIS_ENDPOINTS; default endpoints)')
     parser.add_argument('--cache', help='cache folder for logs and state (env BIS_CACHE; default _cache)')
+
+
+def parse_args(argv, environ=None):
+    parser = argparse.ArgumentParser(prog='bis-gateway', description='Run the bis_twisted gateway.',
+                                     epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_flags(parser)
     args = parser.parse_args(argv)
     return options_from_env(environ, **vars(args))
+
+
+def check_main(argv, environ=None):
+    """``bis-gateway check``: the exit code."""
+    from .check import run_check
+
+    parser = argparse.ArgumentParser(prog='bis-gateway check', description=(
+        'Validate the config and import every enabled endpoint file (each in a child, as serving '
+        'would); one line per problem, exit 1 if any.'))
+    _add_flags(parser)
+    options = options_from_env(environ, **vars(parser.parse_args(argv)))
+    return run_check(options)
+
+
+def new_main(argv, environ=None):
+    """``bis-gateway new NAME``: the exit code."""
+    from .scaffold import run_new
+
+    parser = argparse.ArgumentParser(prog='bis-gateway new', description=(
+        'Write a commented endpoint skeleton to <endpoints>/NAME.py and add NAME to the config '
+        '(never overwrites either).'))
+    parser.add_argument('name', help='the endpoint (its file, class and SIGNATURE), e.g. my_model')
+    _add_flags(parser)
+    args = vars(parser.parse_args(argv))
+    name = args.pop('name')
+    return run_new(name, options_from_env(environ, **args))
+
+
+COMMANDS = {'check': check_main, 'new': new_main}
 
 
 def log_to_files(options):
@@ -65,10 +108,18 @@ def build_service(options, reactor=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        try:
+            raise SystemExit(COMMANDS[argv[0]](argv[1:]))
+        except ConfigError as exc:
+            sys.stderr.write('bis-gateway {}: {}\n'.format(argv[0], exc))
+            raise SystemExit(2)
+
     from twisted.internet import reactor
 
     try:
-        options = parse_args(sys.argv[1:] if argv is None else argv)
+        options = parse_args(argv)
     except ConfigError as exc:
         sys.stderr.write('bis-gateway: {}\n'.format(exc))
         raise SystemExit(2)

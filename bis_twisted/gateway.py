@@ -12,9 +12,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from . import LIB_VER
+from .assets import Assets
 from .errors import BadRequest, BisError, NotFound, UnknownSignature
 from .fleet import hms
+from .loader import endpoint_file
 from .openapi import openapi_document
+from .schemas import declared_schemas
 from .security import AdminGuard
 from .status import memory_gb, system_alerts, system_status
 from .web import error_answer, forward_payload, now_text, request_id_of, request_inputs, write_json
@@ -25,6 +28,14 @@ SHUTDOWN_SIGNATURE = 'SAFE_KILL_SERVER_CMD'
 HTTP_TIMEOUT = 5.0
 UPDATE_WORKERS_TIMEOUT = 120.0  # growing loads models
 METRICS_PING_TIMEOUT = 1.0
+
+
+def endpoint_schemas(fleet):
+    """Each spawned endpoint's INPUT_SCHEMA / OUTPUT_SCHEMA, read from its file's syntax tree
+    (the gateway never imports endpoint code)."""
+    return {name: declared_schemas(endpoint_file(fleet.endpoints_dir, server.config.server_class))
+            for name, server in fleet.servers.items()
+            if server.config.has_file and not server.config.is_remote}
 
 
 class Gateway:
@@ -51,7 +62,8 @@ class Gateway:
         self.support_data = {}
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
-        self._openapi = openapi_document(fleet.servers, server_name)
+        self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet))
+        self.assets = Assets()
         self.started_at = reactor.seconds()
         self._static_fields = {
             'ver-app': app_version or os.environ.get('BIS_APP_VER') or LIB_VER,
@@ -117,12 +129,41 @@ class Gateway:
         request.setHeader(b'Cache-Control', b'no-cache')
         return STATUS_PAGE
 
+    @app.route('/docs', methods=['GET'])
+    def docs(self, request):
+        """Swagger UI for /openapi.json, from files this gateway holds ("try it out" works)."""
+        if self.assets.swagger_error:
+            raise NotFound(self.assets.swagger_error)
+        return self._asset(request, 'page', 'docs.html', cache=False)
+
+    @app.route('/docs/', methods=['GET'])
+    def docs_slash(self, request):
+        # the page's URLs are relative to /docs: under /docs/ they would miss
+        request.redirect(b'../docs')
+        return b''
+
+    @app.route('/docs/<string:name>', methods=['GET'])
+    def docs_file(self, request, name):
+        return self._asset(request, 'docs', name)
+
+    @app.route('/static/uplot/<string:name>', methods=['GET'])
+    def static_file(self, request, name):
+        return self._asset(request, 'static', 'uplot/' + name)
+
+    def _asset(self, request, group, name, cache=True):
+        found = self.assets.get(group, name)
+        if found is None:
+            raise NotFound('no file {!r} here'.format(name))
+        kind, data = found
+        request.setHeader(b'Content-Type', kind)
+        request.setHeader(b'Cache-Control', b'public, max-age=3600' if cache else b'no-cache')
+        return data
+
     @app.route('/stats', methods=['GET'])
     def stats(self, request):
         if self.metrics is None:
-            return self.answer(request, 200, {'WINDOW_SECONDS': None, 'POINTS': []})
-        return self.answer(request, 200, {'WINDOW_SECONDS': self.metrics.recent.window,
-                                          'POINTS': self.metrics.recent.points()})
+            return self.answer(request, 200, {'WINDOW_SECONDS': None, 'POINTS': [], 'ENDPOINTS': {}})
+        return self.answer(request, 200, self.metrics.stats())
 
     @app.route('/openapi.json', methods=['GET'])
     def openapi(self, request):

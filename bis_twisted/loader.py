@@ -9,7 +9,10 @@ import importlib.util
 import os
 import sys
 
+import attr
+
 from .errors import EndpointLoadError
+from .schemas import EndpointSchemas, module_schemas
 from .worker import FlaskWorker
 
 WORKER_SUFFIX = 'Worker'
@@ -53,8 +56,19 @@ def find_class(module, path, server_class, suffix=WORKER_SUFFIX):
         path, expected_class_name(server_class, suffix), suffix))
 
 
-def load_worker_class(endpoints_dir, server_class, suffix=WORKER_SUFFIX):
-    """Return ``(worker_class, default_config)`` for ``endpoints_dir/server_class.py``."""
+@attr.s(frozen=True)
+class Endpoint:
+    """What an endpoint file gives the model server: its worker class, its ``_CONFIG`` and
+    its declared ``INPUT_SCHEMA`` / ``OUTPUT_SCHEMA`` (checked to be valid JSON Schemas)."""
+
+    worker_class = attr.ib()
+    default_config = attr.ib()
+    schemas = attr.ib(factory=EndpointSchemas)
+
+
+def load_endpoint(endpoints_dir, server_class, suffix=WORKER_SUFFIX):
+    """Import ``endpoints_dir/server_class.py`` and return its ``Endpoint``, or raise
+    ``EndpointLoadError`` with one line naming the file and what is wrong."""
     path = endpoint_file(endpoints_dir, server_class)
     module = load_module(path)
     cls = find_class(module, path, server_class, suffix)
@@ -63,4 +77,10 @@ def load_worker_class(endpoints_dir, server_class, suffix=WORKER_SUFFIX):
     default_config = getattr(module, '_CONFIG', {}) or {}
     if not isinstance(default_config, dict):
         raise EndpointLoadError('{}: _CONFIG must be a dict, not {}'.format(path, type(default_config).__name__))
-    return cls, dict(default_config)
+    return Endpoint(cls, dict(default_config), module_schemas(module, path))
+
+
+def load_worker_class(endpoints_dir, server_class, suffix=WORKER_SUFFIX):
+    """Return ``(worker_class, default_config)`` for ``endpoints_dir/server_class.py``."""
+    endpoint = load_endpoint(endpoints_dir, server_class, suffix)
+    return endpoint.worker_class, endpoint.default_config

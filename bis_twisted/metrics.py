@@ -17,7 +17,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 
 class RecentStats:
-    """Requests/s and p99 latency over the last ``keep`` windows of ``window`` seconds."""
+    """Requests/s, 5xx answers and p50/p99 latency over the last ``keep`` windows of
+    ``window`` seconds. Windows start at multiples of ``window`` on the clock, so the windows
+    of several of these (one per endpoint) line up."""
 
     def __init__(self, clock, window=5.0, keep=120, max_samples=2000):
         self._clock = clock
@@ -32,7 +34,7 @@ class RecentStats:
     def observe(self, status, seconds):
         now = self._clock.seconds()
         if self._start is None:
-            self._start = now
+            self._start = now - now % self.window
         self._roll(now)
         self._count += 1
         if status >= 500:
@@ -49,9 +51,13 @@ class RecentStats:
 
     def _close(self, end):
         samples = sorted(self._samples)
-        p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else None
+
+        def quantile(q):
+            value = samples[min(len(samples) - 1, int(len(samples) * q))] if samples else None
+            return round(value * 1000, 2) if value is not None else None
+
         point = {'t': end, 'rps': self._count / self.window, 'errors': self._errors,
-                 'p99_ms': round(p99 * 1000, 2) if p99 is not None else None}
+                 'p50_ms': quantile(0.5), 'p99_ms': quantile(0.99)}
         self._count, self._errors, self._samples = 0, 0, []
         return point
 
@@ -75,6 +81,8 @@ class GatewayMetrics:
                                   ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._children = {}
         self.recent = RecentStats(clock)
+        # per endpoint, for the status page's charts (an unknown SIGNATURE counts in `recent` only)
+        self.recent_by_endpoint = {name: RecentStats(clock) for name in fleet.servers}
         self.health = {}  # server name -> its last /health answers (queue depth, busy), set at scrape
         self.registry.register(_FleetCollector(self, supervisor))
 
@@ -88,6 +96,14 @@ class GatewayMetrics:
         children[0].inc()
         children[1].observe(seconds)
         self.recent.observe(status, seconds)
+        by_endpoint = self.recent_by_endpoint.get(endpoint)
+        if by_endpoint is not None:
+            by_endpoint.observe(status, seconds)
+
+    def stats(self):
+        """What ``/stats`` answers: the gateway's windows and each endpoint's."""
+        return {'WINDOW_SECONDS': self.recent.window, 'POINTS': self.recent.points(),
+                'ENDPOINTS': {name: recent.points() for name, recent in self.recent_by_endpoint.items()}}
 
     def render(self):
         """The text exposition (blocking: reads /proc; call it off the reactor thread)."""

@@ -30,7 +30,8 @@ def _json(schema_ref, description):
 
 _ERROR = '#/components/schemas/Error'
 _ERRORS = {
-    '400': _json(_ERROR, 'bad input: not a JSON object, SIGNATURE missing or not a string, bad field'),
+    '400': _json(_ERROR, 'bad input: not a JSON object, SIGNATURE missing or not a string, a field against the '
+                         "endpoint's INPUT_SCHEMA, or refused by its _pre_process"),
     '401': _json(_ERROR, 'admin route without credentials (BIS_ADMIN_TOKEN is set)'),
     '403': _json(_ERROR, 'admin route: wrong token, or a remote client while no token is set'),
     '404': _json(_ERROR, 'unknown SIGNATURE'),
@@ -39,6 +40,12 @@ _ERRORS = {
     '503': _json(_ERROR, 'the endpoint server is down, starting, restarting, stopped or its queue is full '
                          '(with Retry-After)'),
 }
+
+
+_STATS_POINT = {'type': 'object', 'properties': {
+    't': {'type': 'number', 'description': 'end of the window, seconds since the epoch'},
+    'rps': {'type': 'number'}, 'errors': {'type': 'integer', 'description': '5xx answers in the window'},
+    'p50_ms': {'type': 'number', 'nullable': True}, 'p99_ms': {'type': 'number', 'nullable': True}}}
 
 
 def _errors(*codes):
@@ -52,8 +59,72 @@ def _signature_body(names, extra=None, required=('SIGNATURE',)):
         'type': 'object', 'properties': props, 'required': list(required)}}}}
 
 
-def openapi_document(names, server_name=''):
-    names = list(names) or ['<none configured>']
+# JSON Schema keywords OpenAPI 3.0's schema object does not have (Swagger UI 4 and schemathesis
+# read 3.0): dropped from the copy shown here, never from what the model server checks
+_NOT_IN_OPENAPI_30 = ('$schema', '$id', '$comment', 'examples', 'contentEncoding', 'contentMediaType')
+
+
+def as_openapi_schema(schema):
+    """A JSON Schema (an endpoint's ``INPUT_SCHEMA``) as an OpenAPI 3.0 schema object:
+    ``type`` lists become ``anyOf`` (``"null"`` becomes ``nullable``), ``const`` an ``enum``."""
+    if isinstance(schema, list):
+        return [as_openapi_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in _NOT_IN_OPENAPI_30:
+            continue
+        if key == 'const':
+            out['enum'] = [value]
+        elif key in ('properties', 'patternProperties', 'definitions', '$defs'):
+            out[key] = {name: as_openapi_schema(sub) for name, sub in value.items()} if isinstance(value, dict) \
+                else value
+        elif key == 'type' and isinstance(value, list):
+            types = [t for t in value if t != 'null']
+            if len(types) != len(value):
+                out['nullable'] = True
+            if len(types) == 1:
+                out['type'] = types[0]
+            else:
+                out['anyOf'] = [{'type': t} for t in types]
+        else:
+            out[key] = as_openapi_schema(value) if isinstance(value, (dict, list)) and key not in (
+                'enum', 'required', 'example', 'default') else value
+    return out
+
+
+def _run_body(names, schemas):
+    """``/run``'s request body: one schema per endpoint (its ``INPUT_SCHEMA`` with
+    ``SIGNATURE`` fixed to its name) in a ``oneOf``, and the endpoints' examples."""
+    variants, examples = [], {}
+    for name in names:
+        declared = schemas.get(name)
+        inputs = declared.input if declared is not None else None
+        schema = as_openapi_schema(inputs) if isinstance(inputs, dict) else {}
+        schema.setdefault('type', 'object')
+        schema['title'] = name
+        schema['properties'] = dict({'SIGNATURE': {'type': 'string', 'enum': [name]}},
+                                    **{k: v for k, v in schema.get('properties', {}).items() if k != 'SIGNATURE'})
+        schema['required'] = ['SIGNATURE'] + [k for k in schema.get('required', []) if k != 'SIGNATURE']
+        if inputs is None:
+            schema['description'] = ('{}: its file declares no INPUT_SCHEMA (or not as a literal); any '
+                                     'other fields go to the endpoint as inputs'.format(name))
+        variants.append(schema)
+        found = declared.examples if declared is not None else []
+        for index, example in enumerate(found or [{}]):
+            label = name if index == 0 else '{} ({})'.format(name, index + 1)
+            examples[label] = {'summary': label, 'value': dict({'SIGNATURE': name}, **example)}
+    return {'required': True, 'content': {'application/json': {
+        'schema': {'oneOf': variants} if len(variants) > 1 else variants[0], 'examples': examples}}}
+
+
+def openapi_document(names, server_name='', schemas=None):
+    """The document for the endpoints ``names``; ``schemas`` maps a name to the
+    ``EndpointSchemas`` its file declares (read without importing it)."""
+    names = list(names)
+    run_body = _run_body(names, schemas or {}) if names else _signature_body(['<none configured>'])
+    names = names or ['<none configured>']
     any_object = {'type': 'object'}
     ok = lambda ref, text: {'200': _json(ref, text)}  # noqa: E731
     admin = ('400', '401', '403', '404', '405', '413')
@@ -61,7 +132,9 @@ def openapi_document(names, server_name=''):
         '/run': {
             'post': {
                 'summary': 'Run the endpoint named by SIGNATURE on the other fields',
-                'requestBody': _signature_body(names),
+                'description': 'The body is one of the endpoints\' inputs (each endpoint\'s INPUT_SCHEMA, '
+                               'checked by its model server: 400 names the field and the rule).',
+                'requestBody': run_body,
                 'responses': dict(ok('#/components/schemas/RunAnswer', "the endpoint's answer"), **_errors(
                     '400', '404', '405', '413', '503'), **{
                     '500': _json('#/components/schemas/HookError', "the endpoint's _predict or _post_process raised"),
@@ -114,10 +187,14 @@ def openapi_document(names, server_name=''):
         '/metrics': {'get': {'summary': 'Prometheus text format', 'responses': {
             '200': {'description': 'metrics', 'content': {'text/plain': {'schema': {'type': 'string'}}}},
             '401': _ERRORS['401'], '403': _ERRORS['403']}}},
-        '/stats': {'get': {'summary': 'Requests/s and p99 per window over the last minutes (the status page chart)',
+        '/stats': {'get': {'summary': 'Requests/s, 5xx, p50 and p99 per window over the last minutes, for the gateway '
+                                      'and per endpoint (the status page charts)',
                            'responses': ok('#/components/schemas/Stats', 'recent windows')}},
         '/openapi.json': {'get': {'summary': 'This document', 'responses': {
             '200': {'description': 'OpenAPI 3', 'content': {'application/json': {'schema': any_object}}}}}},
+        '/docs': {'get': {'summary': 'Swagger UI for this document, served offline', 'responses': {
+            '200': {'description': 'HTML', 'content': {'text/html': {'schema': {'type': 'string'}}}},
+            '404': _ERRORS['404']}}},
         '/': {'get': {'summary': 'The status page', 'responses': {
             '200': {'description': 'HTML', 'content': {'text/html': {'schema': {'type': 'string'}}}}}}},
     }
@@ -137,11 +214,11 @@ def openapi_document(names, server_name=''):
                                  'SYSTEM_HISTORY': any_object},
                                 required=['SYSTEM_STATUS', 'SYSTEM_ALERTS', 'SYSTEM_HISTORY']),
         'Notifications': _answer({'GENERAL': {'type': 'array'}}),
-        'Stats': _answer({'WINDOW_SECONDS': {'type': 'number'}, 'POINTS': {'type': 'array', 'items': {
-            'type': 'object', 'properties': {'t': {'type': 'number'}, 'rps': {'type': 'number'},
-                                             'errors': {'type': 'integer'},
-                                             'p99_ms': {'type': 'number', 'nullable': True}}}}},
-                         required=['POINTS']),
+        'Stats': _answer({'WINDOW_SECONDS': {'type': 'number', 'nullable': True},
+                          'POINTS': {'type': 'array', 'items': _STATS_POINT},
+                          'ENDPOINTS': {'type': 'object', 'additionalProperties': {
+                              'type': 'array', 'items': _STATS_POINT}}},
+                         required=['POINTS', 'ENDPOINTS']),
         'Ready': _answer({'READY': {'type': 'boolean'}, 'NOT_READY': {'type': 'array', 'items': {'type': 'string'}}},
                          required=['READY', 'NOT_READY']),
     }

@@ -25,11 +25,12 @@ from twisted.logger import Logger
 
 from . import LIB_VER
 from .errors import BadRequest, EndpointLoadError, ServiceUnavailable
-from .loader import load_worker_class
+from .loader import load_endpoint
 from .logger import Logger as CompatLogger
 from .notifications import Notifications
 from .drain import ConnectionDrain
 from .pool import WorkerLoadError, WorkerPool
+from .schemas import SchemaCheck, SchemaViolation
 from .web import (DEFAULT_MAX_BODY_MB, LISTEN_BACKLOG, error_answer, make_site, now_text, request_id_of,
                   request_inputs, write_json)
 
@@ -50,7 +51,7 @@ class ModelServer:
     _log = Logger()
 
     def __init__(self, name, worker_class, default_config, config, reactor=None,
-                 execution_path='/run', notifications=None):
+                 execution_path='/run', notifications=None, schemas=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -61,6 +62,9 @@ class ModelServer:
         self.notifications = notifications or Notifications()
         self.ready = False
         self.load_error = None
+        # INPUT_SCHEMA / OUTPUT_SCHEMA of the endpoint file, when it declares them
+        check = SchemaCheck(schemas) if schemas is not None else None
+        self.schema_check = check if check is not None and check.active else None
         self._signature_prefix = '{}.{}.{}'.format(host_id(), name, worker_class.__name__)
         compat_log = CompatLogger(lib_name=name)
 
@@ -101,9 +105,23 @@ class ModelServer:
         if not self.ready:
             raise ServiceUnavailable('server {!r} is still loading its workers; retry shortly'.format(self.name))
         inputs.pop(SIGNATURE, None)
+        if self.schema_check is not None:
+            try:
+                self.schema_check.check_input(inputs)
+            except SchemaViolation as exc:
+                raise BadRequest('INPUT_SCHEMA: ' + exc.message, INPUT_ERROR=exc.details()) from None
         rid = request_id_of(request)
         worker, call_id, outcome = await self.pool.run(inputs, rid)
         body = dict(outcome.body)
+        status = outcome.status
+        if status == 200 and self.schema_check is not None:
+            try:
+                self.schema_check.check_output(body.get('predict_result'))
+            except SchemaViolation as exc:
+                self._log.warn('request {rid}: the answer breaks OUTPUT_SCHEMA: {error}', rid=rid, error=exc.message)
+                status = 500
+                body = {'ERROR': 'OUTPUT_SCHEMA: the endpoint answered {}'.format(exc.message),
+                        'OUTPUT_ERROR': exc.details()}
         body.update({
             'worker_id': worker.worker_id,
             'call_id': call_id,
@@ -111,7 +129,7 @@ class ModelServer:
             'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id),
             'request_id': rid,
         })
-        return write_json(request, outcome.status, body)
+        return write_json(request, status, body)
 
     def _notifications(self, request):
         return write_json(request, 200, self.notifications.snapshot())
@@ -293,7 +311,7 @@ def main(argv=None):
     except ValueError as exc:
         _fail('{}--config-json is not a JSON object: {}'.format(prefix, exc), 2)
     try:
-        worker_class, default_config = load_worker_class(args.endpoints, args.server_class or args.name)
+        endpoint = load_endpoint(args.endpoints, args.server_class or args.name)
     except EndpointLoadError as exc:
         _fail(prefix + str(exc), 2)
 
@@ -304,8 +322,8 @@ def main(argv=None):
     else:
         observer = textFileLogObserver(sys.stdout)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    server = ModelServer(args.name, worker_class, default_config, config, reactor=reactor,
-                         execution_path=args.path)
+    server = ModelServer(args.name, endpoint.worker_class, endpoint.default_config, config, reactor=reactor,
+                         execution_path=args.path, schemas=endpoint.schemas)
     exit_code = ServerProcess(args, server, reactor, config.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB)).run()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -10,6 +10,16 @@ _CONFIG = {
 
 __WORKER_VER__ = '1.2.1'
 
+# the original's file plus this schema (a missing INPUT_VALUE is left to _pre_process)
+INPUT_SCHEMA = {
+  'type': 'object',
+  'properties': {
+    'INPUT_VALUE': {'type': ['string', 'number'], 'description': 'a word (or a number)'},
+    'LANGUAGE': {'type': 'string', 'description': 'a language code, default "ro"'},
+  },
+  'examples': [{'INPUT_VALUE': 'king', 'LANGUAGE': 'en'}],
+}
+
 class PlaceholderModel():
   def __init__(self, log):
     self.log = log

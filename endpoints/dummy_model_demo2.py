@@ -6,6 +6,25 @@ _CONFIG = {
   'BIAS'      : 0,
 }
 
+# the original's file plus this schema: INPUT_VALUE is what int() is given in _predict.
+# A missing INPUT_VALUE is left to _pre_process, which raises the original's ValueError.
+INPUT_SCHEMA = {
+  'type': 'object',
+  'properties': {
+    'INPUT_VALUE': {
+      'type': ['number', 'string', 'boolean'],
+      'description': 'a number, or text that int() reads as one ("12")',
+    },
+  },
+  'examples': [{'INPUT_VALUE': 3}],
+}
+
+OUTPUT_SCHEMA = {
+  'type': 'object',
+  'properties': {'dummy_model_predict': {'type': 'string'}},
+  'required': ['dummy_model_predict'],
+}
+
 class DummyModelDemo2Worker(FlaskWorker):
 
   """

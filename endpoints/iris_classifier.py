@@ -6,8 +6,10 @@ scikit-learn (nothing is downloaded). Send one flower or several, in centimetres
     {"SIGNATURE": "iris_classifier", "FEATURES": [5.1, 3.5, 1.4, 0.2]}
     {"SIGNATURE": "iris_classifier", "FEATURES": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
 
-The features are sepal length, sepal width, petal length and petal width. A malformed input
-raises ValueError in ``_pre_process``, which the server answers with status 400.
+The features are sepal length, sepal width, petal length and petal width. ``INPUT_SCHEMA``
+says so to the server, which refuses a malformed input with 400 before ``_pre_process``;
+``_pre_process`` still checks, for a server run without the schema (and for NaN-like values
+a schema cannot see).
 """
 
 import math
@@ -22,6 +24,49 @@ from bis_twisted import FlaskWorker
 _CONFIG = {
     'C': 1.0,         # inverse regularisation strength of the logistic regression
     'MAX_ITER': 500,
+}
+
+# Checked by the model server before _pre_process: a request that breaks it gets 400 naming
+# the field and the rule. Written as a literal, so the gateway's /openapi.json (and /docs)
+# shows it without importing this file.
+INPUT_SCHEMA = {
+    'type': 'object',
+    'description': 'one flower, or several, measured in centimetres',
+    'properties': {
+        'FEATURES': {
+            'description': 'an array of 4 numbers (sepal length, sepal width, petal length, petal width, cm), '
+                           'or a non-empty list of such arrays',
+            'anyOf': [
+                {'type': 'array', 'items': {'type': 'number'}, 'minItems': 4, 'maxItems': 4},
+                {'type': 'array', 'minItems': 1,
+                 'items': {'type': 'array', 'items': {'type': 'number'}, 'minItems': 4, 'maxItems': 4}},
+            ],
+        },
+    },
+    'required': ['FEATURES'],
+    'examples': [
+        {'FEATURES': [5.1, 3.5, 1.4, 0.2]},
+        {'FEATURES': [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
+    ],
+}
+
+# What predict_result holds; an answer that breaks it is a 500 (a bug in this file).
+OUTPUT_SCHEMA = {
+    'type': 'object',
+    'properties': {
+        'predictions': {'type': 'array', 'items': {
+            'type': 'object',
+            'properties': {
+                'label': {'type': 'string', 'enum': ['setosa', 'versicolor', 'virginica']},
+                'class_id': {'type': 'integer', 'minimum': 0, 'maximum': 2},
+                'probabilities': {'type': 'object', 'additionalProperties': {'type': 'number'}},
+            },
+            'required': ['label', 'class_id', 'probabilities'],
+        }},
+        'model': {'type': 'string'},
+        'train_accuracy': {'type': 'number'},
+    },
+    'required': ['predictions', 'model', 'train_accuracy'],
 }
 
 FEATURES_HELP = ('send "FEATURES": [sepal_length, sepal_width, petal_length, petal_width] '

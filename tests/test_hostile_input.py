@@ -287,11 +287,14 @@ RESERVED_INPUTS = {'SIGNATURE', 'INPUT_VALUE', 'BASE64_KEYS', 'BASE64_OUTPUTS', 
 
 def expected_demo2_answer(inputs):
     """``(status, predict_result)`` of the README's demo2 worker (WEIGHT 2, BIAS 1):
-    ``int(INPUT_VALUE)`` in ``_predict``, so anything int() refuses is a 500 from the hook.
+    ``int(INPUT_VALUE)`` in ``_predict``, so anything int() refuses is a 500 from the hook,
+    except what its INPUT_SCHEMA refuses first with 400 (null, arrays, objects).
     NaN/Infinity are not JSON (RFC 8259): the gateway refuses them with 400."""
     if contains_non_finite(inputs):
         return 400, None
     value = inputs['INPUT_VALUE']
+    if value is None or isinstance(value, (list, dict)):  # its INPUT_SCHEMA: a number or text
+        return 400, None
     try:
         number = int(value)
     except (TypeError, ValueError, OverflowError):
@@ -313,6 +316,9 @@ def test_run_with_any_input_value_answers_what_the_worker_computes(gateway, valu
     body = json_of(answer)
     if status == 200:
         assert body['predict_result'] == result
+    elif status == 400 and not contains_non_finite(inputs):
+        assert body['ERROR'].startswith('INPUT_SCHEMA: INPUT_VALUE: '), body
+        assert body['INPUT_ERROR']['FIELD'] == 'INPUT_VALUE', body
     elif status == 500:
         assert body[HOOK_ERROR_KEY]['ERR_FUNC'] == '_predict', body
 

@@ -164,3 +164,36 @@ def test_show_packs_logs_the_installed_packages_at_start(processes, tmp_path):
     config = {'CONFIG_ENDPOINTS': {'dummy_model_demo2': DEMO2}}
     gateway = start_gateway(processes, tmp_path, config=config, env={'AID_APP_SHOW_PACKS': 'Yes'})
     assert any(line.strip().lower().startswith('twisted==') for line in gateway.proc.stdout_lines)
+
+
+def test_recent_stats_have_p50_and_windows_aligned_to_the_clock():
+    clock = Clock()
+    clock.advance(12.0)  # mid-window: the first window still starts at 10
+    stats = RecentStats(clock, window=5.0)
+    for ms in (1, 2, 3, 4, 100):
+        stats.observe(200, ms / 1000)
+    clock.advance(3.0)
+    [point] = stats.points()
+    assert point['t'] == 15.0
+    assert point['p50_ms'] == 3.0 and point['p99_ms'] == 100.0
+
+
+def test_stats_are_kept_per_endpoint_and_an_unknown_signature_only_in_the_total():
+    fleet = SimpleNamespace(servers={'a': SimpleNamespace(targets=[]), 'b': SimpleNamespace(targets=[])})
+    clock = Clock()
+    metrics = GatewayMetrics(fleet, supervisor=None, clock=clock)
+    for _ in range(10):
+        metrics.observe('a', 200, 0.010)
+    metrics.observe('a', 502, 0.001)
+    metrics.observe('b', 200, 0.200)
+    metrics.observe('typo', 404, 0.001)
+    clock.advance(5.0)
+    stats = metrics.stats()
+    assert stats['WINDOW_SECONDS'] == 5.0
+    [total] = stats['POINTS']
+    assert total['rps'] == 13 / 5.0 and total['errors'] == 1
+    [a] = stats['ENDPOINTS']['a']
+    [b] = stats['ENDPOINTS']['b']
+    assert (a['rps'], a['errors'], a['p50_ms']) == (11 / 5.0, 1, 10.0)
+    assert (b['rps'], b['errors'], b['p50_ms'], b['p99_ms']) == (1 / 5.0, 0, 200.0, 200.0)
+    assert sorted(stats['ENDPOINTS']) == ['a', 'b']

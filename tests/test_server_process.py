@@ -118,8 +118,10 @@ def test_iris_rejects_a_short_row_with_400_saying_what_to_send(iris):
 
     assert answer.status == 400
     error = answer.json()['ERROR']
-    assert 'FEATURES row 0 must be a list of 4 numbers' in error
-    assert 'sepal_length, sepal_width, petal_length, petal_width' in error
+    # refused by the endpoint's INPUT_SCHEMA before _pre_process: the field, what to send, the rule
+    assert error.startswith('INPUT_SCHEMA: FEATURES: expected an array of 4 numbers')
+    assert 'sepal length, sepal width, petal length, petal width' in error
+    assert '(rule anyOf)' in error
 
 
 # -- SERVER_CLASS: a second server from the same file ------------------------------------------------

@@ -4,8 +4,11 @@ driven by selenium through the system's chromedriver.
 
 What a user would see: a row per configured server, both online, with no error in the browser
 console; the row of a child killed with SIGKILL goes offline and comes back online when the
-supervisor has restarted it; the admin buttons appear only once a token is typed; the chart
-draws the ``/run`` traffic. The last test saves a screenshot (``docs/status-page.png``, the README's, with BIS_SCREENSHOT=1).
+supervisor has restarted it; the admin buttons appear only once a token is typed; each
+endpoint's uPlot chart holds what ``/stats`` says of its ``/run`` traffic, with a legend and
+values on hover; names link to notifications; nothing is fetched but from the gateway. Then
+``/docs``: Swagger UI's "Try it out" runs an endpoint from its example. Screenshots go to
+``docs/status-page.png`` and ``docs/docs-page.png`` (the README's) with BIS_SCREENSHOT=1.
 
 Chromium and chromedriver come from Debian (``apt-get install chromium chromium-driver``);
 selenium is pointed at them, so Selenium Manager never runs (nothing is downloaded). Without
@@ -23,7 +26,9 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway_process import start_gateway
@@ -41,6 +46,8 @@ CHROMIUM_FLAGS = ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-
 # leaves the checkout clean
 SCREENSHOT = (os.path.join(REPO_ROOT, 'docs', 'status-page.png') if os.environ.get('BIS_SCREENSHOT')
               else os.path.join(tempfile.gettempdir(), 'bis-status-page.png'))
+DOCS_SCREENSHOT = (os.path.join(REPO_ROOT, 'docs', 'docs-page.png') if os.environ.get('BIS_SCREENSHOT')
+                   else os.path.join(tempfile.gettempdir(), 'bis-docs-page.png'))
 
 KILLED = 'dummy_model_demo2'
 SERVERS = (KILLED, 'dummy_model_demo1')
@@ -195,18 +202,38 @@ def console_errors(driver):
     return [entry for entry in driver.get_log('browser') if entry['level'] == 'SEVERE']
 
 
-def chart_pixels(driver, rgb):
-    """How many opaque pixels of the chart's canvas are of colour ``rgb`` (give or take)."""
+def chart_pixels(driver, name, rgb):
+    """How many opaque pixels of endpoint ``name``'s chart canvas are of colour ``rgb`` (give or take)."""
     return driver.execute_script("""
-        const [r, g, b] = arguments;
-        const canvas = document.getElementById('chart');
+        const [name, r, g, b] = arguments;
+        const canvas = document.querySelector('.chart[data-endpoint="' + name + '"] canvas');
+        if (!canvas) return -1;
         const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
         let count = 0;
         for (let i = 0; i < data.length; i += 4) {
           if (data[i + 3] > 200 && Math.abs(data[i] - r) < 40 && Math.abs(data[i + 1] - g) < 40
               && Math.abs(data[i + 2] - b) < 40) count++;
         }
-        return count;""", *rgb)
+        return count;""", name, *rgb)
+
+
+def charts_shown(driver):
+    """Each uPlot chart of the page: its series' labels, whether each is shown, and its data."""
+    return driver.execute_script("""
+        const out = {};
+        for (const [name, u] of Object.entries(window.charts || {})) {
+          out[name] = {labels: u.series.map(s => s.label), shown: u.series.map(s => s.show), data: u.data};
+        }
+        return out;""")
+
+
+def legend_values(driver, name):
+    """``{label: value}`` of endpoint ``name``'s chart legend (the values under the cursor)."""
+    return driver.execute_script("""
+        const box = document.querySelector('.chart[data-endpoint="' + arguments[0] + '"]');
+        return Object.fromEntries([...box.querySelectorAll('.u-legend .u-series')].map(
+            row => [row.querySelector('.u-label').textContent.trim(), row.querySelector('.u-value').textContent.trim()]));
+        """, name)
 
 
 # -- the tests -----------------------------------------------------------------------------------
@@ -289,20 +316,74 @@ def test_row_of_child_killed_with_sigkill_goes_offline_then_back_online(browser,
     assert console_errors(browser) == []
 
 
-def test_chart_draws_the_run_traffic_and_a_screenshot_is_saved(browser, gateway):
-    # /stats closes a 5-second window at a time: three points (a line worth a picture) take
-    # 15 s from the first request
-    points = wait_until(lambda: gateway.get('/stats').json()['POINTS'],
-                        lambda p: len(p) >= 3 and any(point['rps'] > 0 for point in p),
-                        timeout=30, what='/stats with three windows of /run traffic')
-    assert points[-1]['p99_ms'] is not None
+CHART_SERIES = ['time', 'requests/s', '5xx/s', 'p50 ms', 'p99 ms']
+
+
+def test_each_endpoint_has_a_uplot_chart_of_its_traffic_with_legend_and_hover_values(browser, gateway):
+    # /stats closes a 5-second window at a time: three points per endpoint take 15 s from the
+    # first request
+    def enough(stats):
+        return all(len(stats['ENDPOINTS'][name]) >= 3 and any(p['rps'] > 0 for p in stats['ENDPOINTS'][name])
+                   for name in SERVERS)
+
+    wait_until(lambda: gateway.get('/stats').json(), enough, timeout=30,
+               what='/stats with three windows of /run traffic per endpoint')
     assert gateway.traffic.statuses[200] > 0, gateway.traffic.statuses
     wait_next_refresh(browser)  # one that fetched those points
+    shown = charts_shown(browser)
+    stats = gateway.get('/stats').json()  # windows already closed do not change
+    assert sorted(shown) == sorted(SERVERS)
+    for name in SERVERS:
+        chart = shown[name]
+        assert chart['labels'] == CHART_SERIES
+        assert all(chart['shown']), chart['shown']
+        times, rps, errors, p50, p99 = chart['data']
+        assert len(times) >= 3 and max(rps) > 0
+        by_time = {p['t']: p for p in stats['ENDPOINTS'][name]}
+        compared = 0
+        for i, t in enumerate(times):
+            if t in by_time:  # the chart holds what /stats said for that window, per endpoint
+                point = by_time[t]
+                assert (rps[i], p50[i], p99[i]) == (point['rps'], point['p50_ms'], point['p99_ms']), (name, t)
+                assert errors[i] == point['errors'] / stats['WINDOW_SECONDS']
+                compared += 1
+        assert compared >= 3, (name, times, sorted(by_time))
+        assert any(v is not None and v > 0 for v in p99)
+        assert chart_pixels(browser, name, RPS_BLUE) > 50, 'no requests/s line on the chart of ' + name
+        assert chart_pixels(browser, name, P99_RED) > 50, 'no p99 line on the chart of ' + name
+    assert not browser.find_element(By.ID, 'charts-empty').is_displayed()
 
-    assert chart_pixels(browser, RPS_BLUE) > 100, 'no requests/s line on the chart'
-    assert chart_pixels(browser, P99_RED) > 100, 'no p99 line on the chart'
-    assert 'no requests yet' not in browser.execute_script('return document.body.innerText')
+    # hovering the plot shows that moment's values in the legend
+    over = browser.find_element(By.CSS_SELECTOR, '.chart[data-endpoint="{}"] .u-over'.format(KILLED))
+    ActionChains(browser).move_to_element_with_offset(over, over.size['width'] // 2 - 5, 0).perform()
+    legend = wait_for(browser, lambda d: (lambda values: values if values.get('requests/s', '–') not in ('–', '--')
+                                          else None)(legend_values(d, KILLED)),
+                      'values in the legend under the cursor', timeout=5)
+    assert sorted(legend) == sorted(CHART_SERIES)
+    # the hovered window's values, as /stats has them
+    hovered = [p for p in stats['ENDPOINTS'][KILLED] if '{:.1f}'.format(p['rps']) == legend['requests/s']]
+    assert hovered, (legend, stats['ENDPOINTS'][KILLED])
+    assert float(legend['p99 ms']) > 0
     assert console_errors(browser) == []
+
+
+def test_server_names_link_to_their_notifications(browser, gateway):
+    for name in SERVERS:
+        link = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, 'tr[data-server="{}"] td a'.format(name)),
+                        'the link in the row of ' + name)
+        assert link.text == name
+        href = link.get_attribute('href')
+        assert href == gateway.url('/notifications?SIGNATURE=' + name)
+        notes = gateway.get(href[len(gateway.url('')):])
+        assert notes.status == 200 and 'GENERAL' in notes.json()
+
+
+def test_the_page_fetches_nothing_but_from_the_gateway_and_a_screenshot_is_saved(browser, gateway):
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert any(url.endswith('/static/uplot/uPlot.iife.min.js') for url in resources), resources
+    assert all(url.startswith(gateway.url('/')) for url in resources), resources
+    assert gateway.get('/static/uplot/LICENSE').text.startswith('The MIT License')
+    assert gateway.get('/static/uplot/../status.html').status == 404
 
     # the whole page in the picture: the window is the page's height plus the window's own frame
     content, viewport = browser.execute_script('return [document.body.scrollHeight, window.innerHeight]')
@@ -313,3 +394,36 @@ def test_chart_draws_the_run_traffic_and_a_screenshot_is_saved(browser, gateway)
     assert browser.save_screenshot(SCREENSHOT)
     with open(SCREENSHOT, 'rb') as fh:
         assert fh.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+# -- /docs: Swagger UI, offline ---------------------------------------------------------------------
+def test_docs_try_it_out_runs_an_endpoint_from_its_example(browser, gateway):
+    browser.get(gateway.url('/docs'))
+    run = wait_for(browser, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, '.opblock.opblock-post')
+                                       if b.find_element(By.CSS_SELECTOR, '.opblock-summary-path').text == '/run'],
+                   'POST /run in Swagger UI')[0]
+    run.find_element(By.CSS_SELECTOR, '.opblock-summary').click()
+    wait_for(browser, lambda d: run.find_elements(By.CSS_SELECTOR, 'button.try-out__btn'), 'the "Try it out" button')
+    run.find_element(By.CSS_SELECTOR, 'button.try-out__btn').click()
+    select = Select(wait_for(browser, lambda d: run.find_element(By.CSS_SELECTOR, '.examples-select select'),
+                             'the examples of /run'))
+    assert sorted(o.text for o in select.options) == sorted(SERVERS)  # one per endpoint, from its INPUT_SCHEMA
+    select.select_by_visible_text(KILLED)
+    body = wait_for(browser, lambda d: (lambda t: t if '"INPUT_VALUE": 3' in t.get_attribute('value') else None)(
+        run.find_element(By.CSS_SELECTOR, 'textarea.body-param__text')), 'the example in the body')
+    assert '"SIGNATURE": "{}"'.format(KILLED) in body.get_attribute('value')
+    run.find_element(By.CSS_SELECTOR, 'button.execute').click()
+    status = wait_for(browser, lambda d: run.find_element(
+        By.CSS_SELECTOR, '.live-responses-table .response .response-col_status'), 'the answer of Execute')
+    assert status.text.strip().startswith('200'), status.text
+    answer = run.find_element(By.CSS_SELECTOR, '.live-responses-table .response .response-col_description'
+                              ).get_attribute('textContent')
+    assert '3*2 + 1 = 7 PREDICTED' in answer, answer
+
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert any(url.endswith('/docs/swagger-ui-bundle.js') for url in resources), resources
+    assert all(url.startswith(gateway.url('/')) for url in resources), resources
+    assert console_errors(browser) == []
+    browser.execute_script('arguments[0].scrollIntoView()', run)
+    browser.set_window_size(1280, 1400)
+    assert browser.save_screenshot(DOCS_SCREENSHOT)

@@ -1,0 +1,215 @@
+"""An endpoint's ``INPUT_SCHEMA`` and ``OUTPUT_SCHEMA``: JSON Schemas its file may declare.
+
+Two readers, one per process:
+
+- the model server (``SchemaCheck``) validates each request's inputs before ``_pre_process``
+  (400 naming the field and the rule) and each ``predict_result`` against ``OUTPUT_SCHEMA``
+  (500), with ``jsonschema``;
+- the gateway (``declared_schemas``) reads them for ``/openapi.json`` from the file's syntax
+  tree with ``ast.literal_eval``, so user code is never imported there. A schema that is not
+  a literal (built by a function, say) still validates in the server; the gateway's document
+  then shows that endpoint's body without it.
+"""
+
+import ast
+import json
+import os
+
+import attr
+
+from .errors import EndpointLoadError
+from .web import dumps
+
+INPUT_SCHEMA = 'INPUT_SCHEMA'
+OUTPUT_SCHEMA = 'OUTPUT_SCHEMA'
+SCHEMA_NAMES = (INPUT_SCHEMA, OUTPUT_SCHEMA)
+# the keys the server itself reads from the inputs; a schema need not list them
+TRANSPORT_KEYS = ('SIGNATURE', 'BASE64_KEYS', 'BASE64_OUTPUTS', 'ENCODING')
+
+
+@attr.s(frozen=True)
+class EndpointSchemas:
+    """What an endpoint file declares; ``None`` where it declares nothing."""
+
+    input = attr.ib(default=None)
+    output = attr.ib(default=None)
+
+    @property
+    def examples(self):
+        """The input examples (``INPUT_SCHEMA["examples"]``, a list of objects)."""
+        examples = (self.input or {}).get('examples') or []
+        return [e for e in examples if isinstance(e, dict)] if isinstance(examples, list) else []
+
+
+# -- the gateway's reading: syntax only ---------------------------------------------------------
+def declared_schemas(path):
+    """``EndpointSchemas`` of the file at ``path`` from its module-level assignments, read as
+    literals; a missing file, a syntax error or a non-literal value reads as "none"."""
+    try:
+        with open(path, encoding='utf-8') as fh:
+            tree = ast.parse(fh.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return EndpointSchemas()
+    found = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else [])
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id in SCHEMA_NAMES:
+                try:
+                    value = ast.literal_eval(node.value)
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    value = None
+                found[target.id] = value if isinstance(value, dict) else None
+    return EndpointSchemas(input=found.get(INPUT_SCHEMA), output=found.get(OUTPUT_SCHEMA))
+
+
+# -- the model server's reading: the imported module ------------------------------------------
+def _validator_class(schema, path, name):
+    try:
+        import jsonschema
+        from jsonschema.exceptions import SchemaError
+    except ImportError:  # a core dependency; a bare install without it must say so, not skip
+        raise EndpointLoadError('{}: {} needs the jsonschema package, which is not installed: '
+                                'pip install jsonschema'.format(path, name)) from None
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        where = '/'.join(str(p) for p in exc.path) or 'top level'
+        raise EndpointLoadError('{}: {} is not a valid JSON Schema (at {}): {}'.format(
+            path, name, where, exc.message)) from None
+    return cls
+
+
+def module_schemas(module, path):
+    """``EndpointSchemas`` of an imported endpoint module, each checked to be a valid JSON
+    Schema; ``EndpointLoadError`` (one line, naming the file and the key) otherwise."""
+    values = {}
+    for name in SCHEMA_NAMES:
+        value = getattr(module, name, None)
+        if value is not None:
+            if not isinstance(value, dict):
+                raise EndpointLoadError('{}: {} must be a dict (a JSON Schema), not {}'.format(
+                    path, name, type(value).__name__))
+            _validator_class(value, path, name)
+        values[name] = value
+    return EndpointSchemas(input=values[INPUT_SCHEMA], output=values[OUTPUT_SCHEMA])
+
+
+class SchemaViolation(Exception):
+    """One input or output that breaks its schema: ``field`` (``FEATURES[1]``, ``inputs`` for
+    the object itself), ``rule`` (``minItems: 4``) and ``message``, one line."""
+
+    def __init__(self, message, field, rule):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.rule = rule
+
+    def details(self):
+        return {'FIELD': self.field, 'RULE': self.rule, 'MESSAGE': self.message}
+
+
+class SchemaCheck:
+    """The compiled schemas of one endpoint; ``check_input``/``check_output`` raise
+    ``SchemaViolation`` for the most relevant error."""
+
+    def __init__(self, schemas, path='endpoint'):
+        self.schemas = schemas
+        self._input = self._compile(schemas.input, path, INPUT_SCHEMA)
+        self._output = self._compile(schemas.output, path, OUTPUT_SCHEMA)
+
+    @staticmethod
+    def _compile(schema, path, name):
+        if schema is None:
+            return None
+        return _validator_class(schema, path, name)(schema)
+
+    @property
+    def active(self):
+        return self._input is not None or self._output is not None
+
+    def check_input(self, inputs):
+        """``inputs`` as the client sent them, less the keys the server itself reads
+        (``TRANSPORT_KEYS``), so a schema with ``additionalProperties: false`` need not list them."""
+        if self._input is not None:
+            self._check(self._input, {k: v for k, v in inputs.items() if k not in TRANSPORT_KEYS}, 'inputs')
+
+    def check_output(self, result):
+        """``result`` as it will be sent: numpy arrays as lists, bytes as base64 text."""
+        if self._output is not None:
+            try:
+                sent = json.loads(dumps(result))
+            except (TypeError, ValueError):  # not JSON at all: the answer's own error says so
+                return
+            self._check(self._output, sent, 'predict_result')
+
+    @staticmethod
+    def _check(validator, value, root):
+        from jsonschema.exceptions import relevance
+
+        errors = list(validator.iter_errors(value))
+        if errors:
+            # the most relevant error at its own level: an anyOf/oneOf is reported as itself
+            # (with its description), since guessing which branch was meant misleads more
+            # often than it helps (best_match's descent into the branches)
+            raise describe(max(errors, key=relevance), root)
+
+
+def _field(path, root):
+    text = ''
+    for part in path:
+        text += '[{}]'.format(part) if isinstance(part, int) else ('.' if text else '') + str(part)
+    return text or root
+
+
+def _rule(error):
+    value = error.validator_value
+    if isinstance(value, bool):  # spelled as in the schema's JSON
+        return '{}: {}'.format(error.validator, json.dumps(value))
+    if isinstance(value, (int, float, str)) and error.validator not in ('$ref', 'pattern'):
+        return '{}: {}'.format(error.validator, value)
+    if error.validator == 'pattern':
+        return 'pattern: {}'.format(value)
+    if error.validator == 'type' and isinstance(value, list):
+        return 'type: {}'.format(' or '.join(value))
+    return str(error.validator)
+
+
+def _description(error):
+    # the nearest schema on the way up that says what is expected
+    while error is not None:
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        if isinstance(schema.get('description'), str):
+            return schema['description']
+        error = error.parent
+    return None
+
+
+def describe(error, root='inputs'):
+    """A ``jsonschema`` ValidationError as a ``SchemaViolation``:
+    ``FEATURES: expected an array of 4 numbers; [1, 2] is too short (rule minItems: 4)``."""
+    field = _field(error.absolute_path, root)
+    expected = _description(error)
+    if error.validator == 'required':
+        # the field is the missing property, and what is expected is its own description
+        missing = next((name for name in error.validator_value
+                        if isinstance(error.instance, dict) and name not in error.instance), None)
+        if missing is not None:
+            field = _field(list(error.absolute_path) + [missing], root)
+            properties = error.schema.get('properties', {}) if isinstance(error.schema, dict) else {}
+            described = properties.get(missing, {}).get('description') if isinstance(
+                properties.get(missing), dict) else None
+            expected = described if isinstance(described, str) else None
+    rule = _rule(error)
+    message = error.message if len(error.message) <= 200 else error.message[:200] + '...'
+    text = '{}: {}{} (rule {})'.format(field, 'expected {}; '.format(expected) if expected else '', message, rule)
+    return SchemaViolation(text, field, rule)
+
+
+def schema_check_for(endpoints_dir, server_class, module):
+    """The ``SchemaCheck`` of an imported endpoint module (``None`` when it declares none)."""
+    path = os.path.join(endpoints_dir, server_class + '.py')
+    check = SchemaCheck(module_schemas(module, path), path)
+    return check if check.active else None
