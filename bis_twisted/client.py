@@ -82,8 +82,9 @@ class BadGateway(BisClientError):
 
 
 class Overloaded(BisClientError):
-    """503: the model server is loading, restarting, stopped, or its queue is full;
-    ``retry_after`` is the gateway's ``Retry-After`` in seconds."""
+    """503: the model server is loading, restarting, stopped, failing, or its queue is full;
+    ``retry_after`` is the gateway's ``Retry-After`` in seconds, None when waiting will not
+    help (stopped: ``/start_server`` it; failed: it needs a fix)."""
 
 
 class GatewayTimeout(BisClientError):
@@ -162,12 +163,13 @@ class _Calls:
         return headers
 
     def wait_before_retry(self, error: BisClientError, attempt: int) -> Optional[float]:
-        """Seconds to wait before retrying after ``error``, or None to raise it. Only 503 is
-        retried: the model server never started on that request."""
-        if not isinstance(error, Overloaded) or attempt >= self.retries:
+        """Seconds to wait before retrying after ``error``, or None to raise it. Only a 503
+        with ``Retry-After`` is retried: the model server never started on that request, and
+        the gateway expects it back. A 503 without one (stopped by an operator, failing
+        before it is ready) will not mend by waiting."""
+        if not isinstance(error, Overloaded) or error.retry_after is None or attempt >= self.retries:
             return None
-        wait = error.retry_after if error.retry_after is not None else 1.0
-        return min(wait, self.max_retry_wait)
+        return min(error.retry_after, self.max_retry_wait)
 
     @staticmethod
     def run_payload(signature: str, inputs: Optional[Mapping[str, Any]], fields: Mapping[str, Any]) -> Answer:

@@ -141,10 +141,10 @@ def test_each_error_is_its_own_exception_with_status_and_error_text(client):
         client.run('slow', SECONDS=3)
     assert late.value.status == 504
 
-    with pytest.raises(Overloaded) as stopped:  # DISABLED: 503 saying to start it
+    with pytest.raises(Overloaded) as stopped:  # DISABLED: 503 saying to start it, nothing to wait for
         client.run('dummy_model_demo1', INPUT_VALUE='x')
     assert stopped.value.status == 503
-    assert stopped.value.retry_after == 1.0
+    assert stopped.value.retry_after is None
     assert '/start_server' in stopped.value.error
 
 
@@ -173,29 +173,28 @@ def test_admin_calls_need_the_token(gateway, client):
             admin.update_workers('dummy_model_demo2', 0)
 
 
-def test_retries_wait_retry_after_and_give_up_with_overloaded(gateway):
+def test_a_503_without_retry_after_is_not_retried(gateway):
+    # DISABLED: it stays down until /start_server, so waiting is no use and is not done
     with Client(gateway.url(''), timeout=10, retries=2) as bis:
         started = time.monotonic()
-        with pytest.raises(Overloaded):
-            bis.run('dummy_model_demo1', INPUT_VALUE='x')  # stays stopped
+        with pytest.raises(Overloaded) as stopped:
+            bis.run('dummy_model_demo1', INPUT_VALUE='x')
         elapsed = time.monotonic() - started
-    # two waits of the gateway's Retry-After (1 s) before the third 503 is raised
-    assert 2.0 <= elapsed < 6.0, elapsed
+    assert stopped.value.retry_after is None and '/start_server' in stopped.value.error
+    assert elapsed < 1.0, elapsed
 
 
 def test_retries_carry_a_request_over_a_server_start(gateway):
-    """A server stopped, then started while the client keeps retrying its 503s: the call
-    answers once the server is back, with no error seen by the caller."""
+    """A server started again while the client keeps retrying its 503s ("starting", with
+    Retry-After): the call answers once the server is back, with no error seen by the caller."""
     admin = Client(gateway.url(''), token=TOKEN, timeout=30)
     try:
         admin.kill_server('dummy_model_demo2')
-        wait_until(lambda: admin.list_servers()['AVAIL_SERVERS']['dummy_model_demo2'],
-                   lambda s: not s['ONLINE'], what='dummy_model_demo2 stopped')
-        restarter = threading.Timer(1.5, admin.start_server, args=('dummy_model_demo2',))
-        restarter.start()
+        wait_until(lambda: admin.list_servers()['STOPPED_SERVERS'].get('dummy_model_demo2'),
+                   lambda s: s and not s['ONLINE'], what='dummy_model_demo2 stopped')
+        admin.start_server('dummy_model_demo2')
         with Client(gateway.url(''), timeout=10, retries=30, max_retry_wait=0.5) as bis:
             answer = bis.run('dummy_model_demo2', INPUT_VALUE=4)
-        restarter.join()
         assert answer['predict_result'] == {'dummy_model_predict': '4*2 + 1 = 9 PREDICTED'}
     finally:
         admin.start_server('dummy_model_demo2')
