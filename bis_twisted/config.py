@@ -209,10 +209,10 @@ def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host):
         taken[port] = True
         return port
 
-    # enabled servers take the low ports, so the README's docker -p 5002-5010 range covers them
-    ordered = sorted(entries, key=lambda item: bool(item[1].get('DISABLED', False)))
+    # in the file's order, disabled servers too: a server's port does not move when another
+    # one is enabled, disabled or added after it
     ports = {}
-    for name, entry, where in ordered:
+    for name, entry, where in entries:
         if entry.get('HOST') == NO_HOST or entry.get('URLS'):
             ports[name] = ()
         elif 'PORT' in entry:

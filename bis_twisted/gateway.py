@@ -147,8 +147,12 @@ class Gateway:
         names = list(self.fleet.servers)
         described = await defer.gatherResults([
             defer.Deferred.fromCoroutine(self.fleet.describe(self.fleet.servers[name], now)) for name in names])
-        servers = dict(zip(names, described))
-        return self.answer(request, 200, {'AVAIL_SERVERS': servers})
+        # the original's AVAIL_SERVERS are the servers it started; DISABLED and killed ones
+        # are listed apart, with the same fields, for the status page and operators
+        active, stopped = {}, {}
+        for name, entry in zip(names, described):
+            (stopped if self.fleet.is_stopped(self.fleet.servers[name]) else active)[name] = entry
+        return self.answer(request, 200, {'AVAIL_SERVERS': active, 'STOPPED_SERVERS': stopped})
 
     @app.route('/health', methods=['GET'])
     def health(self, request):

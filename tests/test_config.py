@@ -92,7 +92,7 @@ def test_invalid_json_names_the_file(tmp_path, endpoints):
     assert str(caught.value).startswith('{}: not valid JSON: Expecting property name'.format(path))
 
 
-def test_ports_count_up_from_gateway_port_enabled_first_and_skip_taken(endpoints):
+def test_ports_count_up_from_gateway_port_in_file_order_and_skip_taken(endpoints):
     config = parse(endpoints, {
         'a': {'SERVER_CLASS': 'good', 'DISABLED': True},
         'b': {'SERVER_CLASS': 'good'},
@@ -102,11 +102,22 @@ def test_ports_count_up_from_gateway_port_enabled_first_and_skip_taken(endpoints
         'remote': {'URLS': ['http://127.0.0.2:7000/']},
     })
     ports = {e.name: e.ports for e in config.endpoints}
-    assert ports == {'b': (5003,), 'c': (5004,), 'd': (5005, 5006), 'a': (5007,),
+    # disabled servers keep their place: 'a' is first in the file, so it has the first port
+    assert ports == {'a': (5003,), 'b': (5005,), 'c': (5004,), 'd': (5006, 5007),
                      'support_process': (), 'remote': ()}
     support = config.endpoint('support_process')
     assert support.is_support and support.ping_interval == 2 and not support.has_file
     assert config.endpoint('remote').urls == ('http://127.0.0.2:7000',)
+
+
+def test_a_servers_default_port_does_not_move_when_another_is_enabled_or_added(endpoints):
+    before = {'a': {'SERVER_CLASS': 'good'}, 'a-bis': {'SERVER_CLASS': 'good', 'DISABLED': True},
+              'b': {'SERVER_CLASS': 'good', 'DISABLED': True}}
+    enabled = dict(before, **{'a-bis': {'SERVER_CLASS': 'good'}})
+    added = dict(before, c={'SERVER_CLASS': 'good'})
+    ports = [{e.name: e.port for e in parse(endpoints, cfg).endpoints} for cfg in (before, enabled, added)]
+    assert ports[0] == ports[1] == {'a': 5003, 'a-bis': 5004, 'b': 5005}
+    assert ports[2] == {'a': 5003, 'a-bis': 5004, 'b': 5005, 'c': 5006}
 
 
 def test_worker_keys_are_kept_for_the_worker(endpoints):
@@ -118,7 +129,10 @@ def test_example_config_in_repo_is_valid():
     config = load_config(REPO_ROOT + '/config_gateway.txt', REPO_ROOT + '/endpoints')
     enabled = [e.name for e in config.endpoints if e.is_spawned and not e.disabled]
     assert enabled == ['dummy_model_demo1', 'dummy_model_demo2', 'iris_classifier']
-    assert [e.port for e in config.endpoints if e.name in enabled] == [5003, 5004, 5005]
+    # every configured server has its port in file order, the disabled ones too
+    assert [(e.name, e.port) for e in config.endpoints] == [
+        ('dummy_model_demo1', 5003), ('dummy_model_demo1-bis', 5004), ('dummy_model_demo2', 5005),
+        ('dummy_model_demo2-bis', 5006), ('iris_classifier', 5007), ('support_process', None)]
 
 
 @pytest.mark.parametrize('command', [[sys.executable, '-m', 'bis_twisted.cli'], [TWISTD, '-n', '-y', 'bis.tac']],
