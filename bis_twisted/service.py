@@ -84,7 +84,8 @@ class GatewayService(MultiService):
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
                                         if self.config.metrics else None),
                                metrics_guarded=self.config.metrics_require_token)
-        self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb)
+        self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb,
+                              answer_fields=self.gateway.fields)
         self.port = None
 
     def startService(self):

@@ -449,3 +449,18 @@ def test_the_child_gets_its_entry_as_written_and_the_body_limit_as_a_flag(make_f
     assert float(flag(argv['demo'], '--max-body-mb')) == 8 * 6  # the gateway's default limit, re-encoding room
     assert json.loads(flag(argv['big'], '--config-json')) == {'SERVER_CLASS': 'demo', 'MAX_BODY_MB': 40}
     assert float(flag(argv['big'], '--max-body-mb')) == 40
+
+
+def test_get_run_query_values_are_read_as_json_and_repeated_keys_as_a_list(make_fleet, reactor, gateway_of,
+                                                                          children):
+    fleet = make_fleet({'demo': {}})
+    reactor.ready('demo')
+    stub = gateway_of(fleet)
+    query = ('SIGNATURE=demo&FEATURES=[5.1,3.5,1.4,0.2]&INPUT_VALUE=7&NAME=iris&EMPTY=&QUOTED=%227%22'
+             '&TAG=a&TAG=2&FLAG=true&CODE=007&IMG=1234&BASE64_KEYS=IMG')
+    response = result_of(stub.get('http://gateway/run?' + query))
+    assert response.code == 200
+    assert json.loads(children.calls[0].payload) == {
+        'SIGNATURE': 'demo', 'FEATURES': [5.1, 3.5, 1.4, 0.2], 'INPUT_VALUE': 7, 'NAME': 'iris', 'EMPTY': '',
+        'QUOTED': '7', 'TAG': ['a', 2], 'FLAG': True, 'CODE': '007',
+        'IMG': '1234', 'BASE64_KEYS': 'IMG'}  # a base64 input stays text even when it looks like a number
