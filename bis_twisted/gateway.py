@@ -250,8 +250,12 @@ class Gateway:
     @app.route('/shutdown', methods=['POST'])
     def shutdown(self, request):
         self.guard.check(request)
-        if self.signature_of(request_inputs(request)) != SHUTDOWN_SIGNATURE:
-            raise BadRequest('to shut the gateway down send {{"SIGNATURE": "{}"}}'.format(SHUTDOWN_SIGNATURE))
+        inputs = request_inputs(request)
+        signature = self.signature_of(inputs) if SIGNATURE in inputs else None
+        if signature != SHUTDOWN_SIGNATURE:
+            # not signature_of's "missing" message: this body names no endpoint
+            raise BadRequest('to shut the gateway down the body must be {{"SIGNATURE": "{}"}}, got {}'.format(
+                SHUTDOWN_SIGNATURE, 'no SIGNATURE' if signature is None else 'SIGNATURE {!r}'.format(signature[:80])))
         self._log.warn('shutdown requested by {client}', client=request.getClientAddress())
         if self._shutdown is not None:
             # after the answer has gone out: the stop closes the port and the children

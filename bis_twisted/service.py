@@ -89,6 +89,8 @@ class GatewayService(MultiService):
         self.port = None
 
     def startService(self):
+        for warning in self.config.warnings:  # here, not at load: the log files are open now
+            self._log.warn('{warning}', warning=warning)
         self.history.startup()
         if os.environ.get('AID_APP_SHOW_PACKS', os.environ.get('SHOW_PACKS', '')).lower() == 'yes':
             # the original image's switch: the installed packages at start, for the record

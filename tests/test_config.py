@@ -28,6 +28,7 @@ def endpoints(tmp_path):
     (folder / 'good.py').write_text(GOOD_ENDPOINT)
     (folder / 'broken.py').write_text('def oops(:\n')
     (folder / 'noclass.py').write_text('class SomethingElse:\n    pass\n')
+    (folder / 'text_stats.py').write_text('class TextStatWorker:\n    pass\n')
     return str(folder)
 
 
@@ -51,13 +52,21 @@ BAD_CONFIGS = [
      "cfg.txt: endpoint 'good': key 'URLS' must be a non-empty list of http:// URLs, got 'http://x'"),
     ({'good': []},
      "cfg.txt: endpoint 'good': must be an object of settings, got []"),
+    # the key is blamed only where the entry has it
     ({'missing': {}},
-     "cfg.txt: endpoint 'missing': key 'SERVER_CLASS': endpoint file {ep}/missing.py does not exist"),
+     "cfg.txt: endpoint 'missing': endpoint file {ep}/missing.py does not exist (the file is named after "
+     "the endpoint; set 'SERVER_CLASS' to use another)"),
     ({'alias': {'SERVER_CLASS': 'nope'}},
      "cfg.txt: endpoint 'alias': key 'SERVER_CLASS': endpoint file {ep}/nope.py does not exist"),
     ({'noclass': {}},
-     "cfg.txt: endpoint 'noclass': key 'SERVER_CLASS': {ep}/noclass.py has no class NoclassWorker "
-     "(found: SomethingElse)"),
+     "cfg.txt: endpoint 'noclass': {ep}/noclass.py has no class NoclassWorker (the file's name without "
+     "underscores + 'Worker', any case; found: SomethingElse)"),
+    ({'text_stats': {}},
+     "cfg.txt: endpoint 'text_stats': {ep}/text_stats.py has no class TextStatsWorker (the file's name without "
+     "underscores + 'Worker', any case; found: TextStatWorker)"),
+    ({'alias': {'SERVER_CLASS': 'noclass'}},
+     "cfg.txt: endpoint 'alias': key 'SERVER_CLASS': {ep}/noclass.py has no class NoclassWorker (the file's name "
+     "without underscores + 'Worker', any case; found: SomethingElse)"),
     ({'broken': {}},
      "cfg.txt: endpoint 'broken': endpoint file {ep}/broken.py:1: syntax error: invalid syntax"),
     ({'good': {'PORT': 6000}, 'good2': {'SERVER_CLASS': 'good', 'PORT': 6000}},
@@ -118,6 +127,31 @@ def test_a_servers_default_port_does_not_move_when_another_is_enabled_or_added(e
     ports = [{e.name: e.port for e in parse(endpoints, cfg).endpoints} for cfg in (before, enabled, added)]
     assert ports[0] == ports[1] == {'a': 5003, 'a-bis': 5004, 'b': 5005}
     assert ports[2] == {'a': 5003, 'a-bis': 5004, 'b': 5005, 'c': 5006}
+
+
+def test_a_key_close_to_a_gateway_key_is_warned_about_once_and_still_passed_to_the_worker(endpoints, tmp_path):
+    (tmp_path / 'endpoints' / 'demo.py').write_text(
+        "_CONFIG = {'PORTS': [1, 2], 'WEIGHT': 0}\n\nclass DemoWorker:\n    pass\n")
+    config = parse(endpoints, {
+        'demo': {'NR_WORKER': 4, 'nr_workers': 2, 'TIMEOUTS': 3, 'WEIGHT': 1, 'PORTS': [3], 'THRESHOLD': 0.5},
+        'good': {'DESCRIPTON': 'x', 'NR_WORKERS': 1}}, NO_STARTUP_WAITS=True, COMMENT='free text')
+    assert list(config.warnings) == [
+        "cfg.txt: key 'NO_STARTUP_WAITS' is not a gateway key; did you mean 'NO_STARTUP_WAIT'? (ignored)",
+        "cfg.txt: endpoint 'demo': key 'NR_WORKER' is not a gateway key; did you mean 'NR_WORKERS'? "
+        "(passed to the worker as config)",
+        "cfg.txt: endpoint 'demo': key 'nr_workers' is not a gateway key; did you mean 'NR_WORKERS'? "
+        "(passed to the worker as config)",
+        "cfg.txt: endpoint 'demo': key 'TIMEOUTS' is not a gateway key; did you mean 'TIMEOUT'? "
+        "(passed to the worker as config)",
+        "cfg.txt: endpoint 'good': key 'DESCRIPTON' is not a gateway key; did you mean 'DESCRIPTION'? "
+        "(passed to the worker as config)",
+    ]  # PORTS is in demo.py's own _CONFIG: the worker's key, not a typo
+    assert config.endpoint('demo').nr_workers == 1
+    assert config.endpoint('demo').entry['NR_WORKER'] == 4
+
+
+def test_the_example_config_has_no_warnings():
+    assert load_config(REPO_ROOT + '/config_gateway.txt', REPO_ROOT + '/endpoints').warnings == ()
 
 
 def test_worker_keys_are_kept_for_the_worker(endpoints):

@@ -318,7 +318,10 @@ def test_shutdown_answers_then_gateway_exits_and_leaves_no_child(processes, tmp_
     refused = gateway.post('/shutdown', {'SIGNATURE': 'please'})
     assert refused.status == 400, refused
     assert 'SAFE_KILL_SERVER_CMD' in refused.json()['ERROR']
-    assert gateway.post('/shutdown', {}).status == 400
+    empty = gateway.post('/shutdown', {})
+    assert empty.status == 400
+    assert empty.json()['ERROR'] == ('to shut the gateway down the body must be '
+                                     '{"SIGNATURE": "SAFE_KILL_SERVER_CMD"}, got no SIGNATURE')
     assert gateway.proc.returncode is None
     assert gateway.get('/health').status == 200
     assert_runs(gateway)
