@@ -122,6 +122,22 @@ def test_a_413_carries_the_gateway_fields(gateway):
             'request_id'} <= set(answer.json())
 
 
+# -- changing an endpoint's code -------------------------------------------------------------------
+def test_kill_server_then_start_server_runs_the_endpoints_new_code(processes, tmp_path):
+    folder = tmp_path / 'endpoints'
+    folder.mkdir()
+    (folder / 'text_stats.py').write_text(TEXT_STATS)
+    gateway = start_gateway(processes, tmp_path, endpoints=folder, config={
+        'DEFAULT_SERVER': 'text_stats', 'CONFIG_ENDPOINTS': {'text_stats': {}}})
+    assert gateway.run('text_stats', VALUE='20').json()['predict_result'] == '20 -> 25'
+
+    (folder / 'text_stats.py').write_text(TEXT_STATS.replace("int(inputs['VALUE']) + 5", "int(inputs['VALUE']) * 2"))
+    assert gateway.post('/kill_server', {'SIGNATURE': 'text_stats'}).status == 200
+    assert gateway.post('/start_server', {'SIGNATURE': 'text_stats'}).status == 200
+    gateway.wait_online('text_stats')
+    assert gateway.run('text_stats', VALUE='20').json()['predict_result'] == '20 -> 40'
+
+
 # -- two gateways in one folder ---------------------------------------------------------------------
 def test_a_second_twistd_in_the_same_folder_runs_with_its_own_pidfile(processes, tmp_path):
     shutil.copy(os.path.join(REPO_ROOT, 'bis.tac'), tmp_path / 'bis.tac')
