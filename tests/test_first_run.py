@@ -2,10 +2,12 @@
 real gateway (``twistd -n -y bis.tac``) and an endpoint written the way a user writes one."""
 
 import base64
+import http.client
 import json
 import os
 import re
 import shutil
+import socket
 import urllib.parse
 
 import pytest
@@ -115,11 +117,16 @@ def test_a_disabled_server_is_listed_under_stopped_servers(gateway):
 
 
 def test_a_413_carries_the_gateway_fields(gateway):
-    answer = gateway.post('/run', b'{"SIGNATURE": "text_stats", "X": "' + b'x' * (2 * 1024 * 1024) + b'"}',
-                          headers={'Content-Type': 'application/json'})
-    assert answer.status == 413, answer
-    assert {'ERROR', 'ver-app', 'ver-lib', 'hostname', 'worker_id', 'time', 'gw-uptime',
-            'request_id'} <= set(answer.json())
+    # the refusal comes as soon as the headers are read: the body is announced, never sent
+    with socket.create_connection(('127.0.0.1', gateway.port), timeout=10) as sock:
+        sock.sendall(b'POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+                     b'Content-Length: %d\r\n\r\n' % (3 * 1024 * 1024))
+        response = http.client.HTTPResponse(sock, method='POST')
+        response.begin()
+        body = json.loads(response.read())
+    assert response.status == 413, body
+    assert body['ERROR'].startswith('request body over the limit of 2097152 bytes')
+    assert {'ver-app', 'ver-lib', 'hostname', 'worker_id', 'time', 'gw-uptime', 'request_id'} <= set(body), body
 
 
 # -- changing an endpoint's code -------------------------------------------------------------------
