@@ -175,8 +175,9 @@ def shown_path(path, folder):
     it is inside it (``dummy_model_demo2.py``), else relative to the ``sys.path`` entry it was
     imported from (``numpy/core/fromnumeric.py``); an answer never shows where the server's
     files are."""
-    if not path or not os.path.isabs(path):
+    if not path or path.startswith('<'):  # '<string>', '<frozen ...>'
         return path
+    path = os.path.abspath(path)  # a server started with a relative --endpoints has relative names
     bases = ([folder] if folder else []) + sorted((p for p in sys.path if p and os.path.isabs(p)),
                                                   key=len, reverse=True)
     for base in bases:

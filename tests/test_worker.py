@@ -453,3 +453,20 @@ def test_iris_rejects_malformed_features_with_400_saying_what_to_send(iris_worke
     assert outcome.status == 400
     assert message in outcome.body['ERROR']
     assert 'send "FEATURES": [sepal_length, sepal_width, petal_length, petal_width]' in outcome.body['ERROR']
+
+
+def test_err_file_is_relative_to_the_endpoints_folder_also_when_it_was_given_relative(tmp_path, monkeypatch):
+    folder = tmp_path / 'endpoints'
+    folder.mkdir()
+    (folder / 'crashy.py').write_text(
+        'from bis_twisted import FlaskWorker\n\n'
+        'class CrashyWorker(FlaskWorker):\n'
+        '    def _pre_process(self, inputs):\n'
+        '        print("crashy: got", inputs)\n'
+        '        return 1 / 0\n')
+    monkeypatch.chdir(tmp_path)
+    worker_class, _ = load_worker_class('endpoints', 'crashy')  # as `--endpoints endpoints` loads it
+
+    details = worker_class().execute({'X': 1}, call_id=1).body['CrashyWorker_ERROR']
+
+    assert (details['ERR_TYPE'], details['ERR_FILE'], details['ERR_LINE']) == ('ZeroDivisionError', 'crashy.py', 6)
