@@ -6,6 +6,7 @@ Everything is checked before anything starts. A config that cannot be used raise
 """
 
 import ast
+import difflib
 import json
 import os
 
@@ -74,6 +75,7 @@ class GatewayConfig:
     max_body_mb = attr.ib(default=DEFAULT_MAX_BODY_MB)
     metrics_require_token = attr.ib(default=False)  # /metrics under the admin rule
     metrics = attr.ib(default=True)  # false: no request statistics at all (/metrics answers 404)
+    warnings = attr.ib(default=())  # one line each, logged at start: keys that look like typos
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -163,6 +165,11 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
         entries.append((name, entry, where))
 
     endpoints = _assign_ports(entries, label, endpoints_dir, gateway_port, default_host)
+    warnings = [_typo_warning(label, key, _TOP_KEYS, ' (ignored)') for key in data]
+    for (name, entry, where), endpoint in zip(entries, endpoints):
+        worker_keys = _worker_config_keys(endpoints_dir, endpoint.server_class) if endpoint.has_file else set()
+        warnings += [_typo_warning(where, key, _ENDPOINT_KEYS, ' (passed to the worker as config)')
+                     for key in entry if key not in worker_keys]
     names = [e.name for e in endpoints]
     default_server = data.get('DEFAULT_SERVER')
     if default_server is not None and default_server not in names:
@@ -174,14 +181,44 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
                          server_name=data.get('SERVER_NAME', ''), endpoints=tuple(endpoints), extra=extra,
                          max_body_mb=data.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB),
                          metrics_require_token=data.get('METRICS_REQUIRE_TOKEN', False),
-                         metrics=data.get('METRICS', True))
+                         metrics=data.get('METRICS', True), warnings=tuple(w for w in warnings if w))
 
 
-def _check_endpoint_file(where, endpoints_dir, server_class, required):
+def _typo_warning(where, key, known, consequence=''):
+    """A line saying ``key`` looks like a misspelt one of ``known``, or None: a key of an
+    entry may be anything (the worker's config), so only one close to a gateway key is named."""
+    if key in known or not isinstance(key, str):
+        return None
+    same_but_case = [k for k in known if k == key.upper()]
+    close = same_but_case or difflib.get_close_matches(key.upper(), list(known), n=1, cutoff=0.8)
+    if not close:
+        return None
+    return '{}: key {!r} is not a gateway key; did you mean {!r}?{}'.format(where, key, close[0], consequence)
+
+
+def _worker_config_keys(endpoints_dir, server_class):
+    """The keys of the endpoint file's ``_CONFIG`` literal: the worker's own settings, never typos."""
+    try:
+        with open(endpoint_file(endpoints_dir, server_class), encoding='utf-8') as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == '_CONFIG' for t in node.targets)):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+    return set()
+
+
+def _check_endpoint_file(where, endpoints_dir, server_class, required, by_key):
+    """``by_key``: the entry names the file with SERVER_CLASS (else the file is named after
+    the endpoint), so that the message blames the key only when there is one."""
     path = endpoint_file(endpoints_dir, server_class)
+    blame = "{}: key 'SERVER_CLASS'".format(where) if by_key else where
     if not os.path.isfile(path):
         if required:
-            raise ConfigError("{}: key 'SERVER_CLASS': endpoint file {} does not exist".format(where, path))
+            hint = '' if by_key else " (the file is named after the endpoint; set 'SERVER_CLASS' to use another)"
+            raise ConfigError('{}: endpoint file {} does not exist{}'.format(blame, path, hint))
         return False
     try:
         with open(path, encoding='utf-8') as fh:
@@ -194,8 +231,9 @@ def _check_endpoint_file(where, endpoints_dir, server_class, required):
         wanted = expected_class_name(server_class).lower()
         classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
         if wanted not in [c.lower() for c in classes]:
-            raise ConfigError("{}: key 'SERVER_CLASS': {} has no class {} (found: {})".format(
-                where, path, expected_class_name(server_class), ', '.join(classes) or 'none'))
+            raise ConfigError("{}: {} has no class {} (the file's name without underscores + 'Worker', "
+                              "any case; found: {})".format(blame, path, expected_class_name(server_class),
+                                                            ', '.join(classes) or 'none'))
     return True
 
 
@@ -219,10 +257,10 @@ def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host):
         taken[port] = True
         return port
 
-    # enabled servers take the low ports, so the README's docker -p 5002-5010 range covers them
-    ordered = sorted(entries, key=lambda item: bool(item[1].get('DISABLED', False)))
+    # in the file's order, disabled servers too: a server's port does not move when another
+    # one is enabled, disabled or added after it
     ports = {}
-    for name, entry, where in ordered:
+    for name, entry, where in entries:
         if entry.get('HOST') == NO_HOST or entry.get('URLS'):
             ports[name] = ()
         elif 'PORT' in entry:
@@ -236,7 +274,8 @@ def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host):
         server_class = entry.get('SERVER_CLASS', name)
         support = host == NO_HOST
         remote = bool(entry.get('URLS'))
-        has_file = _check_endpoint_file(where, endpoints_dir, server_class, required=not (support or remote))
+        has_file = _check_endpoint_file(where, endpoints_dir, server_class, required=not (support or remote),
+                                        by_key='SERVER_CLASS' in entry)
         endpoints.append(EndpointConfig(
             name=name, server_class=server_class, entry=dict(entry), host=host, ports=ports[name],
             nr_workers=entry.get('NR_WORKERS', 1), description=entry.get('DESCRIPTION', ''),

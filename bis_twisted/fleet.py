@@ -104,15 +104,15 @@ class Fleet:
         argv = [self._python, '-m', 'bis_twisted.server', '--endpoints', self.endpoints_dir,
                 '--name', endpoint.name, '--server-class', endpoint.server_class,
                 '--host', endpoint.host, '--port', str(port), '--path', self.execution_path,
-                '--config-json', json.dumps(self._child_entry(endpoint)), '--exit-with-parent']
+                '--config-json', json.dumps(endpoint.entry), '--max-body-mb', str(self._child_max_body_mb(endpoint)),
+                '--exit-with-parent']
         return ChildSpec(name=target.child_name, argv=argv, cwd=self._cwd, load_timeout=endpoint.load_timeout)
 
-    def _child_entry(self, endpoint):
-        entry = dict(endpoint.entry)
+    def _child_max_body_mb(self, endpoint):
         # a form field re-encoded as JSON can grow (a control character becomes \\u0001):
-        # the child, behind the gateway's own limit, takes what the gateway let through
-        entry.setdefault('MAX_BODY_MB', self.config.max_body_mb * 6)
-        return entry
+        # the child, behind the gateway's own limit, takes what the gateway let through.
+        # A flag, not a config key: the worker's config_data holds only what the user wrote.
+        return endpoint.entry.get('MAX_BODY_MB', self.config.max_body_mb * 6)
 
     # -- lookup and routing ----------------------------------------------------------------
     def server(self, name):
@@ -243,6 +243,12 @@ class Fleet:
         if server.config.is_remote:
             raise BadRequest('server {!r} runs elsewhere (URLS); it cannot be started or stopped from here'.format(name))
         return server
+
+    def is_stopped(self, server):
+        """True for a server of ours none of whose processes should run: ``DISABLED``, or
+        stopped with ``/kill_server``. A remote server (``URLS``) is never stopped from here."""
+        return not server.config.is_remote and not any(
+            self.supervisor.status(t.child_name).wanted for t in server.targets)
 
     def pids(self, name):
         return [self.supervisor.status(t.child_name).pid for t in self.servers[name].targets

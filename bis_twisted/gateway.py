@@ -188,8 +188,12 @@ class Gateway:
         names = list(self.fleet.servers)
         described = await defer.gatherResults([
             defer.Deferred.fromCoroutine(self.fleet.describe(self.fleet.servers[name], now)) for name in names])
-        servers = dict(zip(names, described))
-        return self.answer(request, 200, {'AVAIL_SERVERS': servers})
+        # the original's AVAIL_SERVERS are the servers it started; DISABLED and killed ones
+        # are listed apart, with the same fields, for the status page and operators
+        active, stopped = {}, {}
+        for name, entry in zip(names, described):
+            (stopped if self.fleet.is_stopped(self.fleet.servers[name]) else active)[name] = entry
+        return self.answer(request, 200, {'AVAIL_SERVERS': active, 'STOPPED_SERVERS': stopped})
 
     @app.route('/health', methods=['GET'])
     def health(self, request):
@@ -288,8 +292,12 @@ class Gateway:
     @app.route('/shutdown', methods=['POST'])
     def shutdown(self, request):
         self.guard.check(request)
-        if self.signature_of(request_inputs(request)) != SHUTDOWN_SIGNATURE:
-            raise BadRequest('to shut the gateway down send {{"SIGNATURE": "{}"}}'.format(SHUTDOWN_SIGNATURE))
+        inputs = request_inputs(request)
+        signature = self.signature_of(inputs) if SIGNATURE in inputs else None
+        if signature != SHUTDOWN_SIGNATURE:
+            # not signature_of's "missing" message: this body names no endpoint
+            raise BadRequest('to shut the gateway down the body must be {{"SIGNATURE": "{}"}}, got {}'.format(
+                SHUTDOWN_SIGNATURE, 'no SIGNATURE' if signature is None else 'SIGNATURE {!r}'.format(signature[:80])))
         self._log.warn('shutdown requested by {client}', client=request.getClientAddress())
         if self._shutdown is not None:
             # after the answer has gone out: the stop closes the port and the children

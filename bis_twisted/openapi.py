@@ -126,6 +126,12 @@ def openapi_document(names, server_name='', schemas=None):
     run_body = _run_body(names, schemas or {}) if names else _signature_body(['<none configured>'])
     names = names or ['<none configured>']
     any_object = {'type': 'object'}
+    servers = {'type': 'object', 'additionalProperties': {  # AVAIL_SERVERS, STOPPED_SERVERS
+        'type': 'object', 'required': ['ONLINE', 'ERROR', 'URLS', 'PATHS', 'PORT', 'UPTIME', 'PID', 'RESTARTS',
+                                       'NR_WORKERS', 'DESCRIPTION'],
+        'properties': {'ONLINE': {'type': 'boolean'}, 'RESTARTS': {'type': 'integer'},
+                       'URLS': {'type': 'array', 'items': {'type': 'string'}},
+                       'PATHS': {'type': 'array', 'items': {'type': 'string'}}}}}
     ok = lambda ref, text: {'200': _json(ref, text)}  # noqa: E731
     admin = ('400', '401', '403', '404', '405', '413')
     paths = {
@@ -204,12 +210,8 @@ def openapi_document(names, server_name='', schemas=None):
         'RunAnswer': _answer({'predict_result': {}, 'call_id': {'type': 'integer'}, 'signature': {'type': 'string'}},
                              required=['predict_result']),
         'Message': _answer({'MESSAGE': {'type': 'string'}, 'STATUS': {'type': 'string'}}),
-        'ListServers': _answer({'AVAIL_SERVERS': {'type': 'object', 'additionalProperties': {
-            'type': 'object', 'required': ['ONLINE', 'ERROR', 'URLS', 'PATHS', 'PORT', 'UPTIME', 'PID', 'RESTARTS',
-                                           'NR_WORKERS', 'DESCRIPTION'],
-            'properties': {'ONLINE': {'type': 'boolean'}, 'RESTARTS': {'type': 'integer'},
-                           'URLS': {'type': 'array', 'items': {'type': 'string'}},
-                           'PATHS': {'type': 'array', 'items': {'type': 'string'}}}}}}, required=['AVAIL_SERVERS']),
+        'ListServers': _answer({'AVAIL_SERVERS': servers, 'STOPPED_SERVERS': servers},
+                               required=['AVAIL_SERVERS', 'STOPPED_SERVERS']),
         'SystemStatus': _answer({'SYSTEM_STATUS': any_object, 'SYSTEM_ALERTS': any_object,
                                  'SYSTEM_HISTORY': any_object},
                                 required=['SYSTEM_STATUS', 'SYSTEM_ALERTS', 'SYSTEM_HISTORY']),

@@ -69,10 +69,14 @@ class AdminGuard:
         if not parts or parts[0].lower() != b'bearer' or not presented:
             # RFC 6750: a 401 names the scheme the client should use
             request.setHeader(b'WWW-Authenticate', b'Bearer realm="bis admin"')
-            reason = ('no Authorization header' if header is None
-                      else "Authorization is not 'Bearer <token>'")
+            if header is None:
+                reason, told = 'no Authorization header', 'no Authorization header'
+            elif len(parts) == 1 and parts[0].lower() != b'bearer':
+                reason = told = "the Authorization header has the token without 'Bearer ' before it"
+            else:
+                reason, told = "Authorization is not 'Bearer <token>'", "the Authorization header is not 'Bearer <token>'"
             raise self._refusal(Unauthorized, host, path, reason,
-                                'admin route {}: {}'.format(path, _HOW))
+                                'admin route {}: {}; {}'.format(path, told, _HOW))
         if not hmac.compare_digest(presented, self._token):
             raise self._refusal(
                 Forbidden, host, path, 'wrong bearer token',

@@ -187,6 +187,9 @@ def parse_args(argv):
     parser.add_argument('--port', type=int, required=True, help='0 picks a free port')
     parser.add_argument('--config-json', default='{}', help="the endpoint's config entry, JSON")
     parser.add_argument('--path', default='/run', help='execution path')
+    parser.add_argument('--max-body-mb', type=float,
+                        help='request bodies over this many MiB get 413 (default: MAX_BODY_MB of '
+                             '--config-json, else {})'.format(DEFAULT_MAX_BODY_MB))
     parser.add_argument('--exit-with-parent', action='store_true',
                         help='exit when stdin closes (the gateway sets this)')
     return parser.parse_args(argv)
@@ -324,7 +327,8 @@ def main(argv=None):
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     server = ModelServer(args.name, endpoint.worker_class, endpoint.default_config, config, reactor=reactor,
                          execution_path=args.path, schemas=endpoint.schemas)
-    exit_code = ServerProcess(args, server, reactor, config.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB)).run()
+    max_body_mb = args.max_body_mb or config.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB)
+    exit_code = ServerProcess(args, server, reactor, max_body_mb).run()
     sys.stdout.flush()
     sys.stderr.flush()
     # daemon pool threads may still be inside a hook that never returns: do not wait for them

@@ -109,12 +109,15 @@ class GatewayService(MultiService):
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
                                         if self.config.metrics else None),
                                metrics_guarded=self.config.metrics_require_token)
-        self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb)
+        self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb,
+                              answer_fields=self.gateway.fields)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.port = None
 
     def startService(self):
         raise_open_files_limit(self._log)
+        for warning in self.config.warnings:  # here, not at load: the log files are open now
+            self._log.warn('{warning}', warning=warning)
         self.history.startup()
         if os.environ.get('AID_APP_SHOW_PACKS', os.environ.get('SHOW_PACKS', '')).lower() == 'yes':
             # the original image's switch: the installed packages at start, for the record

@@ -113,16 +113,41 @@ def request_inputs(request):
         inputs = parse_json_object(raw)
     query = request.uri.split(b'?', 1)
     if len(query) == 2:
-        for key, value in parse_qsl(_text(query[1]), keep_blank_values=True):
+        for key, value in query_inputs(_text(query[1])).items():
             inputs.setdefault(key, value)
     return inputs
+
+
+def query_inputs(query):
+    """The query arguments as inputs: each value is its JSON when it parses as JSON
+    (``INPUT_VALUE=7`` -> 7, ``FEATURES=[5.1,3.5]`` -> a list), else the text; a key given
+    more than once becomes a list. ``SIGNATURE`` and the inputs named in ``BASE64_KEYS`` stay
+    text (a base64 string may look like a number)."""
+    grouped = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        grouped.setdefault(key, []).append(value)
+    inputs = {key: [_query_value(v) for v in values] for key, values in grouped.items()}
+    keys = inputs.get('BASE64_KEYS', [])
+    keys = [k for v in keys for k in (v if isinstance(v, list) else [v])]
+    for key, values in grouped.items():
+        if key == 'SIGNATURE' or key in keys:
+            inputs[key] = values
+    return {key: values[0] if len(values) == 1 else values for key, values in inputs.items()}
+
+
+def _query_value(text):
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):
+        return text
 
 
 def multipart_fields(raw, content_type):
     """The fields of a multipart/form-data body. Parsed here, not by twisted.web (which
     the sites are told not to): its parser failed on RFC 2231 field names
     (``name*=utf-8''...``) and dropped the connection without an answer. A file part comes
-    as base64 text and is named in ``BASE64_KEYS``, so the worker receives its bytes."""
+    as base64 text and is named in ``BASE64_KEYS`` (with ``ENCODING`` ``binary`` unless the
+    form sets one), so the worker receives its bytes."""
     try:
         message = email.message_from_bytes(b'Content-Type: ' + content_type + b'\r\n\r\n' + raw,
                                            policy=email.policy.HTTP)
@@ -145,6 +170,7 @@ def multipart_fields(raw, content_type):
             type(exc).__name__)) from None
     if files:
         fields['BASE64_KEYS'] = files
+        fields.setdefault('ENCODING', 'binary')  # a file reaches the worker as its bytes
     return fields
 
 
@@ -210,6 +236,7 @@ class LimitedRequest(Request):
     """
 
     max_body = DEFAULT_MAX_BODY_MB * 1024 * 1024
+    answer_fields = None  # request -> the fields every answer carries (the gateway's), or None
     _refused = False
     _received = 0
 
@@ -236,16 +263,21 @@ class LimitedRequest(Request):
     def _refuse(self):
         self._refused = True
         transport = self.channel.transport
+        # the headers are in: the answer can carry the fields (request id too) of any other
+        fields = self.answer_fields(self) if self.answer_fields is not None else {}
         _raw_json_answer(transport, '413 Payload Too Large',
                          'request body over the limit of {} bytes; send less, or raise MAX_BODY_MB '
-                         'in the config'.format(self.max_body))
+                         'in the config'.format(self.max_body), fields)
         transport.loseConnection()
 
 
-def _raw_json_answer(transport, status_line, message):
-    body = dumps({'ERROR': message})
-    head = ('HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n'
-            'Connection: close\r\n\r\n'.format(status_line, len(body))).encode('ascii')
+def _raw_json_answer(transport, status_line, message, fields=None):
+    body = dumps(dict({'ERROR': message}, **(fields or {})))
+    extra = ''
+    if fields and 'request_id' in fields:
+        extra = '{}: {}\r\n'.format(REQUEST_ID_HEADER.decode('ascii'), fields['request_id'])
+    head = ('HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}'
+            'Connection: close\r\n\r\n'.format(status_line, len(body), extra)).encode('ascii')
     transport.write(head + body)
 
 
@@ -260,9 +292,11 @@ class JsonErrorChannel(HTTPChannel):
         self.loseConnection()
 
 
-def limited_request_factory(max_body_mb):
-    """A ``requestFactory`` for ``Site`` with a body cap of ``max_body_mb`` MiB."""
-    return type('LimitedRequest', (LimitedRequest,), {'max_body': int(max_body_mb * 1024 * 1024)})
+def limited_request_factory(max_body_mb, answer_fields=None):
+    """A ``requestFactory`` for ``Site`` with a body cap of ``max_body_mb`` MiB; its 413
+    answers carry ``answer_fields(request)``."""
+    return type('LimitedRequest', (LimitedRequest,), {'max_body': int(max_body_mb * 1024 * 1024),
+                                                      'answer_fields': staticmethod(answer_fields)})
 
 
 class Utf8PathGuard(Resource):
@@ -284,12 +318,13 @@ class Utf8PathGuard(Resource):
         return self._wrapped.render(request)
 
 
-def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False):
+def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False, answer_fields=None):
     """A ``Site`` with the body cap, an idle timeout, and (by default) no access log: one
-    log line per request costs more than routing it."""
+    log line per request costs more than routing it. ``answer_fields(request)``: the fields
+    the answers the site writes itself (413) carry."""
 
-    site = Site(Utf8PathGuard(resource), requestFactory=limited_request_factory(max_body_mb), timeout=IDLE_TIMEOUT,
-                parsePOSTFormSubmission=False)
+    site = Site(Utf8PathGuard(resource), requestFactory=limited_request_factory(max_body_mb, answer_fields),
+                timeout=IDLE_TIMEOUT, parsePOSTFormSubmission=False)
     site.protocol = JsonErrorChannel  # HTTP/1.1 only: no HTTP/2 negotiation on plain TCP anyway
     site.noisy = False
     if not access_log:

@@ -8,12 +8,15 @@ over by changing their import line.
 
 import base64
 import binascii
+import codecs
+import os
 import sys
 
 import attr
 
 from .logger import Logger, describe_failure, error_info
 from .notifications import Notifications
+from .web import dumps
 
 STAGE_STATUS = {'_pre_process': 400, '_predict': 500, '_post_process': 500}
 
@@ -112,15 +115,17 @@ class FlaskWorker:
         try:
             try:
                 inputs = _decode_base64_inputs(inputs)
-            except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
-                raise _HookFailed('_pre_process', error_info(type(exc), exc, sys.exc_info()[2]))
+            except _BadInput as exc:
+                return self._bad_input_outcome('_pre_process', 400, str(exc))
             prep = self._run_hook('_pre_process', self._pre_process, inputs)
             pred = self._run_hook('_predict', self._predict, prep)
             answer = self._run_hook('_post_process', self._post_process, pred)
             try:
                 answer = _encode_base64_outputs(answer, inputs)
-            except (ValueError, TypeError, UnicodeEncodeError) as exc:
-                raise _HookFailed('_post_process', error_info(type(exc), exc, sys.exc_info()[2]))
+            except (TypeError, ValueError, UnicodeEncodeError) as exc:  # not JSON, or not in ENCODING
+                return self._bad_input_outcome('_post_process', 500, 'BASE64_OUTPUTS: {}'.format(exc))
+            except _BadInput as exc:
+                return self._bad_input_outcome('_post_process', 400, str(exc))
             return Outcome(200, {'predict_result': answer})
         except _HookFailed as failed:
             return self._error_outcome(failed.stage, failed.info)
@@ -132,7 +137,14 @@ class FlaskWorker:
         try:
             return hook(arg)
         except Exception as exc:  # a user's hook may raise anything; it is reported, not lost
-            raise _HookFailed(stage, error_info(type(exc), exc, exc.__traceback__))
+            err_type, err_file, err_func, err_line, err_msg = error_info(type(exc), exc, exc.__traceback__)
+            info = (err_type, shown_path(err_file, self._endpoints_folder()), err_func, err_line, err_msg)
+            raise _HookFailed(stage, info)
+
+    def _endpoints_folder(self):
+        # the folder of the file that defines the worker class: endpoints/ for a user's worker
+        module_file = getattr(sys.modules.get(type(self).__module__), '__file__', None)
+        return os.path.dirname(os.path.abspath(module_file)) if module_file else None
 
     def _error_outcome(self, stage, info):
         err_type, err_file, err_func, err_line, err_msg = info
@@ -148,42 +160,113 @@ class FlaskWorker:
         return Outcome(STAGE_STATUS[stage], body)
 
 
+    def _bad_input_outcome(self, stage, status, message):
+        """The request's BASE64_* inputs could not be applied: the message names the key."""
+        self.log.P('request {}: {}'.format(self._request_id or '-', message), color='r')
+        details = {'ERR_TYPE': 'ValueError', 'ERR_MSG': message, 'ERR_FILE': '', 'ERR_FUNC': stage, 'ERR_LINE': 0}
+        return Outcome(status, {'{}_ERROR'.format(type(self).__name__): details, 'ERROR': message})
+
+
 Worker = FlaskWorker
 
 
+def shown_path(path, folder):
+    """``path`` as an answer shows it (``ERR_FILE``): relative to the endpoints ``folder`` when
+    it is inside it (``dummy_model_demo2.py``), else relative to the ``sys.path`` entry it was
+    imported from (``numpy/core/fromnumeric.py``); an answer never shows where the server's
+    files are."""
+    if not path or path.startswith('<'):  # '<string>', '<frozen ...>'
+        return path
+    path = os.path.abspath(path)  # a server started with a relative --endpoints has relative names
+    bases = ([folder] if folder else []) + sorted((p for p in sys.path if p and os.path.isabs(p)),
+                                                  key=len, reverse=True)
+    for base in bases:
+        base = os.path.join(os.path.abspath(base), '')
+        if path.startswith(base):
+            return path[len(base):]
+    return os.path.basename(path)
+
+
+BINARY = 'binary'  # the ENCODING that leaves BASE64_KEYS as bytes
+DEFAULT_ENCODING = 'utf-8'
+# the original's 'ansi' is Windows' name for its code page: cp1252 everywhere else
+_ENCODING_ALIASES = {'ansi': 'cp1252'}
+
+
+class _BadInput(Exception):
+    """The request's BASE64_* inputs cannot be used: a 400 whose message names the key."""
+
+
+def _encoding_of(inputs):
+    encoding = inputs.get('ENCODING') or DEFAULT_ENCODING
+    if not isinstance(encoding, str):
+        raise _BadInput('ENCODING must be the name of a text encoding (e.g. "utf-8") or "binary", '
+                        'got {!r}'.format(encoding))
+    encoding = _ENCODING_ALIASES.get(encoding.lower(), encoding)
+    if encoding.lower() == BINARY:
+        return BINARY
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise _BadInput('ENCODING {!r} is not a text encoding Python knows; use e.g. "utf-8", or "binary" '
+                        'for bytes'.format(encoding)) from None
+    return encoding
+
+
+def _key_list(inputs, name):
+    keys = inputs.get(name)
+    if not keys:
+        return []
+    if isinstance(keys, str):
+        return [keys]
+    if not isinstance(keys, list):
+        raise _BadInput('{} must be a list of input names, got {}'.format(name, type(keys).__name__))
+    return keys
+
+
 def _decode_base64_inputs(inputs):
-    keys = inputs.get('BASE64_KEYS')
+    """``BASE64_KEYS`` decoded to text with ``ENCODING`` (default utf-8), as the original did
+    (``base64.b64decode(v).decode(ENCODING)``); to bytes with ``"ENCODING": "binary"``."""
+    keys = _key_list(inputs, 'BASE64_KEYS')
     if not keys:
         return inputs
-    if isinstance(keys, str):
-        keys = [keys]
-    if not isinstance(keys, list):
-        raise TypeError('BASE64_KEYS must be a list of input names')
-    encoding = inputs.get('ENCODING')
+    encoding = _encoding_of(inputs)
     decoded = dict(inputs)
     for key in keys:
         if key not in decoded:
-            raise ValueError('BASE64_KEYS names {!r}, which is not in the inputs'.format(key))
-        raw = base64.b64decode(decoded[key], validate=True)
-        decoded[key] = raw.decode(encoding) if encoding else raw
+            raise _BadInput('BASE64_KEYS names {!r}, which is not in the inputs'.format(key))
+        try:
+            raw = base64.b64decode(decoded[key], validate=True)
+        except (ValueError, TypeError, binascii.Error) as exc:
+            raise _BadInput('input {!r} (in BASE64_KEYS) is not valid base64: {}'.format(key, exc)) from None
+        if encoding == BINARY:
+            decoded[key] = raw
+            continue
+        try:
+            decoded[key] = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise _BadInput('input {!r} (in BASE64_KEYS) decodes to bytes that are not {} text ({}); set '
+                            'ENCODING to its encoding, or "binary" for bytes'.format(key, encoding, exc.reason)) from None
     return decoded
 
 
 def _encode_base64_outputs(answer, inputs):
-    keys = inputs.get('BASE64_OUTPUTS')
+    """``BASE64_OUTPUTS`` keys of the answer base64-encoded: text with ``ENCODING``, bytes as
+    they are, any other JSON value (a list, a dict, a number) as its JSON text, as the
+    original did."""
+    keys = _key_list(inputs, 'BASE64_OUTPUTS')
     if not keys or not isinstance(answer, dict):
         return answer
-    if isinstance(keys, str):
-        keys = [keys]
-    encoding = inputs.get('ENCODING') or 'utf-8'
+    encoding = _encoding_of(inputs)
+    if encoding == BINARY:
+        encoding = DEFAULT_ENCODING
     encoded = dict(answer)
     for key in keys:
         if key in encoded:
             value = encoded[key]
+            if not isinstance(value, (str, bytes, bytearray)):
+                value = dumps(value).decode('utf-8')
             if isinstance(value, str):
                 value = value.encode(encoding)
-            elif not isinstance(value, (bytes, bytearray)):
-                raise TypeError('BASE64_OUTPUTS names {!r}, whose value is {}, not text or bytes'.format(
-                    key, type(value).__name__))
             encoded[key] = base64.b64encode(value).decode('ascii')
     return encoded

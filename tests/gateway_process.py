@@ -59,7 +59,9 @@ class GatewayProcess:
             return []
 
     def server(self, name):
-        return self.get('/list_servers').json()['AVAIL_SERVERS'][name]
+        """Server ``name`` in /list_servers, started (AVAIL_SERVERS) or not (STOPPED_SERVERS)."""
+        listed = self.get('/list_servers').json()
+        return dict(listed['AVAIL_SERVERS'], **listed['STOPPED_SERVERS'])[name]
 
     def wait_online(self, name, timeout=20):
         return wait_until(lambda: self.server(name), lambda s: s['ONLINE'], timeout=timeout,

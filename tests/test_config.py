@@ -28,6 +28,7 @@ def endpoints(tmp_path):
     (folder / 'good.py').write_text(GOOD_ENDPOINT)
     (folder / 'broken.py').write_text('def oops(:\n')
     (folder / 'noclass.py').write_text('class SomethingElse:\n    pass\n')
+    (folder / 'text_stats.py').write_text('class TextStatWorker:\n    pass\n')
     return str(folder)
 
 
@@ -51,13 +52,21 @@ BAD_CONFIGS = [
      "cfg.txt: endpoint 'good': key 'URLS' must be a non-empty list of http:// URLs, got 'http://x'"),
     ({'good': []},
      "cfg.txt: endpoint 'good': must be an object of settings, got []"),
+    # the key is blamed only where the entry has it
     ({'missing': {}},
-     "cfg.txt: endpoint 'missing': key 'SERVER_CLASS': endpoint file {ep}/missing.py does not exist"),
+     "cfg.txt: endpoint 'missing': endpoint file {ep}/missing.py does not exist (the file is named after "
+     "the endpoint; set 'SERVER_CLASS' to use another)"),
     ({'alias': {'SERVER_CLASS': 'nope'}},
      "cfg.txt: endpoint 'alias': key 'SERVER_CLASS': endpoint file {ep}/nope.py does not exist"),
     ({'noclass': {}},
-     "cfg.txt: endpoint 'noclass': key 'SERVER_CLASS': {ep}/noclass.py has no class NoclassWorker "
-     "(found: SomethingElse)"),
+     "cfg.txt: endpoint 'noclass': {ep}/noclass.py has no class NoclassWorker (the file's name without "
+     "underscores + 'Worker', any case; found: SomethingElse)"),
+    ({'text_stats': {}},
+     "cfg.txt: endpoint 'text_stats': {ep}/text_stats.py has no class TextStatsWorker (the file's name without "
+     "underscores + 'Worker', any case; found: TextStatWorker)"),
+    ({'alias': {'SERVER_CLASS': 'noclass'}},
+     "cfg.txt: endpoint 'alias': key 'SERVER_CLASS': {ep}/noclass.py has no class NoclassWorker (the file's name "
+     "without underscores + 'Worker', any case; found: SomethingElse)"),
     ({'broken': {}},
      "cfg.txt: endpoint 'broken': endpoint file {ep}/broken.py:1: syntax error: invalid syntax"),
     ({'good': {'PORT': 6000}, 'good2': {'SERVER_CLASS': 'good', 'PORT': 6000}},
@@ -92,7 +101,7 @@ def test_invalid_json_names_the_file(tmp_path, endpoints):
     assert str(caught.value).startswith('{}: not valid JSON: Expecting property name'.format(path))
 
 
-def test_ports_count_up_from_gateway_port_enabled_first_and_skip_taken(endpoints):
+def test_ports_count_up_from_gateway_port_in_file_order_and_skip_taken(endpoints):
     config = parse(endpoints, {
         'a': {'SERVER_CLASS': 'good', 'DISABLED': True},
         'b': {'SERVER_CLASS': 'good'},
@@ -102,11 +111,47 @@ def test_ports_count_up_from_gateway_port_enabled_first_and_skip_taken(endpoints
         'remote': {'URLS': ['http://127.0.0.2:7000/']},
     })
     ports = {e.name: e.ports for e in config.endpoints}
-    assert ports == {'b': (5003,), 'c': (5004,), 'd': (5005, 5006), 'a': (5007,),
+    # disabled servers keep their place: 'a' is first in the file, so it has the first port
+    assert ports == {'a': (5003,), 'b': (5005,), 'c': (5004,), 'd': (5006, 5007),
                      'support_process': (), 'remote': ()}
     support = config.endpoint('support_process')
     assert support.is_support and support.ping_interval == 2 and not support.has_file
     assert config.endpoint('remote').urls == ('http://127.0.0.2:7000',)
+
+
+def test_a_servers_default_port_does_not_move_when_another_is_enabled_or_added(endpoints):
+    before = {'a': {'SERVER_CLASS': 'good'}, 'a-bis': {'SERVER_CLASS': 'good', 'DISABLED': True},
+              'b': {'SERVER_CLASS': 'good', 'DISABLED': True}}
+    enabled = dict(before, **{'a-bis': {'SERVER_CLASS': 'good'}})
+    added = dict(before, c={'SERVER_CLASS': 'good'})
+    ports = [{e.name: e.port for e in parse(endpoints, cfg).endpoints} for cfg in (before, enabled, added)]
+    assert ports[0] == ports[1] == {'a': 5003, 'a-bis': 5004, 'b': 5005}
+    assert ports[2] == {'a': 5003, 'a-bis': 5004, 'b': 5005, 'c': 5006}
+
+
+def test_a_key_close_to_a_gateway_key_is_warned_about_once_and_still_passed_to_the_worker(endpoints, tmp_path):
+    (tmp_path / 'endpoints' / 'demo.py').write_text(
+        "_CONFIG = {'PORTS': [1, 2], 'WEIGHT': 0}\n\nclass DemoWorker:\n    pass\n")
+    config = parse(endpoints, {
+        'demo': {'NR_WORKER': 4, 'nr_workers': 2, 'TIMEOUTS': 3, 'WEIGHT': 1, 'PORTS': [3], 'THRESHOLD': 0.5},
+        'good': {'DESCRIPTON': 'x', 'NR_WORKERS': 1}}, NO_STARTUP_WAITS=True, COMMENT='free text')
+    assert list(config.warnings) == [
+        "cfg.txt: key 'NO_STARTUP_WAITS' is not a gateway key; did you mean 'NO_STARTUP_WAIT'? (ignored)",
+        "cfg.txt: endpoint 'demo': key 'NR_WORKER' is not a gateway key; did you mean 'NR_WORKERS'? "
+        "(passed to the worker as config)",
+        "cfg.txt: endpoint 'demo': key 'nr_workers' is not a gateway key; did you mean 'NR_WORKERS'? "
+        "(passed to the worker as config)",
+        "cfg.txt: endpoint 'demo': key 'TIMEOUTS' is not a gateway key; did you mean 'TIMEOUT'? "
+        "(passed to the worker as config)",
+        "cfg.txt: endpoint 'good': key 'DESCRIPTON' is not a gateway key; did you mean 'DESCRIPTION'? "
+        "(passed to the worker as config)",
+    ]  # PORTS is in demo.py's own _CONFIG: the worker's key, not a typo
+    assert config.endpoint('demo').nr_workers == 1
+    assert config.endpoint('demo').entry['NR_WORKER'] == 4
+
+
+def test_the_example_config_has_no_warnings():
+    assert load_config(REPO_ROOT + '/config_gateway.txt', REPO_ROOT + '/endpoints').warnings == ()
 
 
 def test_worker_keys_are_kept_for_the_worker(endpoints):
@@ -118,7 +163,10 @@ def test_example_config_in_repo_is_valid():
     config = load_config(REPO_ROOT + '/config_gateway.txt', REPO_ROOT + '/endpoints')
     enabled = [e.name for e in config.endpoints if e.is_spawned and not e.disabled]
     assert enabled == ['dummy_model_demo1', 'dummy_model_demo2', 'iris_classifier']
-    assert [e.port for e in config.endpoints if e.name in enabled] == [5003, 5004, 5005]
+    # every configured server has its port in file order, the disabled ones too
+    assert [(e.name, e.port) for e in config.endpoints] == [
+        ('dummy_model_demo1', 5003), ('dummy_model_demo1-bis', 5004), ('dummy_model_demo2', 5005),
+        ('dummy_model_demo2-bis', 5006), ('iris_classifier', 5007), ('support_process', None)]
 
 
 @pytest.mark.parametrize('command', [[sys.executable, '-m', 'bis_twisted.cli'], [TWISTD, '-n', '-y', 'bis.tac']],

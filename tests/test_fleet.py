@@ -530,3 +530,51 @@ def test_lone_child_over_max_rss_is_recycled_only_when_idle(make_fleet, reactor,
         assert reactor.child('demo').signals[0] == 'TERM'
     finally:
         monitor.stopService()
+
+
+def test_list_servers_holds_the_started_servers_and_lists_disabled_and_killed_apart(make_fleet, reactor):
+    fleet = make_fleet({'demo': {}, 'twin': {'SERVER_CLASS': 'demo', 'DISABLED': True}, 'gone': {},
+                        'remote': {'URLS': ['http://127.0.0.2:7000/run']}})
+    reactor.ready('demo', 'gone')
+    result_of(fleet.stop(fleet.servers['gone']))  # what /kill_server does
+    stub = StubTreq(Gateway(fleet, reactor=reactor).resource())
+
+    body = result_of(treq.json_content(result_of(stub.get('http://gateway/list_servers'))))
+
+    assert list(body['AVAIL_SERVERS']) == ['demo', 'remote']
+    assert list(body['STOPPED_SERVERS']) == ['twin', 'gone']
+    assert body['STOPPED_SERVERS']['gone']['STATE'] == 'stopped'
+    assert set(body['STOPPED_SERVERS']['twin']) == set(body['AVAIL_SERVERS']['demo'])
+    assert GATEWAY_FIELDS <= set(body)
+    fleet.start(fleet.servers['gone'])
+    body = result_of(treq.json_content(result_of(stub.get('http://gateway/list_servers'))))
+    assert list(body['AVAIL_SERVERS']) == ['demo', 'gone', 'remote']
+
+
+def test_the_child_gets_its_entry_as_written_and_the_body_limit_as_a_flag(make_fleet, reactor):
+    make_fleet({'demo': {'NR_WORKERS': 2, 'WEIGHT': 3}, 'big': {'SERVER_CLASS': 'demo', 'MAX_BODY_MB': 40}})
+    argv = {name: list(reactor.child(name).args) for name in ('demo', 'big')}
+
+    def flag(args, name):
+        return args[args.index(name) + 1]
+
+    # the worker's config_data is what the user wrote: no gateway plumbing added to it
+    assert json.loads(flag(argv['demo'], '--config-json')) == {'NR_WORKERS': 2, 'WEIGHT': 3}
+    assert float(flag(argv['demo'], '--max-body-mb')) == 8 * 6  # the gateway's default limit, re-encoding room
+    assert json.loads(flag(argv['big'], '--config-json')) == {'SERVER_CLASS': 'demo', 'MAX_BODY_MB': 40}
+    assert float(flag(argv['big'], '--max-body-mb')) == 40
+
+
+def test_get_run_query_values_are_read_as_json_and_repeated_keys_as_a_list(make_fleet, reactor, gateway_of,
+                                                                          children):
+    fleet = make_fleet({'demo': {}})
+    reactor.ready('demo')
+    stub = gateway_of(fleet)
+    query = ('SIGNATURE=demo&FEATURES=[5.1,3.5,1.4,0.2]&INPUT_VALUE=7&NAME=iris&EMPTY=&QUOTED=%227%22'
+             '&TAG=a&TAG=2&FLAG=true&CODE=007&IMG=1234&BASE64_KEYS=IMG')
+    response = result_of(stub.get('http://gateway/run?' + query))
+    assert response.code == 200
+    assert json.loads(children.calls[0].payload) == {
+        'SIGNATURE': 'demo', 'FEATURES': [5.1, 3.5, 1.4, 0.2], 'INPUT_VALUE': 7, 'NAME': 'iris', 'EMPTY': '',
+        'QUOTED': '7', 'TAG': ['a', 2], 'FLAG': True, 'CODE': '007',
+        'IMG': '1234', 'BASE64_KEYS': 'IMG'}  # a base64 input stays text even when it looks like a number

@@ -84,13 +84,15 @@ def test_hook_error_passes_through_with_worker_error_details(gateway):
 
 def test_list_servers_shows_measured_fleet(gateway):
     wait_ready(gateway)
-    servers = gateway.get('/list_servers').json()['AVAIL_SERVERS']
-    assert list(servers) == ['dummy_model_demo1', 'dummy_model_demo1-bis', 'dummy_model_demo2',
-                             'dummy_model_demo2-bis', 'iris_classifier']
+    listed = gateway.get('/list_servers').json()
+    # the started servers, as the original's AVAIL_SERVERS; the DISABLED ones apart, same fields
+    assert list(listed['AVAIL_SERVERS']) == ['dummy_model_demo1', 'dummy_model_demo2', 'iris_classifier']
+    assert list(listed['STOPPED_SERVERS']) == ['dummy_model_demo1-bis', 'dummy_model_demo2-bis']
+    servers = dict(listed['AVAIL_SERVERS'], **listed['STOPPED_SERVERS'])
     demo2 = servers['dummy_model_demo2']
     for key in ('ONLINE', 'ERROR', 'URLS', 'PATHS', 'PORT', 'UPTIME', 'PID', 'RESTARTS', 'NR_WORKERS', 'DESCRIPTION'):
-        assert key in demo2
-    assert demo2['ONLINE'] is True and demo2['NR_WORKERS'] == 2 and demo2['PORT'] == gateway.port + 2
+        assert key in demo2 and key in servers['dummy_model_demo1-bis']
+    assert demo2['ONLINE'] is True and demo2['NR_WORKERS'] == 2 and demo2['PORT'] == gateway.port + 3
     assert psutil.Process(demo2['PID']).is_running()
     assert servers['dummy_model_demo1-bis']['ONLINE'] is False
     assert servers['dummy_model_demo1-bis']['STATE'] == 'stopped'

@@ -414,9 +414,13 @@ def test_body_of_exactly_the_limit_is_served_and_one_byte_more_gets_413(gateway,
     assert json_of(at_limit)['predict_result'] == {'dummy_model_predict': '7*2 + 1 = 15 PREDICTED'}
 
     over = exchange(gateway.port, 'POST', '/run', body_of_size(MAX_BODY + 1),
-                    headers=[('Content-Type', 'application/json')], chunked=chunked)
+                    headers=[('Content-Type', 'application/json'), ('X-Request-Id', 'big-1')], chunked=chunked)
     assert over.status == 413, over
-    assert 'request body over the limit of 1048576 bytes' in json_of(over)['ERROR']
+    body = json_of(over)
+    assert 'request body over the limit of 1048576 bytes' in body['ERROR']
+    # the fields every gateway answer carries, a refusal written before routing too
+    assert {'ver-app', 'ver-lib', 'hostname', 'worker_id', 'time', 'gw-uptime'} <= set(body), body
+    assert body['request_id'] == 'big-1' and over.headers.get('x-request-id') == 'big-1'
     assert over.headers.get('connection') == 'close'
     assert_still_serving(gateway)
 

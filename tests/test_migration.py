@@ -9,19 +9,17 @@ import shutil
 from gateway_process import GATEWAY_READY, free_port_block
 from procs import REPO_ROOT, post, wait_until
 
-SPEC = REPO_ROOT + '/../shared/spec/000_cfc3f6d463518db9.txt'
+# the original's run_gateway.py and endpoint files, verbatim from its README
+ORIGINAL = REPO_ROOT + '/tests/original'
 
 
-def readme_block(start_marker):
-    """The code block of the original README that starts with ``start_marker``."""
-    with open(SPEC, encoding='utf-8') as fh:
-        text = fh.read()
-    start = text.index(start_marker)
-    return text[start:text.index('```', start)]
+def original_file(name):
+    with open('{}/{}'.format(ORIGINAL, name), encoding='utf-8') as fh:
+        return fh.read()
 
 
 def test_readme_run_gateway_py_starts_the_gateway_with_only_imports_changed(processes, tmp_path):
-    source = readme_block('# file: ./run_gateway.py')
+    source = original_file('run_gateway.py')
     migrated = source.replace('from basic_inference_server import', 'from bis_twisted import')
     # the README's script uses `in_debug` without defining it
     migrated = migrated.replace("if __name__ == '__main__':", "in_debug = False\n\nif __name__ == '__main__':", 1)
@@ -64,10 +62,8 @@ def without_schemas(source):
 def test_readme_endpoint_files_differ_from_the_original_only_in_the_import_line():
     """...and in the INPUT_SCHEMA / OUTPUT_SCHEMA the examples declare (optional: an original
     file without them runs as it is)."""
-    for name, marker in [('dummy_model_demo1', '#file: endpoints/dummy_model_demo1.py'),
-                         ('dummy_model_demo2', "from basic_inference_server import FlaskWorker\n\n_CONFIG = {\n  'WEIGHT'    : 0"),
-                         ('support_process', 'import json\nimport argparse\nimport requests')]:
-        original = readme_block(marker)
+    for name in ('dummy_model_demo1', 'dummy_model_demo2', 'support_process'):
+        original = original_file('endpoints/{}.py'.format(name))
         with open('{}/endpoints/{}.py'.format(REPO_ROOT, name), encoding='utf-8') as fh:
             ours = without_schemas(fh.read())
         changed = [(a, b) for a, b in zip(original.strip().splitlines(), ours.strip().splitlines()) if a != b]

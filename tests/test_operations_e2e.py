@@ -52,7 +52,15 @@ def small_config(support=None, disabled_twin=False, **demo):
 
 
 def servers(gateway):
-    return gateway.get('/list_servers').json()['AVAIL_SERVERS']
+    """Every configured server in /list_servers, started or stopped."""
+    listed = gateway.get('/list_servers').json()
+    return dict(listed['AVAIL_SERVERS'], **listed['STOPPED_SERVERS'])
+
+
+def sections(gateway):
+    """``(AVAIL_SERVERS names, STOPPED_SERVERS names)`` of /list_servers."""
+    listed = gateway.get('/list_servers').json()
+    return list(listed['AVAIL_SERVERS']), list(listed['STOPPED_SERVERS'])
 
 
 def assert_runs(gateway, name=DEMO, value=3):
@@ -192,6 +200,8 @@ def test_kill_server_stops_it_for_good_until_start_server(processes, tmp_path):
                  lambda s: s['STATE'] == 'stopped' and s['PID'] is None and not s['ONLINE'],
                  2.0, '{} stopped'.format(DEMO))
     assert servers(gateway)[DEMO]['RESTARTS'] == before['RESTARTS']
+    # the original's AVAIL_SERVERS are the started servers: a killed one is listed apart
+    assert sections(gateway) == ([], [DEMO])
 
     started = gateway.post('/start_server', {'SIGNATURE': DEMO})
     assert started.status == 200, started
@@ -201,17 +211,20 @@ def test_kill_server_stops_it_for_good_until_start_server(processes, tmp_path):
     again = gateway.post('/start_server', {'SIGNATURE': DEMO})
     assert again.status == 200 and 'already running' in again.json()['MESSAGE']
     assert servers(gateway)[DEMO]['PID'] == now['PID']
+    assert sections(gateway) == ([DEMO], [])
 
 
 def test_start_server_starts_a_disabled_one_and_kill_star_stops_all(processes, tmp_path):
     gateway = start_gateway(processes, tmp_path, config=small_config(disabled_twin=True))
     assert servers(gateway)[DEMO_BIS]['STATE'] == 'stopped'
+    assert sections(gateway) == ([DEMO], [DEMO_BIS])
     assert gateway.run(DEMO_BIS, INPUT_VALUE=1).status == 503
 
     started = gateway.post('/start_server', {'SIGNATURE': DEMO_BIS})
     assert started.status == 200, started
     gateway.wait_online(DEMO_BIS, timeout=10)
     assert_runs(gateway, DEMO_BIS, value=4)
+    assert sections(gateway) == ([DEMO, DEMO_BIS], [])
 
     pids = [s['PID'] for s in servers(gateway).values()]
     assert None not in pids and len(set(pids)) == 2
@@ -223,6 +236,7 @@ def test_start_server_starts_a_disabled_one_and_kill_star_stops_all(processes, t
     for name, server in servers(gateway).items():
         assert server['STATE'] == 'stopped' and server['ONLINE'] is False, (name, server)
         assert gateway.run(name, INPUT_VALUE=1).status == 503
+    assert sections(gateway) == ([], [DEMO, DEMO_BIS])
     assert gateway.get('/health').status == 200
 
 
@@ -307,7 +321,10 @@ def test_shutdown_answers_then_gateway_exits_and_leaves_no_child(processes, tmp_
     refused = gateway.post('/shutdown', {'SIGNATURE': 'please'})
     assert refused.status == 400, refused
     assert 'SAFE_KILL_SERVER_CMD' in refused.json()['ERROR']
-    assert gateway.post('/shutdown', {}).status == 400
+    empty = gateway.post('/shutdown', {})
+    assert empty.status == 400
+    assert empty.json()['ERROR'] == ('to shut the gateway down the body must be '
+                                     '{"SIGNATURE": "SAFE_KILL_SERVER_CMD"}, got no SIGNATURE')
     assert gateway.proc.returncode is None
     assert gateway.get('/health').status == 200
     assert_runs(gateway)

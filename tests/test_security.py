@@ -87,8 +87,18 @@ def test_with_token_a_request_without_authorization_is_unauthorized(host, log_ev
 @pytest.mark.parametrize('header', [TOKEN.encode(), b'Basic ' + TOKEN.encode(), b'Bearer',
                                     b'Bearer   '])
 def test_with_token_a_malformed_authorization_is_unauthorized(header):
-    with pytest.raises(Unauthorized):
+    with pytest.raises(Unauthorized) as caught:
         AdminGuard(TOKEN).check(admin_request('10.1.2.3', header))
+    assert "send 'Authorization: Bearer <BIS_ADMIN_TOKEN>'" in caught.value.message
+
+
+def test_a_token_sent_without_bearer_is_told_so_without_echoing_it(log_events):
+    with pytest.raises(Unauthorized) as caught:
+        AdminGuard(TOKEN).check(admin_request('10.1.2.3', TOKEN.encode()))
+    assert caught.value.message == (
+        "admin route /shutdown: the Authorization header has the token without 'Bearer ' before it; "
+        "send 'Authorization: Bearer <BIS_ADMIN_TOKEN>'")
+    assert TOKEN not in ' '.join(refusals(log_events))
 
 
 @pytest.mark.parametrize('host', ['127.0.0.1', '10.1.2.3'])

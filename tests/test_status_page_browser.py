@@ -51,13 +51,17 @@ DOCS_SCREENSHOT = (os.path.join(REPO_ROOT, 'docs', 'docs-page.png') if os.enviro
 
 KILLED = 'dummy_model_demo2'
 SERVERS = (KILLED, 'dummy_model_demo1')
+DISABLED = 'dummy_model_demo2-bis'  # in STOPPED_SERVERS, not AVAIL_SERVERS: the page shows it too
+ROWS = SERVERS + (DISABLED,)
 INPUTS = {KILLED: {'INPUT_VALUE': 3}, 'dummy_model_demo1': {'INPUT_VALUE': 'hello', 'LANGUAGE': 'en'}}
 CONFIG = {'DEFAULT_SERVER': KILLED, 'NO_STARTUP_WAIT': True, 'SERVER_NAME': 'status_page_demo',
           'CONFIG_ENDPOINTS': {
               KILLED: {'NR_WORKERS': 1, 'HOST': '127.0.0.1', 'WEIGHT': 2, 'BIAS': 1,
                        'DESCRIPTION': 'demo2: INPUT_VALUE*2 + 1'},
               'dummy_model_demo1': {'NR_WORKERS': 1, 'HOST': '127.0.0.1',
-                                    'DESCRIPTION': 'demo1: a placeholder model'}}}
+                                    'DESCRIPTION': 'demo1: a placeholder model'},
+              DISABLED: {'SERVER_CLASS': KILLED, 'NR_WORKERS': 1, 'HOST': '127.0.0.1', 'DISABLED': True,
+                         'DESCRIPTION': 'demo2, second server, disabled'}}}
 TOKEN = 'tok-status-page-browser-e2e'
 RPS_BLUE = (0x09, 0x69, 0xda)  # the page's colour of the requests/s line
 P99_RED = (0xcf, 0x22, 0x2e)   # and of the p99 latency line
@@ -245,7 +249,8 @@ def test_page_loads_without_console_errors_and_shows_each_server_online(browser,
         assert state_cell(browser, name).text == 'online'
     rows = [row.get_attribute('data-server')
             for row in browser.find_elements(By.CSS_SELECTOR, '#servers tbody tr')]
-    assert sorted(rows) == sorted(SERVERS)
+    assert rows == sorted(ROWS)  # one row per configured server, by name
+    assert online_flag(browser, DISABLED) == 'false' and state_cell(browser, DISABLED).text == 'stopped'
     assert cell_text(browser, KILLED, 'workers') == '1'
     assert browser.find_element(By.ID, 'problem').text == ''
     assert 'status_page_demo' in browser.find_element(By.ID, 'meta').text
@@ -253,7 +258,7 @@ def test_page_loads_without_console_errors_and_shows_each_server_online(browser,
 
 
 def test_admin_buttons_are_shown_only_once_a_token_is_typed(browser):
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, 'button.admin')) == 2 * len(SERVERS),
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, 'button.admin')) == 2 * len(ROWS),
              'a stop and a start button per server')
     buttons = browser.find_elements(By.CSS_SELECTOR, 'button.admin')
     assert not any(button.is_displayed() for button in buttons)
@@ -263,7 +268,7 @@ def test_admin_buttons_are_shown_only_once_a_token_is_typed(browser):
 
     def all_shown(driver):
         buttons = driver.find_elements(By.CSS_SELECTOR, 'button.admin')
-        return len(buttons) == 2 * len(SERVERS) and all(button.is_displayed() for button in buttons)
+        return len(buttons) == 2 * len(ROWS) and all(button.is_displayed() for button in buttons)
 
     wait_for(browser, all_shown, 'the admin buttons shown after typing a token', timeout=5)
     assert browser.find_element(By.CSS_SELECTOR, '#servers th.admin').is_displayed()
@@ -271,7 +276,7 @@ def test_admin_buttons_are_shown_only_once_a_token_is_typed(browser):
     wait_next_refresh(browser)
     wait_for(browser, all_shown, 'the admin buttons still shown after a refresh', timeout=5)
     assert sorted(b.text for b in browser.find_elements(By.CSS_SELECTOR, 'button.admin')) == \
-        ['start', 'start', 'stop', 'stop']
+        ['start'] * len(ROWS) + ['stop'] * len(ROWS)
     assert console_errors(browser) == []
 
 

@@ -6,6 +6,7 @@ need no reactor, no thread and no process.
 
 import base64
 import inspect
+import json
 import os
 
 import pytest
@@ -149,7 +150,8 @@ def test_an_exception_in_a_hook_answers_the_error_fields_with_its_status(stage, 
     details = outcome.body['FailingWorker_ERROR']
     assert details['ERR_TYPE'] == 'ValueError'
     assert details['ERR_MSG'] == 'failing in ' + stage
-    assert os.path.samefile(details['ERR_FILE'], __file__)
+    # relative to the folder of the worker's file (here this test file's): no server path in an answer
+    assert details['ERR_FILE'] == os.path.basename(__file__)
     assert details['ERR_FUNC'] == stage
     assert details['ERR_LINE'] == line_of(getattr(FailingWorker, stage), 'raise ValueError')
     error = outcome.body['ERROR']
@@ -164,6 +166,16 @@ def test_the_worker_answers_again_after_a_hook_failed():
         assert worker.execute({'FAIL_IN': stage}, call_id=1).status != 200
 
     assert worker.execute({'X': 1}, call_id=2) == Outcome(200, {'predict_result': {'X': 1}})
+
+
+def test_err_file_of_a_library_frame_is_shown_from_its_import_root():
+    class LibraryWorker(EchoWorker):
+        def _predict(self, prep_inputs):
+            return json.loads('{not json')  # raised inside the json package
+
+    details = LibraryWorker().execute({}, call_id=1).body['LibraryWorker_ERROR']
+
+    assert details['ERR_FILE'] == os.path.join('json', 'decoder.py')
 
 
 def test_a_hook_left_unimplemented_answers_500_naming_it():
@@ -188,12 +200,32 @@ def test_base64_keys_are_decoded_with_the_encoding_before_pre_process():
     assert worker.seen['TEXT'] == 'héllo wörld'
 
 
-def test_base64_keys_without_encoding_are_decoded_to_bytes():
+def test_base64_keys_decode_to_utf8_text_by_default_as_in_the_original():
+    class FormatWorker(EchoWorker):
+        # the original's example style: text formatting of a decoded input
+        def _post_process(self, pred):
+            return '{} -> {}'.format(pred['VALUE'], int(pred['VALUE']) + 5)
+
+    outcome = FormatWorker().execute({'VALUE': b64(b'20'), 'BASE64_KEYS': ['VALUE']}, call_id=1)
+
+    assert outcome == Outcome(200, {'predict_result': '20 -> 25'})
+
+
+def test_base64_keys_with_encoding_binary_are_decoded_to_bytes():
     worker = EchoWorker()
 
-    worker.execute({'BLOB': b64(b'\x00\xff'), 'BASE64_KEYS': 'BLOB'}, call_id=1)
+    worker.execute({'BLOB': b64(b'\x00\xff'), 'BASE64_KEYS': 'BLOB', 'ENCODING': 'binary'}, call_id=1)
 
     assert worker.seen['BLOB'] == b'\x00\xff'
+
+
+def test_the_originals_ansi_encoding_reads_as_cp1252():
+    worker = EchoWorker()
+
+    worker.execute({'TEXT': b64('café €5'.encode('cp1252')), 'BASE64_KEYS': ['TEXT'], 'ENCODING': 'ansi'},
+                   call_id=1)
+
+    assert worker.seen['TEXT'] == 'café €5'
 
 
 def test_base64_outputs_are_encoded_in_the_answer():
@@ -207,30 +239,52 @@ def test_base64_outputs_are_encoded_in_the_answer():
         'ANSWER': b64('ça va'.encode('utf-8')), 'RAW': b64(b'\x01\x02'), 'COUNT': 2}})
 
 
-def test_base64_output_of_a_value_that_is_not_text_answers_500():
-    class NumberWorker(EchoWorker):
+def test_base64_outputs_of_a_list_a_dict_or_a_number_encode_their_json():
+    class StructuredWorker(EchoWorker):
         def _post_process(self, pred):
-            return {'COUNT': 2}
+            return {'ROWS': [[1, 2], ['é']], 'META': {'n': 2}, 'COUNT': 2}
 
-    outcome = NumberWorker().execute({'BASE64_OUTPUTS': ['COUNT']}, call_id=1)
+    outcome = StructuredWorker().execute({'BASE64_OUTPUTS': ['ROWS', 'META', 'COUNT']}, call_id=1)
+
+    assert outcome.status == 200
+    result = outcome.body['predict_result']
+    decoded = {key: json.loads(base64.b64decode(value).decode('utf-8')) for key, value in result.items()}
+    assert decoded == {'ROWS': [[1, 2], ['é']], 'META': {'n': 2}, 'COUNT': 2}
+
+
+def test_base64_output_of_a_value_that_is_not_json_answers_500_naming_the_key():
+    class ObjectWorker(EchoWorker):
+        def _post_process(self, pred):
+            return {'MODEL': object()}
+
+    outcome = ObjectWorker().execute({'BASE64_OUTPUTS': ['MODEL']}, call_id=1)
 
     assert outcome.status == 500
-    assert "BASE64_OUTPUTS names 'COUNT'" in outcome.body['ERROR']
+    assert outcome.body['ERROR'].startswith('BASE64_OUTPUTS: ')
+    assert 'object' in outcome.body['ERROR']
 
 
 @pytest.mark.parametrize('inputs, message', [
-    ({'TEXT': 'not base64!', 'BASE64_KEYS': ['TEXT']}, 'base64'),
-    ({'TEXT': b64(b'\xff\xfe'), 'BASE64_KEYS': ['TEXT'], 'ENCODING': 'utf-8'}, 'utf-8'),
+    ({'TEXT': 'not base64!', 'BASE64_KEYS': ['TEXT']},
+     "input 'TEXT' (in BASE64_KEYS) is not valid base64"),
+    ({'TEXT': b64(b'\xff\xfe'), 'BASE64_KEYS': ['TEXT'], 'ENCODING': 'utf-8'},
+     "input 'TEXT' (in BASE64_KEYS) decodes to bytes that are not utf-8 text"),
+    ({'TEXT': b64(b'\xff\xfe'), 'BASE64_KEYS': ['TEXT']},
+     "input 'TEXT' (in BASE64_KEYS) decodes to bytes that are not utf-8 text"),
+    ({'TEXT': 12, 'BASE64_KEYS': ['TEXT']}, "input 'TEXT' (in BASE64_KEYS) is not valid base64"),
     ({'BASE64_KEYS': ['MISSING']}, "BASE64_KEYS names 'MISSING', which is not in the inputs"),
     ({'BASE64_KEYS': {'TEXT': 1}}, 'BASE64_KEYS must be a list'),
-], ids=['bad-base64', 'bad-encoding', 'missing-key', 'keys-not-a-list'])
-def test_undecodable_base64_inputs_answer_400_without_calling_pre_process(inputs, message):
+    ({'TEXT': b64(b'x'), 'BASE64_KEYS': ['TEXT'], 'ENCODING': 'klingon'}, "ENCODING 'klingon' is not a text encoding"),
+], ids=['bad-base64', 'bad-encoding', 'not-utf8-by-default', 'not-a-string', 'missing-key', 'keys-not-a-list',
+        'unknown-encoding'])
+def test_undecodable_base64_inputs_answer_400_naming_the_key_without_calling_pre_process(inputs, message):
     worker = EchoWorker()
 
     outcome = worker.execute(inputs, call_id=1)
 
     assert outcome.status == 400
-    assert message.lower() in outcome.body['ERROR'].lower()
+    assert outcome.body['ERROR'].startswith(message), outcome.body['ERROR']
+    assert 'base64.py' not in outcome.body['ERROR']  # names the input, not the library's file
     assert 'EchoWorker_ERROR' in outcome.body
     assert not hasattr(worker, 'seen')
 
@@ -347,7 +401,8 @@ def test_demo2_without_input_value_answers_400_from_its_pre_process():
     details = outcome.body['DummyModelDemo2Worker_ERROR']
     assert (details['ERR_TYPE'], details['ERR_FUNC']) == ('ValueError', '_pre_process')
     assert details['ERR_MSG'] == 'INPUT_VALUE should be defined in inputs'
-    assert details['ERR_FILE'].endswith(os.path.join('endpoints', 'dummy_model_demo2.py'))
+    assert details['ERR_FILE'] == 'dummy_model_demo2.py'  # relative to the endpoints folder
+    assert outcome.body['ERROR'].endswith('(dummy_model_demo2.py:{})'.format(details['ERR_LINE']))
 
 
 def test_demo1_answers_its_placeholder_model_with_the_language():
@@ -398,3 +453,20 @@ def test_iris_rejects_malformed_features_with_400_saying_what_to_send(iris_worke
     assert outcome.status == 400
     assert message in outcome.body['ERROR']
     assert 'send "FEATURES": [sepal_length, sepal_width, petal_length, petal_width]' in outcome.body['ERROR']
+
+
+def test_err_file_is_relative_to_the_endpoints_folder_also_when_it_was_given_relative(tmp_path, monkeypatch):
+    folder = tmp_path / 'endpoints'
+    folder.mkdir()
+    (folder / 'crashy.py').write_text(
+        'from bis_twisted import FlaskWorker\n\n'
+        'class CrashyWorker(FlaskWorker):\n'
+        '    def _pre_process(self, inputs):\n'
+        '        print("crashy: got", inputs)\n'
+        '        return 1 / 0\n')
+    monkeypatch.chdir(tmp_path)
+    worker_class, _ = load_worker_class('endpoints', 'crashy')  # as `--endpoints endpoints` loads it
+
+    details = worker_class().execute({'X': 1}, call_id=1).body['CrashyWorker_ERROR']
+
+    assert (details['ERR_TYPE'], details['ERR_FILE'], details['ERR_LINE']) == ('ZeroDivisionError', 'crashy.py', 6)
