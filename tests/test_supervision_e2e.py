@@ -136,7 +136,7 @@ LEAKY = '''
 
 
 def listed(gateway, name):
-    return gateway.get('/list_servers').json()['AVAIL_SERVERS'][name]
+    return gateway.server(name)  # started or stopped
 
 
 def alive(pid):
