@@ -338,3 +338,28 @@ def test_the_server_reads_max_batch_size_and_batch_timeout_from_its_config():
     assert (server.pool.max_batch_size, server.pool.batch_timeout) == (16, 0.002)
     default = ModelServer('doubler', DoublingWorker, {}, {}, reactor=ThreadlessClock())
     assert (default.pool.max_batch_size, default.pool.batch_timeout) == (1, 0.01)
+
+
+def test_metrics_show_a_batch_size_histogram_summed_over_the_replicas():
+    from types import SimpleNamespace
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bis_twisted.metrics import GatewayMetrics
+
+    class Fleet:
+        servers = {'iris': SimpleNamespace(targets=[]), 'plain': SimpleNamespace(targets=[])}
+
+    metrics = GatewayMetrics(Fleet(), supervisor=None, clock=task.Clock())
+    # what two replicas' /health said: exact batch sizes since each started
+    metrics.health = {'iris': [{'BATCHES': {'1': 5, '3': 2}}, {'BATCHES': {'32': 4}}, None], 'plain': [{}]}
+    found = {(s.name, s.labels.get('le')): s.value
+             for family in text_string_to_metric_families(metrics.render().decode())
+             for s in family.samples if s.labels.get('endpoint') == 'iris' and s.name.startswith('bis_batch_size')}
+    assert found[('bis_batch_size_bucket', '1')] == 5
+    assert found[('bis_batch_size_bucket', '4')] == 7
+    assert found[('bis_batch_size_bucket', '16')] == 7
+    assert found[('bis_batch_size_bucket', '32')] == 11
+    assert found[('bis_batch_size_bucket', '+Inf')] == 11
+    assert found[('bis_batch_size_count', None)] == 11
+    assert found[('bis_batch_size_sum', None)] == 5 + 6 + 128

@@ -398,3 +398,20 @@ def test_iris_rejects_malformed_features_with_400_saying_what_to_send(iris_worke
     assert outcome.status == 400
     assert message in outcome.body['ERROR']
     assert 'send "FEATURES": [sepal_length, sepal_width, petal_length, petal_width]' in outcome.body['ERROR']
+
+
+def test_iris_batched_answers_each_request_its_own_rows(iris_worker):
+    calls = [({'FEATURES': [5.1, 3.5, 1.4, 0.2]}, 1, 'a'),
+             ({'FEATURES': [[6.7, 3.0, 5.2, 2.3], [5.9, 2.8, 4.3, 1.3]]}, 2, 'b'),
+             ({'FEATURES': [5.1, 'wide', 1.4, 0.2]}, 3, 'c'),
+             ({'FEATURES': [[4.9, 3.0, 1.4, 0.2]]}, 4, 'd')]
+
+    outcomes = iris_worker.execute_batch(calls)
+
+    assert [o.status for o in outcomes] == [200, 200, 400, 200]
+    labels = [[p['label'] for p in o.body['predict_result']['predictions']] for o in outcomes if o.status == 200]
+    assert labels == [['setosa'], ['virginica', 'versicolor'], ['setosa']]
+    assert "'wide' is not a finite number" in outcomes[2].body['ERROR']
+    # the same rows one request at a time give the same probabilities
+    alone = iris_worker.execute(calls[1][0], call_id=5)
+    assert alone.body['predict_result'] == outcomes[1].body['predict_result']
