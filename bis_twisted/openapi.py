@@ -124,7 +124,8 @@ def openapi_document(names, server_name=''):
     schemas = {
         'Error': _answer({'ERROR': {'type': 'string'}}, required=['ERROR']),
         'HookError': _answer({'ERROR': {'type': 'string'}, 'call_id': {'type': 'integer'}}, required=['ERROR']),
-        'RunAnswer': _answer({'predict_result': {}, 'call_id': {'type': 'integer'}, 'signature': {'type': 'string'}},
+        'RunAnswer': _answer({'predict_result': {}, 'call_id': {'type': 'integer'}, 'batch_size': {'type': 'integer'},
+                              'signature': {'type': 'string'}},
                              required=['predict_result']),
         'Message': _answer({'MESSAGE': {'type': 'string'}, 'STATUS': {'type': 'string'}}),
         'ListServers': _answer({'AVAIL_SERVERS': {'type': 'object', 'additionalProperties': {
