@@ -210,7 +210,10 @@ class WorkerPool:
     def _held_enough(self):
         worker, _timer = self._holding
         self._holding = None
-        self._start(worker)
+        if self._waiting:
+            self._start(worker)
+        else:
+            self._idle.appendleft(worker)
         self._dispatch()
 
     def _start(self, worker):
@@ -233,15 +236,15 @@ class WorkerPool:
         # the worker goes back first, so the next batch starts before these answers are written
         self._busy.discard(worker)
         self._release(worker)
-        if isinstance(outcomes, Failure):
-            for job in jobs:
-                job.answer.errback(outcomes)
-            return None
-        for job, outcome in zip(jobs, outcomes):
-            if len(jobs) > 1:
-                outcome = attr.evolve(outcome, batch_size=len(jobs))
-            # a cancelled caller's Deferred ignores this (Twisted suppresses the second firing)
-            job.answer.callback((worker, job.call_id, outcome))
+        failed = isinstance(outcomes, Failure)
+        for job, outcome in zip(jobs, [outcomes] * len(jobs) if failed else outcomes):
+            if job.answer.called:  # its caller gave up (client gone, deadline): the result is dropped
+                continue
+            if failed:
+                job.answer.errback(outcome)
+            else:
+                job.answer.callback((worker, job.call_id,
+                                     attr.evolve(outcome, batch_size=len(jobs)) if len(jobs) > 1 else outcome))
         return None
 
     def _release(self, worker):
@@ -265,7 +268,6 @@ class WorkerPool:
         d = defer.Deferred(canceller=lambda d: self._idle_waiters.remove(d))
         self._idle_waiters.append(d)
         return d
-
 
 
 @attr.s(eq=False)

@@ -363,3 +363,27 @@ def test_metrics_show_a_batch_size_histogram_summed_over_the_replicas():
     assert found[('bis_batch_size_bucket', '+Inf')] == 11
     assert found[('bis_batch_size_count', None)] == 11
     assert found[('bis_batch_size_sum', None)] == 5 + 6 + 128
+
+
+def test_when_idle_waits_for_a_holding_worker_and_its_batch():
+    subject = Subject(size=2, max_batch_size=4)
+    subject.send(1)
+    subject.send(2)  # held: worker 1 waits for a fuller batch while worker 0 runs
+    idle = subject.pool.when_idle()
+    subject.threads.finish()  # worker 0 done: the held batch starts
+    assert not idle.called
+    subject.finish_all()
+    assert idle.called
+
+
+def test_the_rest_of_a_running_batch_is_answered_when_one_of_its_callers_gave_up():
+    subject = Subject(size=1, max_batch_size=4)
+    subject.send(1)
+    batch = subject.send(2, 3, 4)
+    subject.threads.finish()
+    assert subject.threads.batches() == [[2, 3, 4]]
+    batch[1].cancel()  # the client of 3 went away while its batch runs
+    batch[1].addErrback(lambda _f: None)
+    subject.finish_all()
+    assert answers([batch[0], batch[2]]) == [(200, {'doubled': 4}, 3), (200, {'doubled': 8}, 3)]
+    assert subject.pool.when_idle().called
