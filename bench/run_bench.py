@@ -316,7 +316,8 @@ BLAS_ENV = {'OPENBLAS_NUM_THREADS': '1', 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREAD
 # second one); the matrix product releases the GIL, so two worker threads
 BATCH_SHAPES = {'iris': {'SERVER_CLASS': 'iris_classifier', 'NR_WORKERS': 1},
                 'matmul': {'SERVER_CLASS': 'matmul', 'NR_WORKERS': 2}}
-DIRECT_AT = (64,)  # straight to the model server too (as LitServe is measured), at these c
+DIRECT_AT = (64,)
+C1_ROUNDS = 3  # straight to the model server too (as LitServe is measured), at these c
 PEERS_VENV = os.path.join(HERE, '.peers-venv')
 
 
@@ -375,9 +376,22 @@ def bench_batching(wrk_bin, workdir, duration, peers=False):
         for c in BATCH_CONCURRENCY:
             for model, body in (('iris', IRIS_BODY), ('matmul', MATMUL_BODY)):
                 row = {'model': model, 'c': c}
+                if c == 1:  # the added p50 is a fraction of a ms: median of interleaved short rounds
+                    runs = {size: [] for size in BATCH_SIZES}
+                    for _ in range(C1_ROUNDS):
+                        for size in BATCH_SIZES:
+                            runs[size].append(wrk(wrk_bin, gateway.url + '/run',
+                                                  dict(body, SIGNATURE='{}_b{}'.format(model, size)), 1,
+                                                  max(1, duration // 2)))
+                    for size in BATCH_SIZES:
+                        ordered = sorted(runs[size], key=lambda r: r['p50_ms'])
+                        row['b{}'.format(size)] = dict(ordered[len(ordered) // 2],
+                                                       p50_runs=[r['p50_ms'] for r in runs[size]])
                 for size in BATCH_SIZES:
                     name = '{}_b{}'.format(model, size)
-                    row['b{}'.format(size)] = wrk(wrk_bin, gateway.url + '/run', dict(body, SIGNATURE=name), c, duration)
+                    if c != 1:
+                        row['b{}'.format(size)] = wrk(wrk_bin, gateway.url + '/run', dict(body, SIGNATURE=name), c,
+                                                      duration)
                     if c in DIRECT_AT:
                         row['b{}_direct'.format(size)] = wrk(wrk_bin, direct_url(gateway, name), body, c, duration)
                 if model == 'iris' and litserve is not None:
@@ -431,6 +445,13 @@ def batching_table(batching):
             cells = [row['model'], row['c'], path, *cell(one), *cell(many), ratio(many, one), *cell(peer),
                      ratio(many, peer) if peer else '']
             lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+    for row in batching['rows']:
+        if row['c'] == 1 and 'p50_runs' in row['b1']:
+            lines.append('')
+            lines.append('{} c=1 p50 over {} interleaved rounds (median in the table): b=1 {} ms, b=32 {} ms; '
+                         'batching on adds {:+.2f} ms'.format(row['model'], len(row['b1']['p50_runs']),
+                                                             row['b1']['p50_runs'], row['b32']['p50_runs'],
+                                                             row['b32']['p50_ms'] - row['b1']['p50_ms']))
     if batching.get('mean_batch_size'):
         lines += ['', 'requests per _predict call over the run: ' + ', '.join(
             '{} {}'.format(name, size) for name, size in sorted(batching['mean_batch_size'].items()))]
