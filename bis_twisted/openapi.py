@@ -123,7 +123,8 @@ def openapi_document(names, server_name=''):
     }
     schemas = {
         'Error': _answer({'ERROR': {'type': 'string'}}, required=['ERROR']),
-        'HookError': _answer({'ERROR': {'type': 'string'}, 'call_id': {'type': 'integer'}}, required=['ERROR']),
+        'HookError': _answer({'ERROR': {'type': 'string'}, 'call_id': {'type': 'integer'},
+                              'batch_size': {'type': 'integer'}}, required=['ERROR']),
         'RunAnswer': _answer({'predict_result': {}, 'call_id': {'type': 'integer'}, 'batch_size': {'type': 'integer'},
                               'signature': {'type': 'string'}},
                              required=['predict_result']),

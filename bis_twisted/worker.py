@@ -1,8 +1,8 @@
 """``FlaskWorker`` (alias ``Worker``): the base class of a user's endpoint.
 
 A subclass writes ``_load_model``, ``_pre_process``, ``_predict`` and ``_post_process``; the
-model server builds ``NR_WORKERS`` instances and calls ``execute`` on one at a time per
-instance, from a pool thread. The names are the original project's, so endpoint files move
+model server builds ``NR_WORKERS`` instances and calls ``execute`` (``execute_batch`` with
+``MAX_BATCH_SIZE`` > 1) on one at a time per instance, from a pool thread. The names are the original project's, so endpoint files move
 over by changing their import line.
 """
 
