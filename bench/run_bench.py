@@ -16,7 +16,11 @@ It starts the real gateway (``bis-gateway``) on loopback with the endpoints in
 - 1,000 requests at once to a model that sleeps 1 s with 100 workers: how many answered,
   in how long, with the gateway's peak memory;
 - a CPU-bound endpoint with REPLICAS 1 and 2;
-- the cost of the metrics: the ratio to direct with ``METRICS`` on and off.
+- the cost of the metrics: the ratio to direct with ``METRICS`` on and off;
+- dynamic batching: the iris example and a numpy model with a fixed cost per call at
+  concurrency 1, 16 and 64, ``MAX_BATCH_SIZE`` 1 and 32 side by side, and with ``--peers``
+  LitServe's batched iris beside them (LitServe runs from its own venv, bench/.peers-venv,
+  made on first use). ``--batching`` runs this part alone (under a minute).
 
 Prints the table, and writes it (Markdown + JSON) and a PNG chart (if matplotlib is
 installed: ``pip install -e '.[bench]'``) under ``bench/results/``.
@@ -95,17 +99,20 @@ def wait_for(probe, timeout, what):
 
 
 class Gateway:
-    def __init__(self, config, endpoints, workdir):
+    def __init__(self, config, endpoints, workdir, env=None):
         self.port = free_block(16)
         cfg_path = os.path.join(workdir, 'config_{}.json'.format(self.port))
         with open(cfg_path, 'w') as fh:
             json.dump(config, fh)
         self.url = 'http://127.0.0.1:{}'.format(self.port)
         self.started = time.monotonic()
+        # this checkout's bis_twisted, whether or not the package is installed
+        env = dict(os.environ if env is None else env)
+        env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO, env.get('PYTHONPATH')) if p)
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'bis_twisted.cli', '--config', cfg_path, '--port', str(self.port),
              '--host', '127.0.0.1', '--endpoints', endpoints, '--cache', os.path.join(workdir, '_cache')],
-            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
         self.ready_at = wait_for(lambda: http('GET', self.url + '/ready', timeout=2)[0] == 200, 60, '/ready')
 
     @property
@@ -298,6 +305,159 @@ def bench_metrics_cost(wrk_bin, workdir, duration, rounds=4):
     return out
 
 
+BATCH_CONCURRENCY = (1, 16, 64)
+BATCH_SIZES = (1, 32)
+IRIS_BODY = {'FEATURES': [5.1, 3.5, 1.4, 0.2]}
+MATMUL_BODY = {'X': [0.5, -1.0, 0.25, 2.0, 0.0, 1.5, -0.5, 1.0]}
+# one BLAS thread per process: the fixed cost stays fixed, and BLAS threads do not fight
+# the gateway and the other children for the two cores
+BLAS_ENV = {'OPENBLAS_NUM_THREADS': '1', 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+# iris as the example config serves it (one worker: batched, its Python no longer needs a
+# second one); the matrix product releases the GIL, so two worker threads
+BATCH_SHAPES = {'iris': {'SERVER_CLASS': 'iris_classifier', 'NR_WORKERS': 1},
+                'matmul': {'SERVER_CLASS': 'matmul', 'NR_WORKERS': 2}}
+DIRECT_AT = (64,)
+C1_ROUNDS = 3  # straight to the model server too (as LitServe is measured), at these c
+PEERS_VENV = os.path.join(HERE, '.peers-venv')
+
+
+def batching_endpoints(workdir):
+    """bench/endpoints plus the iris example, in one folder for one gateway."""
+    folder = os.path.join(workdir, 'batching-endpoints')
+    os.makedirs(folder, exist_ok=True)
+    for source in [os.path.join(HERE, 'endpoints', 'matmul.py'), os.path.join(REPO, 'endpoints', 'iris_classifier.py')]:
+        shutil.copy(source, folder)
+    return folder
+
+
+def peers_python():
+    """LitServe's interpreter, in its own venv under bench/ (made on first use)."""
+    python = os.path.join(PEERS_VENV, 'bin', 'python')
+    if not os.path.exists(python):
+        print('making {} with litserve (first use)'.format(PEERS_VENV), flush=True)
+        subprocess.run([sys.executable, '-m', 'venv', PEERS_VENV], check=True)
+        subprocess.run([python, '-m', 'pip', 'install', '-q', 'litserve', 'scikit-learn', 'numpy'], check=True)
+    return python
+
+
+class LitServeIris:
+    """LitServe serving the same iris model, batched (bench/peers/litserve_iris.py)."""
+
+    def __init__(self, python, max_batch_size=32, batch_timeout=0.01, workers=2):
+        self.port = free_block(1)
+        self.url = 'http://127.0.0.1:{}/predict'.format(self.port)
+        self.settings = {'max_batch_size': max_batch_size, 'batch_timeout': batch_timeout, 'workers': workers}
+        self.proc = subprocess.Popen(
+            [python, os.path.join(HERE, 'peers', 'litserve_iris.py'), str(self.port), str(max_batch_size),
+             str(batch_timeout), str(workers)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, env=dict(os.environ, **BLAS_ENV))
+        wait_for(lambda: http('POST', self.url, IRIS_BODY, timeout=2)[0] == 200, 60, 'LitServe to answer')
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def bench_batching(wrk_bin, workdir, duration, peers=False):
+    """Through the gateway, for iris and the fixed-cost model: MAX_BATCH_SIZE 1 against 32 at
+    each concurrency, interleaved, with LitServe's batched iris in the same round."""
+    endpoints = {}
+    for model, shape in BATCH_SHAPES.items():
+        for size in BATCH_SIZES:
+            endpoints['{}_b{}'.format(model, size)] = dict(shape, MAX_BATCH_SIZE=size, BATCH_TIMEOUT=0.01)
+    config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'iris_b1', 'CONFIG_ENDPOINTS': endpoints}
+    gateway = Gateway(config, batching_endpoints(workdir), workdir, env=dict(os.environ, **BLAS_ENV))
+    litserve = LitServeIris(peers_python()) if peers else None
+    rows = []
+    try:
+        for c in BATCH_CONCURRENCY:
+            for model, body in (('iris', IRIS_BODY), ('matmul', MATMUL_BODY)):
+                row = {'model': model, 'c': c}
+                if c == 1:  # the added p50 is a fraction of a ms: median of interleaved short rounds
+                    runs = {size: [] for size in BATCH_SIZES}
+                    for _ in range(C1_ROUNDS):
+                        for size in BATCH_SIZES:
+                            runs[size].append(wrk(wrk_bin, gateway.url + '/run',
+                                                  dict(body, SIGNATURE='{}_b{}'.format(model, size)), 1,
+                                                  max(1, duration // 2)))
+                    for size in BATCH_SIZES:
+                        ordered = sorted(runs[size], key=lambda r: r['p50_ms'])
+                        row['b{}'.format(size)] = dict(ordered[len(ordered) // 2],
+                                                       p50_runs=[r['p50_ms'] for r in runs[size]])
+                for size in BATCH_SIZES:
+                    name = '{}_b{}'.format(model, size)
+                    if c != 1:
+                        row['b{}'.format(size)] = wrk(wrk_bin, gateway.url + '/run', dict(body, SIGNATURE=name), c,
+                                                      duration)
+                    if c in DIRECT_AT:
+                        row['b{}_direct'.format(size)] = wrk(wrk_bin, direct_url(gateway, name), body, c, duration)
+                if model == 'iris' and litserve is not None:
+                    row['litserve'] = wrk(wrk_bin, litserve.url, body, c, duration)
+                rows.append(row)
+                print(_batching_line(row), flush=True)
+        sizes = _mean_batch_sizes(gateway)
+    finally:
+        gateway.stop()
+        if litserve is not None:
+            litserve.stop()
+    return {'rows': rows, 'shapes': BATCH_SHAPES, 'litserve': litserve.settings if litserve else None,
+            'mean_batch_size': sizes}
+
+
+def _mean_batch_sizes(gateway):
+    """Requests per _predict call over the whole run, per endpoint (from /metrics)."""
+    with _opener.open(gateway.url + '/metrics', timeout=10) as answer:
+        text = answer.read().decode()
+    found = {}
+    for line in text.splitlines():
+        match = re.match(r'bis_batch_size_(sum|count)\{endpoint="([^"]+)"\} (\S+)', line)
+        if match:
+            found.setdefault(match.group(2), {})[match.group(1)] = float(match.group(3))
+    return {name: round(v['sum'] / v['count'], 1) for name, v in found.items() if v.get('count')}
+
+
+def _batching_line(row):
+    parts = ['{:<6} c={:<3}'.format(row['model'], row['c'])]
+    for key in ('b1', 'b32', 'b1_direct', 'b32_direct', 'litserve'):
+        if key in row:
+            r = row[key]
+            parts.append('{} {:>6.0f} req/s p50 {:6.2f} p99 {:7.2f} err {}'.format(
+                key, r['rps'], r['p50_ms'], r['p99_ms'], r['errors']))
+    return ' | '.join(parts)
+
+
+def batching_table(batching):
+    """One line per (model, c, path): gateway rows always, direct rows where measured."""
+    lines = ['| model | c | path | b=1 req/s | b=1 p50 / p99 ms | b=32 req/s | b=32 p50 / p99 ms | b=32 / b=1 '
+             '| LitServe b=32 req/s | LitServe p50 / p99 ms | ours b=32 / LitServe |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
+    ratio = lambda a, b: '{:.2f}x'.format(a['rps'] / b['rps']) if b and b['rps'] else ''  # noqa: E731
+    cell = lambda r: ('{:.0f}'.format(r['rps']), '{:.2f} / {:.2f}'.format(r['p50_ms'], r['p99_ms'])) if r else ('', '')  # noqa: E731
+    for row in batching['rows']:
+        peer = row.get('litserve')
+        for path, suffix in (('gateway', ''), ('direct', '_direct')):
+            one, many = row.get('b1' + suffix), row.get('b32' + suffix)
+            if many is None:
+                continue
+            cells = [row['model'], row['c'], path, *cell(one), *cell(many), ratio(many, one), *cell(peer),
+                     ratio(many, peer) if peer else '']
+            lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+    for row in batching['rows']:
+        if row['c'] == 1 and 'p50_runs' in row['b1']:
+            lines.append('')
+            lines.append('{} c=1 p50 over {} interleaved rounds (median in the table): b=1 {} ms, b=32 {} ms; '
+                         'batching on adds {:+.2f} ms'.format(row['model'], len(row['b1']['p50_runs']),
+                                                             row['b1']['p50_runs'], row['b32']['p50_runs'],
+                                                             row['b32']['p50_ms'] - row['b1']['p50_ms']))
+    if batching.get('mean_batch_size'):
+        lines += ['', 'requests per _predict call over the run: ' + ', '.join(
+            '{} {}'.format(name, size) for name, size in sorted(batching['mean_batch_size'].items()))]
+    return lines
+
+
 def launch_to_ready_examples(workdir):
     gw = Gateway(json.load(open(os.path.join(REPO, 'config_gateway.txt'))), os.path.join(REPO, 'endpoints'), workdir)
     seconds = gw.ready_seconds
@@ -338,6 +498,9 @@ def write_report(report, stamp):
                  'req/s; gateway CPU per request | {:.0%} vs {:.0%}; {:.0f} vs {:.0f}; {:.0f} vs {:.0f} us |'.format(
                      cost['on'], cost['off'], cost['gateway_rps']['on'], cost['gateway_rps']['off'],
                      cost['cpu_us_per_request']['on'], cost['cpu_us_per_request']['off']))
+    if report.get('batching'):
+        lines += ['', 'Dynamic batching, through the gateway (shapes: {})'.format(report['batching']['shapes']), '']
+        lines += batching_table(report['batching'])
     text = '\n'.join(lines) + '\n'
     with open(base + '.md', 'w') as fh:
         fh.write(text)
@@ -370,13 +533,37 @@ def write_report(report, stamp):
     return base
 
 
+def write_batching_report(batching, stamp, duration):
+    os.makedirs(RESULTS, exist_ok=True)
+    base = os.path.join(RESULTS, 'batching-' + stamp)
+    with open(base + '.json', 'w') as fh:
+        json.dump(dict(batching, duration_s=duration), fh, indent=2)
+    lines = ['# bis_twisted batching benchmark {}'.format(stamp), '',
+             'machine: {} cores, {:.0f} GiB, Python {}; wrk {} s per cell; shapes: {}; LitServe: {}'.format(
+                 psutil.cpu_count(), psutil.virtual_memory().total / 2 ** 30, sys.version.split()[0], duration,
+                 batching['shapes'], batching['litserve']), ''] + batching_table(batching)
+    text = '\n'.join(lines) + '\n'
+    with open(base + '.md', 'w') as fh:
+        fh.write(text)
+    print('\n' + text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--duration', type=int, default=5, help='seconds per wrk run (default 5)')
+    parser.add_argument('--duration', type=int, default=None, help='seconds per wrk run (default 5)')
+    parser.add_argument('--batching', action='store_true',
+                        help='run only the dynamic batching rows (2 s per wrk run unless --duration)')
+    parser.add_argument('--peers', action='store_true', help="add LitServe's batched iris to the batching rows")
     args = parser.parse_args()
     wrk_bin = ensure_wrk()
     stamp = time.strftime('%Y%m%d-%H%M%S')
     workdir = tempfile.mkdtemp(prefix='bis-bench-')
+    if args.duration is None:
+        args.duration = 2 if args.batching else 5
+    if args.batching:
+        batching = bench_batching(wrk_bin, workdir, args.duration, peers=args.peers)
+        write_batching_report(batching, stamp, args.duration)
+        return
     config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'echo', 'CONFIG_ENDPOINTS': {
         'echo': {'NR_WORKERS': 4},
         'cpu_light': {'NR_WORKERS': 4},
@@ -400,6 +587,7 @@ def main():
     finally:
         gateway.stop()
     report['metrics_cost'] = bench_metrics_cost(wrk_bin, workdir, args.duration)
+    report['batching'] = bench_batching(wrk_bin, workdir, args.duration, peers=args.peers)
     write_report(report, stamp)
 
 

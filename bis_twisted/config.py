@@ -109,6 +109,8 @@ _ENDPOINT_KEYS = {
     'TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'MAX_QUEUE': (lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
     'REPLICAS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    'MAX_BATCH_SIZE': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1 (1: no batching)'),
+    'BATCH_TIMEOUT': (lambda v: _is_number(v) and v >= 0, 'a number of seconds >= 0'),
     'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'LOAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'HEALTH_INTERVAL': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),

@@ -10,10 +10,11 @@ import collections
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 UNKNOWN = '_unknown'  # a SIGNATURE that names no endpoint: one label, not one per typo
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class RecentStats:
@@ -127,16 +128,32 @@ class _FleetCollector:
                                    labels=['endpoint'])
         queued = GaugeMetricFamily('bis_server_queue_depth', 'Requests waiting for a worker', labels=['endpoint'])
         busy = GaugeMetricFamily('bis_server_busy_workers', 'Workers running a request', labels=['endpoint'])
+        batches = HistogramMetricFamily('bis_batch_size', 'Requests per _predict call (MAX_BATCH_SIZE), by endpoint',
+                                        labels=['endpoint'])
         for name, server in fleet.servers.items():
             answers = self._metrics.health.get(name, [])
             in_flight.add_metric([name], sum(t.in_flight for t in server.targets))
             online.add_metric([name], sum(1 for a in answers if a is not None))
             queued.add_metric([name], sum(a.get('QUEUED', 0) for a in answers if a))
             busy.add_metric([name], sum(a.get('BUSY', 0) for a in answers if a))
+            batch_counts = collections.Counter()
+            for answer in answers:
+                for size, count in ((answer or {}).get('BATCHES') or {}).items():
+                    batch_counts[int(size)] += count
+            if batch_counts:
+                batches.add_metric([name], *_histogram(batch_counts, BATCH_SIZE_BUCKETS))
             states = [self._supervisor.status(t.child_name) for t in server.targets if t.child_name is not None]
             restarts.add_metric([name], sum(state.restarts for state in states))
             memory.add_metric([name], sum(_rss(state.pid) for state in states))
-        return [in_flight, online, restarts, memory, queued, busy]
+        return [in_flight, online, restarts, memory, queued, busy, batches]
+
+
+def _histogram(counts, bounds):
+    """``(buckets, sum)`` for HistogramMetricFamily from ``{value: how many times}``: the
+    children report exact batch sizes since they started, the buckets are cumulative."""
+    buckets = [(str(bound), sum(n for value, n in counts.items() if value <= bound)) for bound in bounds]
+    buckets.append(('+Inf', sum(counts.values())))
+    return buckets, sum(value * n for value, n in counts.items())
 
 
 def _rss(pid):

@@ -206,8 +206,10 @@ def openapi_document(names, server_name='', schemas=None):
     }
     schemas = {
         'Error': _answer({'ERROR': {'type': 'string'}}, required=['ERROR']),
-        'HookError': _answer({'ERROR': {'type': 'string'}, 'call_id': {'type': 'integer'}}, required=['ERROR']),
-        'RunAnswer': _answer({'predict_result': {}, 'call_id': {'type': 'integer'}, 'signature': {'type': 'string'}},
+        'HookError': _answer({'ERROR': {'type': 'string'}, 'call_id': {'type': 'integer'},
+                              'batch_size': {'type': 'integer'}}, required=['ERROR']),
+        'RunAnswer': _answer({'predict_result': {}, 'call_id': {'type': 'integer'}, 'batch_size': {'type': 'integer'},
+                              'signature': {'type': 'string'}},
                              required=['predict_result']),
         'Message': _answer({'MESSAGE': {'type': 'string'}, 'STATUS': {'type': 'string'}}),
         'ListServers': _answer({'AVAIL_SERVERS': servers, 'STOPPED_SERVERS': servers},

@@ -5,6 +5,13 @@ blocking ``_predict`` never blocks the reactor, and an instance is used by one t
 time. When every worker is busy, requests wait in a FIFO queue of at most ``max_queue``;
 beyond that ``QueueFull`` (503). A worker is released only when its thread has returned, even
 if the caller gave up (client gone, timeout): a late result is dropped, never overlapped.
+
+With ``max_batch_size`` n > 1 a worker that becomes free takes up to n of the requests waiting
+*now* and runs them as one batch (``worker.execute_batch``), so batches grow with load and an
+idle server starts a lone request at once. Only when it would start fewer than n, no other
+worker is free and another is running may it hold off for more, at most ``batch_timeout``
+seconds (a ``callLater`` on the injected reactor); it starts as soon as n are waiting or
+another worker becomes free. A request cancelled before its batch started is dropped from it.
 """
 
 import collections
@@ -13,13 +20,18 @@ import itertools
 import sys
 import threading
 
+import attr
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from .errors import BadRequest, QueueFull
 from .logger import describe_failure, error_info
+
+
+DEFAULT_BATCH_TIMEOUT = 0.01
 
 
 class WorkerLoadError(Exception):
@@ -38,7 +50,8 @@ class WorkerPool:
 
     _log = Logger()
 
-    def __init__(self, make_worker, size, max_queue, reactor=None, threadpool=None):
+    def __init__(self, make_worker, size, max_queue, reactor=None, threadpool=None, max_batch_size=1,
+                 batch_timeout=DEFAULT_BATCH_TIMEOUT):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -56,12 +69,16 @@ class WorkerPool:
         self._call_ids = itertools.count(1)
         self._resize_lock = defer.DeferredLock()
         self._idle_waiters = []
+        self.max_batch_size = max_batch_size
+        self.batch_timeout = batch_timeout
+        self._holding = None  # (worker, DelayedCall): a free worker holding off for a fuller batch
+        self.batch_sizes = collections.Counter()  # size -> batches run, for /health and /metrics
 
     # -- numbers shown in status ------------------------------------------------------------
     @property
     def size(self):
         """Workers serving or about to (loading), less those marked for retirement."""
-        return len(self._idle) + len(self._busy) + self._loading - self._retire
+        return len(self._idle) + len(self._busy) + self._loading - self._retire + (self._holding is not None)
 
     @property
     def busy(self):
@@ -80,8 +97,11 @@ class WorkerPool:
     def stop(self):
         """Drop idle workers and refuse queued requests; threads still running a hook are
         daemons and are not waited for."""
+        if self._holding is not None:
+            self._holding[1].cancel()
+            self._holding = None
         while self._waiting:
-            self._waiting.popleft().errback(QueueFull('server is stopping'))
+            self._waiting.popleft().answer.errback(QueueFull('server is stopping'))
         self._idle.clear()
         if not self._busy:
             self._threadpool.stop()
@@ -143,50 +163,103 @@ class WorkerPool:
 
     # -- requests --------------------------------------------------------------------------
     async def run(self, inputs, request_id=None):
-        worker = await self._acquire()
-        call_id = next(self._call_ids)
-        outcome = await self._execute(worker, inputs, call_id, request_id)
-        return worker, call_id, outcome
+        """``(worker, call_id, outcome)``; raises ``QueueFull`` at once when every worker is
+        busy and ``max_queue`` requests wait. Cancelling it drops the request if it has not
+        started, and only abandons the answer if it has."""
+        return await self._submit(inputs, request_id)
 
-    def _acquire(self):
-        if self._idle:
-            worker = self._idle.popleft()
-            self._busy.add(worker)
-            return defer.succeed(worker)
-        if len(self._waiting) >= self.max_queue:
+    def _submit(self, inputs, request_id):
+        if not self._idle and self._holding is None and len(self._waiting) >= self.max_queue:
             raise QueueFull('all {} workers are busy and {} requests are waiting (MAX_QUEUE); '
                             'retry later'.format(self.busy, len(self._waiting)))
-        waiter = defer.Deferred(canceller=self._waiting.remove)
-        self._waiting.append(waiter)
-        return waiter
+        job = _Job(inputs, request_id)
+        job.answer = defer.Deferred(canceller=lambda _d: self._cancelled(job))
+        self._waiting.append(job)
+        self._dispatch()
+        return job.answer
 
-    def _execute(self, worker, inputs, call_id, request_id=None):
-        # `answer` is what the caller awaits; cancelling it (client gone, deadline) must not
-        # release the worker while its thread still runs, so the thread's own Deferred is
-        # kept apart and releases the worker when the hook returns.
-        answer = defer.Deferred()
-        running = deferToThreadPool(self._reactor, self._threadpool, worker.execute, inputs, call_id, request_id)
-        running.addBoth(self._released, worker)
-        running.chainDeferred(answer)
-        return answer
+    def _cancelled(self, job):
+        if job.call_id is None:  # still waiting: it leaves the queue (and any batch being formed)
+            self._waiting.remove(job)
+            self._dispatch()
+            self._check_idle()
+        # else it runs on: its worker is released when the hook returns, its answer dropped
 
-    def _released(self, result, worker):
+    def _dispatch(self):
+        """Start what can start now: a free worker takes up to ``max_batch_size`` waiting
+        requests, or holds off for more when that is allowed (see the module's docstring)."""
+        if self._holding is not None:
+            worker, timer = self._holding
+            if not self._waiting or len(self._waiting) >= self.max_batch_size or self._idle:
+                timer.cancel()
+                self._holding = None
+                if self._waiting:
+                    self._start(worker)
+                else:
+                    self._idle.appendleft(worker)
+            else:
+                return
+        while self._waiting and self._idle:
+            worker = self._idle.popleft()
+            if (len(self._waiting) < self.max_batch_size and self.batch_timeout > 0
+                    and not self._idle and self._busy):
+                self._holding = (worker, self._reactor.callLater(self.batch_timeout, self._held_enough))
+                return
+            self._start(worker)
+
+    def _held_enough(self):
+        worker, _timer = self._holding
+        self._holding = None
+        if self._waiting:
+            self._start(worker)
+        else:
+            self._idle.appendleft(worker)
+        self._dispatch()
+
+    def _start(self, worker):
+        jobs = [self._waiting.popleft() for _ in range(min(self.max_batch_size, len(self._waiting)))]
+        for job in jobs:
+            job.call_id = next(self._call_ids)
+        self._busy.add(worker)
+        self.batch_sizes[len(jobs)] += 1
+        if self.max_batch_size == 1:  # batching off: the hooks take one input, as they always did
+            job = jobs[0]
+            running = deferToThreadPool(self._reactor, self._threadpool, worker.execute, job.inputs, job.call_id,
+                                        job.request_id)
+            running.addCallback(lambda outcome: [outcome])
+        else:
+            running = deferToThreadPool(self._reactor, self._threadpool, worker.execute_batch,
+                                        [(job.inputs, job.call_id, job.request_id) for job in jobs])
+        running.addBoth(self._finished, worker, jobs)
+
+    def _finished(self, outcomes, worker, jobs):
+        # the worker goes back first, so the next batch starts before these answers are written
         self._busy.discard(worker)
         self._release(worker)
-        return result
+        failed = isinstance(outcomes, Failure)
+        for job, outcome in zip(jobs, [outcomes] * len(jobs) if failed else outcomes):
+            if job.answer.called:  # its caller gave up (client gone, deadline): the result is dropped
+                continue
+            if failed:
+                job.answer.errback(outcome)
+            else:
+                job.answer.callback((worker, job.call_id,
+                                     attr.evolve(outcome, batch_size=len(jobs)) if len(jobs) > 1 else outcome))
+        return None
 
     def _release(self, worker):
         if self._retire:
             self._retire -= 1
-        elif self._waiting:
-            self._busy.add(worker)
-            self._waiting.popleft().callback(worker)
         else:
             self._idle.append(worker)
-            if not self._busy:
-                waiters, self._idle_waiters = self._idle_waiters, []
-                for d in waiters:
-                    d.callback(None)
+            self._dispatch()
+        self._check_idle()
+
+    def _check_idle(self):
+        if not self._busy and not self._waiting and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def when_idle(self):
         """Fires when no request is running or waiting (at once if none is)."""
@@ -196,3 +269,12 @@ class WorkerPool:
         self._idle_waiters.append(d)
         return d
 
+
+@attr.s(eq=False)
+class _Job:
+    """One request in the pool: waiting while ``call_id`` is None, running after."""
+
+    inputs = attr.ib()
+    request_id = attr.ib()
+    answer = attr.ib(default=None)
+    call_id = attr.ib(default=None)

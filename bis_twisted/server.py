@@ -29,7 +29,7 @@ from .loader import load_endpoint
 from .logger import Logger as CompatLogger
 from .notifications import Notifications
 from .drain import ConnectionDrain
-from .pool import WorkerLoadError, WorkerPool
+from .pool import DEFAULT_BATCH_TIMEOUT, WorkerLoadError, WorkerPool
 from .schemas import SchemaCheck, SchemaViolation
 from .web import (DEFAULT_MAX_BODY_MB, LISTEN_BACKLOG, error_answer, make_site, now_text, request_id_of,
                   request_inputs, write_json)
@@ -75,7 +75,8 @@ class ModelServer:
 
         self.pool = WorkerPool(make_worker, size=int(config.get('NR_WORKERS', 1)),
                                max_queue=int(config.get('MAX_QUEUE', DEFAULT_MAX_QUEUE)),
-                               reactor=reactor)
+                               reactor=reactor, max_batch_size=int(config.get('MAX_BATCH_SIZE', 1)),
+                               batch_timeout=float(config.get('BATCH_TIMEOUT', DEFAULT_BATCH_TIMEOUT)))
         # One Klein app per instance (not the class-attribute idiom): the execution path is a
         # constructor argument, and a class-level route table would be shared by all instances.
         self.app = Klein()
@@ -125,6 +126,7 @@ class ModelServer:
         body.update({
             'worker_id': worker.worker_id,
             'call_id': call_id,
+            'batch_size': outcome.batch_size,
             'time': now_text(),
             'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id),
             'request_id': rid,
@@ -154,7 +156,8 @@ class ModelServer:
     def _health(self, request):
         body = {'STATUS': 'OK' if self.ready else ('FAILED' if self.load_error else 'LOADING'),
                 'SERVER': self.name, 'NR_WORKERS': self.pool.size, 'BUSY': self.pool.busy,
-                'QUEUED': self.pool.queued, 'PID': os.getpid(), 'ver-lib': LIB_VER}
+                'QUEUED': self.pool.queued, 'PID': os.getpid(), 'ver-lib': LIB_VER,
+                'BATCHES': {str(size): count for size, count in sorted(self.pool.batch_sizes.items())}}
         if self.load_error:
             body['ERROR'] = self.load_error
         return write_json(request, 200 if self.ready else 503, body)

@@ -1,8 +1,8 @@
 """``FlaskWorker`` (alias ``Worker``): the base class of a user's endpoint.
 
 A subclass writes ``_load_model``, ``_pre_process``, ``_predict`` and ``_post_process``; the
-model server builds ``NR_WORKERS`` instances and calls ``execute`` on one at a time per
-instance, from a pool thread. The names are the original project's, so endpoint files move
+model server builds ``NR_WORKERS`` instances and calls ``execute`` (``execute_batch`` with
+``MAX_BATCH_SIZE`` > 1) on one at a time per instance, from a pool thread. The names are the original project's, so endpoint files move
 over by changing their import line.
 """
 
@@ -18,7 +18,7 @@ from .logger import Logger, describe_failure, error_info
 from .notifications import Notifications
 from .web import dumps
 
-STAGE_STATUS = {'_pre_process': 400, '_predict': 500, '_post_process': 500}
+STAGE_STATUS = {'_pre_process': 400, '_batch': 500, '_predict': 500, '_unbatch': 500, '_post_process': 500}
 
 
 @attr.s(frozen=True)
@@ -27,6 +27,7 @@ class Outcome:
 
     status = attr.ib()
     body = attr.ib()
+    batch_size = attr.ib(default=1)  # how many requests ran in the same _predict call
 
 
 class _HookFailed(Exception):
@@ -61,6 +62,7 @@ class FlaskWorker:
         self._notifications = notifications if notifications is not None else Notifications()
         self._counter = None
         self._request_id = None
+        self._batch_calls = None  # [(call_id, request_id)] while a batch is inside _predict
 
     def __getattr__(self, name):
         # Only called when normal lookup failed, so a subclass's own cfg_* property wins.
@@ -90,6 +92,16 @@ class FlaskWorker:
         """Return what goes back to the client as ``predict_result``."""
         raise NotImplementedError('{} must implement _post_process'.format(type(self).__name__))
 
+    # -- with MAX_BATCH_SIZE > 1: _predict takes what _batch made of the list of pre-processed
+    # inputs and returns what _unbatch turns into a list of the same length, in order --------
+    def _batch(self, prep_inputs_list):
+        """Stack the pre-processed inputs of a batch for ``_predict`` (default: the list)."""
+        return prep_inputs_list
+
+    def _unbatch(self, preds):
+        """Split ``_predict``'s result into one item per input (default: the result itself)."""
+        return preds
+
     # -- what user code may call -----------------------------------------------------------
     def _create_notification(self, notif=None, msg=None, notification_type=None,
                              notification=None, **_kwargs):
@@ -100,8 +112,9 @@ class FlaskWorker:
         """
         kind = notif if notif is not None else (notification_type or 'log')
         text = msg if msg is not None else notification
-        self._notifications.add(self._counter, str(kind).upper(), type(self).__name__, text,
-                                request_id=self._request_id)
+        for call_id, request_id in self._batch_calls or ((self._counter, self._request_id),):
+            self._notifications.add(call_id, str(kind).upper(), type(self).__name__, text,
+                                    request_id=request_id)
 
     # -- what the server calls ------------------------------------------------------------
     def startup(self):
@@ -132,6 +145,89 @@ class FlaskWorker:
         finally:
             self._counter = None
             self._request_id = None
+
+    def execute_batch(self, calls):
+        """Run a batch: ``calls`` is a list of ``(inputs, call_id, request_id)``; answers one
+        Outcome per call, in order, and never raises. ``_pre_process`` and ``_post_process``
+        run per call (a failure answers that call alone); ``_batch``, ``_predict`` and
+        ``_unbatch`` once for the calls that were pre-processed (a failure, or a result of
+        the wrong length, answers 500 to each of them)."""
+        outcomes = [None] * len(calls)
+        ready = []  # (index, decoded inputs, pre-processed input)
+        try:
+            for index, (inputs, call_id, request_id) in enumerate(calls):
+                self._counter, self._request_id = call_id, request_id
+                try:
+                    decoded = self._decoded_inputs(inputs)
+                    ready.append((index, decoded, self._run_hook('_pre_process', self._pre_process, decoded)))
+                except _HookFailed as failed:
+                    outcomes[index] = self._error_outcome(failed.stage, failed.info)
+            if not ready:
+                return outcomes
+            preds, error = self._predict_batch([calls[index] for index, _, _ in ready], [p for _, _, p in ready])
+            if error is not None:
+                for index, _decoded, _prep in ready:
+                    outcomes[index] = error
+                return outcomes
+            for (index, decoded, _prep), pred in zip(ready, preds):
+                self._counter, self._request_id = calls[index][1], calls[index][2]
+                try:
+                    answer = self._run_hook('_post_process', self._post_process, pred)
+                    outcomes[index] = Outcome(200, {'predict_result': self._encoded_answer(answer, decoded)})
+                except _HookFailed as failed:
+                    outcomes[index] = self._error_outcome(failed.stage, failed.info)
+            return outcomes
+        finally:
+            self._counter = None
+            self._request_id = None
+            self._batch_calls = None
+
+    def _predict_batch(self, calls, prepared):
+        """``_batch`` -> ``_predict`` -> ``_unbatch`` with notifications going to every call of
+        the batch; ``(predictions, None)``, or ``(None, the error Outcome)`` for all of them."""
+        self._batch_calls = [(call_id, request_id) for _inputs, call_id, request_id in calls]
+        self._counter = None
+        self._request_id = ','.join(str(rid) for _c, rid in self._batch_calls if rid) or None
+        try:
+            batch = self._run_hook('_batch', self._batch, prepared)
+            preds = self._run_hook('_predict', self._predict, batch)
+            stage = '_predict'
+            if type(self)._unbatch is not FlaskWorker._unbatch:
+                preds, stage = self._run_hook('_unbatch', self._unbatch, preds), '_unbatch'
+            return self._check_batch_length(stage, preds, len(prepared)), None
+        except _HookFailed as failed:
+            return None, self._error_outcome(failed.stage, failed.info)
+        finally:
+            self._batch_calls = None
+
+    def _check_batch_length(self, stage, preds, expected):
+        try:
+            got = len(preds)
+        except TypeError:
+            got = None
+        if got == expected:
+            return list(preds)
+        hook = getattr(type(self), stage)
+        code = getattr(hook, '__code__', None)
+        what = '{} results'.format(got) if got is not None else 'a {}, not a list'.format(type(preds).__name__)
+        raise _HookFailed(stage, (
+            'BatchSizeMismatch', code.co_filename if code else '', stage, code.co_firstlineno if code else 0,
+            '{} returned {} for a batch of {} inputs; it must return one result per input, in order'.format(
+                stage, what, expected)))
+
+    def _decoded_inputs(self, inputs):
+        # the same decoding, and the same 400 on bad base64, as execute()
+        try:
+            return _decode_base64_inputs(inputs)
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+            raise _HookFailed('_pre_process', error_info(type(exc), exc, sys.exc_info()[2]))
+
+    def _encoded_answer(self, answer, inputs):
+        # the same encoding, and the same 500 on a bad BASE64_OUTPUTS value, as execute()
+        try:
+            return _encode_base64_outputs(answer, inputs)
+        except (ValueError, TypeError, UnicodeEncodeError) as exc:
+            raise _HookFailed('_post_process', error_info(type(exc), exc, sys.exc_info()[2]))
 
     def _run_hook(self, stage, hook, arg):
         try:

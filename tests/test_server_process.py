@@ -35,7 +35,8 @@ def test_run_answers_the_prediction_with_worker_call_and_signature(demo2):
     assert isinstance(body['worker_id'], int)
     assert isinstance(body['call_id'], int)
     assert body['signature'].endswith('.dummy_model_demo2.DummyModelDemo2Worker.{}'.format(body['worker_id']))
-    assert set(body) == {'predict_result', 'worker_id', 'call_id', 'time', 'signature', 'request_id'}
+    assert set(body) == {'predict_result', 'worker_id', 'call_id', 'batch_size', 'time', 'signature', 'request_id'}
+    assert body['batch_size'] == 1  # batching is off by default
 
 
 def test_run_by_get_with_query_arguments(demo2):

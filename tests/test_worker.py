@@ -470,3 +470,20 @@ def test_err_file_is_relative_to_the_endpoints_folder_also_when_it_was_given_rel
     details = worker_class().execute({'X': 1}, call_id=1).body['CrashyWorker_ERROR']
 
     assert (details['ERR_TYPE'], details['ERR_FILE'], details['ERR_LINE']) == ('ZeroDivisionError', 'crashy.py', 6)
+
+
+def test_iris_batched_answers_each_request_its_own_rows(iris_worker):
+    calls = [({'FEATURES': [5.1, 3.5, 1.4, 0.2]}, 1, 'a'),
+             ({'FEATURES': [[6.7, 3.0, 5.2, 2.3], [5.9, 2.8, 4.3, 1.3]]}, 2, 'b'),
+             ({'FEATURES': [5.1, 'wide', 1.4, 0.2]}, 3, 'c'),
+             ({'FEATURES': [[4.9, 3.0, 1.4, 0.2]]}, 4, 'd')]
+
+    outcomes = iris_worker.execute_batch(calls)
+
+    assert [o.status for o in outcomes] == [200, 200, 400, 200]
+    labels = [[p['label'] for p in o.body['predict_result']['predictions']] for o in outcomes if o.status == 200]
+    assert labels == [['setosa'], ['virginica', 'versicolor'], ['setosa']]
+    assert "'wide' is not a finite number" in outcomes[2].body['ERROR']
+    # the same rows one request at a time give the same probabilities
+    alone = iris_worker.execute(calls[1][0], call_id=5)
+    assert alone.body['predict_result'] == outcomes[1].body['predict_result']
