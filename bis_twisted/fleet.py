@@ -8,6 +8,8 @@ target answers.
 
 import datetime
 import json
+import os
+import secrets
 import sys
 from urllib.parse import urlsplit
 
@@ -18,6 +20,10 @@ from twisted.logger import Logger
 from .errors import BadRequest, ServiceUnavailable, UnknownSignature
 from .proxy import ChildConnectionLost, NotConnected
 from .supervisor import ChildSpec
+
+# what the model server reads (bis_twisted.server); the gateway never imports that module
+CONFIG_VARIABLE = 'BIS_SERVER_CONFIG'
+CHILD_KEY_VARIABLE = 'BIS_SERVER_ADMIN_KEY'
 
 HEALTH_TIMEOUT = 2.0
 SUSPECT_SECONDS = 2.0  # how long a target that dropped a request is skipped, at most
@@ -41,6 +47,9 @@ class Target:
         self.in_flight = 0
         self.remote_ok = True  # remote targets: last ping's verdict
         self.suspect_until = 0.0  # dropped a request: kept out of the rotation until then
+        # the bearer token of the server's control route: a random key per child, made at
+        # the gateway's start; a remote server's is the gateway's own BIS_ADMIN_TOKEN
+        self.admin_key = secrets.token_urlsafe(32) if child_name is not None else None
 
     def url(self, path):
         return (self.base_url + path).encode('ascii')
@@ -60,7 +69,7 @@ class Fleet:
     _log = Logger()
 
     def __init__(self, config, supervisor, client, endpoints_dir, reactor=None, python=None,
-                 execution_path='/run', cwd=None):
+                 execution_path='/run', cwd=None, remote_token=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -71,6 +80,7 @@ class Fleet:
         self.execution_path = execution_path
         self._python = python or sys.executable
         self._cwd = cwd
+        self._remote_token = remote_token
         self.servers = {}
         self.in_flight = 0
         self._idle_waiters = []
@@ -104,8 +114,18 @@ class Fleet:
         argv = [self._python, '-m', 'bis_twisted.server', '--endpoints', self.endpoints_dir,
                 '--name', endpoint.name, '--server-class', endpoint.server_class,
                 '--host', endpoint.host, '--port', str(port), '--path', self.execution_path,
-                '--config-json', json.dumps(self._child_entry(endpoint)), '--exit-with-parent']
-        return ChildSpec(name=target.child_name, argv=argv, cwd=self._cwd)
+                '--exit-with-parent']
+        # the entry may hold secrets (API keys): in the environment, which only the owner can
+        # read (/proc/<pid>/environ is 0400), not on the command line, which `ps` shows to all
+        env = dict(os.environ)
+        env[CONFIG_VARIABLE] = json.dumps(self._child_entry(endpoint))
+        env[CHILD_KEY_VARIABLE] = target.admin_key
+        return ChildSpec(name=target.child_name, argv=argv, cwd=self._cwd, env=env)
+
+    def control_headers(self, target):
+        """The headers of a call to a target's control route (``/update_workers``)."""
+        key = target.admin_key if target.child_name is not None else self._remote_token
+        return {'Authorization': 'Bearer {}'.format(key)} if key else {}
 
     def _child_entry(self, endpoint):
         entry = dict(endpoint.entry)

@@ -139,9 +139,9 @@ class ChildClient:
         """GET for the non-hot routes (health pings, notifications)."""
         return await self._call(self.http.get(url), timeout)
 
-    async def send_json(self, url, data, timeout):
+    async def send_json(self, url, data, timeout, headers=None):
         """POST ``data`` as JSON for the non-hot routes (admin calls)."""
-        return await self._call(self.http.post(url, json=data), timeout)
+        return await self._call(self.http.post(url, json=data, headers=headers), timeout)
 
     async def _call(self, d, timeout):
         d.addTimeout(timeout, self._reactor)

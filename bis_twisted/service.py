@@ -9,6 +9,7 @@ save the start/stop history.
 """
 
 import os
+import secrets
 
 import attr
 from twisted.application.service import MultiService
@@ -18,14 +19,14 @@ from twisted.logger import Logger
 from .compat import get_packages
 from .config import NO_HOST, EndpointConfig, load_config
 from .fleet import Fleet
-from .gateway import Gateway
+from .gateway import SUPPORT_KEY_ARG, Gateway
 from .metrics import GatewayMetrics
 from .proxy import ChildClient
-from .security import AdminGuard
+from .security import AdminGuard, admin_token
 from .status import StateHistory
 from .supervisor import Supervisor
 from .web import LISTEN_BACKLOG, make_site
-from .support import REMOTE_HEALTH, SupportProcess
+from .support import REMOTE_HEALTH, SUPPORT_STATUS_PATH, SupportProcess
 
 
 @attr.s(frozen=True)
@@ -60,12 +61,13 @@ class GatewayService(MultiService):
         endpoints_dir = os.path.abspath(options.endpoints)
         # validated before anything starts: ConfigError names file, endpoint and key
         self.config = load_config(options.config, endpoints_dir, options.port)
+        token = admin_token(options.admin_token)  # stripped; ConfigError when too short
         os.makedirs(options.logs_dir, exist_ok=True)
         self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir)
         self.supervisor.setServiceParent(self)
         self.client = ChildClient(reactor=reactor)
         self.fleet = Fleet(self.config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
-                           execution_path=options.execution_path)
+                           execution_path=options.execution_path, remote_token=token)
         self.fleet.register_children()
         self.history = StateHistory.in_cache(options.cache, clock=reactor)
         supports = [e for e in self.config.endpoints if e.is_support and not e.disabled]
@@ -73,17 +75,21 @@ class GatewayService(MultiService):
             # remote servers are health-checked by the support loop: give them one
             supports = [EndpointConfig(name=REMOTE_HEALTH, server_class=REMOTE_HEALTH, entry={}, host=NO_HOST,
                                        has_file=False)]
-        self.supports = [SupportProcess(e, self.fleet, options.port, endpoints_dir, reactor=reactor)
+        # a per-start key lets the gateway's own support processes post their status
+        support_key = secrets.token_urlsafe(24)
+        status_path = '{}?{}={}'.format(SUPPORT_STATUS_PATH, SUPPORT_KEY_ARG, support_key)
+        self.supports = [SupportProcess(e, self.fleet, options.port, endpoints_dir, reactor=reactor,
+                                        status_path=status_path)
                          for e in supports]
         for support in self.supports:
             support.setServiceParent(self)
-        self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(options.admin_token),
+        self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(token),
                                history=self.history, shutdown=self._reactor.stop, cache_dir=options.cache,
                                server_name=self.config.server_name,
                                support_names=[e.name for e in self.config.endpoints if e.is_support],
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
                                         if self.config.metrics else None),
-                               metrics_guarded=self.config.metrics_require_token)
+                               metrics_guarded=self.config.metrics_require_token, support_key=support_key)
         self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb)
         self.port = None
 
