@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from . import LIB_VER
 from .errors import BadRequest, ConfigError, EndpointLoadError, ServiceUnavailable
+from .limits import Limits
 from .loader import load_worker_class
 from .logger import Logger as CompatLogger
 from .notifications import Notifications
@@ -202,7 +203,7 @@ class ServerProcess:
         self.args = args
         self.server = server
         self._reactor = reactor
-        self._site = make_site(server.resource(), max_body_mb=max_body_mb)
+        self._site = make_site(server.resource(), limits=Limits.from_config(server.config, max_body_mb))
         self._ports = []
         self.exit_code = 0
         self.stopping = False

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from .compat import get_packages
 from .config import NO_HOST, EndpointConfig, load_config
 from .fleet import Fleet
+from .limits import MIB, Limits
 from .gateway import SUPPORT_KEY_ARG, Gateway
 from .metrics import GatewayMetrics
 from .proxy import ChildClient
@@ -65,7 +66,7 @@ class GatewayService(MultiService):
         os.makedirs(options.logs_dir, exist_ok=True)
         self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir)
         self.supervisor.setServiceParent(self)
-        self.client = ChildClient(reactor=reactor)
+        self.client = ChildClient(reactor=reactor, max_answer=int(self.config.max_answer_mb * MIB))
         self.fleet = Fleet(self.config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
                            execution_path=options.execution_path, remote_token=token)
         self.fleet.register_children()
@@ -90,7 +91,8 @@ class GatewayService(MultiService):
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
                                         if self.config.metrics else None),
                                metrics_guarded=self.config.metrics_require_token, support_key=support_key)
-        self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb)
+        self.site = make_site(self.gateway.resource(),
+                              limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb))
         self.port = None
 
     def startService(self):

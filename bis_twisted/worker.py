@@ -131,7 +131,9 @@ class FlaskWorker:
     def _run_hook(self, stage, hook, arg):
         try:
             return hook(arg)
-        except Exception as exc:  # a user's hook may raise anything; it is reported, not lost
+        # a user's hook may raise anything, sys.exit() too; it is reported, not lost, and
+        # a SystemExit in a pool thread would otherwise end that thread with no answer
+        except (Exception, SystemExit) as exc:
             raise _HookFailed(stage, error_info(type(exc), exc, exc.__traceback__))
 
     def _error_outcome(self, stage, info):

@@ -201,3 +201,233 @@ def test_support_update_status_follows_the_admin_rule_and_the_own_support_still_
 def test_with_a_token_support_update_status_needs_it(token_gateway):
     answer = token_gateway.post('/support_update_status', {'SIGNATURE': 'x'})
     assert answer.status == 401
+
+
+# -- deadlines, caps and statuses (raw sockets) -----------------------------------------------------
+ODD = 'odd_answers'
+ODD_SOURCE = '''
+    import sys
+
+    from bis_twisted import FlaskWorker
+
+
+    class OddAnswersWorker(FlaskWorker):
+        def _load_model(self):
+            print('odd answers: loaded')
+
+        def _pre_process(self, inputs):
+            return inputs
+
+        def _predict(self, inputs):
+            what = inputs.get('WHAT')
+            print('odd answers: predicting', what)
+            if what == 'exit':
+                sys.exit('the model gave up')
+            if what == 'deep':
+                value = 1
+                for _ in range(5000):
+                    value = [value]
+                return value
+            if what == 'big':
+                return 'x' * int(inputs['MB'] * 1024 * 1024)
+            return what
+
+        def _post_process(self, pred):
+            return pred
+'''
+
+
+@pytest.fixture(scope='module')
+def odd_folder(tmp_path_factory):
+    import textwrap
+    folder = tmp_path_factory.mktemp('odd_endpoints')
+    (folder / (ODD + '.py')).write_text(textwrap.dedent(ODD_SOURCE), encoding='utf-8')
+    return folder
+
+
+def odd_config(**top):
+    config = {'DEFAULT_SERVER': ODD, 'CONFIG_ENDPOINTS': {ODD: {'NR_WORKERS': 2}}}
+    config.update(top)
+    return config
+
+
+@pytest.fixture(scope='module')
+def strict_gateway(module_processes, tmp_path_factory, odd_folder):
+    """Deadlines of 1 s, bodies of 1 MiB, 2 MiB of bodies at once, answers of 1 MiB."""
+    return start_gateway(module_processes, tmp_path_factory.mktemp('strict_gw'), endpoints=odd_folder,
+                         config=odd_config(HEAD_TIMEOUT=1, BODY_TIMEOUT=1, MAX_BODY_MB=1, MAX_BODIES_MB=2,
+                                           MAX_ANSWER_MB=1))
+
+
+def run_request(body, close=True):
+    extra = b'Connection: close\r\n' if close else b''
+    return (b'POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n' + extra +
+            b'Content-Length: %d\r\n\r\n' % len(body) + body)
+
+
+def still_serves(gateway):
+    answer = gateway.run(ODD, WHAT='fine')
+    assert (answer.status, answer.json()['predict_result']) == (200, 'fine'), answer
+
+
+def test_slowloris_head_is_cut_at_the_head_deadline_with_408(strict_gateway):
+    started = time.monotonic()
+    with socket.create_connection(('127.0.0.1', strict_gateway.port), timeout=10) as sock:
+        sock.sendall(b'POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\n')
+        answer = b''
+        try:
+            for _ in range(40):  # a header byte every 0.1 s: each resets twisted.web's idle timer
+                sock.sendall(b'X')
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = read_all(sock)
+    elapsed = time.monotonic() - started
+    assert status_of(answer) == 408, answer
+    assert 'HEAD_TIMEOUT' in body_of(answer)['ERROR']
+    assert elapsed < 3.5, elapsed
+    still_serves(strict_gateway)
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline(strict_gateway):
+    started = time.monotonic()
+    with socket.create_connection(('127.0.0.1', strict_gateway.port), timeout=10) as sock:
+        assert read_all(sock) == b''
+    assert time.monotonic() - started < 3.5
+
+
+def test_a_body_shorter_than_its_content_length_gets_408_at_the_body_deadline(strict_gateway):
+    started = time.monotonic()
+    with socket.create_connection(('127.0.0.1', strict_gateway.port), timeout=10) as sock:
+        sock.sendall(b'POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n'
+                     b'Content-Length: 100\r\n\r\n{"SIGNATURE": "odd_answers"')
+        answer = read_all(sock)
+    assert status_of(answer) == 408, answer
+    assert 'BODY_TIMEOUT' in body_of(answer)['ERROR']
+    assert time.monotonic() - started < 4
+
+
+def test_kept_alive_connections_serve_several_requests_and_pipelining(strict_gateway):
+    body = b'{"SIGNATURE": "odd_answers", "WHAT": "again"}'
+    keep = run_request(body, close=False)
+    with socket.create_connection(('127.0.0.1', strict_gateway.port), timeout=10) as sock:
+        sock.sendall(keep + keep)  # pipelined
+        time.sleep(1.5)  # idle past the head deadline between requests: governed by the idle timeout
+        sock.sendall(keep.replace(b'HTTP/1.1\r\n', b'HTTP/1.1\r\nConnection: close\r\n', 1))
+        answers = read_all(sock)
+    assert answers.count(b'HTTP/1.1 200 OK') == 3, answers
+
+
+def test_a_64_kib_header_line_answers_431(strict_gateway):
+    answer = raw(strict_gateway.port, b'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ' + b'a' * 65536 +
+                 b'\r\n\r\n')
+    assert status_of(answer) == 431, answer[:300]
+    assert 'header' in body_of(answer)['ERROR']
+
+
+def test_many_headers_answer_431(strict_gateway):
+    headers = b''.join(b'X-H%d: v\r\n' % i for i in range(600))
+    answer = raw(strict_gateway.port, b'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n' + headers + b'\r\n')
+    assert status_of(answer) == 431, answer[:300]
+
+
+def test_a_100_kib_url_answers_414(strict_gateway):
+    answer = raw(strict_gateway.port, b'GET /run?X=' + b'a' * 102400 + b' HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+    assert status_of(answer) == 414, answer[:300]
+    assert 'URL' in body_of(answer)['ERROR']
+    still_serves(strict_gateway)
+
+
+def test_expect_100_continue_with_a_body_over_the_limit_gets_413_and_no_100(strict_gateway):
+    answer = raw(strict_gateway.port, b'POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n'
+                 b'Expect: 100-continue\r\nContent-Length: 20000000\r\n\r\n')
+    assert status_of(answer) == 413, answer
+    assert b'100 Continue' not in answer
+    assert parsed(answer).getheader('Connection') == 'close'
+
+
+def test_expect_100_continue_within_the_limit_still_gets_100(strict_gateway):
+    body = b'{"SIGNATURE": "odd_answers", "WHAT": "continued"}'
+    with socket.create_connection(('127.0.0.1', strict_gateway.port), timeout=10) as sock:
+        sock.sendall(b'POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close'
+                     b'\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n' % len(body))
+        assert sock.recv(100).startswith(b'HTTP/1.1 100 Continue')
+        sock.sendall(body)
+        answer = read_all(sock)
+    assert b'"continued"' in answer
+
+
+def test_system_exit_in_predict_answers_500_with_the_workers_error(strict_gateway):
+    answer = strict_gateway.run(ODD, WHAT='exit')
+    assert answer.status == 500, answer
+    details = answer.json()['OddAnswersWorker_ERROR']
+    assert (details['ERR_TYPE'], details['ERR_MSG'], details['ERR_FUNC']) == (
+        'SystemExit', 'the model gave up', '_predict')
+    for _ in range(3):  # both workers still serve
+        still_serves(strict_gateway)
+
+
+def test_an_answer_nested_5000_levels_answers_500_naming_the_depth(strict_gateway):
+    answer = strict_gateway.run(ODD, WHAT='deep')
+    assert answer.status == 500, answer
+    assert 'nested 5001 levels deep' in answer.json()['ERROR']
+    still_serves(strict_gateway)
+
+
+def test_an_answer_over_max_answer_mb_answers_502_naming_the_limit(strict_gateway):
+    answer = strict_gateway.run(ODD, WHAT='big', MB=3)
+    assert answer.status == 502, answer
+    assert 'MAX_ANSWER_MB (1 MiB)' in answer.json()['ERROR']
+    assert strict_gateway.run(ODD, WHAT='big', MB=0.5).status == 200
+    still_serves(strict_gateway)
+
+
+def test_bodies_past_max_bodies_mb_get_503_before_they_are_read(strict_gateway):
+    size = 1048000  # two of them: 1152 bytes short of MAX_BODIES_MB
+    third = b'{"SIGNATURE": "odd_answers", "PAD": "%s"}' % (b'p' * 2000)
+    holders = []
+    try:
+        for _ in range(2):  # two bodies of ~1 MiB on their way: the 2 MiB in flight are taken
+            sock = socket.create_connection(('127.0.0.1', strict_gateway.port), timeout=10)
+            sock.sendall(b'POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n'
+                         b'Connection: close\r\nContent-Length: %d\r\n\r\n{"SIGNATURE": "odd_answers", "PAD": "' % size)
+            holders.append(sock)
+        refused = wait_until(lambda: raw(strict_gateway.port, run_request(third)),
+                             lambda answer: status_of(answer) == 503, timeout=5, what='503 while 2 MiB are in flight')
+        assert status_of(raw(strict_gateway.port, run_request(b'{"SIGNATURE": "odd_answers"}'))) == 200  # fits
+        assert parsed(refused).getheader('Retry-After') == '1'
+        assert 'MAX_BODIES_MB' in body_of(refused)['ERROR']
+        for sock in holders:  # the bodies arrive whole: answered, and the budget is free again
+            prefix = len(b'{"SIGNATURE": "odd_answers", "PAD": "')
+            sock.sendall(b'p' * (size - prefix - 2) + b'"}')
+            assert status_of(read_all(sock)) == 200
+    finally:
+        for sock in holders:
+            sock.close()
+    still_serves(strict_gateway)
+
+
+@pytest.fixture(scope='module')
+def capped_gateway(module_processes, tmp_path_factory, odd_folder):
+    return start_gateway(module_processes, tmp_path_factory.mktemp('capped_gw'), endpoints=odd_folder,
+                         config=odd_config(MAX_CONNECTIONS=8))
+
+
+def test_past_max_connections_new_ones_get_503_at_once_and_health_still_answers(capped_gateway):
+    idle = [socket.create_connection(('127.0.0.1', capped_gateway.port), timeout=10) for _ in range(8)]
+    try:
+        for sock in idle:
+            sock.sendall(b'G')  # a head begun, never finished
+        started = time.monotonic()
+        refused = wait_until(lambda: raw(capped_gateway.port, run_request(b'{"SIGNATURE": "odd_answers"}')),
+                             lambda answer: status_of(answer) == 503, timeout=5, what='503 past MAX_CONNECTIONS')
+        assert time.monotonic() - started < 2
+        assert 'MAX_CONNECTIONS 8' in body_of(refused)['ERROR']
+        assert parsed(refused).getheader('Retry-After') == '1'
+        health = raw(capped_gateway.port, b'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+        assert status_of(health) == 200 and body_of(health)['STATUS'] == 'OK'
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_until(lambda: capped_gateway.run(ODD, WHAT='back'), lambda a: a.status == 200, timeout=5,
+               what='served again once the connections closed')
