@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from . import LIB_VER
 from .errors import BadRequest, BisError, NotFound, UnknownSignature
 from .fleet import hms
+from .lograte import RepeatLimiter
 from .openapi import openapi_document
 from .security import AdminGuard
 from .status import memory_gb, system_alerts, system_status
@@ -43,6 +44,7 @@ class Gateway:
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self._repeats = RepeatLimiter(self._log, clock=reactor)
         self.fleet = fleet
         self.guard = guard or AdminGuard()
         self.history = history
@@ -105,9 +107,10 @@ class Gateway:
             return self.answer(request, status, dict(result.body), headers)
         except BisError as exc:
             status = exc.status
-            if status >= 500:
-                self._log.warn('request {rid} to {name}: {status} {error}', rid=rid, name=signature,
-                               status=status, error=exc.message)
+            if status >= 500:  # one line a second per server and status: a restart refuses many
+                self._repeats.emit('warn', (signature, status), 'request {rid} to {name}: {status} {error}',
+                                   rid=rid, name=signature, status=status, error=exc.message,
+                                   described='requests to {}: {} {}'.format(signature, status, exc.message))
             raise
         except defer.CancelledError:
             status = 499  # the client went away (nginx's code for it)

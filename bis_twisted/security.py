@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 
 from .errors import ConfigError, Forbidden, Unauthorized, UnsupportedMediaType
+from .lograte import RepeatLimiter
 
 TOKEN_VARIABLE = 'BIS_ADMIN_TOKEN'
 MIN_TOKEN_LENGTH = 16
@@ -94,11 +95,12 @@ class AdminGuard:
 
     _log = Logger()
 
-    def __init__(self, token=None, require_token=False):
+    def __init__(self, token=None, require_token=False, clock=None):
         # an empty value counts as unset, as `-e BIS_ADMIN_TOKEN=` in Docker would give
         token = admin_token(token)
         self._token = token.encode('utf-8') if token else None
         self._require_token = require_token
+        self._repeats = RepeatLimiter(self._log, clock=clock)  # a flood of refusals logs one line a second
 
     @classmethod
     def from_environ(cls, environ=None, require_token=False):
@@ -182,6 +184,9 @@ class AdminGuard:
 
     def _refusal(self, error_class, host, path, reason, message):
         """Log the refusal (no credentials in it) and return the error to raise."""
-        self._log.warn('admin route {path} refused for client {client}: {reason} ({status})',
-                       path=path, client=host, reason=reason, status=error_class.status)
+        self._repeats.emit('warn', (path, host, reason, error_class.status),
+                           'admin route {path} refused for client {client}: {reason} ({status})',
+                           path=path, client=host, reason=reason, status=error_class.status,
+                           described='admin route {} refused for client {}: {} ({})'.format(
+                               path, host, reason, error_class.status))
         return error_class(message)

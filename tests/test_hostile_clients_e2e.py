@@ -431,3 +431,28 @@ def test_past_max_connections_new_ones_get_503_at_once_and_health_still_answers(
             sock.close()
     wait_until(lambda: capped_gateway.run(ODD, WHAT='back'), lambda a: a.status == 200, timeout=5,
                what='served again once the connections closed')
+
+
+# -- log floods --------------------------------------------------------------------------------------
+def test_a_flood_of_refused_calls_writes_one_line_a_second_with_the_count(processes, tmp_path, odd_folder):
+    gateway = start_gateway(processes, tmp_path, endpoints=odd_folder, config=odd_config())
+    assert gateway.post('/kill_server', {'SIGNATURE': ODD}).status == 200
+    started = time.monotonic()
+    for _ in range(300):
+        assert gateway.run(ODD, WHAT='x').status == 503
+        assert gateway.post('/kill_server', {'SIGNATURE': ODD}, headers={'Origin': 'http://evil.example'}).status == 403
+    elapsed = time.monotonic() - started
+
+    def flood_lines():
+        lines = gateway.proc.stdout_lines
+        return ([l for l in lines if 'to odd_answers: 503' in l], [l for l in lines if 'refused for client' in l])
+
+    def summarized(found):
+        return all(any('more like this in the last 1s' in l for l in group) for group in found)
+
+    served, refused = wait_until(flood_lines, summarized, timeout=5, what='the summary lines')
+    seconds = int(elapsed) + 2
+    for group in (served, refused):
+        assert len(group) <= 2 * seconds, group  # 600 calls: one line and one count per second at most
+        counted = sum(int(l.split(' more like this')[0].rsplit(' ', 1)[-1]) for l in group if 'more like this' in l)
+        assert counted + sum(1 for l in group if 'more like this' not in l) == 300, group
