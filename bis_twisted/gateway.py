@@ -19,7 +19,7 @@ from .lograte import RepeatLimiter
 from .openapi import openapi_document
 from .security import AdminGuard
 from .status import memory_gb, system_alerts, system_status
-from .web import error_answer, forward_payload, now_text, request_id_of, request_inputs, write_json
+from .web import error_answer, forward_body, now_text, request_id_of, request_inputs, write_json
 
 SIGNATURE = 'SIGNATURE'
 SUPPORT_KEY_ARG = 'SUPPORT_KEY'
@@ -101,7 +101,9 @@ class Gateway:
         try:
             inputs = request_inputs(request)
             signature = self.signature_of(inputs)
-            result = await self.fleet.run(signature, forward_payload(inputs), rid)
+            payload = forward_body(request, inputs)
+            del inputs  # the payload is all that needs to live while the model server works
+            result = await self.fleet.run(signature, payload, rid)
             status = result.status
             headers = {b'Retry-After': b'1'} if status == 503 else None
             return self.answer(request, status, dict(result.body), headers)

@@ -44,25 +44,52 @@ class ProxyResult:
 
 @implementer(IBodyProducer)
 class BytesProducer:
-    """A body already in memory: written at once (``FileBodyProducer`` would add a cooperator
-    round trip per request)."""
+    """A body already in memory. A small one is written at once (``FileBodyProducer`` would
+    add a cooperator round trip per request); a large one in slices, as the connection
+    takes them (the transport pauses and resumes this producer), so the transport never
+    holds a second whole copy of it."""
+
+    slice_size = 256 * 1024
 
     def __init__(self, data):
         self._data = data
         self.length = len(data)
+        self._offset = 0
+        self._paused = False
+        self._consumer = None
+        self._finished = None
 
     def startProducing(self, consumer):
-        consumer.write(self._data)
-        return defer.succeed(None)
+        if self.length <= self.slice_size:
+            consumer.write(self._data)
+            return defer.succeed(None)
+        self._consumer = consumer
+        self._finished = defer.Deferred()
+        self._write_slices()
+        return self._finished
+
+    def _write_slices(self):
+        view = memoryview(self._data)
+        while not self._paused and self._offset < self.length:
+            end = self._offset + self.slice_size
+            piece, self._offset = bytes(view[self._offset:end]), end
+            self._consumer.write(piece)  # may pause us at once: the transport's buffer is full
+        if self._offset >= self.length and not self._finished.called:
+            self._data = None
+            self._finished.callback(None)
 
     def pauseProducing(self):
-        pass
+        self._paused = True
 
     def resumeProducing(self):
-        pass
+        if self._finished is not None and self._paused and self._data is not None:
+            self._paused = False
+            self._write_slices()
 
     def stopProducing(self):
-        pass
+        # the request was abandoned: _newclient cancels the Deferred we returned
+        self._paused = True
+        self._data = None
 
 
 class ChildClient:
