@@ -5,9 +5,12 @@
   many are still open and how many file descriptors the gateway holds (before: at start).
 - ``bodies``: N concurrent POST /run with a body of M MiB; the gateway's peak RSS while they
   run, its RSS afterwards, and the statuses.
+- ``answer``: one answer of M MiB from the model server (an endpoint written for it); the
+  gateway's peak RSS and the status.
 
     python bench/hostile_bench.py slowloris --connections 500 --duration 30
     python bench/hostile_bench.py bodies --requests 100 --mib 7
+    python bench/hostile_bench.py answer --mib 300
     python bench/hostile_bench.py ... --repo /path/to/another/checkout   # e.g. an older commit
 
 Figures depend on the machine and what else runs on it: compare runs made side by side.
@@ -37,7 +40,23 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_gateway(repo, workdir, config):
+BIG_ANSWER = """
+from bis_twisted import FlaskWorker
+
+
+class BigAnswerWorker(FlaskWorker):
+    def _pre_process(self, inputs):
+        return inputs
+
+    def _predict(self, inputs):
+        return 'x' * int(inputs['MIB'] * 1024 * 1024)
+
+    def _post_process(self, pred):
+        return pred
+"""
+
+
+def start_gateway(repo, workdir, config, endpoints=None):
     port = free_port()
     while port + 1 == free_port():  # the child takes the next port
         port = free_port()
@@ -47,7 +66,7 @@ def start_gateway(repo, workdir, config):
     env = dict(os.environ, PYTHONPATH=repo, PYTHONUNBUFFERED='1')
     env.pop('BIS_ADMIN_TOKEN', None)
     proc = subprocess.Popen([sys.executable, '-m', 'bis_twisted.cli', '--config', path, '--port', str(port),
-                             '--host', '127.0.0.1', '--endpoints', os.path.join(repo, 'endpoints'),
+                             '--host', '127.0.0.1', '--endpoints', endpoints or os.path.join(repo, 'endpoints'),
                              '--cache', os.path.join(workdir, '_cache')],
                             cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -150,9 +169,35 @@ def bodies(args, proc, port):
             'gateway_rss_after_MB': round(gateway.memory_info().rss / 1e6)}
 
 
+def answer(args, proc, port):
+    gateway = psutil.Process(proc.pid)
+    rss_before = gateway.memory_info().rss
+    peak = [rss_before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], gateway.memory_info().rss)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=300)
+    conn.request('POST', '/run', json.dumps({'SIGNATURE': 'big_answer', 'MIB': args.mib}).encode(),
+                 {'Content-Type': 'application/json'})
+    response = conn.getresponse()
+    body = response.read()
+    time.sleep(0.5)
+    done.set()
+    sampler.join()
+    return {'MiB': args.mib, 'status': response.status, 'answer_bytes': len(body),
+            'error': json.loads(body).get('ERROR') if response.status != 200 else None,
+            'gateway_rss_before_MB': round(rss_before / 1e6), 'gateway_peak_rss_MB': round(peak[0] / 1e6)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('what', choices=['slowloris', 'bodies'])
+    parser.add_argument('what', choices=['slowloris', 'bodies', 'answer'])
     parser.add_argument('--repo', default=REPO, help='checkout whose gateway to run (default: this one)')
     parser.add_argument('--connections', type=int, default=500)
     parser.add_argument('--duration', type=float, default=30)
@@ -160,9 +205,17 @@ def main():
     parser.add_argument('--mib', type=float, default=7)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        proc, port = start_gateway(os.path.abspath(args.repo), workdir, CONFIG)
+        config, endpoints = CONFIG, None
+        if args.what == 'answer':
+            endpoints = os.path.join(workdir, 'endpoints')
+            os.makedirs(endpoints)
+            with open(os.path.join(endpoints, 'big_answer.py'), 'w') as fh:
+                fh.write(BIG_ANSWER)
+            config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'big_answer',
+                      'CONFIG_ENDPOINTS': {'big_answer': {'TIMEOUT': 240}}}
+        proc, port = start_gateway(os.path.abspath(args.repo), workdir, config, endpoints)
         try:
-            result = (slowloris if args.what == 'slowloris' else bodies)(args, proc, port)
+            result = {'slowloris': slowloris, 'bodies': bodies, 'answer': answer}[args.what](args, proc, port)
         finally:
             for child in psutil.Process(proc.pid).children(recursive=True):
                 child.kill()
