@@ -85,7 +85,7 @@ def _linger_and_close(transport, reactor_call_later, linger):
     """Stop writing (the answer goes out first), keep reading and dropping until the client
     closes or ``linger`` passes. Closing with unread input would reset the connection, and
     the client could lose the answer still in flight."""
-    transport.loseWriteConnection()
+    getattr(transport, 'loseWriteConnection', transport.loseConnection)()
     return reactor_call_later(linger, transport.abortConnection)
 
 
