@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import BadRequest, ServiceUnavailable, UnknownSignature
+from .limits import DEFAULT_BODIES_IN_FLIGHT_MB
 from .proxy import ChildConnectionLost, NotConnected
 from .supervisor import ChildSpec
 
@@ -132,6 +133,7 @@ class Fleet:
         # a form field re-encoded as JSON can grow (a control character becomes \\u0001):
         # the child, behind the gateway's own limit, takes what the gateway let through
         entry.setdefault('MAX_BODY_MB', self.config.max_body_mb * 6)
+        entry.setdefault('MAX_BODIES_MB', self.config.http_limits.get('MAX_BODIES_MB', DEFAULT_BODIES_IN_FLIGHT_MB) * 6)
         return entry
 
     # -- lookup and routing ----------------------------------------------------------------
