@@ -19,7 +19,7 @@ from .lograte import RepeatLimiter
 from .openapi import openapi_document
 from .security import AdminGuard
 from .status import memory_gb, system_alerts, system_status
-from .web import error_answer, forward_body, now_text, request_id_of, request_inputs, write_json
+from .web import error_answer, forget_body, forward_body, now_text, request_id_of, request_inputs, write_json
 
 SIGNATURE = 'SIGNATURE'
 SUPPORT_KEY_ARG = 'SUPPORT_KEY'
@@ -118,6 +118,10 @@ class Gateway:
             status = 499  # the client went away (nginx's code for it)
             raise
         finally:
+            # the request object lives on in reference cycles until the garbage collector's
+            # next full pass: without this its body would too
+            inputs = payload = None  # noqa: F841
+            forget_body(request)
             if self.metrics is not None:
                 self.metrics.observe(signature, status, self._reactor.seconds() - started)
 

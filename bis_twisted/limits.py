@@ -11,6 +11,7 @@ connection, for the first request), its body within ``body_timeout`` plus its si
 connection between requests is governed by the idle timeout as before.
 """
 
+import ctypes
 import json
 import resource
 
@@ -71,6 +72,21 @@ class Limits:
         return cls(**values)
 
 
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; elsewhere there is nothing to do
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def return_free_memory():
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def raw_answer(status_line, message, headers=()):
     """The bytes of a complete ``Connection: close`` JSON answer, for a request that never
     reaches a route."""
@@ -129,7 +145,10 @@ class LimitedRequest(Request):
         return True
 
     def _release(self, _):
-        self._site.bodies_in_flight -= self._reserved
+        site = self._site
+        site.bodies_in_flight -= self._reserved
+        if self._reserved >= MIB:
+            site.large_body_released()
         self._reserved = 0
 
     def handleContentChunk(self, data):
@@ -356,6 +375,24 @@ class GuardedSite(Site):
         self.open_connections = 0
         self.overflowed = 0  # connections refused by the cap, since the start
         self.bodies_in_flight = 0  # bytes of request bodies held now
+        self._trim_wanted = False
+        self._trim_call = None
+        self._trimmed_at = float('-inf')
+
+    def large_body_released(self):
+        """Once no body is held, hand the freed heap back to the system (at most once a
+        second): glibc keeps it for reuse, and the gateway's RSS would stay at its peak."""
+        self._trim_wanted = True
+        if self.bodies_in_flight == 0 and self._trim_call is None:
+            delay = max(0.0, self._trimmed_at + 1.0 - self.reactor.seconds())
+            self._trim_call = self.reactor.callLater(delay, self._trim)
+
+    def _trim(self):
+        self._trim_call = None
+        if self.bodies_in_flight == 0 and self._trim_wanted:
+            self._trim_wanted = False
+            self._trimmed_at = self.reactor.seconds()
+            return_free_memory()
 
     def buildProtocol(self, addr):
         if self.open_connections >= self.limits.max_connections:

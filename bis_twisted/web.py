@@ -7,6 +7,7 @@ import email
 import email.errors
 import email.policy
 import email.utils
+import io
 import json
 import math
 import re
@@ -186,6 +187,16 @@ def forward_body(request, inputs):
     if raw is not None and b'\\u' not in raw:
         return raw
     return forward_payload(inputs)
+
+
+def forget_body(request):
+    """Drop the request's body (the bytes ``request_inputs`` kept, the buffer it was read
+    from) once it has been used."""
+    request._bis_json_body = None
+    content = getattr(request, 'content', None)
+    if content is not None:
+        content.close()
+        request.content = io.BytesIO()
 
 
 REQUEST_ID_HEADER = b'X-Request-Id'

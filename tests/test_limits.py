@@ -133,3 +133,25 @@ def test_oversized_or_malformed_heads_answer_json_with_their_status(head, code):
     protocol.dataReceived(head)
     assert status(transport) == code, transport.value()[:200]
     assert error(transport)
+
+
+def test_freed_memory_is_handed_back_once_no_large_body_is_held_at_most_once_a_second(monkeypatch):
+    import bis_twisted.limits as limits_module
+    trims = []
+    monkeypatch.setattr(limits_module, 'return_free_memory', lambda: trims.append(clock.seconds()))
+    clock = task.Clock()
+    site = site_on(clock)
+    site.bodies_in_flight = 5
+    site.large_body_released()  # another body is still held: not yet
+    clock.advance(5)
+    assert trims == []
+    site.bodies_in_flight = 0
+    site.large_body_released()
+    clock.advance(0)
+    assert trims == [5]
+    site.large_body_released()
+    site.large_body_released()
+    clock.advance(0.5)
+    assert trims == [5]
+    clock.advance(0.5)
+    assert trims == [5, 6]
