@@ -280,7 +280,10 @@ class GuardedChannel(HTTPChannel):
 
     def allHeadersReceived(self):
         self._phase = 'body'
-        self._arm(self.site.limits.body_deadline(self.length))
+        if self.length == 0:
+            self._disarm()  # no body: allContentReceived follows at once
+        else:
+            self._arm(self.site.limits.body_deadline(self.length))
         refusal = self.requests[-1].refusal(self.length)
         if refusal is not None:
             # before HTTPChannel's own: it would answer 'Expect: 100-continue' after our refusal

@@ -19,8 +19,8 @@ from twisted.logger import Logger
 from .compat import get_packages
 from .config import NO_HOST, EndpointConfig, load_config
 from .fleet import Fleet
-from .limits import MIB, Limits
 from .gateway import SUPPORT_KEY_ARG, Gateway
+from .limits import MIB, Limits
 from .metrics import GatewayMetrics
 from .proxy import ChildClient
 from .security import AdminGuard, admin_token
