@@ -137,14 +137,22 @@ class LimitedRequest(Request):
         site = self.channel.site
         if site.bodies_in_flight + size > site.limits.max_bodies_in_flight:
             return False
-        if not self._reserved:
-            self._site = site  # the channel is gone by the time the request ends
-            self.notifyFinish().addBoth(self._release)
+        self._site = site  # the channel is gone by the time the request ends
         site.bodies_in_flight += size
         self._reserved += size
         return True
 
-    def _release(self, _):
+    def finish(self):
+        Request.finish(self)
+        self._release()
+
+    def connectionLost(self, reason):
+        Request.connectionLost(self, reason)
+        self._release()
+
+    def _release(self):
+        if not self._reserved:
+            return
         site = self._site
         site.bodies_in_flight -= self._reserved
         if self._reserved >= MIB:
@@ -181,7 +189,9 @@ class GuardedChannel(HTTPChannel):
     its bare 400) and keeps its own state, never HTTPChannel's private attributes."""
 
     _phase = 'head'  # 'head', 'body', 'handling' (a route runs), 'idle' (kept alive between requests)
-    _deadline = None
+    _head_call = None
+    _body_call = None
+    _linger_call = None
     _head_started = False
     _head_size = 0
     _head_lines = 0
@@ -207,29 +217,44 @@ class GuardedChannel(HTTPChannel):
         self._head_started = started
         self._head_size = 0
         self._head_lines = 0
-        self._arm(self.site.limits.head_timeout)
+        self._head_call = self._arm(self._head_call, self.site.limits.head_timeout, self._head_expired)
 
-    def _arm(self, seconds):
-        self._disarm()
-        self._deadline = self.callLater(seconds, self._deadline_passed)
+    def _arm(self, call, seconds, expired):
+        """``call`` moved to ``seconds`` from now, or a new one. Each deadline keeps one
+        DelayedCall per connection, moved later with reset() (O(1) in the reactor) request
+        after request, and left armed when its phase ends (it then does nothing)."""
+        if call is not None and call.active():
+            if call.getTime() <= call.seconds() + seconds:
+                call.reset(seconds)
+                return call
+            call.cancel()
+        return self.callLater(seconds, expired)
 
     def _disarm(self):
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        for name in ('_head_call', '_body_call', '_linger_call'):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
 
-    def _deadline_passed(self):
-        self._deadline = None
-        limits = self.site.limits
-        if self._phase == 'head' and not self._head_started:
+    def _head_expired(self):
+        self._head_call = None
+        if self._phase != 'head' or self._closing:
+            return
+        if not self._head_started:
             self.transport.loseConnection()  # connected and said nothing: nobody to answer
-        elif self._phase == 'head':
+        else:
             self.refuse('408 Request Timeout', 'the request head did not arrive within {:g}s (HEAD_TIMEOUT); '
-                        'send the whole request at once'.format(limits.head_timeout))
-        elif self._phase == 'body':
-            self.refuse('408 Request Timeout', 'the request body did not arrive within {:g}s (BODY_TIMEOUT plus '
-                        'its size at {:g} KiB/s); send it at once, and no more than its Content-Length '
-                        'promised'.format(limits.body_deadline(self.length), limits.min_body_rate / 1024))
+                        'send the whole request at once'.format(self.site.limits.head_timeout))
+
+    def _body_expired(self):
+        self._body_call = None
+        if self._phase != 'body' or self._closing:
+            return
+        limits = self.site.limits
+        self.refuse('408 Request Timeout', 'the request body did not arrive within {:g}s (BODY_TIMEOUT plus '
+                    'its size at {:g} KiB/s); send it at once, and no more than its Content-Length '
+                    'promised'.format(limits.body_deadline(self.length), limits.min_body_rate / 1024))
 
     # -- reading ---------------------------------------------------------------------------------
     def dataReceived(self, data):
@@ -280,10 +305,9 @@ class GuardedChannel(HTTPChannel):
 
     def allHeadersReceived(self):
         self._phase = 'body'
-        if self.length == 0:
-            self._disarm()  # no body: allContentReceived follows at once
-        else:
-            self._arm(self.site.limits.body_deadline(self.length))
+        if self.length != 0:  # no body: allContentReceived follows at once
+            self._body_call = self._arm(self._body_call, self.site.limits.body_deadline(self.length),
+                                        self._body_expired)
         refusal = self.requests[-1].refusal(self.length)
         if refusal is not None:
             # before HTTPChannel's own: it would answer 'Expect: 100-continue' after our refusal
@@ -292,8 +316,7 @@ class GuardedChannel(HTTPChannel):
         HTTPChannel.allHeadersReceived(self)
 
     def allContentReceived(self):
-        self._phase = 'handling'
-        self._disarm()
+        self._phase = 'handling'  # the deadlines stay armed, ignored, for the next request to move
         HTTPChannel.allContentReceived(self)
 
     def requestDone(self, request):
@@ -309,7 +332,7 @@ class GuardedChannel(HTTPChannel):
         self._closing = True
         self._disarm()
         self.transport.write(raw_answer(status_line, message, headers))
-        self._deadline = _linger_and_close(self.transport, self.callLater, self.site.limits.linger)
+        self._linger_call = _linger_and_close(self.transport, self.callLater, self.site.limits.linger)
 
     def _respondToBadRequestAndDisconnect(self):
         self.refuse('400 Bad Request', 'malformed HTTP request (request line, headers or form body); send a JSON '
