@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from . import LIB_VER
 from .drain import ConnectionDrain
 from .errors import BadRequest, ConfigError, EndpointLoadError, ServiceUnavailable
+from .gctune import freeze_startup_objects
 from .limits import Limits
 from .loader import load_endpoint
 from .logger import Logger as CompatLogger
@@ -273,6 +274,7 @@ class ServerProcess:
         port = await endpoint.listen(self._site)
         self._ports.append(port)
         await self.server.start()
+        freeze_startup_objects()  # the model is loaded: full collections need not walk it again
         address = port.getHost()
         print('{} {}'.format(READY_LINE, address.port), flush=True)
         self._log.info('server {name} serving {n} workers of {cls} on {host}:{port}{path}',

@@ -22,6 +22,7 @@ from .config import load_config
 from .drain import ConnectionDrain
 from .fleet import Fleet
 from .gateway import SUPPORT_KEY_ARG, Gateway
+from .gctune import freeze_startup_objects
 from .health import HealthMonitor
 from .limits import MIB, Limits
 from .metrics import GatewayMetrics
@@ -154,8 +155,10 @@ class GatewayService(MultiService):
 
         def listening(port):
             self.port = port
+            frozen = freeze_startup_objects()  # start-up is done: spare it the full collections
             self._log.info('gateway serving on http://{host}:{port}', host=self.options.host,
                            port=port.getHost().port)
+            self._log.debug('{n} start-up objects exempt from garbage collection', n=frozen)
 
         def failed(failure):
             self._log.critical('cannot listen on {host}:{port}: {err}', host=self.options.host,
