@@ -53,20 +53,26 @@ def dumps(body):
 
 
 def write_json(request, status, body, headers=None):
-    """Set status and headers and return the encoded body (what a Klein route returns)."""
+    """Set status and headers and return the encoded body (what a Klein route returns).
+
+    With its ``Content-Length`` set, the answer goes out in one piece: without it twisted.web
+    sends it chunked, and the reader (the gateway, for a model server's answer) parses chunk
+    framing and a trailer for every answer."""
     request.setResponseCode(status)
     request.setHeader(b'Content-Type', JSON_TYPE)
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
     try:
-        return dumps(body)
+        data = dumps(body)
     except (TypeError, ValueError) as exc:
         request.setResponseCode(500)
-        return dumps({'ERROR': 'the answer could not be encoded as JSON: {}'.format(exc)})
+        data = dumps({'ERROR': 'the answer could not be encoded as JSON: {}'.format(exc)})
     except RecursionError:
         request.setResponseCode(500)
-        return dumps({'ERROR': 'the answer is nested {} levels deep, deeper than JSON encoding allows here (about '
+        data = dumps({'ERROR': 'the answer is nested {} levels deep, deeper than JSON encoding allows here (about '
                                '{}); return a flatter structure'.format(nesting_depth(body), sys.getrecursionlimit())})
+    request.setHeader(b'Content-Length', b'%d' % len(data))
+    return data
 
 
 def nesting_depth(value, stop=10_000_000):
