@@ -36,6 +36,10 @@ class NotFound(BisError):
     status = 404
 
 
+class Conflict(BisError):
+    status = 409
+
+
 class BodyTooLarge(BisError):
     status = 413
 
@@ -63,6 +67,12 @@ class ServerFailed(ServiceUnavailable):
 
 class QueueFull(ServiceUnavailable):
     """All workers are busy and the waiting queue is at MAX_QUEUE."""
+
+
+class ReloadFailed(BisError):
+    """A reload's new process did not start (its load error); the old one keeps serving."""
+
+    status = 500
 
 
 class BadGateway(BisError):

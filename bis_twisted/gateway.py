@@ -51,7 +51,7 @@ class Gateway:
 
     def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
                  shutdown=None, cache_dir='.', server_name='', support_names=(), metrics=None,
-                 metrics_guarded=False, support_key=None):
+                 metrics_guarded=False, support_key=None, reload_config=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -69,6 +69,7 @@ class Gateway:
         self._support_key = support_key.encode('ascii') if support_key else None
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
+        self._reload_config = reload_config  # async callable: the summary of what changed
         self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet))
         self.assets = Assets()
         self.started_at = reactor.seconds()
@@ -299,13 +300,41 @@ class Gateway:
         size = inputs.get('NR_WORKERS')
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise BadRequest('NR_WORKERS must be an integer >= 1, got {!r}'.format(size))
+        failed = await self.resize(server, size)
+        if failed is not None:
+            return self.answer(request, failed.status, dict(failed.body))
+        return self.answer(request, 200, {'MESSAGE': 'OK', 'NR_WORKERS': size, 'SIGNATURE': server.name})
+
+    async def resize(self, server, size):
+        """NR_WORKERS of every ready replica to ``size``, in place; the first failed answer or None."""
         answers = await self.fleet.each_ready_target(server, lambda t: self.fleet.client.send_json(
             t.url('/update_workers'), {'NR_WORKERS': size}, UPDATE_WORKERS_TIMEOUT, self.fleet.control_headers(t)))
         failed = [a for a in answers if a.status != 200]
         if failed:
-            return self.answer(request, failed[0].status, dict(failed[0].body))
+            return failed[0]
         self.fleet.remember_workers(server, size)
-        return self.answer(request, 200, {'MESSAGE': 'OK', 'NR_WORKERS': size, 'SIGNATURE': server.name})
+        return None
+
+    def refresh(self):
+        """Re-read what is built from the config (after a config reload)."""
+        self._openapi = openapi_document(self.fleet.servers, self.server_name, schemas=endpoint_schemas(self.fleet))
+
+    @app.route('/reload_server', methods=['POST'])
+    async def reload_server(self, request):
+        self.guard.check(request)
+        server = self.fleet.spawned_server(self.signature_of(request_inputs(request)))
+        replaced = await self.fleet.reload(server)
+        return self.answer(request, 200, {'MESSAGE': '{}: {} replica(s) replaced by new processes'.format(
+            server.name, replaced), 'SIGNATURE': server.name, 'REPLACED': replaced})
+
+    @app.route('/reload_config', methods=['POST'])
+    async def reload_config(self, request):
+        self.guard.check(request)
+        request_inputs(request)  # the admin rule's body checks; the body carries nothing else
+        if self._reload_config is None:
+            raise NotFound('this gateway cannot reload its config')
+        done = await self._reload_config()
+        return self.answer(request, 200, dict(done, MESSAGE='config reloaded'))
 
     @app.route('/shutdown', methods=['POST'])
     def shutdown(self, request):

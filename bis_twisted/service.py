@@ -11,6 +11,7 @@ save the start/stop history.
 import os
 import resource
 import secrets
+import signal
 
 import attr
 from twisted.application.service import MultiService
@@ -20,6 +21,7 @@ from twisted.logger import Logger
 from .compat import get_packages
 from .config import load_config
 from .drain import ConnectionDrain
+from .errors import BadRequest, ConfigError, ServiceUnavailable
 from .fleet import Fleet
 from .gateway import SUPPORT_KEY_ARG, Gateway
 from .gctune import freeze_startup_objects
@@ -116,12 +118,17 @@ class GatewayService(MultiService):
                                support_names=[e.name for e in self.config.endpoints if e.is_support],
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
                                         if self.config.metrics else None),
-                               metrics_guarded=self.config.metrics_require_token, support_key=support_key)
+                               metrics_guarded=self.config.metrics_require_token, support_key=support_key,
+                               reload_config=self.reload_config)
         self.site = make_site(self.gateway.resource(),
                               limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
                               answer_fields=self.gateway.fields)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.port = None
+        self.endpoints_dir = endpoints_dir
+        # callables(new GatewayConfig), called after each config reload that was applied
+        self.config_listeners = []
+        self._config_reload = None  # the reload under way: a second one waits for it
 
     def startService(self):
         raise_open_files_limit(self._log)
@@ -132,6 +139,10 @@ class GatewayService(MultiService):
             # the original image's switch: the installed packages at start, for the record
             self._log.info('installed packages:\n{packages}', packages='\n'.join(get_packages()))
         MultiService.startService(self)
+        try:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        except ValueError:  # not the main thread (a test's reactor in a thread)
+            pass
         default = self.config.default_server
         endpoint = self.config.endpoint(default) if default else None
         if self.config.no_startup_wait or endpoint is None or not endpoint.is_spawned or endpoint.disabled:
@@ -145,6 +156,51 @@ class GatewayService(MultiService):
             d.addErrback(lambda _: self._log.warn('DEFAULT_SERVER {name} not ready after {t}s; serving anyway',
                                                   name=default, t=self.startup_wait_max))
             d.addCallback(lambda _: self._listen())
+
+    def reload_config(self):
+        """Read and validate the config file again and apply it (``Fleet.apply_config``);
+        fires with ``{action: [names]}``, or fails with ``BadRequest`` (the one-line error)
+        when the file cannot be used, and then nothing changes. One reload at a time."""
+        previous = self._config_reload or defer.succeed(None)
+        d = defer.Deferred()
+        previous.addBoth(lambda _: defer.Deferred.fromCoroutine(self._reload_config()).chainDeferred(d))
+        self._config_reload = d
+        return d
+
+    async def _reload_config(self):
+        keep = {e.name: (e.ports, e.spare_ports) for e in self.config.endpoints if e.is_spawned}
+        try:
+            config = load_config(self.options.config, self.endpoints_dir, self.options.port, keep_ports=keep)
+        except ConfigError as exc:
+            self._log.warn('config reload refused, nothing changed: {err}', err=exc)
+            raise BadRequest(str(exc)) from None
+        for warning in config.warnings:
+            self._log.warn('{warning}', warning=warning)
+        done = await self.fleet.apply_config(config, self._resize)
+        self.config = config
+        self.gateway.refresh()
+        self._log.info('config reloaded from {path}: {summary}', path=self.options.config, summary='; '.join(
+            '{} {}'.format(k.lower(), ', '.join(v)) for k, v in done.items() if v and k != 'UNCHANGED') or 'no change')
+        for listener in list(self.config_listeners):
+            try:
+                listener(config)
+            except Exception:
+                self._log.failure('a config listener failed')
+        return done
+
+    async def _resize(self, server, size):
+        failed = await self.gateway.resize(server, size)
+        if failed is not None:
+            raise ServiceUnavailable('server {!r}: NR_WORKERS {} not applied: {}'.format(
+                server.name, size, failed.body.get('ERROR', failed.status)))
+
+    def _on_sighup(self, signum, frame):
+        self._reactor.callFromThread(self._reload_from_signal)
+
+    def _reload_from_signal(self):
+        self._log.info('SIGHUP: reloading the config')
+        d = self.reload_config()
+        d.addErrback(lambda f: self._log.warn('config reload on SIGHUP failed: {err}', err=f.getErrorMessage()))
 
     def _listen(self):
         if not self.running:

@@ -21,6 +21,9 @@ from .web import dumps
 STAGE_STATUS = {'_pre_process': 400, '_batch': 500, '_predict': 500, '_unbatch': 500, '_post_process': 500}
 
 
+DEVICE_VARIABLE = 'BIS_DEVICE'  # set by the gateway for a replica given a device (DEVICES)
+
+
 @attr.s(frozen=True)
 class Outcome:
     """What one call of a worker produced: the HTTP status and the JSON body to answer."""
@@ -63,6 +66,9 @@ class FlaskWorker:
         self._counter = None
         self._request_id = None
         self._batch_calls = None  # [(call_id, request_id)] while a batch is inside _predict
+        # "cuda:0" when the gateway gave this replica a device (DEVICES: CUDA_VISIBLE_DEVICES
+        # holds just that one, so it is device 0 in this process's view), else "cpu"
+        self.device = os.environ.get(DEVICE_VARIABLE) or 'cpu'
 
     def __getattr__(self, name):
         # Only called when normal lookup failed, so a subclass's own cfg_* property wins.

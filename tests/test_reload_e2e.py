@@ -1,0 +1,160 @@
+"""End-to-end: ``/reload_server``, ``/reload_config`` and SIGHUP with the real gateway
+(``twistd -n -y bis.tac``), real model servers, real HTTP on loopback, real signals. The
+endpoint files live in a temporary folder the tests rewrite between reloads."""
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+
+from gateway_process import start_gateway
+from procs import Processes, wait_until
+
+VERSIONED = '''
+import time
+
+from bis_twisted import FlaskWorker
+
+_CONFIG = {{'PAUSE': 0.01}}
+
+
+class VersionedWorker(FlaskWorker):
+  def _load_model(self):
+    print('loading version {version}')
+    {load}
+
+  def _pre_process(self, inputs):
+    return inputs['VALUE']
+
+  def _predict(self, value):
+    time.sleep(self.cfg_pause)  # a request is in flight for a while
+    return value
+
+  def _post_process(self, value):
+    return {{'VERSION': '{version}', 'VALUE': value, 'DEVICE': self.device,
+             'GREETING': self.config_data.get('GREETING')}}
+'''
+
+
+def write_endpoint(folder, version, load='pass', name='versioned'):
+    (folder / '{}.py'.format(name)).write_text(VERSIONED.format(version=version, load=load))
+
+
+class Stream(threading.Thread):
+    """One client sending requests one after another until told to stop; keeps every
+    (status, VERSION or error) it got."""
+
+    def __init__(self, gateway, signature='versioned'):
+        super().__init__(daemon=True)
+        self.gateway = gateway
+        self.signature = signature
+        self.results = []
+        self.stop = threading.Event()
+
+    def run(self):
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                answer = self.gateway.post('/run', {'SIGNATURE': self.signature, 'VALUE': n}, timeout=10)
+                body = answer.json()
+                ok = answer.status == 200 and body['predict_result']['VALUE'] == n
+                self.results.append((answer.status, body['predict_result']['VERSION'] if ok else body))
+            except Exception as exc:  # kept: the test reports every request that was not answered
+                self.results.append(('exception', '{}: {}'.format(type(exc).__name__, exc)))
+
+    def versions(self):
+        return [v for _, v in self.results]
+
+    def failures(self):
+        return [r for r in self.results if r[0] != 200]
+
+
+@pytest.fixture(scope='module')
+def gateway(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('reload')
+    endpoints = tmp / 'endpoints'
+    endpoints.mkdir()
+    write_endpoint(endpoints, 'v1')
+    config = {'NO_STARTUP_WAIT': True,
+              'CONFIG_ENDPOINTS': {'versioned': {'REPLICAS': 2, 'NR_WORKERS': 1, 'LOAD_TIMEOUT': 20}}}
+    with Processes() as group:
+        gw = start_gateway(group, tmp, config=config, endpoints=endpoints)
+        gw.endpoints = endpoints
+        wait_until(lambda: gw.server('versioned')['REPLICAS'], lambda rs: all(r['ONLINE'] for r in rs),
+                   timeout=30, what='both replicas online')
+        yield gw
+
+
+def stream_through(gateway, action, streams=2, settle=20):
+    """Run ``action`` while ``streams`` clients send requests; returns the streams and what
+    ``action`` returned, after ``settle`` more answers per client."""
+    clients = [Stream(gateway) for _ in range(streams)]
+    for client in clients:
+        client.start()
+    try:
+        wait_until(lambda: min(len(c.results) for c in clients), lambda n: n >= 10, timeout=15,
+                   what='10 answers per client before the action')
+        result = action()
+        counts = [len(c.results) for c in clients]
+        wait_until(lambda: [len(c.results) - n for c, n in zip(clients, counts)], lambda ns: min(ns) >= settle,
+                   timeout=20, what='{} answers per client after the action'.format(settle))
+    finally:
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(15)
+    assert not any(c.is_alive() for c in clients), 'a client is still waiting for an answer'
+    return clients, result, counts
+
+
+def test_reload_under_a_stream_fails_nothing_and_switches_to_the_new_code(gateway):
+    before = {r['PID'] for r in gateway.server('versioned')['REPLICAS']}
+    write_endpoint(gateway.endpoints, 'v2')
+    clients, answer, counts = stream_through(
+        gateway, lambda: gateway.post('/reload_server', {'SIGNATURE': 'versioned'}, timeout=60))
+    assert answer.status == 200, answer
+    assert answer.json()['REPLACED'] == 2
+    for client, at_reply in zip(clients, counts):
+        assert client.failures() == [], client.failures()[:5]
+        versions = client.versions()
+        assert versions[0] == 'v1'
+        # once the reload has answered, every replica runs the new code
+        assert set(versions[at_reply:]) == {'v2'}, versions[at_reply:]
+    listed = gateway.server('versioned')['REPLICAS']
+    after = {r['PID'] for r in listed}
+    assert not after & before and all(r['ONLINE'] for r in listed)
+    # the new processes serve on the spare ports, the old ones are gone
+    assert len({r['PORT'] for r in listed}) == 2
+    assert not {c.pid for c in gateway.children()} & before
+
+
+def test_reload_with_broken_code_keeps_the_old_processes_serving(gateway):
+    wait_until(lambda: gateway.server('versioned')['REPLICAS'], lambda rs: all(r['ONLINE'] for r in rs),
+               timeout=20, what='both replicas online')
+    before = {r['PID'] for r in gateway.server('versioned')['REPLICAS']}
+    write_endpoint(gateway.endpoints, 'v3', load="raise RuntimeError('weights file missing: /models/v3.bin')")
+    try:
+        clients, answer, _ = stream_through(
+            gateway, lambda: gateway.post('/reload_server', {'SIGNATURE': 'versioned'}, timeout=60), settle=10)
+    finally:
+        write_endpoint(gateway.endpoints, 'v2')
+    assert answer.status == 500, answer
+    error = answer.json()['ERROR']
+    assert 'weights file missing: /models/v3.bin' in error and '\n' not in error, error
+    assert 'old one keeps serving' in error
+    for client in clients:
+        assert client.failures() == [], client.failures()[:5]
+        assert 'v3' not in client.versions()
+    listed = gateway.server('versioned')['REPLICAS']
+    assert {r['PID'] for r in listed} == before
+    assert {c.pid for c in gateway.children()} == before  # the failed new process is not retried
+
+
+def test_reload_of_an_unknown_server_and_without_json_is_refused(gateway):
+    answer = gateway.post('/reload_server', {'SIGNATURE': 'nope'})
+    assert answer.status == 404 and 'nope' in answer.json()['ERROR']
+    answer = gateway.post('/reload_server', {'SIGNATURE': 'versioned'}, headers={'Content-Type': 'text/plain'})
+    assert answer.status == 415
