@@ -158,3 +158,90 @@ def test_reload_of_an_unknown_server_and_without_json_is_refused(gateway):
     assert answer.status == 404 and 'nope' in answer.json()['ERROR']
     answer = gateway.post('/reload_server', {'SIGNATURE': 'versioned'}, headers={'Content-Type': 'text/plain'})
     assert answer.status == 415
+
+
+# -- /reload_config and SIGHUP ------------------------------------------------------------------
+def write_config(path, endpoints, extra=None):
+    data = {'NO_STARTUP_WAIT': True, 'CONFIG_ENDPOINTS': endpoints}
+    data.update(extra or {})
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope='module')
+def config_gateway(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('reload_config')
+    endpoints = tmp / 'endpoints'
+    endpoints.mkdir()
+    for name in ('alpha', 'beta', 'gamma'):
+        write_endpoint(endpoints, name + '-v1', name=name)
+        text = (endpoints / '{}.py'.format(name)).read_text()
+        (endpoints / '{}.py'.format(name)).write_text(text.replace('VersionedWorker', name.capitalize() + 'Worker'))
+    config = {'alpha': {'NR_WORKERS': 1, 'GREETING': 'hello'}, 'beta': {'NR_WORKERS': 1},
+              'delta': {'NR_WORKERS': 1, 'SERVER_CLASS': 'alpha'}}
+    with Processes() as group:
+        gw = start_gateway(group, tmp, config={'NO_STARTUP_WAIT': True, 'CONFIG_ENDPOINTS': config},
+                           endpoints=endpoints)
+        gw.tmp = tmp
+        gw.config_path = tmp / 'config_gateway.txt'
+        for name in ('alpha', 'beta', 'delta'):
+            gw.wait_online(name, timeout=30)
+        yield gw
+
+
+def pids(gateway, name):
+    return gateway.server(name)['PID']
+
+
+def test_invalid_config_changes_nothing(config_gateway):
+    gw = config_gateway
+    before = {name: pids(gw, name) for name in ('alpha', 'beta', 'delta')}
+    good = gw.config_path.read_text()
+    write_config(gw.config_path, {'alpha': {'NR_WORKERS': 'two'}, 'beta': {}})
+    try:
+        answer = gw.post('/reload_config', {})
+    finally:
+        gw.config_path.write_text(good)
+    assert answer.status == 400, answer
+    error = answer.json()['ERROR']
+    assert "endpoint 'alpha': key 'NR_WORKERS' must be an integer >= 1, got 'two'" in error and '\n' not in error
+    assert {name: pids(gw, name) for name in before} == before
+    gw.path_before = good
+
+
+def test_config_reload_adds_removes_changes_and_resizes(config_gateway):
+    gw = config_gateway
+    before = {name: pids(gw, name) for name in ('alpha', 'beta', 'delta')}
+    beta_pid = before['beta']
+    write_config(gw.config_path, {'alpha': {'NR_WORKERS': 1, 'GREETING': 'bonjour'},  # changed: reloaded
+                                  'delta': {'NR_WORKERS': 2, 'SERVER_CLASS': 'alpha'},  # resized in place
+                                  'gamma': {'NR_WORKERS': 1}})  # added; beta removed
+    answer = gw.post('/reload_config', {}, timeout=60)
+    assert answer.status == 200, answer
+    done = answer.json()
+    assert done['ADDED'] == ['gamma'] and done['REMOVED'] == ['beta']
+    assert done['RELOADED'] == ['alpha'] and done['RESIZED'] == ['delta']
+    listed = gw.get('/list_servers').json()
+    assert 'beta' not in listed['AVAIL_SERVERS'] and 'beta' not in listed['STOPPED_SERVERS']
+    wait_until(lambda: beta_pid not in {c.pid for c in gw.children()}, timeout=15, what='beta stopped')
+    assert gw.run('beta', VALUE=1).status == 404
+    gw.wait_online('gamma', timeout=30)
+    assert gw.run('gamma', VALUE=3).json()['predict_result']['VERSION'] == 'gamma-v1'
+    alpha = gw.run('alpha', VALUE=2).json()['predict_result']
+    assert alpha['GREETING'] == 'bonjour' and pids(gw, 'alpha') != before['alpha']
+    # NR_WORKERS only: the same process, two workers now
+    assert pids(gw, 'delta') == before['delta']
+    assert gw.server('delta')['NR_WORKERS'] == 2
+
+
+def test_sighup_reloads_the_config(config_gateway):
+    gw = config_gateway
+    alpha = pids(gw, 'alpha')
+    gamma = pids(gw, 'gamma')
+    write_config(gw.config_path, {'alpha': {'NR_WORKERS': 1, 'GREETING': 'bonjour'},
+                                  'delta': {'NR_WORKERS': 2, 'SERVER_CLASS': 'alpha'},
+                                  'gamma': {'NR_WORKERS': 1, 'GREETING': 'hi'}})
+    since = len(gw.proc.stdout_lines)
+    gw.proc.send_signal(signal.SIGHUP)
+    gw.proc.wait_for_line(r'config reloaded from .*reloaded gamma', timeout=30, since=since)
+    assert gw.run('gamma', VALUE=1).json()['predict_result']['GREETING'] == 'hi'
+    assert pids(gw, 'alpha') == alpha and pids(gw, 'gamma') != gamma
