@@ -72,8 +72,10 @@ class GatewayMetrics:
     """The gateway's Prometheus registry (its own, so several gateways in one process in
     tests do not collide)."""
 
-    def __init__(self, fleet, supervisor, clock):
+    def __init__(self, fleet, supervisor, clock, scaling=None):
         self.fleet = fleet
+        self._clock = clock
+        self.scaling = scaling if scaling is not None else {}  # (endpoint, 'up' | 'down') -> decisions
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # the gateway's own CPU, memory, fds
         self._requests = Counter('bis_requests', 'Requests to /run answered, by endpoint and HTTP status',
@@ -98,6 +100,8 @@ class GatewayMetrics:
         children[1].observe(seconds)
         self.recent.observe(status, seconds)
         by_endpoint = self.recent_by_endpoint.get(endpoint)
+        if by_endpoint is None and endpoint != UNKNOWN:  # added by a config reload
+            by_endpoint = self.recent_by_endpoint[endpoint] = RecentStats(self._clock)
         if by_endpoint is not None:
             by_endpoint.observe(status, seconds)
 
@@ -145,7 +149,15 @@ class _FleetCollector:
             states = [self._supervisor.status(t.child_name) for t in server.targets if t.child_name is not None]
             restarts.add_metric([name], sum(state.restarts for state in states))
             memory.add_metric([name], sum(_rss(state.pid) for state in states))
-        return [in_flight, online, restarts, memory, queued, busy, batches]
+        scaling = CounterMetricFamily('bis_autoscale_decisions', 'Replicas added (up) or removed (down) by the '
+                                      'autoscaler, by endpoint', labels=['endpoint', 'direction'])
+        replicas = GaugeMetricFamily('bis_server_replicas', 'Replicas in the rotation of an endpoint (the '
+                                     'autoscaler\'s target count)', labels=['endpoint'])
+        for (name, direction), count in sorted(self._metrics.scaling.items()):
+            scaling.add_metric([name, direction], count)
+        for name, server in fleet.servers.items():
+            replicas.add_metric([name], sum(1 for t in server.targets if t.active))
+        return [in_flight, online, restarts, memory, queued, busy, batches, scaling, replicas]
 
 
 def _histogram(counts, bounds):

@@ -18,6 +18,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from .autoscale import Autoscaler
 from .compat import get_packages
 from .config import load_config
 from .drain import ConnectionDrain
@@ -104,6 +105,8 @@ class GatewayService(MultiService):
         # every spawned child and remote server is watched, with or without support entries
         self.health = HealthMonitor(self.fleet, reactor=reactor)
         self.health.setServiceParent(self)
+        self.autoscaler = Autoscaler(self.fleet, reactor=reactor)
+        self.autoscaler.setServiceParent(self)
         # a per-start key lets the gateway's own support processes post their status
         support_key = secrets.token_urlsafe(24)
         status_path = '{}?{}={}'.format(SUPPORT_STATUS_PATH, SUPPORT_KEY_ARG, support_key)
@@ -116,7 +119,8 @@ class GatewayService(MultiService):
                                history=self.history, shutdown=self._reactor.stop, cache_dir=options.cache,
                                server_name=self.config.server_name,
                                support_names=[e.name for e in self.config.endpoints if e.is_support],
-                               metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
+                               metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor,
+                                                       scaling=self.autoscaler.decisions)
                                         if self.config.metrics else None),
                                metrics_guarded=self.config.metrics_require_token, support_key=support_key,
                                reload_config=self.reload_config)
@@ -235,7 +239,7 @@ class GatewayService(MultiService):
         self.history.shutdown()
 
     async def _stop_loops(self):
-        for service in [self.health] + self.supports:
+        for service in [self.health, self.autoscaler] + self.supports:
             await service.stopService()
 
     async def _stop_listening(self):
