@@ -245,3 +245,57 @@ def test_sighup_reloads_the_config(config_gateway):
     gw.proc.wait_for_line(r'config reloaded from .*reloaded gamma', timeout=30, since=since)
     assert gw.run('gamma', VALUE=1).json()['predict_result']['GREETING'] == 'hi'
     assert pids(gw, 'alpha') == alpha and pids(gw, 'gamma') != gamma
+
+
+# -- autoscaling and devices -----------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def scaled_gateway(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('autoscale')
+    endpoints = tmp / 'endpoints'
+    endpoints.mkdir()
+    write_endpoint(endpoints, 'v1')
+    entry = {'NR_WORKERS': 1, 'PAUSE': 0.2, 'REPLICAS': 1, 'MIN_REPLICAS': 1, 'MAX_REPLICAS': 2,
+             'TARGET_IN_FLIGHT': 1, 'UPSCALE_DELAY': 1, 'DOWNSCALE_DELAY': 2, 'DEVICES': ['cuda:1', 3]}
+    with Processes() as group:
+        gw = start_gateway(group, tmp, config={'NO_STARTUP_WAIT': True,
+                                               'CONFIG_ENDPOINTS': {'versioned': entry}}, endpoints=endpoints)
+        gw.wait_online('versioned', timeout=30)
+        yield gw
+
+
+def child_environment(gateway):
+    """{pid: (CUDA_VISIBLE_DEVICES, BIS_DEVICE)} of the gateway's model-server processes."""
+    found = {}
+    for child in gateway.children():
+        env = child.environ()
+        found[child.pid] = (env.get('CUDA_VISIBLE_DEVICES'), env.get('BIS_DEVICE'))
+    return found
+
+
+def test_a_burst_adds_a_replica_and_idle_removes_it_each_on_its_device(scaled_gateway):
+    gw = scaled_gateway
+    first = gw.server('versioned')
+    assert first['REPLICAS_TARGET'] == 1 and first['MAX_REPLICAS'] == 2
+    assert child_environment(gw) == {first['PID']: ('1', 'cuda:0')}
+    assert gw.run('versioned', VALUE=1).json()['predict_result']['DEVICE'] == 'cuda:0'
+    clients = [Stream(gw) for _ in range(4)]  # 4 in flight on one replica, the target is 1
+    for client in clients:
+        client.start()
+    try:
+        grown = wait_until(lambda: gw.server('versioned'), lambda s: s['REPLICAS_CURRENT'] == 2, timeout=30,
+                           what='a second replica online')
+    finally:
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(15)
+    assert all(c.failures() == [] for c in clients), [c.failures()[:3] for c in clients]
+    second = [r for r in grown['REPLICAS'] if r['PID'] != first['PID']][0]
+    assert child_environment(gw)[second['PID']] == ('3', 'cuda:0')
+    metrics = gw.get('/metrics').text
+    assert 'bis_autoscale_decisions_total{direction="up",endpoint="versioned"} 1.0' in metrics
+    shrunk = wait_until(lambda: gw.server('versioned'), lambda s: s['REPLICAS_TARGET'] == 1, timeout=30,
+                        what='back to one replica once idle')
+    wait_until(lambda: set(child_environment(gw)), lambda pids: pids == {shrunk['PID']}, timeout=15,
+               what='the removed replica stopped')
+    assert 'autoscaling versioned: down to 1 replicas' in '\n'.join(gw.proc.stdout_lines)
