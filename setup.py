@@ -30,6 +30,8 @@ setup(
         'examples': ['scikit-learn>=1.2'],
         # bench/run_bench.py draws its chart with matplotlib (wrk comes from apt)
         'bench': ['matplotlib>=3.6'],
+        # /system_status: GPU memory per device (DEVICES)
+        'gpu': ['nvidia-ml-py>=12'],
         'test': [
             'scikit-learn>=1.2',
             'httpx>=0.24',

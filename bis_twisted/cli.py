@@ -33,7 +33,8 @@ def options_from_env(environ=None, **overrides):
     except ValueError:
         raise ConfigError('BIS_PORT / --port must be an integer, got {!r}'.format(values['port'])) from None
     return Options(admin_token=environ.get('BIS_ADMIN_TOKEN') or None,
-                   execution_path=overrides.get('execution_path') or defaults.execution_path, **values)
+                   execution_path=overrides.get('execution_path') or defaults.execution_path,
+                   reload=bool(overrides.get('reload')), **values)
 
 
 COMMANDS_HELP = """commands (before the flags; without one, the gateway runs):
@@ -57,6 +58,8 @@ def parse_args(argv, environ=None):
     parser = argparse.ArgumentParser(prog='bis-gateway', description='Run the bis_twisted gateway.',
                                      epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_flags(parser)
+    parser.add_argument('--reload', action='store_true',
+                        help='development: reload the config and the endpoint servers when their files change')
     args = parser.parse_args(argv)
     return options_from_env(environ, **vars(args))
 

@@ -517,8 +517,10 @@ class Fleet:
     async def apply_config(self, config, resize):
         """Make the fleet serve ``config``: added servers start, removed ones are drained and
         stopped, changed ones reloaded (``NR_WORKERS``-only changes: ``await resize(server,
-        size)``), unchanged ones are left alone. Returns ``{action: [names]}``."""
-        done = {'ADDED': [], 'REMOVED': [], 'RELOADED': [], 'RESIZED': [], 'UNCHANGED': []}
+        size)``), unchanged ones are left alone. Returns ``{action: [names]}``, and ``FAILED``:
+        ``{name: error}`` of changed servers whose new processes did not start (the old ones
+        keep serving)."""
+        done = {'ADDED': [], 'REMOVED': [], 'RELOADED': [], 'RESIZED': [], 'UNCHANGED': [], 'FAILED': {}}
         new = {e.name: e for e in config.endpoints if not e.is_support}
         for name in [n for n in self.servers if n not in new]:
             server = self.servers.pop(name)
@@ -550,7 +552,12 @@ class Fleet:
                 done['RELOADED'].append(name)
                 continue
             server.config = endpoint
-            await self.reload(server)
+            try:
+                await self.reload(server)
+            except (ReloadFailed, Conflict) as exc:
+                # its old processes keep serving; the new entry is used from their next start
+                done['FAILED'][name] = exc.message
+                continue
             done['RELOADED'].append(name)
         self.servers = {name: self.servers[name] for name in new}  # the file's order
         return done

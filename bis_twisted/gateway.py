@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from . import LIB_VER
 from .assets import Assets
 from .errors import BadRequest, BisError, NotFound, UnknownSignature
+from .devices import gpu_memory
 from .fleet import hms
 from .loader import endpoint_file
 from .lograte import RepeatLimiter
@@ -242,6 +243,9 @@ class Gateway:
         replicas = {name: [memory_gb(pid) for pid in pids] for name, pids in server_pids.items() if len(pids) > 1}
         if replicas:  # each replica's share, beside the per-endpoint sum in mem_servers
             status['mem_replicas'] = replicas
+        gpus = gpu_memory()
+        if gpus is not None:  # nvidia-ml-py installed and a driver found
+            status['gpus'] = gpus
         return status
 
     @app.route('/support_update_status', methods=['POST'])

@@ -33,6 +33,7 @@ from .proxy import ChildClient
 from .security import AdminGuard, admin_token
 from .status import StateHistory
 from .supervisor import Supervisor
+from .watch import ReloadWatcher
 from .web import LISTEN_BACKLOG, make_site
 from .support import SUPPORT_STATUS_PATH, SupportProcess
 
@@ -48,6 +49,7 @@ class Options:
     cache = attr.ib(default='_cache')
     admin_token = attr.ib(default=None, repr=False)
     execution_path = attr.ib(default='/run')
+    reload = attr.ib(default=False)  # development: reload what changes on disk (ReloadWatcher)
 
     @property
     def logs_dir(self):
@@ -133,6 +135,10 @@ class GatewayService(MultiService):
         # callables(new GatewayConfig), called after each config reload that was applied
         self.config_listeners = []
         self._config_reload = None  # the reload under way: a second one waits for it
+        self.watcher = None
+        if options.reload:
+            self.watcher = ReloadWatcher(self, reactor=reactor)
+            self.watcher.setServiceParent(self)
 
     def startService(self):
         raise_open_files_limit(self._log)
@@ -185,6 +191,8 @@ class GatewayService(MultiService):
         self.gateway.refresh()
         self._log.info('config reloaded from {path}: {summary}', path=self.options.config, summary='; '.join(
             '{} {}'.format(k.lower(), ', '.join(v)) for k, v in done.items() if v and k != 'UNCHANGED') or 'no change')
+        for name, error in done['FAILED'].items():
+            self._log.warn('config reload: {error}', error=error)
         for listener in list(self.config_listeners):
             try:
                 listener(config)
@@ -239,7 +247,7 @@ class GatewayService(MultiService):
         self.history.shutdown()
 
     async def _stop_loops(self):
-        for service in [self.health, self.autoscaler] + self.supports:
+        for service in [self.health, self.autoscaler] + ([self.watcher] if self.watcher else []) + self.supports:
             await service.stopService()
 
     async def _stop_listening(self):

@@ -138,3 +138,30 @@ def test_scaling_keys_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="'REPLICAS' \\(4\\) must be between 'MIN_REPLICAS' \\(1\\) and "
                                           "'MAX_REPLICAS' \\(3\\)"):
         parse_config({'CONFIG_ENDPOINTS': {'demo': dict(SCALED, REPLICAS=4)}}, 'c.txt', str(tmp_path))
+
+
+# -- GPU memory in /system_status -------------------------------------------------------------------
+def test_gpu_memory_is_none_without_pynvml_and_listed_with_it(monkeypatch):
+    import sys
+    import types
+
+    from bis_twisted.devices import gpu_memory
+
+    monkeypatch.setitem(sys.modules, 'pynvml', None)  # not importable
+    assert gpu_memory() is None
+
+    fake = types.ModuleType('pynvml')
+    fake.nvmlInit = lambda: None
+    fake.nvmlShutdown = lambda: None
+    fake.nvmlDeviceGetCount = lambda: 2
+    fake.nvmlDeviceGetHandleByIndex = lambda i: i
+    fake.nvmlDeviceGetName = lambda h: b'Tesla T4'
+    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=(h + 1) * 1024 ** 3, total=16 * 1024 ** 3)
+    monkeypatch.setitem(sys.modules, 'pynvml', fake)
+    assert gpu_memory() == [{'device': 'cuda:0', 'name': 'Tesla T4', 'mem_used': 1.0, 'mem_total': 16.0},
+                            {'device': 'cuda:1', 'name': 'Tesla T4', 'mem_used': 2.0, 'mem_total': 16.0}]
+
+    def no_driver():
+        raise RuntimeError('NVML Shared Library Not Found')
+    fake.nvmlInit = no_driver
+    assert gpu_memory() is None

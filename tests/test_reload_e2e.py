@@ -299,3 +299,32 @@ def test_a_burst_adds_a_replica_and_idle_removes_it_each_on_its_device(scaled_ga
     wait_until(lambda: set(child_environment(gw)), lambda pids: pids == {shrunk['PID']}, timeout=15,
                what='the removed replica stopped')
     assert 'autoscaling versioned: down to 1 replicas' in '\n'.join(gw.proc.stdout_lines)
+
+
+# -- bis-gateway --reload ----------------------------------------------------------------------------
+def test_reload_flag_watches_the_endpoint_files_and_the_config(tmp_path):
+    endpoints = tmp_path / 'endpoints'
+    endpoints.mkdir()
+    write_endpoint(endpoints, 'v1')
+    config = {'NO_STARTUP_WAIT': True, 'CONFIG_ENDPOINTS': {'versioned': {'NR_WORKERS': 1}}}
+    with Processes() as group:
+        gw = start_gateway(group, tmp_path, config=config, endpoints=endpoints, use_twistd=False,
+                           extra_args=['--reload'])
+        gw.wait_online('versioned', timeout=30)
+        assert gw.run('versioned', VALUE=1).json()['predict_result']['VERSION'] == 'v1'
+        since = len(gw.proc.stdout_lines)
+        write_endpoint(endpoints, 'v2')
+        gw.proc.wait_for_line(r'--reload: server versioned reloaded', timeout=30, since=since)
+        assert gw.run('versioned', VALUE=2).json()['predict_result']['VERSION'] == 'v2'
+        since = len(gw.proc.stdout_lines)
+        write_endpoint(endpoints, 'v3', load="raise ValueError('no such checkpoint')")
+        gw.proc.wait_for_line(r'--reload: server versioned not reloaded: .*no such checkpoint', timeout=30,
+                              since=since)
+        assert gw.run('versioned', VALUE=3).json()['predict_result']['VERSION'] == 'v2'
+        since = len(gw.proc.stdout_lines)
+        write_config(tmp_path / 'config_gateway.txt', {'versioned': {'NR_WORKERS': 1, 'GREETING': 'hey'}})
+        write_endpoint(endpoints, 'v4')
+        gw.proc.wait_for_line(r'--reload: config reloaded', timeout=30, since=since)
+        answer = wait_until(lambda: gw.run('versioned', VALUE=4).json()['predict_result'],
+                            lambda r: r['VERSION'] == 'v4', timeout=30, what='v4 served')
+        assert answer['GREETING'] == 'hey'
