@@ -6,7 +6,6 @@ ready target with the fewest requests in flight, and measures (never caches) whe
 target answers.
 """
 
-import datetime
 import json
 import os
 import secrets
@@ -33,7 +32,10 @@ SERVER_PATHS = ('/notifications', '/update_workers', '/get_paths', '/health')
 
 
 def hms(seconds):
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+    """``H:MM:SS``, hours past 24 included (``25:00:05``, not ``1 day, 1:00:05``)."""
+    minutes, secs = divmod(int(max(seconds, 0)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return '{}:{:02d}:{:02d}'.format(hours, minutes, secs)
 
 
 class Target:

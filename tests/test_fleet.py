@@ -582,3 +582,8 @@ def test_get_run_query_values_are_read_as_json_and_repeated_keys_as_a_list(make_
         'SIGNATURE': 'demo', 'FEATURES': [5.1, 3.5, 1.4, 0.2], 'INPUT_VALUE': 7, 'NAME': 'iris', 'EMPTY': '',
         'QUOTED': '7', 'TAG': ['a', 2], 'FLAG': True, 'CODE': '007',
         'IMG': '1234', 'BASE64_KEYS': 'IMG'}  # a base64 input stays text even when it looks like a number
+
+
+def test_uptime_is_h_mm_ss_past_a_day_as_the_openapi_document_says():
+    from bis_twisted.fleet import hms
+    assert [hms(5), hms(3600), hms(90005), hms(-3)] == ['0:00:05', '1:00:00', '25:00:05', '0:00:00']
