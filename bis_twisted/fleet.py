@@ -485,10 +485,13 @@ class Fleet:
                        child=old, new=new)
         await self.retire(old, server.config.timeout)
 
-    async def retire(self, child, timeout):
+    async def retire(self, child, timeout, unless=None):
         """Stop process ``child`` once the requests sent to it are answered (at most
-        ``timeout`` s), then TERM: it finishes what it has and exits."""
+        ``timeout`` s), then TERM: it finishes what it has and exits. Not when ``unless()``
+        says it is wanted again by then (scaled up again while it drained)."""
         await self.when_child_idle(child, timeout)
+        if unless is not None and unless():
+            return
         await self.supervisor.stop_child(child)
 
     # -- autoscaling ---------------------------------------------------------------------------
@@ -513,7 +516,8 @@ class Fleet:
             return None
         target = active[-1]
         target.active = False
-        return defer.Deferred.fromCoroutine(self.retire(target.child_name, server.config.timeout))
+        return defer.Deferred.fromCoroutine(self.retire(target.child_name, server.config.timeout,
+                                                        unless=lambda: target.active))
 
     # -- config reloads ------------------------------------------------------------------------
     async def apply_config(self, config, resize):
