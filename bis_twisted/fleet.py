@@ -55,6 +55,7 @@ class Target:
         self.sides = [(child_name, base_url)] + ([spare] if spare else [])
         self.side = 0
         self.active = True  # an autoscaled slot past the current count is not
+        self.recycles = 0  # replaced by a new process beside it for MAX_RSS_MB
         self.in_flight = 0
         self.remote_ok = True  # remote targets: last ping's verdict
         self.suspect_until = 0.0  # dropped a request: kept out of the rotation until then
@@ -408,7 +409,7 @@ class Fleet:
                 status = self.supervisor.status(target.child_name)
                 entry.update({'PORT': target.port, 'PID': status.pid,
                               'UPTIME': hms(now - status.started_at) if status.running and status.started_at else None,
-                              'RESTARTS': status.restarts, 'RECYCLES': status.recycles,
+                              'RESTARTS': status.restarts, 'RECYCLES': status.recycles + target.recycles,
                               'ERROR': status.last_error, 'STATE': _state(status, answer)})
             else:
                 entry['STATE'] = 'online' if answer is not None else 'offline'
@@ -484,6 +485,22 @@ class Fleet:
         self._log.info('reloaded {child}: new requests go to {new}; the old process finishes its requests',
                        child=old, new=new)
         await self.retire(old, server.config.timeout)
+
+    async def recycle(self, server, target, reason):
+        """Replace one replica that grew too large (``MAX_RSS_MB``) as a reload does;
+        counted in its ``RECYCLES``. A new process that does not start is logged; the old
+        one keeps serving (and is sampled again)."""
+        if server.name in self._reloading:
+            return
+        self._reloading.add(server.name)
+        self._log.info('recycling {child}: {reason}', child=target.child_name, reason=reason)
+        try:
+            await self._reload_target(server, target)
+            target.recycles += 1
+        except ReloadFailed as exc:
+            self._log.warn('recycling {child} failed: {err}', child=target.child_name, err=exc.message)
+        finally:
+            self._reloading.discard(server.name)
 
     async def retire(self, child, timeout, unless=None):
         """Stop process ``child`` once the requests sent to it are answered (at most
