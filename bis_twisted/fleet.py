@@ -16,7 +16,8 @@ import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .errors import BadRequest, Conflict, ReloadFailed, ServerFailed, ServerStopped, ServiceUnavailable, UnknownSignature
+from .errors import (BadRequest, Conflict, ReloadFailed, ServerFailed, ServerStopped, ServiceUnavailable,
+                     UnknownSignature)
 from .limits import DEFAULT_BODIES_IN_FLIGHT_MB
 from .proxy import ChildConnectionLost, NotConnected
 from .supervisor import ChildSpec, TrialFailed

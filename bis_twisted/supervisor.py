@@ -171,6 +171,7 @@ class _Child:
         self.ready_waiters = []
         self.exit_waiters = []
         self.trial = None  # start_trial's Deferred while the start is on trial
+        self.trial_output = None  # a failed trial waiting for the child's last stderr line
 
 
 class ChildProtocol(protocol.ProcessProtocol):
@@ -188,6 +189,7 @@ class ChildProtocol(protocol.ProcessProtocol):
         self._progress_logged_at = {1: None, 2: None}
         self.stderr_tail = collections.deque(maxlen=5)
         self.exited = False
+        self.closed = False  # its output pipes are closed: every line has been read
 
     def childDataReceived(self, fd, data):
         stream = self._streams.get(fd)
@@ -534,31 +536,31 @@ class Supervisor(Service):
         child.wanted = False
         child.kill_reason = None
         child.recycle_reason = None
-        if proto is not None and not proto.stderr_tail and not proto_closed(proto):
+        def fire():
+            child.trial_output = None
+            if trial.called:
+                return
+            text = reason
+            if proto is not None and proto.stderr_tail and proto.stderr_tail[-1] not in reason:
+                text = '{}: {}'.format(reason, proto.stderr_tail[-1])
+            child.last_error = short_error(text)
+            self._log.warn('server {name} did not start: {reason}', name=child.spec.name, reason=child.last_error)
+            trial.errback(TrialFailed(child.last_error))
+
+        if proto is not None and not proto.stderr_tail and not proto.closed:
             # the load error is the child's last stderr line, which may be read after the exit
-            def fire():
-                if not trial.called:
-                    text = reason if not proto.stderr_tail else '{}: {}'.format(reason, proto.stderr_tail[-1])
-                    child.last_error = short_error(text)
-                    trial.errback(TrialFailed(child.last_error))
             child.trial_output = fire
             self._reactor.callLater(TRIAL_STDERR_WAIT, fire)
-            return
-        if proto is not None and proto.stderr_tail and proto.stderr_tail[-1] not in reason:
-            reason = '{}: {}'.format(reason, proto.stderr_tail[-1])
-        child.last_error = short_error(reason)
-        self._log.warn('server {name} did not start: {reason}', name=child.spec.name, reason=child.last_error)
-        trial.errback(TrialFailed(child.last_error))
+        else:
+            fire()
 
     def _child_output_closed(self, name, proto):
         # stderr read after the exit was seen (its last lines often are the traceback)
         child = self._children.get(name)
         if child is None:
             return
-        fire = getattr(child, 'trial_output', None)
-        if fire is not None:
-            child.trial_output = None
-            fire()
+        if child.trial_output is not None:
+            child.trial_output()
         if child.exit_info is None or child.exit_info[0] is not proto or not proto.stderr_tail:
             return
         _, exit_text, from_exit = child.exit_info
@@ -643,10 +645,6 @@ class Supervisor(Service):
 
 class TrialFailed(Exception):
     """A child started on trial exited before it was ready; the message is one line."""
-
-
-def proto_closed(proto):
-    return getattr(proto, 'closed', False)
 
 
 def _is_child_command(cmdline, name):

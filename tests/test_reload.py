@@ -93,3 +93,16 @@ def test_a_stopped_server_is_not_started_by_a_reload(make_fleet, reactor, childr
     fleet = make_fleet({'demo': {'DISABLED': True}})
     assert result_of(reload(fleet)) == 0
     assert reactor.spawned == []
+
+
+def test_the_load_error_read_after_the_exit_is_in_the_answer(make_fleet, reactor, children):
+    fleet = make_fleet({'demo': {}})
+    reactor.ready('demo')
+    done = reload(fleet)
+    new = reactor.child('demo+')
+    new.exit(ProcessTerminated(exitCode=3), pipes_closed=False)  # the exit is seen first
+    assert not done.called
+    new.proto.childDataReceived(2, b'bis-server demo: ImportError: No module named torch\n')
+    new.close_pipes()
+    error = failure_of(done, ReloadFailed)
+    assert error.message.endswith('exit code 3: bis-server demo: ImportError: No module named torch')
