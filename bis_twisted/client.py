@@ -124,7 +124,8 @@ def _decode(response: 'httpx.Response', path: str) -> Answer:
         return body
     error = str(body.get('ERROR', 'HTTP {}'.format(response.status_code)))
     cls = _BY_STATUS.get(response.status_code, BisClientError)
-    if cls is NotFound and path in ('/run', '/notifications', '/start_server', '/kill_server', '/update_workers'):
+    if cls is NotFound and path in ('/run', '/notifications', '/start_server', '/kill_server', '/update_workers',
+                                    '/reload_server'):
         cls = UnknownSignature
     raise cls(response.status_code, error, body, _retry_after(response))
 
@@ -274,6 +275,14 @@ class Client(_Calls):
     def update_workers(self, signature: str, nr_workers: int) -> Answer:
         return self._json('POST', '/update_workers', {'SIGNATURE': signature, 'NR_WORKERS': nr_workers})
 
+    def reload_server(self, signature: str) -> Answer:
+        """New processes with the endpoint file read again replace the old ones (nothing dropped)."""
+        return self._json('POST', '/reload_server', {'SIGNATURE': signature})
+
+    def reload_config(self) -> Answer:
+        """The gateway reads its config file again and applies what changed."""
+        return self._json('POST', '/reload_config', {})
+
     def shutdown(self) -> Answer:
         return self._json('POST', '/shutdown', {'SIGNATURE': SHUTDOWN_SIGNATURE})
 
@@ -358,6 +367,12 @@ class AsyncClient(_Calls):
 
     async def update_workers(self, signature: str, nr_workers: int) -> Answer:
         return await self._json('POST', '/update_workers', {'SIGNATURE': signature, 'NR_WORKERS': nr_workers})
+
+    async def reload_server(self, signature: str) -> Answer:
+        return await self._json('POST', '/reload_server', {'SIGNATURE': signature})
+
+    async def reload_config(self) -> Answer:
+        return await self._json('POST', '/reload_config', {})
 
     async def shutdown(self) -> Answer:
         return await self._json('POST', '/shutdown', {'SIGNATURE': SHUTDOWN_SIGNATURE})

@@ -328,3 +328,30 @@ def test_reload_flag_watches_the_endpoint_files_and_the_config(tmp_path):
         answer = wait_until(lambda: gw.run('versioned', VALUE=4).json()['predict_result'],
                             lambda r: r['VERSION'] == 'v4', timeout=30, what='v4 served')
         assert answer['GREETING'] == 'hey'
+
+
+def test_a_lone_server_reloaded_under_a_stream_fails_nothing(config_gateway):
+    gw = config_gateway
+    text = (gw.tmp / 'endpoints' / 'gamma.py').read_text()
+    (gw.tmp / 'endpoints' / 'gamma.py').write_text(text.replace("'gamma-v1'", "'gamma-v2'"))
+    old = pids(gw, 'gamma')
+    clients = [Stream(gw, signature='gamma') for _ in range(2)]
+    for client in clients:
+        client.start()
+    try:
+        wait_until(lambda: min(len(c.results) for c in clients), lambda n: n >= 10, timeout=15,
+                   what='10 answers per client before the reload')
+        answer = gw.post('/reload_server', {'SIGNATURE': 'gamma'}, timeout=60)
+        counts = [len(c.results) for c in clients]
+        wait_until(lambda: [len(c.results) - n for c, n in zip(clients, counts)], lambda ns: min(ns) >= 10,
+                   timeout=20, what='10 answers per client after the reload')
+    finally:
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(15)
+    assert answer.status == 200, answer
+    for client, at_reply in zip(clients, counts):
+        assert client.failures() == [], client.failures()[:5]
+        assert client.versions()[0] == 'gamma-v1' and set(client.versions()[at_reply:]) == {'gamma-v2'}
+    assert pids(gw, 'gamma') != old
