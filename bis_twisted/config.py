@@ -115,6 +115,7 @@ _ENDPOINT_KEYS = {
     'LOAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'HEALTH_INTERVAL': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'RETRY_ON_CRASH': (lambda v: isinstance(v, bool), 'true or false'),
+    'STREAM': (lambda v: isinstance(v, bool), 'true or false (default: whether _predict is a generator)'),
     'MAX_RSS_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'URLS': (lambda v: isinstance(v, list) and v and all(
         isinstance(u, str) and u.startswith(('http://', 'https://')) for u in v),
