@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import BadRequest, ServerFailed, ServerStopped, ServiceUnavailable, UnknownSignature
-from .proxy import ChildConnectionLost, NotConnected
+from .proxy import ChildConnectionLost, ChildStream, NotConnected
 from .supervisor import ChildSpec
 
 HEALTH_TIMEOUT = 2.0
@@ -213,21 +213,32 @@ class Fleet:
     async def _send(self, server, target, payload, request_id):
         target.in_flight += 1
         self.in_flight += 1
+        streaming = False
         try:
-            return await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name),
-                                               request_id=request_id)
+            result = await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name),
+                                                 request_id=request_id)
+            if isinstance(result, ChildStream):
+                # in flight until its last line: its first bytes are on their way, so a
+                # failure from here on is never sent to another target
+                streaming = True
+                result.ended.addBoth(lambda _r: self._done(target))
+            return result
         except ChildConnectionLost:
             # Its connections close a few ms before its exit is seen, and its port may still
             # accept: without this the next request would go to the dying process too.
             target.suspect_until = self._reactor.seconds() + SUSPECT_SECONDS
             raise
         finally:
-            target.in_flight -= 1
-            self.in_flight -= 1
-            if not self.in_flight:
-                waiters, self._idle_waiters = self._idle_waiters, []
-                for d in waiters:
-                    d.callback(None)
+            if not streaming:
+                self._done(target)
+
+    def _done(self, target):
+        target.in_flight -= 1
+        self.in_flight -= 1
+        if not self.in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def when_idle(self):
         """Fires when no request is in flight to any server (at once if none is)."""

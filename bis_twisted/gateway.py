@@ -2,6 +2,7 @@
 ``/ready``, status and admin routes). Routes raise our errors; ``_error`` answers them."""
 
 import importlib.resources
+import json
 import os
 import socket
 
@@ -13,14 +14,16 @@ from twisted.logger import Logger
 
 from . import LIB_VER
 from .assets import Assets
-from .errors import BadRequest, BisError, NotFound, UnknownSignature
+from .errors import BadGateway, BadRequest, BisError, GatewayTimeout, NotFound, UnknownSignature
 from .fleet import hms
 from .loader import endpoint_file
 from .openapi import openapi_document
+from .proxy import ChildStream
 from .schemas import declared_schemas
 from .security import AdminGuard
 from .status import memory_gb, system_alerts, system_status
-from .web import error_answer, forward_payload, now_text, request_id_of, request_inputs, write_json
+from .web import (CHUNK_PREFIX, NDJSON_TYPE, SSE_TYPE, dumps, error_answer, forward_payload, now_text,
+                  request_id_of, request_inputs, write_json)
 
 SIGNATURE = 'SIGNATURE'
 STATUS_PAGE = importlib.resources.files(__package__).joinpath('static/status.html').read_bytes()
@@ -107,6 +110,9 @@ class Gateway:
             inputs = request_inputs(request)
             signature = self.signature_of(inputs)
             result = await self.fleet.run(signature, forward_payload(inputs), rid)
+            if isinstance(result, ChildStream):
+                status = result.status
+                return await self._relay(request, signature, result, started)
             status = result.status
             headers = {b'Retry-After': b'1'} if status == 503 else None
             return self.answer(request, status, dict(result.body), headers)
@@ -122,6 +128,60 @@ class Gateway:
         finally:
             if self.metrics is not None:
                 self.metrics.observe(signature, status, self._reactor.seconds() - started)
+
+    async def _relay(self, request, signature, stream, started):
+        """Pass a child's stream through as it comes: NDJSON, or SSE when the client's
+        ``Accept`` asks for ``text/event-stream``. Chunks are not parsed; the last line (the
+        summary, or the error that ended the stream) gets the gateway's fields. The client's
+        connection paces the child's (``stream`` is its push producer)."""
+        sse = SSE_TYPE in (request.getHeader(b'accept') or b'')
+        request.setResponseCode(stream.status)
+        request.setHeader(b'Content-Type', SSE_TYPE if sse else NDJSON_TYPE)
+        request.setHeader(b'Cache-Control', b'no-cache')
+        request.setHeader(b'X-Accel-Buffering', b'no')  # a proxy in front must not buffer it either
+        counts = {'chunks': 0, 'first': None, 'ended': False}
+
+        def write_last(body, event):
+            body.update(self.fields(request, body.get('worker_id', 'unknown')))
+            body.setdefault('chunks', counts['chunks'])
+            counts['ended'] = True
+            line = dumps(body)
+            request.write(b'event: ' + event + b'\ndata: ' + line + b'\n\n' if sse else line + b'\n')
+
+        def on_line(line):
+            if line.startswith(CHUNK_PREFIX):
+                if counts['first'] is None:
+                    counts['first'] = self._reactor.seconds() - started
+                counts['chunks'] += 1
+                request.write(b'data: ' + line + b'\n\n' if sse else line + b'\n')
+                return
+            try:
+                body = json.loads(line)
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                body = {'ERROR': 'server {!r} ended its stream with a line that is not a JSON object'.format(signature)}
+            write_last(body, b'error' if 'ERROR' in body else b'end')
+
+        request.registerProducer(stream, True)
+        try:
+            await stream.relay(on_line)
+            if not counts['ended']:
+                raise BadGateway('server {!r} ended its stream without its summary line'.format(signature))
+        except (GatewayTimeout, BadGateway) as exc:
+            # the status line went out with the first chunk: the error is the stream's last line
+            self._log.warn('request {rid} to {name}: stream cut after {n} chunks: {error}', rid=request_id_of(request),
+                           name=signature, n=counts['chunks'], error=exc.message)
+            if not counts['ended']:
+                write_last({'ERROR': exc.message}, b'error')
+        except defer.CancelledError:
+            stream.stopProducing()  # the client went away: so does the child's connection
+            raise
+        finally:
+            request.unregisterProducer()
+            if self.metrics is not None:
+                self.metrics.observe_stream(signature, counts['first'], counts['chunks'])
+        return b''
 
     @app.route('/', methods=['GET'])
     def status_page(self, request):

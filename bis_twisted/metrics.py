@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 UNKNOWN = '_unknown'  # a SIGNATURE that names no endpoint: one label, not one per typo
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CHUNKS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10000, 100000)
 
 
 class RecentStats:
@@ -80,6 +81,11 @@ class GatewayMetrics:
                                  ['endpoint', 'code'], registry=self.registry)
         self._latency = Histogram('bis_request_latency_seconds', 'Time to answer /run, by endpoint',
                                   ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._first_chunk = Histogram('bis_stream_first_chunk_seconds',
+                                      'Streaming answers: time from the request to the first chunk sent, by endpoint',
+                                      ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._chunks = Histogram('bis_stream_chunks', 'Streaming answers: chunks sent per answer, by endpoint',
+                                 ['endpoint'], buckets=CHUNKS_BUCKETS, registry=self.registry)
         self._children = {}
         self.recent = RecentStats(clock)
         # per endpoint, for the status page's charts (an unknown SIGNATURE counts in `recent` only)
@@ -100,6 +106,13 @@ class GatewayMetrics:
         by_endpoint = self.recent_by_endpoint.get(endpoint)
         if by_endpoint is not None:
             by_endpoint.observe(status, seconds)
+
+    def observe_stream(self, endpoint, first_chunk_seconds, chunks):
+        """A streaming answer ended: ``first_chunk_seconds`` is None when no chunk went out."""
+        endpoint = endpoint if endpoint in self.fleet.servers else UNKNOWN
+        if first_chunk_seconds is not None:
+            self._first_chunk.labels(endpoint).observe(first_chunk_seconds)
+        self._chunks.labels(endpoint).observe(chunks)
 
     def stats(self):
         """What ``/stats`` answers: the gateway's windows and each endpoint's."""
