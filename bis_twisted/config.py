@@ -22,6 +22,7 @@ DEFAULT_PING_INTERVAL = 10.0
 DEFAULT_MAX_BODY_MB = 8
 DEFAULT_LOAD_TIMEOUT = 600.0
 DEFAULT_HEALTH_INTERVAL = 5.0
+DEFAULT_MAX_ANSWER_MB = 64
 
 
 @attr.s(frozen=True)
@@ -76,6 +77,8 @@ class GatewayConfig:
     metrics_require_token = attr.ib(default=False)  # /metrics under the admin rule
     metrics = attr.ib(default=True)  # false: no request statistics at all (/metrics answers 404)
     warnings = attr.ib(default=())  # one line each, logged at start: keys that look like typos
+    http_limits = attr.ib(factory=dict)  # the HTTP_LIMIT_KEYS the file sets
+    max_answer_mb = attr.ib(default=DEFAULT_MAX_ANSWER_MB)  # a model server's answer over it: 502
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -130,7 +133,14 @@ _TOP_KEYS = {
     'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'METRICS_REQUIRE_TOKEN': (lambda v: isinstance(v, bool), 'true or false'),
     'METRICS': (lambda v: isinstance(v, bool), 'true or false'),
+    # the HTTP limits (limits.py)
+    'HEAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
+    'BODY_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
+    'MAX_CONNECTIONS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    'MAX_BODIES_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
+    'MAX_ANSWER_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
 }
+HTTP_LIMIT_KEYS = ('HEAD_TIMEOUT', 'BODY_TIMEOUT', 'MAX_CONNECTIONS', 'MAX_BODIES_MB')
 
 
 def load_config(path, endpoints_dir='endpoints', gateway_port=5002, default_host='127.0.0.1'):
@@ -184,7 +194,9 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
                          server_name=data.get('SERVER_NAME', ''), endpoints=tuple(endpoints), extra=extra,
                          max_body_mb=data.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB),
                          metrics_require_token=data.get('METRICS_REQUIRE_TOKEN', False),
-                         metrics=data.get('METRICS', True), warnings=tuple(w for w in warnings if w))
+                         metrics=data.get('METRICS', True), warnings=tuple(w for w in warnings if w),
+                         http_limits={k: data[k] for k in HTTP_LIMIT_KEYS if k in data},
+                         max_answer_mb=data.get('MAX_ANSWER_MB', DEFAULT_MAX_ANSWER_MB))
 
 
 def _typo_warning(where, key, known, consequence=''):

@@ -40,6 +40,10 @@ class BodyTooLarge(BisError):
     status = 413
 
 
+class UnsupportedMediaType(BisError):
+    status = 415
+
+
 class ServiceUnavailable(BisError):
     status = 503
     retry_after = 1

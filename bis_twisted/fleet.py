@@ -6,8 +6,9 @@ ready target with the fewest requests in flight, and measures (never caches) whe
 target answers.
 """
 
-import datetime
 import json
+import os
+import secrets
 import sys
 from urllib.parse import urlsplit
 
@@ -16,8 +17,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import BadRequest, ServerFailed, ServerStopped, ServiceUnavailable, UnknownSignature
+from .limits import DEFAULT_BODIES_IN_FLIGHT_MB
 from .proxy import ChildConnectionLost, ChildStream, NotConnected
 from .supervisor import ChildSpec
+
+# what the model server reads (bis_twisted.server); the gateway never imports that module
+CONFIG_VARIABLE = 'BIS_SERVER_CONFIG'
+CHILD_KEY_VARIABLE = 'BIS_SERVER_ADMIN_KEY'
 
 HEALTH_TIMEOUT = 2.0
 SUSPECT_SECONDS = 2.0  # how long a target that dropped a request is skipped, at most
@@ -25,7 +31,10 @@ SERVER_PATHS = ('/notifications', '/update_workers', '/get_paths', '/health')
 
 
 def hms(seconds):
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+    """``H:MM:SS``, hours past 24 included (``25:00:05``, not ``1 day, 1:00:05``)."""
+    minutes, secs = divmod(int(max(seconds, 0)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return '{}:{:02d}:{:02d}'.format(hours, minutes, secs)
 
 
 class Target:
@@ -41,6 +50,9 @@ class Target:
         self.in_flight = 0
         self.remote_ok = True  # remote targets: last ping's verdict
         self.suspect_until = 0.0  # dropped a request: kept out of the rotation until then
+        # the bearer token of the server's control route: a random key per child, made at
+        # the gateway's start; a remote server's is the gateway's own BIS_ADMIN_TOKEN
+        self.admin_key = secrets.token_urlsafe(32) if child_name is not None else None
 
     def url(self, path):
         return (self.base_url + path).encode('ascii')
@@ -60,7 +72,7 @@ class Fleet:
     _log = Logger()
 
     def __init__(self, config, supervisor, client, endpoints_dir, reactor=None, python=None,
-                 execution_path='/run', cwd=None):
+                 execution_path='/run', cwd=None, remote_token=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -71,6 +83,7 @@ class Fleet:
         self.execution_path = execution_path
         self._python = python or sys.executable
         self._cwd = cwd
+        self._remote_token = remote_token
         self.servers = {}
         self.in_flight = 0
         self._idle_waiters = []
@@ -104,15 +117,30 @@ class Fleet:
         argv = [self._python, '-m', 'bis_twisted.server', '--endpoints', self.endpoints_dir,
                 '--name', endpoint.name, '--server-class', endpoint.server_class,
                 '--host', endpoint.host, '--port', str(port), '--path', self.execution_path,
-                '--config-json', json.dumps(endpoint.entry), '--max-body-mb', str(self._child_max_body_mb(endpoint)),
-                '--exit-with-parent']
-        return ChildSpec(name=target.child_name, argv=argv, cwd=self._cwd, load_timeout=endpoint.load_timeout)
+                '--max-body-mb', str(self._child_max_body_mb(endpoint)),
+                '--max-bodies-mb', str(self._child_max_bodies_mb()), '--exit-with-parent']
+        # the entry may hold secrets (API keys): in the environment, which only the owner can
+        # read (/proc/<pid>/environ is 0400), not on the command line, which `ps` shows to all
+        env = dict(os.environ)
+        env[CONFIG_VARIABLE] = json.dumps(endpoint.entry)
+        env[CHILD_KEY_VARIABLE] = target.admin_key
+        return ChildSpec(name=target.child_name, argv=argv, cwd=self._cwd, env=env,
+                         load_timeout=endpoint.load_timeout)
+
+    def control_headers(self, target):
+        """The headers of a call to a target's control route (``/update_workers``)."""
+        key = target.admin_key if target.child_name is not None else self._remote_token
+        return {'Authorization': 'Bearer {}'.format(key)} if key else {}
 
     def _child_max_body_mb(self, endpoint):
         # a form field re-encoded as JSON can grow (a control character becomes \\u0001):
         # the child, behind the gateway's own limit, takes what the gateway let through.
         # A flag, not a config key: the worker's config_data holds only what the user wrote.
         return endpoint.entry.get('MAX_BODY_MB', self.config.max_body_mb * 6)
+
+    def _child_max_bodies_mb(self):
+        # bodies in flight: the child holds what the gateway let through, re-encoded
+        return self.config.http_limits.get('MAX_BODIES_MB', DEFAULT_BODIES_IN_FLIGHT_MB) * 6
 
     # -- lookup and routing ----------------------------------------------------------------
     def server(self, name):

@@ -1,6 +1,7 @@
 """``Gateway``: the Klein routes of the gateway (``/run``, ``/list_servers``, ``/health``,
 ``/ready``, status and admin routes). Routes raise our errors; ``_error`` answers them."""
 
+import hmac
 import importlib.resources
 import json
 import os
@@ -17,15 +18,17 @@ from .assets import Assets
 from .errors import BadGateway, BadRequest, BisError, GatewayTimeout, NotFound, UnknownSignature
 from .fleet import hms
 from .loader import endpoint_file
+from .lograte import RepeatLimiter
 from .openapi import openapi_document
 from .proxy import ChildStream
 from .schemas import declared_schemas
 from .security import AdminGuard
 from .status import memory_gb, system_alerts, system_status
-from .web import (CHUNK_PREFIX, NDJSON_TYPE, SSE_TYPE, dumps, error_answer, forward_payload, now_text,
+from .web import (CHUNK_PREFIX, NDJSON_TYPE, SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text,
                   request_id_of, request_inputs, write_json)
 
 SIGNATURE = 'SIGNATURE'
+SUPPORT_KEY_ARG = 'SUPPORT_KEY'
 STATUS_PAGE = importlib.resources.files(__package__).joinpath('static/status.html').read_bytes()
 SHUTDOWN_SIGNATURE = 'SAFE_KILL_SERVER_CMD'
 HTTP_TIMEOUT = 5.0
@@ -51,10 +54,11 @@ class Gateway:
 
     def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
                  shutdown=None, cache_dir='.', server_name='', support_names=(), metrics=None,
-                 metrics_guarded=False):
+                 metrics_guarded=False, support_key=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self._repeats = RepeatLimiter(self._log, clock=reactor)
         self.fleet = fleet
         self.guard = guard or AdminGuard()
         self.history = history
@@ -63,6 +67,9 @@ class Gateway:
         self.server_name = server_name
         self.support_names = tuple(support_names)
         self.support_data = {}
+        # the gateway's own support processes post with this key in the query (their code is
+        # the original's ServerMonitor, which sends no Authorization header)
+        self._support_key = support_key.encode('ascii') if support_key else None
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
         self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet))
@@ -109,7 +116,9 @@ class Gateway:
         try:
             inputs = request_inputs(request)
             signature = self.signature_of(inputs)
-            result = await self.fleet.run(signature, forward_payload(inputs), rid)
+            payload = forward_body(request, inputs)
+            del inputs  # the payload is all that needs to live while the model server works
+            result = await self.fleet.run(signature, payload, rid)
             if isinstance(result, ChildStream):
                 status = result.status
                 return await self._relay(request, signature, result, started)
@@ -118,14 +127,19 @@ class Gateway:
             return self.answer(request, status, dict(result.body), headers)
         except BisError as exc:
             status = exc.status
-            if status >= 500:
-                self._log.warn('request {rid} to {name}: {status} {error}', rid=rid, name=signature,
-                               status=status, error=exc.message)
+            if status >= 500:  # one line a second per server and status: a restart refuses many
+                self._repeats.emit('warn', (signature, status), 'request {rid} to {name}: {status} {error}',
+                                   rid=rid, name=signature, status=status, error=exc.message,
+                                   described='requests to {}: {} {}'.format(signature, status, exc.message))
             raise
         except defer.CancelledError:
             status = 499  # the client went away (nginx's code for it)
             raise
         finally:
+            # the request object lives on in reference cycles until the garbage collector's
+            # next full pass: without this its body would too
+            inputs = payload = None  # noqa: F841
+            forget_body(request)
             if self.metrics is not None:
                 self.metrics.observe(signature, status, self._reactor.seconds() - started)
 
@@ -291,7 +305,11 @@ class Gateway:
 
     @app.route('/support_update_status', methods=['POST'])
     def support_update_status(self, request):
+        keys = request.args.get(SUPPORT_KEY_ARG.encode('ascii'), [])
+        if not (self._support_key and keys and hmac.compare_digest(keys[0], self._support_key)):
+            self.guard.check(request)
         inputs = request_inputs(request)
+        inputs.pop(SUPPORT_KEY_ARG, None)
         name = self.signature_of(inputs)
         if name not in self.support_names:
             raise UnknownSignature('unknown support process {!r}; configured: {}'.format(
@@ -342,7 +360,7 @@ class Gateway:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise BadRequest('NR_WORKERS must be an integer >= 1, got {!r}'.format(size))
         answers = await self.fleet.each_ready_target(server, lambda t: self.fleet.client.send_json(
-            t.url('/update_workers'), {'NR_WORKERS': size}, UPDATE_WORKERS_TIMEOUT))
+            t.url('/update_workers'), {'NR_WORKERS': size}, UPDATE_WORKERS_TIMEOUT, self.fleet.control_headers(t)))
         failed = [a for a in answers if a.status != 200]
         if failed:
             return self.answer(request, failed[0].status, dict(failed[0].body))

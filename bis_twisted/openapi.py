@@ -33,10 +33,12 @@ _ERRORS = {
     '400': _json(_ERROR, 'bad input: not a JSON object, SIGNATURE missing or not a string, a field against the '
                          "endpoint's INPUT_SCHEMA, or refused by its _pre_process"),
     '401': _json(_ERROR, 'admin route without credentials (BIS_ADMIN_TOKEN is set)'),
-    '403': _json(_ERROR, 'admin route: wrong token, or a remote client while no token is set'),
+    '403': _json(_ERROR, 'admin route: wrong token, a request from another origin, or (no token set) a remote '
+                         'client or a Host that is not a loopback name'),
     '404': _json(_ERROR, 'unknown SIGNATURE'),
     '405': _json(_ERROR, 'method not allowed on this route'),
     '413': _json(_ERROR, 'request body over MAX_BODY_MB'),
+    '415': _json(_ERROR, 'admin route: the body is not sent as Content-Type: application/json'),
     '503': _json(_ERROR, 'the endpoint server is down, starting, restarting, stopped or its queue is full '
                          '(with Retry-After)'),
 }
@@ -133,7 +135,7 @@ def openapi_document(names, server_name='', schemas=None):
                        'URLS': {'type': 'array', 'items': {'type': 'string'}},
                        'PATHS': {'type': 'array', 'items': {'type': 'string'}}}}}
     ok = lambda ref, text: {'200': _json(ref, text)}  # noqa: E731
-    admin = ('400', '401', '403', '404', '405', '413')
+    admin = ('400', '401', '403', '404', '405', '413', '415')
     paths = {
         '/run': {
             'post': {
@@ -168,7 +170,7 @@ def openapi_document(names, server_name='', schemas=None):
                                                       **_errors('400', '404', '413', '503'))}},
         '/support_update_status': {'post': {
             'summary': 'A support process reports its data', 'requestBody': _signature_body(names),
-            'responses': dict(ok('#/components/schemas/Message', 'stored'), **_errors('400', '404', '413'))}},
+            'responses': dict(ok('#/components/schemas/Message', 'stored'), **_errors(*admin))}},
         '/start_server': {'post': {'summary': 'Start a stopped or DISABLED server (admin)',
                                    'requestBody': _signature_body(names),
                                    'responses': dict(ok('#/components/schemas/Message', 'starting'), **_errors(*admin))}},
@@ -185,7 +187,7 @@ def openapi_document(names, server_name='', schemas=None):
             'summary': 'Stop the servers, save state, exit (admin)',
             'requestBody': _signature_body(['SAFE_KILL_SERVER_CMD']),
             'responses': dict(ok('#/components/schemas/Message', 'shutting down'), **_errors('400', '401', '403',
-                                                                                             '405', '413'))}},
+                                                                                             '405', '413', '415'))}},
         '/health': {'get': {'summary': 'Liveness', 'responses': ok('#/components/schemas/Message', 'serving')}},
         '/ready': {'get': {'summary': 'Readiness: every enabled server answers', 'responses': {
             '200': _json('#/components/schemas/Ready', 'all answer'),

@@ -15,6 +15,7 @@ with the child's connection paused while the caller's client cannot take more.
 """
 
 import json
+import sys
 
 import attr
 from treq.client import HTTPClient
@@ -30,8 +31,8 @@ from zope.interface import implementer
 from .errors import BadGateway, GatewayTimeout
 from .web import NDJSON_TYPE
 
-MAX_LINE_BYTES = 64 * 1024 * 1024  # one chunk of a stream, at most
 
+DEFAULT_MAX_ANSWER = 64 * 1024 * 1024
 _JSON_HEADERS = Headers({b'Content-Type': [b'application/json'], b'User-Agent': [b'bis-gateway']})
 
 # failures that mean the request never reached the child: safe to retry, and "not up" to the user
@@ -49,34 +50,62 @@ class ProxyResult:
 
 @implementer(IBodyProducer)
 class BytesProducer:
-    """A body already in memory: written at once (``FileBodyProducer`` would add a cooperator
-    round trip per request)."""
+    """A body already in memory. A small one is written at once (``FileBodyProducer`` would
+    add a cooperator round trip per request); a large one in slices, as the connection
+    takes them (the transport pauses and resumes this producer), so the transport never
+    holds a second whole copy of it."""
+
+    slice_size = 256 * 1024
 
     def __init__(self, data):
         self._data = data
         self.length = len(data)
+        self._offset = 0
+        self._paused = False
+        self._consumer = None
+        self._finished = None
 
     def startProducing(self, consumer):
-        consumer.write(self._data)
-        return defer.succeed(None)
+        if self.length <= self.slice_size:
+            consumer.write(self._data)
+            return defer.succeed(None)
+        self._consumer = consumer
+        self._finished = defer.Deferred()
+        self._write_slices()
+        return self._finished
+
+    def _write_slices(self):
+        view = memoryview(self._data)
+        while not self._paused and self._offset < self.length:
+            end = self._offset + self.slice_size
+            piece, self._offset = bytes(view[self._offset:end]), end
+            self._consumer.write(piece)  # may pause us at once: the transport's buffer is full
+        if self._offset >= self.length and not self._finished.called:
+            self._data = None
+            self._finished.callback(None)
 
     def pauseProducing(self):
-        pass
+        self._paused = True
 
     def resumeProducing(self):
-        pass
+        if self._finished is not None and self._paused and self._data is not None:
+            self._paused = False
+            self._write_slices()
 
     def stopProducing(self):
-        pass
+        # the request was abandoned: _newclient cancels the Deferred we returned
+        self._paused = True
+        self._data = None
 
 
 class ChildClient:
     """One connection pool for all children; ``max_per_host`` idle connections each."""
 
-    def __init__(self, reactor=None, max_per_host=64, pool=None, agent=None):
+    def __init__(self, reactor=None, max_per_host=64, pool=None, agent=None, max_answer=DEFAULT_MAX_ANSWER):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self.max_answer = max_answer  # bytes: a longer answer is dropped (502) as it arrives
         if pool is None:
             pool = _QuietPool(reactor, persistent=True)
             pool.maxPersistentPerHost = max_per_host
@@ -105,7 +134,8 @@ class ChildClient:
             headers.setRawHeaders(b'X-Request-Id', [request_id.encode('ascii')])
         d = self.agent.request(b'POST', url, headers, BytesProducer(payload))
         d.addCallback(keep_response)
-        d.addCallback(_body_unless_streaming)
+        d.addCallback(lambda response: _STREAMING if _is_streaming(response) else read_capped_body(
+            response, self.max_answer, what))
         # Not Deferred.addTimeout: cancelling an Agent request fails it with
         # ResponseNeverReceived([CancelledError]), which addTimeout does not turn into a
         # TimeoutError; our own timer knows it fired.
@@ -135,11 +165,16 @@ class ChildClient:
                 timer.cancel()
         status = response_holder[0].code
         if raw is _STREAMING:
-            return ChildStream(self._reactor, response_holder[0], timeout, what)
+            return ChildStream(self._reactor, response_holder[0], timeout, what, max_line=self.max_answer)
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
+        except RecursionError:
+            raise BadGateway('server {} answered JSON nested deeper than the gateway decodes (about {} levels); '
+                             'return a flatter structure'.format(what, sys.getrecursionlimit())) from None
+        finally:
+            del raw  # the decoded body is what lives on
         if not isinstance(body, dict):
             raise BadGateway('server {} answered HTTP {} with something that is not a JSON object'.format(
                 what, status))
@@ -149,9 +184,9 @@ class ChildClient:
         """GET for the non-hot routes (health pings, notifications)."""
         return await self._call(self.http.get(url), timeout)
 
-    async def send_json(self, url, data, timeout):
+    async def send_json(self, url, data, timeout, headers=None):
         """POST ``data`` as JSON for the non-hot routes (admin calls)."""
-        return await self._call(self.http.post(url, json=data), timeout)
+        return await self._call(self.http.post(url, json=data, headers=headers), timeout)
 
     async def _call(self, d, timeout):
         d.addTimeout(timeout, self._reactor)
@@ -167,14 +202,77 @@ class ChildClient:
         return self.pool.closeCachedConnections()
 
 
+class AnswerTooLarge(BadGateway):
+    """A model server's answer over ``MAX_ANSWER_MB``."""
+
+
+def read_capped_body(response, limit, what):
+    """``readBody`` with a cap: a Deferred of the body's bytes, or ``AnswerTooLarge`` as soon
+    as more than ``limit`` bytes are announced or have arrived (the connection is then
+    aborted: the rest is never buffered)."""
+    finished = defer.Deferred(lambda d: protocol.abort())
+    protocol = _CappedBody(finished, limit, what)
+    if response.length is not web_client.UNKNOWN_LENGTH and response.length > limit:
+        protocol.too_large = True
+    response.deliverBody(protocol)
+    return finished
+
+
+class _CappedBody(Protocol):
+    too_large = False
+
+    def __init__(self, finished, limit, what):
+        self._finished = finished
+        self._limit = limit
+        self._what = what
+        self._chunks = []
+        self._size = 0
+
+    def connectionMade(self):
+        if self.too_large:
+            self._refuse()
+
+    def dataReceived(self, data):
+        if self.too_large:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self._refuse()
+            return
+        self._chunks.append(data)
+
+    def _refuse(self):
+        self.too_large = True
+        self._chunks = []
+        self.abort()
+        if not self._finished.called:
+            self._finished.errback(AnswerTooLarge('server {} answered more than MAX_ANSWER_MB ({:g} MiB); return '
+                                                  'less, or raise MAX_ANSWER_MB in the config'.format(
+                                                      self._what, self._limit / (1024 * 1024))))
+
+    def abort(self):
+        if self.transport is not None:
+            self.transport.stopProducing()  # for a response body: abort the connection
+
+    def connectionLost(self, reason):
+        if self._finished.called:
+            return
+        if reason.check(web_client.ResponseDone):
+            data, self._chunks = b''.join(self._chunks), None
+            self._finished.callback(data)
+        elif reason.check(web_client.PotentialDataLoss):
+            self._finished.errback(web_client.PartialDownloadError(None, None, b''))
+        else:
+            self._finished.errback(reason)
+
+
 _STREAMING = object()
 
 
-def _body_unless_streaming(response):
+def _is_streaming(response):
+    # a streaming answer's body is read by ChildStream.relay, line by line
     kind = response.headers.getRawHeaders(b'content-type')
-    if kind and kind[0].split(b';')[0].strip() == NDJSON_TYPE:
-        return _STREAMING  # the body is read by ChildStream.relay, line by line
-    return web_client.readBody(response)
+    return bool(kind) and kind[0].split(b';')[0].strip() == NDJSON_TYPE
 
 
 @implementer(IPushProducer)
@@ -184,8 +282,9 @@ class ChildStream:
     between two pieces of it. It is the push producer of whoever consumes the lines: pausing
     it stops reading the child's socket, so the child's sending waits, not our memory."""
 
-    def __init__(self, reactor, response, timeout, what):
+    def __init__(self, reactor, response, timeout, what, max_line=DEFAULT_MAX_ANSWER):
         self._reactor = reactor
+        self.max_line = max_line  # MAX_ANSWER_MB bounds each chunk of a stream, not the stream
         self.response = response
         self.status = response.code
         self.timeout = timeout
@@ -274,9 +373,9 @@ class _LineRelay(Protocol):
         self._arm()
         lines = (self._buffer + data).split(b'\n') if self._buffer else data.split(b'\n')
         self._buffer = lines.pop()
-        if len(self._buffer) > MAX_LINE_BYTES:
-            self._fail(BadGateway('server {} sent a stream line over {} MiB'.format(
-                self._stream.what, MAX_LINE_BYTES // (1024 * 1024))))
+        if len(self._buffer) > self._stream.max_line:
+            self._fail(AnswerTooLarge('server {} sent a chunk of its stream over MAX_ANSWER_MB ({:g} MiB)'.format(
+                self._stream.what, self._stream.max_line / (1024 * 1024))))
             return
         for line in lines:
             if line:

@@ -2,8 +2,14 @@
 
 Run by the gateway (one child process per endpoint) or alone, on another machine::
 
-    python -m bis_twisted.server --endpoints endpoints --name dummy_model_demo2 \\
-        --host 127.0.0.1 --port 5003 --config-json '{"NR_WORKERS": 2}'
+    BIS_ADMIN_TOKEN=<secret> python -m bis_twisted.server --endpoints endpoints \\
+        --name dummy_model_demo2 --host 127.0.0.1 --port 5003 --config-json '{"NR_WORKERS": 2}'
+
+The control route (``/update_workers``) needs ``Authorization: Bearer <token>``: the
+gateway hands each child a random key of its own in ``BIS_SERVER_ADMIN_KEY``, a server run
+alone takes ``BIS_ADMIN_TOKEN``, and without either the route is refused. The gateway passes
+the endpoint's config entry in ``BIS_SERVER_CONFIG``, not on the command line, where ``ps``
+would show its secrets to every user (a process's environment is readable by its owner only).
 
 Routes: the execution path (``/run``), ``/notifications``, ``/update_workers``,
 ``/get_paths``, ``/health``. It listens at once, answers 503 while its workers load, and prints
@@ -27,13 +33,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import LIB_VER
-from .errors import BadRequest, EndpointLoadError, ServiceUnavailable
+from .drain import ConnectionDrain
+from .errors import BadRequest, ConfigError, EndpointLoadError, ServiceUnavailable
+from .gctune import freeze_startup_objects
+from .limits import Limits
 from .loader import load_endpoint
 from .logger import Logger as CompatLogger
 from .notifications import Notifications
-from .drain import ConnectionDrain
 from .pool import DEFAULT_BATCH_TIMEOUT, WorkerLoadError, WorkerPool
 from .schemas import SchemaCheck, SchemaViolation
+from .security import TOKEN_VARIABLE, AdminGuard
 from .web import (DEFAULT_MAX_BODY_MB, LISTEN_BACKLOG, NDJSON_TYPE, dumps, error_answer, make_site, now_text,
                   request_id_of, request_inputs, write_json)
 
@@ -42,6 +51,8 @@ READY_LINE = 'BIS-SERVER-READY'
 STOP_DRAIN_SECONDS = 4.0   # running requests get this long to finish on TERM
 ANSWER_FLUSH_SECONDS = 0.5  # then their answers this long to be written
 SIGNATURE = 'SIGNATURE'
+CHILD_KEY_VARIABLE = 'BIS_SERVER_ADMIN_KEY'  # the key the gateway gave this child
+CONFIG_VARIABLE = 'BIS_SERVER_CONFIG'  # the config entry, JSON, when --config-json is not given
 
 
 def host_id():
@@ -54,7 +65,7 @@ class ModelServer:
     _log = Logger()
 
     def __init__(self, name, worker_class, default_config, config, reactor=None,
-                 execution_path='/run', notifications=None, schemas=None):
+                 execution_path='/run', notifications=None, schemas=None, guard=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -68,6 +79,8 @@ class ModelServer:
         # INPUT_SCHEMA / OUTPUT_SCHEMA of the endpoint file, when it declares them
         check = SchemaCheck(schemas) if schemas is not None else None
         self.schema_check = check if check is not None and check.active else None
+        # no token, no control: a model server may listen beyond loopback
+        self.guard = guard or AdminGuard(require_token=True)
         self._signature_prefix = '{}.{}.{}'.format(host_id(), name, worker_class.__name__)
         # a _predict that yields (or STREAM: true) answers NDJSON, a chunk per line
         self.streaming = worker_class.streams(config) if hasattr(worker_class, 'streams') else False
@@ -203,6 +216,7 @@ class ModelServer:
         return write_json(request, 200, self.notifications.snapshot())
 
     async def _update_workers(self, request):
+        self.guard.check(request)
         inputs = request_inputs(request)
         if 'NR_WORKERS' not in inputs:
             raise BadRequest('send {"NR_WORKERS": <integer >= 1>}')
@@ -284,11 +298,15 @@ def parse_args(argv):
     parser.add_argument('--server-class', help='endpoint file to use (default: --name)')
     parser.add_argument('--host', default='127.0.0.1')
     parser.add_argument('--port', type=int, required=True, help='0 picks a free port')
-    parser.add_argument('--config-json', default='{}', help="the endpoint's config entry, JSON")
+    parser.add_argument('--config-json', help="the endpoint's config entry, JSON (default: ${} or {{}})".format(
+        CONFIG_VARIABLE))
     parser.add_argument('--path', default='/run', help='execution path')
     parser.add_argument('--max-body-mb', type=float,
                         help='request bodies over this many MiB get 413 (default: MAX_BODY_MB of '
                              '--config-json, else {})'.format(DEFAULT_MAX_BODY_MB))
+    parser.add_argument('--max-bodies-mb', type=float,
+                        help='MiB of request bodies held at once, past which 503 (default: MAX_BODIES_MB of '
+                             'the config entry, else the built-in default)')
     parser.add_argument('--exit-with-parent', action='store_true',
                         help='exit when stdin closes (the gateway sets this)')
     return parser.parse_args(argv)
@@ -325,7 +343,10 @@ class ServerProcess:
         self.args = args
         self.server = server
         self._reactor = reactor
-        self._site = make_site(server.resource(), max_body_mb=max_body_mb)
+        limit_config = server.config
+        if getattr(args, 'max_bodies_mb', None):  # the gateway's plumbing, kept out of config_data
+            limit_config = dict(server.config, MAX_BODIES_MB=args.max_bodies_mb)
+        self._site = make_site(server.resource(), limits=Limits.from_config(limit_config, max_body_mb))
         self._connections = ConnectionDrain(self._site, reactor=reactor)
         self._ports = []
         self.exit_code = 0
@@ -349,6 +370,7 @@ class ServerProcess:
         port = await endpoint.listen(self._site)
         self._ports.append(port)
         await self.server.start()
+        freeze_startup_objects()  # the model is loaded: full collections need not walk it again
         address = port.getHost()
         print('{} {}'.format(READY_LINE, address.port), flush=True)
         self._log.info('server {name} serving {n} workers of {cls} on {host}:{port}{path}',
@@ -406,12 +428,24 @@ def main(argv=None):
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     prefix = 'bis-server {}: '.format(args.name)
+    # popped: the endpoint's code (and what it spawns) has no use for them
+    config_env = os.environ.pop(CONFIG_VARIABLE, None)
+    token_env = os.environ.pop(CHILD_KEY_VARIABLE, None)
+    token_variable = CHILD_KEY_VARIABLE
+    if not token_env:
+        token_env, token_variable = os.environ.pop(TOKEN_VARIABLE, None), TOKEN_VARIABLE
     try:
-        config = json.loads(args.config_json)
+        guard = AdminGuard(token_env, require_token=True)
+    except ConfigError as exc:
+        _fail('{}{}'.format(prefix, exc).replace(TOKEN_VARIABLE, token_variable), 2)
+    config_text = args.config_json if args.config_json is not None else (config_env or '{}')
+    try:
+        config = json.loads(config_text)
         if not isinstance(config, dict):
             raise ValueError('not a JSON object')
     except ValueError as exc:
-        _fail('{}--config-json is not a JSON object: {}'.format(prefix, exc), 2)
+        source = '--config-json' if args.config_json is not None else CONFIG_VARIABLE
+        _fail('{}{} is not a JSON object: {}'.format(prefix, source, exc), 2)
     try:
         endpoint = load_endpoint(args.endpoints, args.server_class or args.name)
     except EndpointLoadError as exc:
@@ -425,7 +459,7 @@ def main(argv=None):
         observer = textFileLogObserver(sys.stdout)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     server = ModelServer(args.name, endpoint.worker_class, endpoint.default_config, config, reactor=reactor,
-                         execution_path=args.path, schemas=endpoint.schemas)
+                         execution_path=args.path, schemas=endpoint.schemas, guard=guard)
     max_body_mb = args.max_body_mb or config.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB)
     exit_code = ServerProcess(args, server, reactor, max_body_mb).run()
     sys.stdout.flush()

@@ -10,6 +10,7 @@ save the start/stop history.
 
 import os
 import resource
+import secrets
 
 import attr
 from twisted.application.service import MultiService
@@ -20,15 +21,17 @@ from .compat import get_packages
 from .config import load_config
 from .drain import ConnectionDrain
 from .fleet import Fleet
-from .gateway import Gateway
+from .gateway import SUPPORT_KEY_ARG, Gateway
+from .gctune import freeze_startup_objects
 from .health import HealthMonitor
+from .limits import MIB, Limits
 from .metrics import GatewayMetrics
 from .proxy import ChildClient
-from .security import AdminGuard
+from .security import AdminGuard, admin_token
 from .status import StateHistory
 from .supervisor import Supervisor
 from .web import LISTEN_BACKLOG, make_site
-from .support import SupportProcess
+from .support import SUPPORT_STATUS_PATH, SupportProcess
 
 
 @attr.s(frozen=True)
@@ -86,30 +89,36 @@ class GatewayService(MultiService):
         endpoints_dir = os.path.abspath(options.endpoints)
         # validated before anything starts: ConfigError names file, endpoint and key
         self.config = load_config(options.config, endpoints_dir, options.port)
+        token = admin_token(options.admin_token)  # stripped; ConfigError when too short
         os.makedirs(options.logs_dir, exist_ok=True)
         self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir, pid_dir=options.pids_dir)
         self.supervisor.setServiceParent(self)
-        self.client = ChildClient(reactor=reactor)
+        self.client = ChildClient(reactor=reactor, max_answer=int(self.config.max_answer_mb * MIB))
         self.fleet = Fleet(self.config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
-                           execution_path=options.execution_path)
+                           execution_path=options.execution_path, remote_token=token)
         self.fleet.register_children()
         self.history = StateHistory.in_cache(options.cache, clock=reactor)
         supports = [e for e in self.config.endpoints if e.is_support and not e.disabled]
         # every spawned child and remote server is watched, with or without support entries
         self.health = HealthMonitor(self.fleet, reactor=reactor)
         self.health.setServiceParent(self)
-        self.supports = [SupportProcess(e, self.fleet, options.port, endpoints_dir, reactor=reactor)
+        # a per-start key lets the gateway's own support processes post their status
+        support_key = secrets.token_urlsafe(24)
+        status_path = '{}?{}={}'.format(SUPPORT_STATUS_PATH, SUPPORT_KEY_ARG, support_key)
+        self.supports = [SupportProcess(e, self.fleet, options.port, endpoints_dir, reactor=reactor,
+                                        status_path=status_path)
                          for e in supports]
         for support in self.supports:
             support.setServiceParent(self)
-        self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(options.admin_token),
+        self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(token),
                                history=self.history, shutdown=self._reactor.stop, cache_dir=options.cache,
                                server_name=self.config.server_name,
                                support_names=[e.name for e in self.config.endpoints if e.is_support],
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
                                         if self.config.metrics else None),
-                               metrics_guarded=self.config.metrics_require_token)
-        self.site = make_site(self.gateway.resource(), max_body_mb=self.config.max_body_mb,
+                               metrics_guarded=self.config.metrics_require_token, support_key=support_key)
+        self.site = make_site(self.gateway.resource(),
+                              limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
                               answer_fields=self.gateway.fields)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.port = None
@@ -146,8 +155,10 @@ class GatewayService(MultiService):
 
         def listening(port):
             self.port = port
+            frozen = freeze_startup_objects()  # start-up is done: spare it the full collections
             self._log.info('gateway serving on http://{host}:{port}', host=self.options.host,
                            port=port.getHost().port)
+            self._log.debug('{n} start-up objects exempt from garbage collection', n=frozen)
 
         def failed(failure):
             self._log.critical('cannot listen on {host}:{port}: {err}', host=self.options.host,

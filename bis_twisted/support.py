@@ -33,7 +33,8 @@ class SupportProcess(TimerService):
 
     _log = Logger()
 
-    def __init__(self, endpoint, fleet, gateway_port, endpoints_dir, reactor=None, threadpool=None):
+    def __init__(self, endpoint, fleet, gateway_port, endpoints_dir, reactor=None, threadpool=None,
+                 status_path=SUPPORT_STATUS_PATH):
         if reactor is None:
             from twisted.internet import reactor
         TimerService.__init__(self, endpoint.ping_interval, self.tick)
@@ -49,7 +50,7 @@ class SupportProcess(TimerService):
         if endpoint.has_file:
             path = endpoint_file(endpoints_dir, endpoint.server_class)
             config = dict(endpoint.entry, SERVER='127.0.0.1', SERVER_PORT=gateway_port,
-                          SERVER_PATH=SUPPORT_STATUS_PATH, SUPPORT_NAME=endpoint.name)
+                          SERVER_PATH=status_path, SUPPORT_NAME=endpoint.name)
             log = CompatLogger(lib_name=endpoint.name, config_data=config)
             cls = find_monitor_class(load_module(path), path)
             try:

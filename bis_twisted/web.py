@@ -11,22 +11,20 @@ import io
 import json
 import math
 import re
+import sys
 import time
 import uuid
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
 from .errors import BadRequest, BisError
+from .limits import DEFAULT_MAX_BODY_MB, MIB, GuardedSite, Limits
 
-DEFAULT_MAX_BODY_MB = 8
 # Twisted's default backlog is 50: a burst of new connections past it waits for SYN retries
 LISTEN_BACKLOG = 1024
-IDLE_TIMEOUT = 60  # seconds a connection may stay silent (twisted.web's default is 12 hours)
 
 _log = Logger()
 
@@ -61,16 +59,40 @@ def dumps(body):
 
 
 def write_json(request, status, body, headers=None):
-    """Set status and headers and return the encoded body (what a Klein route returns)."""
+    """Set status and headers and return the encoded body (what a Klein route returns).
+
+    With its ``Content-Length`` set, the answer goes out in one piece: without it twisted.web
+    sends it chunked, and the reader (the gateway, for a model server's answer) parses chunk
+    framing and a trailer for every answer."""
     request.setResponseCode(status)
     request.setHeader(b'Content-Type', JSON_TYPE)
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
     try:
-        return dumps(body)
+        data = dumps(body)
     except (TypeError, ValueError) as exc:
         request.setResponseCode(500)
-        return dumps({'ERROR': 'the answer could not be encoded as JSON: {}'.format(exc)})
+        data = dumps({'ERROR': 'the answer could not be encoded as JSON: {}'.format(exc)})
+    except RecursionError:
+        request.setResponseCode(500)
+        data = dumps({'ERROR': 'the answer is nested {} levels deep, deeper than JSON encoding allows here (about '
+                               '{}); return a flatter structure'.format(nesting_depth(body), sys.getrecursionlimit())})
+    request.setHeader(b'Content-Length', b'%d' % len(data))
+    return data
+
+
+def nesting_depth(value, stop=10_000_000):
+    """How deep lists and dicts nest in ``value`` (measured without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest < stop:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, (list, tuple)):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def parse_json_object(raw):
@@ -108,7 +130,8 @@ def request_inputs(request):
     request.content.seek(0)
     raw = request.content.read()
     inputs = {}
-    if raw.lstrip()[:1] in (b'{', b'['):
+    json_body = raw.lstrip()[:1] in (b'{', b'[')
+    if json_body:
         # JSON whatever the content type says: `curl -d '{...}'` labels it a form post
         inputs = parse_json_object(raw)
     elif content_type.startswith(b'multipart/form-data'):
@@ -118,9 +141,13 @@ def request_inputs(request):
     elif raw.strip():
         inputs = parse_json_object(raw)
     query = request.uri.split(b'?', 1)
+    added = False
     if len(query) == 2:
         for key, value in query_inputs(_text(query[1])).items():
+            added = added or key not in inputs
             inputs.setdefault(key, value)
+    # the body as it came, when it says all the inputs say: sent on as it is (no second copy)
+    request._bis_json_body = raw if json_body and not added else None
     return inputs
 
 
@@ -189,6 +216,27 @@ def forward_payload(inputs):
         raise BadRequest('the request holds a lone UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode') from None
 
 
+def forward_body(request, inputs):
+    """What to send a model server for ``inputs`` read by ``request_inputs``: the client's
+    JSON body itself when it holds them all (a large body is then held once, not twice),
+    else ``forward_payload(inputs)``. A body with ``\\u`` escapes is re-encoded, so a lone
+    surrogate is refused here as before."""
+    raw = getattr(request, '_bis_json_body', None)
+    if raw is not None and b'\\u' not in raw:
+        return raw
+    return forward_payload(inputs)
+
+
+def forget_body(request):
+    """Drop the request's body (the bytes ``request_inputs`` kept, the buffer it was read
+    from) once it has been used."""
+    request._bis_json_body = None
+    content = getattr(request, 'content', None)
+    if content is not None:
+        content.close()
+        request.content = io.BytesIO()
+
+
 REQUEST_ID_HEADER = b'X-Request-Id'
 _REQUEST_ID_OK = re.compile(rb'^[A-Za-z0-9._:-]{1,128}$')
 
@@ -233,78 +281,6 @@ def error_answer(request, failure, extra_fields=None):
     return write_json(request, status, body, headers)
 
 
-class LimitedRequest(Request):
-    """A request that refuses a body over ``max_body`` bytes with 413 before buffering it.
-
-    twisted.web has no such cap (Twisted #4898): a ``Content-Length`` over the limit is
-    refused as soon as the headers are read, a chunked body as soon as it passes the limit;
-    the connection is then closed, since the rest of the body will not be read.
-    """
-
-    max_body = DEFAULT_MAX_BODY_MB * 1024 * 1024
-    answer_fields = None  # request -> the fields every answer carries (the gateway's), or None
-    _refused = False
-    _received = 0
-
-    def gotLength(self, length):
-        if length is not None and length > self.max_body:
-            self.content = io.BytesIO()
-            self._refuse()
-            return
-        Request.gotLength(self, length)
-
-    def handleContentChunk(self, data):
-        if self._refused:
-            return
-        self._received += len(data)
-        if self._received > self.max_body:
-            self._refuse()
-            return
-        Request.handleContentChunk(self, data)
-
-    def requestReceived(self, command, path, version):
-        if not self._refused:
-            Request.requestReceived(self, command, path, version)
-
-    def _refuse(self):
-        self._refused = True
-        transport = self.channel.transport
-        # the headers are in: the answer can carry the fields (request id too) of any other
-        fields = self.answer_fields(self) if self.answer_fields is not None else {}
-        _raw_json_answer(transport, '413 Payload Too Large',
-                         'request body over the limit of {} bytes; send less, or raise MAX_BODY_MB '
-                         'in the config'.format(self.max_body), fields)
-        transport.loseConnection()
-
-
-def _raw_json_answer(transport, status_line, message, fields=None):
-    body = dumps(dict({'ERROR': message}, **(fields or {})))
-    extra = ''
-    if fields and 'request_id' in fields:
-        extra = '{}: {}\r\n'.format(REQUEST_ID_HEADER.decode('ascii'), fields['request_id'])
-    head = ('HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}'
-            'Connection: close\r\n\r\n'.format(status_line, len(body), extra)).encode('ascii')
-    transport.write(head + body)
-
-
-class JsonErrorChannel(HTTPChannel):
-    """An HTTP/1.1 channel whose protocol-level refusals (a malformed request line or
-    header, a form body that does not parse) answer JSON like every other error, instead of
-    twisted.web's bare ``400 Bad Request`` with no body."""
-
-    def _respondToBadRequestAndDisconnect(self):
-        _raw_json_answer(self.transport, '400 Bad Request',
-                         'malformed HTTP request (request line, headers or form body); send a JSON object')
-        self.loseConnection()
-
-
-def limited_request_factory(max_body_mb, answer_fields=None):
-    """A ``requestFactory`` for ``Site`` with a body cap of ``max_body_mb`` MiB; its 413
-    answers carry ``answer_fields(request)``."""
-    return type('LimitedRequest', (LimitedRequest,), {'max_body': int(max_body_mb * 1024 * 1024),
-                                                      'answer_fields': staticmethod(answer_fields)})
-
-
 class Utf8PathGuard(Resource):
     """Answers a path whose %-escapes are not UTF-8 (``/%ff``) with a JSON 400. Klein
     refuses such a path before routing, so our error handlers never see it, and it answers
@@ -324,14 +300,15 @@ class Utf8PathGuard(Resource):
         return self._wrapped.render(request)
 
 
-def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False, answer_fields=None):
-    """A ``Site`` with the body cap, an idle timeout, and (by default) no access log: one
-    log line per request costs more than routing it. ``answer_fields(request)``: the fields
-    the answers the site writes itself (413) carry."""
-
-    site = Site(Utf8PathGuard(resource), requestFactory=limited_request_factory(max_body_mb, answer_fields),
-                timeout=IDLE_TIMEOUT, parsePOSTFormSubmission=False)
-    site.protocol = JsonErrorChannel  # HTTP/1.1 only: no HTTP/2 negotiation on plain TCP anyway
+def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False, limits=None, answer_fields=None):
+    """A ``GuardedSite`` (deadlines, connection and body caps: see limits.py) and, by
+    default, no access log: one log line per request costs more than routing it. HTTP/1.1
+    only: no HTTP/2 negotiation on plain TCP anyway. ``answer_fields(request)``: the fields
+    the answers the site writes itself (413, 503 for bodies) carry."""
+    if limits is None:
+        limits = Limits(max_body=int(max_body_mb * MIB))
+    site = GuardedSite(Utf8PathGuard(resource), limits, parsePOSTFormSubmission=False)
+    site.answer_fields = answer_fields
     site.noisy = False
     if not access_log:
         site.log = lambda request: None

@@ -233,7 +233,9 @@ class FlaskWorker:
     def _run_hook(self, stage, hook, arg):
         try:
             return hook(arg)
-        except Exception as exc:  # a user's hook may raise anything; it is reported, not lost
+        # a user's hook may raise anything, sys.exit() too; it is reported, not lost, and
+        # a SystemExit in a pool thread would otherwise end that thread with no answer
+        except (Exception, SystemExit) as exc:
             err_type, err_file, err_func, err_line, err_msg = error_info(type(exc), exc, exc.__traceback__)
             info = (err_type, shown_path(err_file, self._endpoints_folder()), err_func, err_line, err_msg)
             raise _HookFailed(stage, info)

@@ -16,8 +16,9 @@ _SIGNAL_NAMES = {signal.SIGTERM: 'TERM', signal.SIGKILL: 'KILL'}
 
 
 class FakeProcess:
-    def __init__(self, reactor, proto, pid, args, child_fds):
+    def __init__(self, reactor, proto, pid, args, child_fds, env=None):
         self.reactor = reactor
+        self.env = env
         self.proto = proto
         self.pid = pid
         self.group = pid  # the process group it leads (setsid)
@@ -64,7 +65,7 @@ class ProcessReactor(MemoryReactor, Clock):
         if self.spawn_error is not None:
             raise self.spawn_error
         self._next_pid += 1
-        process = FakeProcess(self, proto, self._next_pid, args, childFDs)
+        process = FakeProcess(self, proto, self._next_pid, args, childFDs, env)
         proto.makeConnection(process)
         self.spawned.append(process)
         return process

@@ -347,9 +347,11 @@ def model_server_argv(name, endpoints=ENDPOINTS_DIR, config=None, port=0, host='
     return argv + list(extra_args)
 
 
-def start_model_server(processes, name, timeout=DEFAULT_TIMEOUT, **kwargs):
-    """Start one model server on a port of its choosing and wait for its ready line."""
+def start_model_server(processes, name, timeout=DEFAULT_TIMEOUT, env=None, **kwargs):
+    """Start one model server on a port of its choosing and wait for its ready line;
+    ``env``: variables added to its environment (``BIS_ADMIN_TOKEN``)."""
     host = kwargs.get('host', '127.0.0.1')
-    proc = processes.start(model_server_argv(name, **kwargs), name='model server ' + name)
+    proc = processes.start(model_server_argv(name, **kwargs), name='model server ' + name,
+                           env=python_env(env) if env else None)
     port = int(proc.wait_for_line(READY_PATTERN, timeout=timeout).group(1))
     return ModelServerProcess(proc, host, port)

@@ -96,8 +96,8 @@ def test_check_prints_one_line_per_problem_naming_file_endpoint_and_key(tmp_path
     expected = {
         'dummy_model_demo2': "config_gateway.txt: endpoint 'dummy_model_demo2': key 'NR_WORKERS' must be an "
                              "integer >= 1, got 'two'",
-        'ghost': "config_gateway.txt: endpoint 'ghost': key 'SERVER_CLASS': endpoint file endpoints/ghost.py "
-                 "does not exist",
+        # no SERVER_CLASS in the entry: the message names the file it looked for, not that key
+        'ghost': "config_gateway.txt: endpoint 'ghost': endpoint file endpoints/ghost.py does not exist",
         'fails_to_import': "config_gateway.txt: endpoint 'fails_to_import': endpoints/fails_to_import.py: import "
                            "failed: No module named 'numpyy_typo'",
         'exits_on_import': "config_gateway.txt: endpoint 'exits_on_import': endpoints/exits_on_import.py: exit "

@@ -19,7 +19,7 @@ from bis_twisted.client import (AsyncClient, BadInput, Client, EndpointError, Fo
 
 pytestmark = pytest.mark.timeout(120)
 
-TOKEN = 'tok-client-e2e'
+TOKEN = 'tok-client-e2e-admin-secret'
 
 SLOW = '''
     import time

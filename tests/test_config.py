@@ -190,3 +190,20 @@ def test_gateway_start_with_bad_config_exits_nonzero_with_one_line(tmp_path, end
     lines = done.stderr.strip().splitlines()
     assert lines == ["bis-gateway: {}: endpoint 'good': key 'NR_WORKERS' must be an integer >= 1, got 'two'".format(
         config)], done.stderr
+
+
+@pytest.mark.parametrize('key, bad, what', [
+    ('HEAD_TIMEOUT', 0, 'a number of seconds > 0'), ('BODY_TIMEOUT', '10', 'a number of seconds > 0'),
+    ('MAX_CONNECTIONS', 1.5, 'an integer >= 1'), ('MAX_BODIES_MB', -1, 'a number of MiB > 0'),
+    ('MAX_ANSWER_MB', True, 'a number of MiB > 0'),
+])
+def test_bad_http_limits_name_the_key(endpoints, key, bad, what):
+    with pytest.raises(ConfigError, match=r"^cfg.txt: key '{}' must be {}".format(key, what)):
+        parse(endpoints, {'good': {}}, **{key: bad})
+
+
+def test_http_limits_are_read(endpoints):
+    config = parse(endpoints, {'good': {}}, HEAD_TIMEOUT=2, MAX_CONNECTIONS=50, MAX_ANSWER_MB=5)
+    assert config.http_limits == {'HEAD_TIMEOUT': 2, 'MAX_CONNECTIONS': 50}
+    assert config.max_answer_mb == 5
+    assert 'HEAD_TIMEOUT' not in config.extra

@@ -378,7 +378,7 @@ def test_the_manifests_commands_serve_behind_a_gateway_with_the_configmap_config
 
     text = re.sub(r'http://([a-z0-9-]+):\d+/', to_local, gateway_config_text())
     gateway = start_gateway(processes, tmp_path, config=json.loads(text),
-                            env={'BIS_ADMIN_TOKEN': 'tok-k8s-test'})
+                            env={'BIS_ADMIN_TOKEN': 'tok-k8s-test-0123456789'})
     container = the_container(gateway_deployment())
     assert gateway.get(container['livenessProbe']['httpGet']['path']).status == 200
     wait_until(lambda: gateway.get(container['readinessProbe']['httpGet']['path']),

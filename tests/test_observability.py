@@ -128,9 +128,9 @@ def test_hook_error_log_line_carries_the_request_id(gateway, tmp_path):
 
 def test_metrics_can_require_the_admin_token(processes, tmp_path):
     config = {'METRICS_REQUIRE_TOKEN': True, 'CONFIG_ENDPOINTS': {'dummy_model_demo2': DEMO2}}
-    gateway = start_gateway(processes, tmp_path, config=config, env={'BIS_ADMIN_TOKEN': 's3cret'})
+    gateway = start_gateway(processes, tmp_path, config=config, env={'BIS_ADMIN_TOKEN': 's3cret-observability-token'})
     assert gateway.get('/metrics').status == 401
-    assert http('GET', gateway.url('/metrics'), headers={'Authorization': 'Bearer s3cret'}).status == 200
+    assert http('GET', gateway.url('/metrics'), headers={'Authorization': 'Bearer s3cret-observability-token'}).status == 200
 
 
 def test_openapi_document_holds_against_the_live_gateway_with_schemathesis(processes, tmp_path):

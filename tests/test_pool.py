@@ -19,6 +19,7 @@ from twisted.web.server import Site
 from bis_twisted import FlaskWorker
 from bis_twisted.errors import BadRequest, QueueFull
 from bis_twisted.pool import WorkerLoadError, WorkerPool
+from bis_twisted.security import AdminGuard
 from bis_twisted.server import ModelServer
 
 HOOK_TIMEOUT = 10  # seconds a hook may wait at a barrier or gate before it gives up
@@ -431,8 +432,11 @@ def test_notifications_answers_general_and_per_call_lists(loading_server):
     ({'NR_WORKERS': 0}, 'NR_WORKERS must be an integer >= 1, got 0'),
     ({'NR_WORKERS': 'many'}, "NR_WORKERS must be an integer >= 1, got 'many'"),
 ])
-def test_update_workers_with_a_bad_count_answers_400(loading_server, body, message):
-    answer = call(loading_server, 'POST', '/update_workers', json=body)
+def test_update_workers_with_a_bad_count_answers_400(body, message):
+    token = 'pool-test-admin-token'
+    server = ModelServer('echo', CountingWorker, {}, {'NR_WORKERS': 2}, reactor=reactor,
+                         guard=AdminGuard(token, require_token=True))
+    answer = call(server, 'POST', '/update_workers', json=body, headers={'Authorization': 'Bearer ' + token})
 
     assert answer.status == 400
     assert answer.json['ERROR'] == message

@@ -10,8 +10,8 @@ from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
-from bis_twisted.errors import BisError, Forbidden, Unauthorized
-from bis_twisted.security import AdminGuard, is_loopback
+from bis_twisted.errors import BisError, ConfigError, Forbidden, Unauthorized, UnsupportedMediaType
+from bis_twisted.security import AdminGuard, admin_token, is_loopback
 from bis_twisted.web import error_answer, write_json
 
 TOKEN = 's3cr3t-Admin-T0ken-value'
@@ -196,3 +196,105 @@ def test_an_authorized_admin_call_is_served():
     response, body = post_shutdown(service, {b'Authorization': [b'Bearer ' + TOKEN.encode()]})
     assert (response.code, body) == (200, {'MESSAGE': 'OK'})
     assert service.shutdowns == 1
+
+
+# -- browsers: another origin, DNS rebinding, bodies a page may send without asking -------------
+def browser_request(headers, host='127.0.0.1', method=b'POST', token=None):
+    request = admin_request(host)
+    request.method = method
+    for name, value in headers.items():
+        request.requestHeaders.setRawHeaders(name, [value])
+    if token is not None:
+        request.requestHeaders.setRawHeaders(b'authorization', [b'Bearer ' + token.encode()])
+    return request
+
+
+JSON_BODY = {b'content-type': b'application/json'}
+
+
+@pytest.mark.parametrize('token', [None, TOKEN])
+@pytest.mark.parametrize('headers', [
+    {b'origin': b'http://evil.example', b'host': b'127.0.0.1:5002'},
+    {b'origin': b'null', b'host': b'127.0.0.1:5002'},
+    {b'origin': b'http://127.0.0.1:8080', b'host': b'127.0.0.1:5002'},  # another port is another origin
+    {b'sec-fetch-site': b'cross-site', b'host': b'127.0.0.1:5002'},
+    {b'sec-fetch-site': b'same-site', b'host': b'localhost:5002'},
+])
+def test_a_request_from_another_origin_is_forbidden_with_or_without_token(headers, token, log_events):
+    with pytest.raises(Forbidden) as caught:
+        AdminGuard(token).check(browser_request({**headers, **JSON_BODY}, token=token))
+    assert caught.value.status == 403
+    assert "gateway's own origin" in caught.value.message
+    assert refusals(log_events)
+
+
+@pytest.mark.parametrize('headers', [
+    {b'origin': b'http://127.0.0.1:5002', b'host': b'127.0.0.1:5002', b'sec-fetch-site': b'same-origin'},
+    {b'origin': b'http://localhost:5002', b'host': b'localhost:5002'},
+    {b'origin': b'https://LOCALHOST:5002', b'host': b'localhost:5002'},  # TLS ended by a proxy
+    {b'sec-fetch-site': b'none', b'host': b'[::1]:5002'},  # typed into the address bar
+    {b'host': b'127.0.0.1'},  # curl
+    {},  # HTTP/1.0, no Host
+])
+def test_the_gateways_own_page_and_non_browser_clients_are_served(headers):
+    AdminGuard().check(browser_request({**headers, **JSON_BODY}))
+
+
+@pytest.mark.parametrize('host_header', [b'evil.example', b'evil.example:5002', b'10.0.0.5:5002',
+                                         b'localhost.evil.example', b'127.0.0.1.nip.io:5002'])
+def test_without_token_a_host_that_is_not_a_loopback_name_is_forbidden(host_header):
+    # DNS rebinding: the page's own name now resolves to 127.0.0.1; Origin and Host agree
+    request = browser_request({b"origin": b"http://" + host_header, b"host": host_header, **JSON_BODY})
+    with pytest.raises(Forbidden) as caught:
+        AdminGuard().check(request)
+    assert 'is not localhost or a loopback address' in caught.value.message
+
+
+@pytest.mark.parametrize('host_header', [b'localhost', b'LocalHost:5002', b'app.localhost:5002',
+                                         b'127.0.0.1:5002', b'127.1.2.3', b'[::1]:5002'])
+def test_without_token_a_loopback_host_is_served(host_header):
+    AdminGuard().check(browser_request({b"host": host_header, **JSON_BODY}))
+
+
+def test_with_token_any_host_is_served():
+    AdminGuard(TOKEN).check(browser_request({b"host": b"gateway.internal:5002", **JSON_BODY},
+                                            host='10.1.2.3', token=TOKEN))
+
+
+@pytest.mark.parametrize('content_type', [None, b'text/plain', b'application/x-www-form-urlencoded',
+                                          b'multipart/form-data; boundary=x', b'application/jsonx'])
+def test_an_admin_body_that_is_not_declared_json_is_refused_with_415(content_type):
+    headers = {b'content-type': content_type} if content_type else {}
+    with pytest.raises(UnsupportedMediaType) as caught:
+        AdminGuard().check(browser_request(headers))
+    assert caught.value.status == 415
+    assert 'Content-Type: application/json' in caught.value.message
+
+
+def test_json_with_a_charset_is_json():
+    AdminGuard().check(browser_request({b'content-type': b'application/json; charset=utf-8'}))
+
+
+def test_a_guarded_get_needs_no_content_type():
+    AdminGuard().check(browser_request({}, method=b'GET'))
+
+
+# -- the token itself --------------------------------------------------------------------------
+def test_a_token_from_a_secret_file_has_its_newline_stripped():
+    guard = AdminGuard(TOKEN + '\n')
+    guard.check(browser_request(JSON_BODY, token=TOKEN))
+    assert admin_token('  ' + TOKEN + '\r\n') == TOKEN
+    assert admin_token(' \n') is None
+
+
+@pytest.mark.parametrize('value', ['s3cret', 'x' * 15, ' fifteen-chars-x \n'])
+def test_a_token_shorter_than_16_characters_is_a_config_error(value):
+    with pytest.raises(ConfigError) as caught:
+        AdminGuard(value)
+    assert 'BIS_ADMIN_TOKEN is' in str(caught.value) and 'use at least 16' in str(caught.value)
+
+
+def test_a_model_server_without_token_refuses_its_control_route(log_events):
+    with pytest.raises(Forbidden) as caught:
+        AdminGuard(require_token=True).check(browser_request(JSON_BODY))
+    assert 'started without BIS_ADMIN_TOKEN' in caught.value.message

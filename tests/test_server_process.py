@@ -9,15 +9,20 @@ import textwrap
 
 import pytest
 
-from procs import READY_PATTERN, get, model_server_argv, process_gone, start_model_server, wait_until
+from procs import (READY_PATTERN, get, model_server_argv, post, process_gone, python_env, start_model_server,
+                   wait_until)
 
 DEADLINE = 20  # seconds; every wait ends as soon as its event comes
+TOKEN = 'model-server-token-5f1c2e'
+ADMIN = {'Authorization': 'Bearer ' + TOKEN}
 
 
 @pytest.fixture(scope='module')
 def demo2(module_processes):
+    # a trailing newline, as a token read from a secret file has, is stripped
     return start_model_server(module_processes, 'dummy_model_demo2',
-                              config={'NR_WORKERS': 2, 'WEIGHT': 2, 'BIAS': 1})
+                              config={'NR_WORKERS': 2, 'WEIGHT': 2, 'BIAS': 1},
+                              env={'BIS_ADMIN_TOKEN': TOKEN + '\n'})
 
 
 @pytest.fixture(scope='module')
@@ -67,13 +72,48 @@ def test_notifications_hold_the_ready_message_and_each_call(demo2):
 
 
 def test_update_workers_grows_and_shrinks_the_pool(demo2):
-    grown = demo2.post('/update_workers', {'SIGNATURE': 'dummy_model_demo2', 'NR_WORKERS': 3})
+    grown = demo2.post('/update_workers', {'SIGNATURE': 'dummy_model_demo2', 'NR_WORKERS': 3}, headers=ADMIN)
     assert (grown.status, grown.json()) == (200, {'MESSAGE': 'OK', 'NR_WORKERS': 3})
     assert demo2.get('/health').json()['NR_WORKERS'] == 3
 
-    shrunk = demo2.post('/update_workers', {'NR_WORKERS': 2})
+    shrunk = demo2.post('/update_workers', {'NR_WORKERS': 2}, headers=ADMIN)
     assert shrunk.json() == {'MESSAGE': 'OK', 'NR_WORKERS': 2}
     assert demo2.post('/run', {'INPUT_VALUE': 1}).status == 200
+
+
+def test_update_workers_without_the_token_is_refused_and_changes_nothing(demo2):
+    before = demo2.get('/health').json()['NR_WORKERS']
+    for headers, status in (({}, 401), ({'Authorization': 'Bearer not-the-token-at-all'}, 403)):
+        answer = demo2.post('/update_workers', {'NR_WORKERS': 7}, headers=headers)
+        assert answer.status == status, answer
+        assert 'Authorization: Bearer' in answer.json()['ERROR']
+    assert demo2.get('/health').json()['NR_WORKERS'] == before
+    # /run and /health stay open
+    assert demo2.post('/run', {'INPUT_VALUE': 1}).status == 200
+
+
+def test_a_server_started_without_a_token_refuses_control_calls(processes):
+    server = start_model_server(processes, 'dummy_model_demo2', config={'NR_WORKERS': 1},
+                                env={'BIS_ADMIN_TOKEN': ''})
+    answer = server.post('/update_workers', {'NR_WORKERS': 7})
+    assert answer.status == 403
+    assert 'started without BIS_ADMIN_TOKEN' in answer.json()['ERROR']
+    assert server.get('/health').json()['NR_WORKERS'] == 1
+
+
+def test_a_token_shorter_than_16_characters_stops_the_start_with_one_line(processes):
+    proc = processes.start(model_server_argv('dummy_model_demo2'), env=python_env({'BIS_ADMIN_TOKEN': 'short'}))
+    assert proc.wait_exit(DEADLINE) == 2
+    [line] = proc.stderr_lines
+    assert 'BIS_ADMIN_TOKEN is 5 characters long; use at least 16' in line
+
+
+def test_the_config_entry_may_come_from_the_environment(processes):
+    proc = processes.start(model_server_argv('dummy_model_demo2')[:-2],  # no --config-json
+                           env=python_env({'BIS_SERVER_CONFIG': '{"NR_WORKERS": 1, "WEIGHT": 3, "BIAS": 0}'}))
+    port = int(proc.wait_for_line(READY_PATTERN, timeout=DEADLINE).group(1))
+    answer = post('http://127.0.0.1:{}/run'.format(port), {'INPUT_VALUE': 2})
+    assert answer.json()['predict_result'] == {'dummy_model_predict': '2*3 + 0 = 6 PREDICTED'}
 
 
 def test_get_paths_lists_the_routes(demo2):

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""bis_twisted beside LitServe, the peer of the same shape (an HTTP front, worker processes),
+on the original's dummy_model_demo2 with 2 workers on each side, in one run:
+
+    python bench/peer_bench.py                 # 2 rounds of 5 s per cell
+    python bench/peer_bench.py --gc-ab         # also a gateway with BIS_GC_FREEZE=0
+    python bench/peer_bench.py --duration 3 --rounds 3
+
+Rows: through our gateway, our model server direct, LitServe (0.2.x, ``workers_per_device=2``,
+``accelerator="cpu"``, from its own venv bench/.peers-venv, made on first use). For each
+concurrency (1, 16, 64) the targets run one after the other, in an order that turns round each
+round, so the machine's noise falls on all alike; each cell is the median of the rounds.
+Prints req/s, p50 and p99 and the ratios the goals are stated in, and writes them as JSON under
+bench/results/.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import run_bench as rb  # noqa: E402  (the gateway launcher, wrk and its parser)
+
+CONCURRENCY = (1, 16, 64)
+BODY = {'SIGNATURE': 'dummy_model_demo2', 'INPUT_VALUE': 3}
+CONFIG = {'CONFIG_ENDPOINTS': {'dummy_model_demo2': {'NR_WORKERS': 2, 'WEIGHT': 2, 'BIAS': 1}}}
+
+
+class LitServeDemo2:
+    def __init__(self, python, workers=2):
+        self.port = rb.free_block(1)
+        self.url = 'http://127.0.0.1:{}/predict'.format(self.port)
+        self.proc = subprocess.Popen(
+            [python, os.path.join(HERE, 'peers', 'litserve_demo2.py'), str(self.port), str(workers), '2', '1'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        rb.wait_for(lambda: rb.http('POST', self.url, BODY, timeout=2)[0] == 200, 90, 'LitServe to answer')
+
+    def stop(self):
+        rb.stop_group(self.proc, 10)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--duration', type=int, default=5)
+    parser.add_argument('--rounds', type=int, default=2)
+    parser.add_argument('--gc-ab', action='store_true', help='add a gateway whose processes do not gc.freeze()')
+    parser.add_argument('--no-peers', action='store_true', help='ours only (no LitServe)')
+    args = parser.parse_args()
+    wrk_bin = rb.ensure_wrk()
+    workdir = tempfile.mkdtemp(prefix='bis-peer-bench-')
+    endpoints = os.path.join(rb.REPO, 'endpoints')
+    processes = []
+    try:
+        gateway = rb.Gateway(CONFIG, endpoints, workdir)
+        processes.append(gateway)
+        targets = {'gateway': gateway.url + '/run', 'direct': rb.direct_url(gateway, 'dummy_model_demo2')}
+        if args.gc_ab:
+            unfrozen = rb.Gateway(CONFIG, endpoints, workdir, env=dict(os.environ, BIS_GC_FREEZE='0'))
+            processes.append(unfrozen)
+            targets['gateway, no gc.freeze'] = unfrozen.url + '/run'
+        if not args.no_peers:
+            litserve = LitServeDemo2(rb.peers_python())
+            processes.append(litserve)
+            targets['LitServe'] = litserve.url
+        names = list(targets)
+        cells = {(n, c): [] for n in names for c in CONCURRENCY}
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for c in CONCURRENCY:
+                for name in order:
+                    body = BODY if name != 'LitServe' else {'INPUT_VALUE': 3}
+                    cells[(name, c)].append(rb.wrk(wrk_bin, targets[name], body, c, args.duration))
+        table = {}
+        for (name, c), runs in cells.items():
+            table.setdefault(name, {})[c] = {k: statistics.median(run[k] for run in runs)
+                                             for k in ('rps', 'p50_ms', 'p99_ms', 'errors')}
+    finally:
+        for process in processes:
+            process.stop()
+    print('\n| | ' + ' | '.join('c={0} req/s | c={0} p50 / p99 ms'.format(c) for c in CONCURRENCY) + ' |')
+    print('|---' * (1 + 2 * len(CONCURRENCY)) + '|')
+    for name in names:
+        row = table[name]
+        print('| {} | '.format(name) + ' | '.join('{:.0f} | {:.2f} / {:.1f}'.format(
+            row[c]['rps'], row[c]['p50_ms'], row[c]['p99_ms']) for c in CONCURRENCY) + ' |')
+    gw, direct = table['gateway'], table['direct']
+    print('\ngateway / direct req/s: ' + ', '.join('c={}: {:.2f}'.format(c, gw[c]['rps'] / direct[c]['rps'])
+                                                   for c in CONCURRENCY))
+    print('gateway added p50 at c=1: {:.2f} ms; gateway p99 / direct p99 at c=1: {:.1f}x'.format(
+        gw[1]['p50_ms'] - direct[1]['p50_ms'], gw[1]['p99_ms'] / direct[1]['p99_ms']))
+    if 'LitServe' in table:
+        lit = table['LitServe']
+        print('gateway / LitServe req/s: ' + ', '.join('c={}: {:.2f}'.format(c, gw[c]['rps'] / lit[c]['rps'])
+                                                       for c in CONCURRENCY))
+        print('gateway p99 / LitServe p99: ' + ', '.join('c={}: {:.2f}'.format(c, gw[c]['p99_ms'] / lit[c]['p99_ms'])
+                                                         for c in CONCURRENCY))
+    errors = {n: sum(table[n][c]['errors'] for c in CONCURRENCY) for n in names}
+    print('errors (non-2xx + socket), medians summed: {}'.format(errors))
+    os.makedirs(rb.RESULTS, exist_ok=True)
+    path = os.path.join(rb.RESULTS, 'peers-{}.json'.format(time.strftime('%Y%m%d-%H%M%S')))
+    with open(path, 'w') as fh:
+        json.dump({'duration': args.duration, 'rounds': args.rounds,
+                   'table': {n: {str(c): v for c, v in row.items()} for n, row in table.items()}}, fh, indent=1)
+    print('written to', path)
+
+
+if __name__ == '__main__':
+    main()

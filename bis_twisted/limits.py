@@ -1,0 +1,437 @@
+"""The HTTP server's limits against hostile or broken clients, for the gateway and the model
+server alike: deadlines for a request's head and body, a cap on open connections, caps on a
+body and on all the bodies being held at once, and a JSON answer with the right status for
+what twisted.web would refuse with a bare 400 or a silent close.
+
+twisted.web has an idle timeout only (``HTTPFactory(timeout=...)``), reset by every byte: a
+client sending one header byte a second (slowloris) holds a connection for ever. Here a
+request's head must arrive whole within ``head_timeout`` of its first byte (of the
+connection, for the first request), its body within ``body_timeout`` plus its size at
+``min_body_rate``; past that the answer is 408 and the connection closes. An idle kept-alive
+connection between requests is governed by the idle timeout as before.
+"""
+
+import ctypes
+import json
+import resource
+
+import attr
+from twisted.internet.protocol import Protocol
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Request, Site
+
+MIB = 1024 * 1024
+DEFAULT_MAX_BODY_MB = 8
+DEFAULT_HEAD_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 10.0
+DEFAULT_MIN_BODY_RATE = 64 * 1024  # bytes/s: a body's deadline grows with its size at this rate
+DEFAULT_BODIES_IN_FLIGHT_MB = 256
+IDLE_TIMEOUT = 60  # seconds a kept-alive connection may stay silent (twisted.web's default is 12 hours)
+
+
+def default_max_connections():
+    """Half the process's file-descriptor limit, at most 2048: the rest is for the
+    connections to the model servers, log files and the children's pipes."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 65536
+    return max(16, min(2048, soft // 2))
+
+
+@attr.s(frozen=True)
+class Limits:
+    """What one listening site allows; times in seconds, sizes in bytes."""
+
+    max_body = attr.ib(default=DEFAULT_MAX_BODY_MB * MIB)
+    head_timeout = attr.ib(default=DEFAULT_HEAD_TIMEOUT)
+    body_timeout = attr.ib(default=DEFAULT_BODY_TIMEOUT)
+    min_body_rate = attr.ib(default=DEFAULT_MIN_BODY_RATE)
+    max_connections = attr.ib(factory=default_max_connections)
+    max_bodies_in_flight = attr.ib(default=DEFAULT_BODIES_IN_FLIGHT_MB * MIB)
+    idle_timeout = attr.ib(default=IDLE_TIMEOUT)
+    overflow_timeout = attr.ib(default=2.0)  # a connection past the cap has this long to say what it wants
+    linger = attr.ib(default=2.0)  # after a refusal, how long the rest of the request is read and dropped
+
+    def body_deadline(self, length):
+        """Seconds a body of ``length`` bytes (None: chunked, up to ``max_body``) may take."""
+        expected = self.max_body if length is None else min(length, self.max_body)
+        return self.body_timeout + expected / self.min_body_rate
+
+    @classmethod
+    def from_config(cls, config, max_body_mb=None):
+        """From a config's top-level keys (the gateway's, or a model server's entry)."""
+        values = {'max_body': int((max_body_mb or config.get('MAX_BODY_MB') or DEFAULT_MAX_BODY_MB) * MIB)}
+        if config.get('HEAD_TIMEOUT') is not None:
+            values['head_timeout'] = float(config['HEAD_TIMEOUT'])
+        if config.get('BODY_TIMEOUT') is not None:
+            values['body_timeout'] = float(config['BODY_TIMEOUT'])
+        if config.get('MAX_CONNECTIONS') is not None:
+            values['max_connections'] = int(config['MAX_CONNECTIONS'])
+        if config.get('MAX_BODIES_MB') is not None:
+            values['max_bodies_in_flight'] = int(config['MAX_BODIES_MB'] * MIB)
+        return cls(**values)
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; elsewhere there is nothing to do
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def return_free_memory():
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def raw_answer(status_line, message, headers=(), fields=None):
+    """The bytes of a complete ``Connection: close`` JSON answer, for a request that never
+    reaches a route; ``fields``: more of the answer (the gateway's fields, the request id)."""
+    body = json.dumps(dict({'ERROR': message}, **(fields or {}))).encode('utf-8')
+    lines = ['HTTP/1.1 ' + status_line, 'Content-Type: application/json', 'Content-Length: %d' % len(body),
+             'Connection: close']
+    lines += ['{}: {}'.format(name, value) for name, value in headers]
+    return ('\r\n'.join(lines) + '\r\n\r\n').encode('ascii') + body
+
+
+def _linger_and_close(transport, reactor_call_later, linger):
+    """Stop writing (the answer goes out first), keep reading and dropping until the client
+    closes or ``linger`` passes. Closing with unread input would reset the connection, and
+    the client could lose the answer still in flight."""
+    getattr(transport, 'loseWriteConnection', transport.loseConnection)()
+    return reactor_call_later(linger, transport.abortConnection)
+
+
+class LimitedRequest(Request):
+    """A request whose body is refused before it is buffered: over ``max_body`` (413), or
+    when the site already holds ``max_bodies_in_flight`` bytes of bodies (503 +
+    ``Retry-After``). A ``Content-Length`` is judged as soon as the head is read, a chunked
+    body as it arrives. twisted.web has no body cap (Twisted #4898)."""
+
+    _refused = False
+    _received = 0
+    _reserved = 0
+
+    def refusal(self, length):
+        """Called with the head complete: None, or ``(status line, message, headers)``."""
+        site = self.channel.site
+        limits = site.limits
+        if length is not None and length > limits.max_body:
+            self._refused = True
+            return ('413 Payload Too Large', 'request body over the limit of {} bytes; send less, or raise '
+                    'MAX_BODY_MB in the config'.format(limits.max_body), ())
+        if length and not self._reserve(length):
+            self._refused = True
+            return self._busy()
+        return None
+
+    def _busy(self):
+        limits = self.channel.site.limits
+        return ('503 Service Unavailable', 'the server holds {:g} MiB of request bodies already (MAX_BODIES_MB); '
+                'retry shortly'.format(limits.max_bodies_in_flight / MIB), (('Retry-After', '1'),))
+
+    def _reserve(self, size):
+        site = self.channel.site
+        if site.bodies_in_flight + size > site.limits.max_bodies_in_flight:
+            return False
+        self._site = site  # the channel is gone by the time the request ends
+        site.bodies_in_flight += size
+        self._reserved += size
+        return True
+
+    def finish(self):
+        Request.finish(self)
+        self._release()
+
+    def connectionLost(self, reason):
+        Request.connectionLost(self, reason)
+        self._release()
+
+    def _release(self):
+        if not self._reserved:
+            return
+        site = self._site
+        site.bodies_in_flight -= self._reserved
+        if self._reserved >= MIB:
+            site.large_body_released()
+        self._reserved = 0
+
+    def handleContentChunk(self, data):
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.limits.max_body:
+            self._refused = True
+            self.channel.refuse('413 Payload Too Large', 'request body over the limit of {} bytes; send less, or '
+                                'raise MAX_BODY_MB in the config'.format(self.channel.site.limits.max_body),
+                                request=self)
+            return
+        if self.channel.length is None and not self._reserve(len(data)):  # chunked: counted as it comes
+            self._refused = True
+            self.channel.refuse(*self._busy(), request=self)
+            return
+        Request.handleContentChunk(self, data)
+
+    def requestReceived(self, command, path, version):
+        if not self._refused:
+            Request.requestReceived(self, command, path, version)
+
+
+class GuardedChannel(HTTPChannel):
+    """An HTTP/1.1 channel with the deadlines above, whose refusals answer JSON: 408 (too
+    slow), 413 / 503 (body), 414 (request line over ``MAX_LENGTH``), 431 (a header line over
+    ``MAX_LENGTH``, the head over ``totalHeadersSize``, more than ``maxHeaders`` headers),
+    400 (malformed). It uses HTTPChannel's overridable methods (``lineReceived``,
+    ``lineLengthExceeded``, ``allHeadersReceived``, ``allContentReceived``, ``requestDone``,
+    ``_respondToBadRequestAndDisconnect``, the one private name: twisted.web's only hook for
+    its bare 400) and keeps its own state, never HTTPChannel's private attributes."""
+
+    _phase = 'head'  # 'head', 'body', 'handling' (a route runs), 'idle' (kept alive between requests)
+    _head_call = None
+    _body_call = None
+    _linger_call = None
+    _head_started = False
+    _head_size = 0
+    _head_lines = 0
+    _closing = False
+    _counted = False
+
+    def connectionMade(self):
+        HTTPChannel.connectionMade(self)
+        self.site.open_connections += 1
+        self._counted = True
+        self._begin_head(started=False)
+
+    def connectionLost(self, reason):
+        if self._counted:
+            self.site.open_connections -= 1
+            self._counted = False
+        self._disarm()
+        HTTPChannel.connectionLost(self, reason)
+
+    # -- the deadlines ---------------------------------------------------------------------------
+    def _begin_head(self, started=True):
+        self._phase = 'head'
+        self._head_started = started
+        self._head_size = 0
+        self._head_lines = 0
+        self._head_call = self._arm(self._head_call, self.site.limits.head_timeout, self._head_expired)
+
+    def _arm(self, call, seconds, expired):
+        """``call`` moved to ``seconds`` from now, or a new one. Each deadline keeps one
+        DelayedCall per connection, moved later with reset() (O(1) in the reactor) request
+        after request, and left armed when its phase ends (it then does nothing)."""
+        if call is not None and call.active():
+            if call.getTime() <= call.seconds() + seconds:
+                call.reset(seconds)
+                return call
+            call.cancel()
+        return self.callLater(seconds, expired)
+
+    def _disarm(self):
+        for name in ('_head_call', '_body_call', '_linger_call'):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+
+    def _head_expired(self):
+        self._head_call = None
+        if self._phase != 'head' or self._closing:
+            return
+        if not self._head_started:
+            self.transport.loseConnection()  # connected and said nothing: nobody to answer
+        else:
+            self.refuse('408 Request Timeout', 'the request head did not arrive within {:g}s (HEAD_TIMEOUT); '
+                        'send the whole request at once'.format(self.site.limits.head_timeout))
+
+    def _body_expired(self):
+        self._body_call = None
+        if self._phase != 'body' or self._closing:
+            return
+        limits = self.site.limits
+        self.refuse('408 Request Timeout', 'the request body did not arrive within {:g}s (BODY_TIMEOUT plus '
+                    'its size at {:g} KiB/s); send it at once, and no more than its Content-Length '
+                    'promised'.format(limits.body_deadline(self.length), limits.min_body_rate / 1024))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def dataReceived(self, data):
+        if self._closing:
+            return  # lingering after a refusal: what still comes is dropped
+        if self._phase == 'idle':
+            self._begin_head()
+        elif self._phase == 'head':
+            self._head_started = True
+        HTTPChannel.dataReceived(self, data)
+
+    def rawDataReceived(self, data):
+        if not self._closing:
+            HTTPChannel.rawDataReceived(self, data)
+
+    def lineReceived(self, line):
+        if self._closing:
+            return
+        if self._phase == 'idle':  # a pipelined request, replayed from the buffer
+            self._begin_head()
+        if self._phase == 'head':
+            if not line and self._head_lines == 0:
+                return HTTPChannel.lineReceived(self, line)  # the stray CRLF HTTPChannel tolerates
+            self._head_size += len(line) + 2
+            self._head_lines += 1
+            if self._head_size > self.totalHeadersSize:
+                if self._head_lines == 1:
+                    return self._uri_too_long()
+                return self._headers_too_large('the request head is over {} bytes'.format(self.totalHeadersSize))
+            if self._head_lines > self.maxHeaders + 2:  # request line + headers + the empty line
+                return self._headers_too_large('more than {} headers'.format(self.maxHeaders))
+        HTTPChannel.lineReceived(self, line)
+
+    def lineLengthExceeded(self, line):
+        if self._closing:
+            return
+        if self._phase in ('head', 'idle') and self._head_lines == 0:
+            self._uri_too_long()
+        else:
+            self._headers_too_large('a header line is over {} bytes'.format(self.MAX_LENGTH))
+
+    def _uri_too_long(self):
+        self.refuse('414 URI Too Long', 'the request line (method and URL) is over {} bytes; send the inputs '
+                    'in a JSON body instead of the query string'.format(min(self.MAX_LENGTH, self.totalHeadersSize)))
+
+    def _headers_too_large(self, what):
+        self.refuse('431 Request Header Fields Too Large', '{}; send fewer or smaller headers'.format(what))
+
+    def allHeadersReceived(self):
+        self._phase = 'body'
+        if self.length != 0:  # no body: allContentReceived follows at once
+            self._body_call = self._arm(self._body_call, self.site.limits.body_deadline(self.length),
+                                        self._body_expired)
+        refusal = self.requests[-1].refusal(self.length)
+        if refusal is not None:
+            # before HTTPChannel's own: it would answer 'Expect: 100-continue' after our refusal
+            self.refuse(*refusal, request=self.requests[-1])
+            return
+        HTTPChannel.allHeadersReceived(self)
+
+    def allContentReceived(self):
+        self._phase = 'handling'  # the deadlines stay armed, ignored, for the next request to move
+        HTTPChannel.allContentReceived(self)
+
+    def requestDone(self, request):
+        self._phase = 'idle'  # before HTTPChannel replays pipelined input into lineReceived
+        HTTPChannel.requestDone(self, request)
+
+    # -- refusing ----------------------------------------------------------------------------------
+    def refuse(self, status_line, message, headers=(), request=None):
+        """Answer ``status_line`` with ``{"ERROR": message}`` and close, without reading the
+        rest of the request. With the ``request`` (its head is in), the answer carries the
+        site's ``answer_fields(request)`` as every other answer does, request id included."""
+        if self._closing or self.transport is None:
+            return
+        self._closing = True
+        self._disarm()
+        fields = None
+        answer_fields = getattr(self.site, 'answer_fields', None)
+        if request is not None and answer_fields is not None:
+            fields = answer_fields(request)
+            if 'request_id' in fields:
+                headers = tuple(headers) + (('X-Request-Id', fields['request_id']),)
+        self.transport.write(raw_answer(status_line, message, headers, fields))
+        self._linger_call = _linger_and_close(self.transport, self.callLater, self.site.limits.linger)
+
+    def _respondToBadRequestAndDisconnect(self):
+        self.refuse('400 Bad Request', 'malformed HTTP request (request line, headers or form body); send a JSON '
+                    'object')
+
+
+class OverflowProtocol(Protocol):
+    """A connection past ``max_connections``: it gets ``overflow_timeout`` to send its
+    request line; ``GET /health`` answers 200 (the process is alive, so a liveness probe
+    does not restart a gateway under attack), anything else 503 with ``Retry-After``. Then
+    it is closed."""
+
+    _answered = False
+
+    def __init__(self, site):
+        self.site = site
+        self._buffer = b''
+        self._timer = None
+
+    def connectionMade(self):
+        self.site.overflowed += 1
+        self._timer = self.site.reactor.callLater(self.site.limits.overflow_timeout, self._answer)
+
+    def dataReceived(self, data):
+        if self._answered:
+            return
+        self._buffer += data[:4096]
+        if b'\n' in self._buffer or len(self._buffer) >= 4096:
+            self._answer()
+
+    def _answer(self):
+        if self._answered:
+            return
+        self._answered = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        parts = self._buffer.split(b'\n', 1)[0].split()
+        limits = self.site.limits
+        if len(parts) >= 2 and parts[0] == b'GET' and parts[1].split(b'?', 1)[0] == b'/health':
+            body = json.dumps({'STATUS': 'OK', 'CONNECTIONS': self.site.open_connections,
+                               'MAX_CONNECTIONS': limits.max_connections}).encode('ascii')
+            head = ('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n'
+                    'Connection: close\r\n\r\n' % len(body)).encode('ascii')
+            self.transport.write(head + body)
+        else:
+            self.transport.write(raw_answer(
+                '503 Service Unavailable', 'too many open connections ({} of MAX_CONNECTIONS {}); retry '
+                'shortly'.format(self.site.open_connections, limits.max_connections), (('Retry-After', '1'),)))
+        self._timer = _linger_and_close(self.transport, self.site.reactor.callLater, limits.linger)
+
+    def connectionLost(self, reason):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+
+class GuardedSite(Site):
+    """A ``Site`` with ``limits``: its channels are ``GuardedChannel``, its requests
+    ``LimitedRequest``; past ``max_connections`` open connections a new one gets an
+    ``OverflowProtocol``."""
+
+    protocol = GuardedChannel
+    answer_fields = None  # request -> the fields every answer carries (the gateway's), or None
+
+    def __init__(self, resource, limits=None, **kwargs):
+        self.limits = limits or Limits()
+        Site.__init__(self, resource, requestFactory=LimitedRequest, timeout=self.limits.idle_timeout, **kwargs)
+        self.open_connections = 0
+        self.overflowed = 0  # connections refused by the cap, since the start
+        self.bodies_in_flight = 0  # bytes of request bodies held now
+        self._trim_wanted = False
+        self._trim_call = None
+        self._trimmed_at = float('-inf')
+
+    def large_body_released(self):
+        """Once no body is held, hand the freed heap back to the system (at most once a
+        second): glibc keeps it for reuse, and the gateway's RSS would stay at its peak."""
+        self._trim_wanted = True
+        if self.bodies_in_flight == 0 and self._trim_call is None:
+            delay = max(0.0, self._trimmed_at + 1.0 - self.reactor.seconds())
+            self._trim_call = self.reactor.callLater(delay, self._trim)
+
+    def _trim(self):
+        self._trim_call = None
+        if self.bodies_in_flight == 0 and self._trim_wanted:
+            self._trim_wanted = False
+            self._trimmed_at = self.reactor.seconds()
+            return_free_memory()
+
+    def buildProtocol(self, addr):
+        if self.open_connections >= self.limits.max_connections:
+            protocol = OverflowProtocol(self)
+            protocol.factory = self
+            return protocol
+        return Site.buildProtocol(self, addr)
