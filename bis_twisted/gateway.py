@@ -192,7 +192,8 @@ class Gateway:
             stream.stopProducing()  # the client went away: so does the child's connection
             raise
         finally:
-            request.unregisterProducer()
+            if request.channel is not None:  # None: the client's connection is gone
+                request.unregisterProducer()
             if self.metrics is not None:
                 self.metrics.observe_stream(signature, counts['first'], counts['chunks'])
         return b''

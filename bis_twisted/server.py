@@ -197,7 +197,8 @@ class ModelServer:
             # at the end, after an error, or cancelled (the client went away): the generator
             # stops at its next yield and the worker goes back to the pool
             stream.close().addErrback(lambda failure: self._log.failure('closing a stream', failure))
-            request.unregisterProducer()
+            if request.channel is not None:  # None: the connection is gone, and its producer with it
+                request.unregisterProducer()
         summary = self._answer_fields(worker, call_id, rid)
         summary['chunks'] = sent
         if ended is not None:
