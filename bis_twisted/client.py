@@ -14,8 +14,9 @@ side: a client machine needs ``httpx`` only.
 """
 
 import asyncio
+import json
 import time
-from typing import Any, Dict, Mapping, Optional, Type
+from typing import Any, AsyncIterator, Dict, Iterator, Mapping, Optional, Type
 
 try:
     import httpx
@@ -141,6 +142,34 @@ def _ready_answer(response: 'httpx.Response') -> Answer:
     return _decode(response, '/ready')
 
 
+def _stream_line(line: str) -> Optional[Answer]:
+    """A line of a streaming answer: the chunk's ``predict_result`` as ``{'chunk': value}``;
+    None for the last line (the summary); the typed error when the stream ended with one."""
+    if not line:
+        return {}
+    try:
+        body = json.loads(line)
+    except ValueError:
+        raise BadGateway(200, 'a line of the stream is not JSON: {!r}'.format(line[:200])) from None
+    if not isinstance(body, dict):
+        raise BadGateway(200, 'a line of the stream is not a JSON object: {!r}'.format(line[:200]))
+    if 'ERROR' in body:
+        raise EndpointError(500, str(body['ERROR']), body)
+    if 'predict_result' in body and 'chunks' not in body:
+        return {'chunk': body['predict_result']}
+    return None
+
+
+def _stream_start(response: 'httpx.Response', path: str) -> bool:
+    """True when the answer is a stream; a plain answer is decoded (an error raises)."""
+    if response.headers.get('content-type', '').startswith('application/x-ndjson'):
+        return True
+    if response.status_code >= 400:
+        response.read()
+        _decode(response, path)
+    return False
+
+
 class _Calls:
     """What both clients share: the URL, the headers, the retry rule and the payloads."""
 
@@ -235,6 +264,30 @@ class Client(_Calls):
         gateway's fields). Inputs as keywords (``FEATURES=[...]``) or as a dict."""
         return self._json('POST', '/run', self.run_payload(signature, inputs, fields), request_id)
 
+    def stream(self, signature: str, inputs: Optional[Mapping[str, Any]] = None, /,
+               request_id: Optional[str] = None, **fields: Any) -> Iterator[Any]:
+        """``POST /run`` read as it comes: yields each chunk's ``predict_result`` of a
+        streaming endpoint (a ``_predict`` that yields) as soon as it arrives; a stream that
+        ends with an error raises ``EndpointError``. A non-streaming endpoint's answer is
+        yielded once. Leaving the loop early closes the connection, which stops the
+        endpoint's generator."""
+        payload = self.run_payload(signature, inputs, fields)
+        headers = dict(self.headers(request_id), Accept='application/x-ndjson')
+        try:
+            with self._http.stream('POST', '/run', json=payload, headers=headers) as response:
+                if not _stream_start(response, '/run'):
+                    response.read()
+                    yield _decode(response, '/run').get('predict_result')
+                    return
+                for line in response.iter_lines():
+                    item = _stream_line(line)
+                    if item is None:
+                        return
+                    if item:
+                        yield item['chunk']
+        except httpx.TransportError as exc:
+            raise _unreachable(exc, self.base_url + '/run') from exc
+
     def list_servers(self) -> Answer:
         return self._json('GET', '/list_servers')
 
@@ -322,6 +375,26 @@ class AsyncClient(_Calls):
     async def run(self, signature: str, inputs: Optional[Mapping[str, Any]] = None, /,
                   request_id: Optional[str] = None, **fields: Any) -> Answer:
         return await self._json('POST', '/run', self.run_payload(signature, inputs, fields), request_id)
+
+    async def stream(self, signature: str, inputs: Optional[Mapping[str, Any]] = None, /,
+                     request_id: Optional[str] = None, **fields: Any) -> AsyncIterator[Any]:
+        """``Client.stream`` as an async iterator (``async for word in bis.stream(...)``)."""
+        payload = self.run_payload(signature, inputs, fields)
+        headers = dict(self.headers(request_id), Accept='application/x-ndjson')
+        try:
+            async with self._http.stream('POST', '/run', json=payload, headers=headers) as response:
+                if not response.headers.get('content-type', '').startswith('application/x-ndjson'):
+                    await response.aread()
+                    yield _decode(response, '/run').get('predict_result')
+                    return
+                async for line in response.aiter_lines():
+                    item = _stream_line(line)
+                    if item is None:
+                        return
+                    if item:
+                        yield item['chunk']
+        except httpx.TransportError as exc:
+            raise _unreachable(exc, self.base_url + '/run') from exc
 
     async def list_servers(self) -> Answer:
         return await self._json('GET', '/list_servers')

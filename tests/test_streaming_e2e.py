@@ -329,3 +329,24 @@ def test_a_100_mb_stream_to_a_slow_client_does_not_grow_the_gateway(gateway, tmp
     summary = json.loads(tail.rstrip(b'\r\n0').rstrip().rsplit(b'\n', 1)[-1].split(b'\r\n')[-1])
     assert summary['chunks'] == count
     assert grown_mb < 8, grown_mb
+
+
+def test_the_python_client_iterates_the_chunks_as_they_come(gateway, tmp_path):
+    import asyncio
+    from bis_twisted.client import AsyncClient, Client, EndpointError
+
+    with Client(gateway.url('')) as bis:
+        words = bis.stream('gated', FOLDER=str(tmp_path), NR_CHUNKS=2)
+        assert next(words)['word'] == 'w0'
+        assert not (tmp_path / 'go1').exists()  # the first chunk came before the second yield
+        (tmp_path / 'go1').write_text('')
+        assert [chunk['word'] for chunk in words] == ['w1']
+        with pytest.raises(EndpointError, match='TokenizerGone'):
+            list(bis.stream('failing', FAIL_AT=1))
+        assert list(bis.stream('plain', X=4)) == [{'doubled': 8}]
+
+    async def read_async():
+        async with AsyncClient(gateway.url('')) as bis:
+            return [chunk async for chunk in bis.stream('failing', FAIL_AT=9)]
+
+    assert asyncio.run(read_async()) == [0, 10, 20, 30, 40]
