@@ -106,6 +106,35 @@ class StallingWorker(FlaskWorker):
         return pred
 '''
 
+CRASHY = '''
+import os, time
+from bis_twisted import FlaskWorker
+
+class CrashyWorker(FlaskWorker):
+    """Dies (the whole process) the first time it is asked to, before or after its first chunk."""
+
+    def _pre_process(self, inputs):
+        return inputs
+
+    def _predict(self, inputs):
+        folder = inputs['FOLDER']
+        open(os.path.join(folder, 'started-{}'.format(os.getpid())), 'w').close()
+        first_time = not os.path.exists(os.path.join(folder, 'crashed'))
+        if first_time and inputs['CRASH'] == 'before':
+            open(os.path.join(folder, 'crashed'), 'w').close()
+            os._exit(1)
+        yield os.getpid()
+        if first_time and inputs['CRASH'] == 'after':
+            while not os.path.exists(os.path.join(folder, 'go1')):
+                time.sleep(0.005)
+            open(os.path.join(folder, 'crashed'), 'w').close()
+            os._exit(1)
+        yield os.getpid()
+
+    def _post_process(self, pred):
+        return pred
+'''
+
 PLAIN = '''
 from bis_twisted import FlaskWorker
 
@@ -127,7 +156,7 @@ def gateway(tmp_path_factory):
     endpoints = root / 'endpoints'
     endpoints.mkdir()
     for name, source in (('gated', GATED), ('failing', FAILING), ('big', BIG), ('stalling', STALLING),
-                         ('plain', PLAIN)):
+                         ('plain', PLAIN), ('crashy', CRASHY)):
         (endpoints / (name + '.py')).write_text(textwrap.dedent(source), encoding='utf-8')
     port = free_port_block(16)
     gated_port = port + 1
@@ -138,13 +167,14 @@ def gateway(tmp_path_factory):
         'stalling': {'NR_WORKERS': 1, 'TIMEOUT': 1},
         'plain': {'NR_WORKERS': 1},
         'gated_replicas': {'SERVER_CLASS': 'gated', 'NR_WORKERS': 1, 'REPLICAS': 2},
+        'crashy': {'NR_WORKERS': 1, 'REPLICAS': 2},
         # the first server's own port, as a remote model server
         'gated_remote': {'URLS': ['http://127.0.0.1:{}/run'.format(gated_port)]},
     }}
     with Processes() as group:
         gw = start_gateway(group, root, config=config, endpoints=endpoints, ports=16,
                            env={'BIS_PORT': str(port)})
-        for name in ('gated', 'failing', 'big', 'stalling', 'plain', 'gated_replicas', 'gated_remote'):
+        for name in ('gated', 'failing', 'big', 'stalling', 'plain', 'gated_replicas', 'gated_remote', 'crashy'):
             gw.wait_online(name, timeout=30)
         yield gw
 
@@ -350,3 +380,34 @@ def test_the_python_client_iterates_the_chunks_as_they_come(gateway, tmp_path):
             return [chunk async for chunk in bis.stream('failing', FAIL_AT=9)]
 
     assert asyncio.run(read_async()) == [0, 10, 20, 30, 40]
+
+
+def wait_replicas_ready(gateway, name):
+    wait_until(lambda: gateway.server(name)['REPLICAS'], lambda rs: all(r['ONLINE'] for r in rs), timeout=30,
+               what='every replica of {} ONLINE'.format(name))
+
+
+def test_a_replica_that_dies_before_the_first_chunk_has_the_request_sent_to_another(gateway, tmp_path):
+    wait_replicas_ready(gateway, 'crashy')
+    status, _headers, lines = stream_lines(gateway, {'SIGNATURE': 'crashy', 'FOLDER': str(tmp_path), 'CRASH': 'before'})
+    assert status == 200, lines
+    assert lines[-1]['chunks'] == 2 and 'ERROR' not in lines[-1]
+    started = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('started-'))
+    assert len(started) == 2  # the dead replica, then the other one, which answered
+    assert 'started-{}'.format(lines[0]['predict_result']) in started
+
+
+def test_a_stream_cut_after_its_first_chunk_is_never_sent_again(gateway, tmp_path):
+    wait_replicas_ready(gateway, 'crashy')
+    body = {'SIGNATURE': 'crashy', 'FOLDER': str(tmp_path), 'CRASH': 'after'}
+    with httpx.Client(timeout=10) as client:
+        with client.stream('POST', gateway.url('/run'), json=body) as answer:
+            lines = answer.iter_lines()
+            first = json.loads(next(lines))
+            (tmp_path / 'go1').write_text('')
+            rest = [json.loads(line) for line in lines if line]
+    assert isinstance(first['predict_result'], int)
+    assert len(rest) == 1
+    assert 'in the middle of its stream' in rest[0]['ERROR'] and rest[0]['chunks'] == 1
+    started = [p.name for p in tmp_path.iterdir() if p.name.startswith('started-')]
+    assert started == ['started-{}'.format(first['predict_result'])]  # no other replica ran it
