@@ -120,3 +120,87 @@ async def test_a_streaming_endpoint_with_batching_refuses_to_start():
     server = ModelServer('words', WordsWorker, {}, {'MAX_BATCH_SIZE': 4}, reactor=reactor)
     with pytest.raises(WorkerLoadError, match='MAX_BATCH_SIZE is 4 but _predict streams'):
         await server.start()
+
+
+# -- the gateway's reading of a child's stream, on a Clock -----------------------------------
+class FakeChildTransport:
+    """What ``Response.deliverBody`` hands its protocol: a producer of the child's socket."""
+
+    def __init__(self):
+        self.calls = []
+
+    def pauseProducing(self):
+        self.calls.append('pause')
+
+    def resumeProducing(self):
+        self.calls.append('resume')
+
+    def stopProducing(self):
+        self.calls.append('stop')
+
+
+class FakeResponse:
+    code = 200
+
+    def __init__(self):
+        self.protocol = None
+
+    def deliverBody(self, protocol):
+        self.protocol = protocol
+        protocol.makeConnection(FakeChildTransport())
+
+
+def child_stream(timeout=5.0, max_line=1000):
+    from twisted.internet.task import Clock
+    from bis_twisted.proxy import ChildStream
+    clock = Clock()
+    response = FakeResponse()
+    stream = ChildStream(clock, response, timeout, "'words'", max_line=max_line)
+    lines = []
+    done = stream.relay(lines.append)
+    return clock, response, stream, lines, done
+
+
+def test_lines_split_across_reads_arrive_whole_and_the_end_fires_done():
+    from twisted.python.failure import Failure
+    from twisted.web.client import ResponseDone
+    _clock, response, stream, lines, done = child_stream()
+    response.protocol.dataReceived(b'{"predict_result": 1}\n{"predict_res')
+    assert lines == [b'{"predict_result": 1}']
+    response.protocol.dataReceived(b'ult": 2}\n{"chunks": 2}')
+    response.protocol.connectionLost(Failure(ResponseDone()))
+    assert lines == [b'{"predict_result": 1}', b'{"predict_result": 2}', b'{"chunks": 2}']
+    assert done.called and stream.ended.called
+
+
+def test_timeout_bounds_each_gap_but_not_a_pause_the_client_asked_for():
+    from twisted.python.failure import Failure
+    from twisted.internet.error import ConnectionLost
+    from bis_twisted.errors import GatewayTimeout
+    clock, response, stream, _lines, done = child_stream(timeout=5.0)
+    clock.advance(4)
+    response.protocol.dataReceived(b'{"predict_result": 1}\n')
+    clock.advance(4)  # 8 s since the start, 4 since the last chunk: still fine
+    stream.pauseProducing()
+    clock.advance(60)  # the client reads slowly: not the child's fault
+    assert response.protocol.transport.calls == ['pause']
+    stream.resumeProducing()
+    clock.advance(5)
+    assert response.protocol.transport.calls == ['pause', 'resume', 'stop']
+    response.protocol.connectionLost(Failure(ConnectionLost()))
+    failure = []
+    done.addErrback(failure.append)
+    assert failure[0].check(GatewayTimeout) and 'TIMEOUT of 5s' in failure[0].getErrorMessage()
+
+
+def test_a_chunk_over_the_answer_cap_drops_the_child_connection():
+    from twisted.python.failure import Failure
+    from twisted.internet.error import ConnectionLost
+    from bis_twisted.proxy import AnswerTooLarge
+    _clock, response, _stream, _lines, done = child_stream(max_line=100)
+    response.protocol.dataReceived(b'{"predict_result": "' + b'x' * 200)
+    assert response.protocol.transport.calls == ['stop']
+    response.protocol.connectionLost(Failure(ConnectionLost()))
+    failure = []
+    done.addErrback(failure.append)
+    assert failure[0].check(AnswerTooLarge)
