@@ -325,7 +325,8 @@ class _LineRelay(Protocol):
         self._stream = stream
         self._on_line = on_line
         self._buffer = b''
-        self.done = defer.Deferred()
+        # cancelled when the gateway's client went away: the child's connection goes too
+        self.done = defer.Deferred(lambda _d: self.abort())
         self._error = None
         self._timer = None
         self._paused = False
@@ -385,14 +386,16 @@ class _LineRelay(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self._error is None and reason.check(web_client.ResponseDone) and not self._aborted:
-            if self._buffer:
+            if self._buffer and not self.done.called:
                 self._on_line(self._buffer)
-            self.done.callback(None)
+            if not self.done.called:
+                self.done.callback(None)
             return
         error = self._error or ChildConnectionLost('server {} closed the connection in the middle of its stream '
                                                    '({}); it may have crashed'.format(
                                                        self._stream.what, reason.getErrorMessage()))
-        self.done.errback(error)
+        if not self.done.called:  # else cancelled: nobody waits for it any more
+            self.done.errback(error)
 
 
 @implementer(IAgentEndpointFactory)

@@ -269,7 +269,7 @@ class _WriteFlow:
     def resumeProducing(self):
         self.paused = False
         waiting, self._waiting = self._waiting, None
-        if waiting is not None:
+        if waiting is not None and not waiting.called:  # called: cancelled, the client is gone
             waiting.callback(None)
 
     def stopProducing(self):

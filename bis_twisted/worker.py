@@ -330,8 +330,9 @@ class ChunkStream:
             self.count += 1
             return Outcome(200, {'predict_result': worker._encoded_answer(answer, self._inputs)})
         except _HookFailed as failed:
+            outcome = worker._error_outcome(failed.stage, failed.info)
             self.close()
-            return worker._error_outcome(failed.stage, failed.info)
+            return outcome
         finally:
             worker._counter = None
             worker._request_id = None
@@ -349,12 +350,16 @@ class ChunkStream:
         close = getattr(self._items, 'close', None)
         if close is None:
             return
+        # the user's finally may notify: under this call's id, as during the stream
+        self.worker._counter, self.worker._request_id = self.call_id, self.request_id
         try:
             close()
         except Exception as exc:  # a user's finally may raise; it is logged, the worker serves on
             info = error_info(type(exc), exc, exc.__traceback__)
             self.worker.log.P('request {}: closing _predict failed: {}: {}'.format(
                 self.request_id or '-', info[0], info[4]), color='r')
+        finally:
+            self.worker._counter = self.worker._request_id = None
 
 
 Worker = FlaskWorker

@@ -204,3 +204,20 @@ def test_a_chunk_over_the_answer_cap_drops_the_child_connection():
     failure = []
     done.addErrback(failure.append)
     assert failure[0].check(AnswerTooLarge)
+
+
+def test_notifications_of_a_closed_stream_go_under_its_call_id():
+    from bis_twisted.notifications import Notifications
+
+    class Noting(WordsWorker):
+        def _predict(self, words):
+            try:
+                yield from words
+            finally:
+                self._create_notification(notif='log', msg='cleaned up')
+
+    notes = Notifications()
+    chunks = Noting(notifications=notes).execute_stream({}, call_id=7, request_id='r7')
+    chunks.next_chunk()
+    chunks.close()
+    assert [n['NOTIF'] for n in notes.snapshot().get('7', [])] == ['cleaned up']
