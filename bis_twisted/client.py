@@ -153,21 +153,18 @@ def _stream_line(line: str) -> Optional[Answer]:
         raise BadGateway(200, 'a line of the stream is not JSON: {!r}'.format(line[:200])) from None
     if not isinstance(body, dict):
         raise BadGateway(200, 'a line of the stream is not a JSON object: {!r}'.format(line[:200]))
-    if 'ERROR' in body:
-        raise EndpointError(500, str(body['ERROR']), body)
+    if 'ERROR' in body:  # its "status" says what a plain answer's HTTP status would have
+        given = body.get('status')
+        status = given if isinstance(given, int) else 500
+        raise _BY_STATUS.get(status, BisClientError)(status, str(body['ERROR']), body)
     if 'predict_result' in body and 'chunks' not in body:
         return {'chunk': body['predict_result']}
     return None
 
 
-def _stream_start(response: 'httpx.Response', path: str) -> bool:
-    """True when the answer is a stream; a plain answer is decoded (an error raises)."""
-    if response.headers.get('content-type', '').startswith('application/x-ndjson'):
-        return True
-    if response.status_code >= 400:
-        response.read()
-        _decode(response, path)
-    return False
+def _is_stream(response: 'httpx.Response') -> bool:
+    kind: str = response.headers.get('content-type', '')
+    return kind.startswith('application/x-ndjson')
 
 
 class _Calls:
@@ -268,14 +265,15 @@ class Client(_Calls):
                request_id: Optional[str] = None, **fields: Any) -> Iterator[Any]:
         """``POST /run`` read as it comes: yields each chunk's ``predict_result`` of a
         streaming endpoint (a ``_predict`` that yields) as soon as it arrives; a stream that
-        ends with an error raises ``EndpointError``. A non-streaming endpoint's answer is
+        ends with an error raises its typed error (``EndpointError``, ``GatewayTimeout``,
+        ``BadGateway``). A non-streaming endpoint's answer is
         yielded once. Leaving the loop early closes the connection, which stops the
         endpoint's generator."""
         payload = self.run_payload(signature, inputs, fields)
         headers = dict(self.headers(request_id), Accept='application/x-ndjson')
         try:
             with self._http.stream('POST', '/run', json=payload, headers=headers) as response:
-                if not _stream_start(response, '/run'):
+                if not _is_stream(response):
                     response.read()
                     yield _decode(response, '/run').get('predict_result')
                     return
@@ -383,7 +381,7 @@ class AsyncClient(_Calls):
         headers = dict(self.headers(request_id), Accept='application/x-ndjson')
         try:
             async with self._http.stream('POST', '/run', json=payload, headers=headers) as response:
-                if not response.headers.get('content-type', '').startswith('application/x-ndjson'):
+                if not _is_stream(response):
                     await response.aread()
                     yield _decode(response, '/run').get('predict_result')
                     return

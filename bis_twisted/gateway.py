@@ -187,7 +187,7 @@ class Gateway:
             self._log.warn('request {rid} to {name}: stream cut after {n} chunks: {error}', rid=request_id_of(request),
                            name=signature, n=counts['chunks'], error=exc.message)
             if not counts['ended']:
-                write_last({'ERROR': exc.message}, b'error')
+                write_last({'ERROR': exc.message, 'status': exc.status}, b'error')
         except defer.CancelledError:
             stream.stopProducing()  # the client went away: so does the child's connection
             raise

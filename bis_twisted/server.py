@@ -207,6 +207,7 @@ class ModelServer:
             body = dict(ended.body, **summary)
             if not summary['chunks']:  # nothing sent yet: an ordinary error answer
                 return write_json(request, ended.status, body)
+            body['status'] = ended.status  # what the HTTP status would have said
             return dumps(body) + b'\n'
         if not summary['chunks']:
             request.setResponseCode(200)

@@ -257,7 +257,7 @@ def test_an_exception_mid_stream_ends_it_with_an_error_line_and_the_worker_serve
     last = lines[-1]
     assert len(lines) == 3
     assert 'TokenizerGone' in last['ERROR'] and 'the tokenizer went away at word 2' in last['ERROR']
-    assert last['chunks'] == 2 and 'gw-uptime' in last
+    assert last['chunks'] == 2 and 'gw-uptime' in last and last['status'] == 500
     assert last['FailingWorker_ERROR']['ERR_FUNC'] == '_predict'
     with httpx.Client(timeout=10) as client:
         with connect_sse(client, 'POST', gateway.url('/run'), json={'SIGNATURE': 'failing', 'FAIL_AT': 1}) as source:
@@ -278,7 +278,7 @@ def test_timeout_applies_to_each_gap_between_chunks(gateway):
     took = time.monotonic() - started
     assert status == 200
     assert lines[0] == {'predict_result': 'first'}
-    assert 'TIMEOUT of 1s' in lines[-1]['ERROR'] and lines[-1]['chunks'] == 1
+    assert 'TIMEOUT of 1s' in lines[-1]['ERROR'] and lines[-1]['chunks'] == 1 and lines[-1]['status'] == 504
     assert took < 3.5, took
 
 
@@ -363,7 +363,7 @@ def test_a_100_mb_stream_to_a_slow_client_does_not_grow_the_gateway(gateway, tmp
 
 def test_the_python_client_iterates_the_chunks_as_they_come(gateway, tmp_path):
     import asyncio
-    from bis_twisted.client import AsyncClient, Client, EndpointError
+    from bis_twisted.client import AsyncClient, Client, EndpointError, GatewayTimeout
 
     with Client(gateway.url('')) as bis:
         words = bis.stream('gated', FOLDER=str(tmp_path), NR_CHUNKS=2)
@@ -374,6 +374,8 @@ def test_the_python_client_iterates_the_chunks_as_they_come(gateway, tmp_path):
         with pytest.raises(EndpointError, match='TokenizerGone'):
             list(bis.stream('failing', FAIL_AT=1))
         assert list(bis.stream('plain', X=4)) == [{'doubled': 8}]
+        with pytest.raises(GatewayTimeout, match='TIMEOUT of 1s'):
+            list(bis.stream('stalling', STALL=3))
 
     async def read_async():
         async with AsyncClient(gateway.url('')) as bis:
@@ -408,6 +410,6 @@ def test_a_stream_cut_after_its_first_chunk_is_never_sent_again(gateway, tmp_pat
             rest = [json.loads(line) for line in lines if line]
     assert isinstance(first['predict_result'], int)
     assert len(rest) == 1
-    assert 'in the middle of its stream' in rest[0]['ERROR'] and rest[0]['chunks'] == 1
+    assert 'in the middle of its stream' in rest[0]['ERROR'] and rest[0]['chunks'] == 1 and rest[0]['status'] == 502
     started = [p.name for p in tmp_path.iterdir() if p.name.startswith('started-')]
     assert started == ['started-{}'.format(first['predict_result'])]  # no other replica ran it
