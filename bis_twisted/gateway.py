@@ -54,10 +54,11 @@ class Gateway:
 
     def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
                  shutdown=None, cache_dir='.', server_name='', support_names=(), metrics=None,
-                 metrics_guarded=False, support_key=None):
+                 metrics_guarded=False, support_key=None, keys=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self.keys = keys  # an apikeys.KeyStore when the config has API_KEYS: /run needs a key
         self._repeats = RepeatLimiter(self._log, clock=reactor)
         self.fleet = fleet
         self.guard = guard or AdminGuard()
@@ -112,10 +113,14 @@ class Gateway:
     async def run(self, request):
         started = self._reactor.seconds()
         rid = request_id_of(request)
-        signature, status = None, 500
+        signature, status, key = None, 500, None
         try:
+            if self.keys is not None:
+                key = self.keys.identify(request)  # 401 before the body is even parsed
             inputs = request_inputs(request)
             signature = self.signature_of(inputs)
+            if key is not None:
+                self.keys.admit(key, signature)  # 403 / 429
             payload = forward_body(request, inputs)
             del inputs  # the payload is all that needs to live while the model server works
             result = await self.fleet.run(signature, payload, rid)
@@ -127,6 +132,11 @@ class Gateway:
             return self.answer(request, status, dict(result.body), headers)
         except BisError as exc:
             status = exc.status
+            key_name = getattr(exc, 'key_name', None)
+            if key_name is not None:  # a refused key: its name (or "unknown"), never the key
+                self._repeats.emit('warn', ('key', key_name, status), 'request {rid} refused ({status}) for API key '
+                                   '{key}: {error}', rid=rid, status=status, key=key_name, error=exc.message,
+                                   described='requests refused for API key {}: {}'.format(key_name, status))
             if status >= 500:  # one line a second per server and status: a restart refuses many
                 self._repeats.emit('warn', (signature, status), 'request {rid} to {name}: {status} {error}',
                                    rid=rid, name=signature, status=status, error=exc.message,
@@ -142,6 +152,8 @@ class Gateway:
             forget_body(request)
             if self.metrics is not None:
                 self.metrics.observe(signature, status, self._reactor.seconds() - started)
+                if self.keys is not None:
+                    self.metrics.observe_key(key.name if key is not None else 'unknown', status)
 
     async def _relay(self, request, signature, stream, started):
         """Pass a child's stream through as it comes: NDJSON, or SSE when the client's

@@ -86,12 +86,18 @@ class GatewayMetrics:
                                       ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._chunks = Histogram('bis_stream_chunks', 'Streaming answers: chunks sent per answer, by endpoint',
                                  ['endpoint'], buckets=CHUNKS_BUCKETS, registry=self.registry)
+        self._by_key = Counter('bis_api_key_requests', 'Requests to /run by API key name (never the key) and '
+                               'HTTP status; "unknown" for a missing or unknown key', ['key', 'code'],
+                               registry=self.registry)
         self._children = {}
         self.recent = RecentStats(clock)
         # per endpoint, for the status page's charts (an unknown SIGNATURE counts in `recent` only)
         self.recent_by_endpoint = {name: RecentStats(clock) for name in fleet.servers}
         self.health = {}  # server name -> its last /health answers (queue depth, busy), set at scrape
         self.registry.register(_FleetCollector(self, supervisor))
+
+    def observe_key(self, key_name, status):
+        self._by_key.labels(key_name, str(status)).inc()
 
     def observe(self, endpoint, status, seconds):
         endpoint = endpoint if endpoint in self.fleet.servers else UNKNOWN

@@ -17,6 +17,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from .apikeys import KeyStore
 from .compat import get_packages
 from .config import load_config
 from .drain import ConnectionDrain
@@ -116,7 +117,8 @@ class GatewayService(MultiService):
                                support_names=[e.name for e in self.config.endpoints if e.is_support],
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
                                         if self.config.metrics else None),
-                               metrics_guarded=self.config.metrics_require_token, support_key=support_key)
+                               metrics_guarded=self.config.metrics_require_token, support_key=support_key,
+                               keys=KeyStore(self.config.api_keys, reactor) if self.config.api_keys else None)
         self.site = make_site(self.gateway.resource(),
                               limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
                               answer_fields=self.gateway.fields)
