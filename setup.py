@@ -38,6 +38,8 @@ setup(
             # tests/test_client_unit.py: bis_twisted.client is checked with mypy --strict
             'mypy>=1.5',
             'pytest>=7',
+            # tests/test_streaming_e2e.py reads the SSE framing with a real parser
+            'httpx-sse>=0.4',
             'pytest-twisted>=1.14',
             'pytest-timeout>=2.1',
             'hypothesis>=6.80',

@@ -42,6 +42,9 @@ COMMANDS_HELP = """commands (before the flags; without one, the gateway runs):
                                                         endpoint file (each in a child); exit 1 on problems
   bis-gateway new NAME [--config F] [--endpoints D]    write a commented endpoint skeleton to
                                                         <endpoints>/NAME.py and add NAME to the config
+  bis-gateway key add NAME [--file F] [--allow E,E|*] [--rate R] [--burst B]
+                                                        make an API key for /run, print it once, store
+                                                        its SHA-256 in the API_KEYS file
 """
 
 
@@ -90,7 +93,45 @@ def new_main(argv, environ=None):
     return run_new(name, options_from_env(environ, **args))
 
 
-COMMANDS = {'check': check_main, 'new': new_main}
+def key_main(argv, environ=None):
+    """``bis-gateway key add NAME``: the exit code."""
+    import json as json_module
+
+    from .apikeys import ALL_ENDPOINTS, add_key
+
+    parser = argparse.ArgumentParser(prog='bis-gateway key', description=(
+        'Make an API key for /run: it is printed once, and only its SHA-256 is written to the API_KEYS '
+        'file. The gateway reads the file at start and on POST /reload_config.'))
+    parser.add_argument('action', choices=['add'])
+    parser.add_argument('name', help="the key's name: shown in logs and /metrics (the key never is)")
+    parser.add_argument('--file', help="the API keys file (default: the config's API_KEYS)")
+    parser.add_argument('--allow', default=ALL_ENDPOINTS,
+                        help='endpoints it may call, comma-separated, or * for all (default *)')
+    parser.add_argument('--rate', type=float, help='requests per second it may make (default: no limit)')
+    parser.add_argument('--burst', type=float, help='requests it may make at once (default: the rate, >= 1)')
+    parser.add_argument('--config', help='gateway config file, for its API_KEYS (env BIS_CONFIG)')
+    args = parser.parse_args(argv)
+    path = args.file
+    if path is None:
+        config = args.config or (environ or os.environ).get('BIS_CONFIG', 'config_gateway.txt')
+        try:
+            with open(config, encoding='utf-8') as fh:
+                named = json_module.load(fh).get('API_KEYS')
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError('{}: cannot read its API_KEYS ({}); give --file'.format(config, exc)) from None
+        if not isinstance(named, str):
+            raise ConfigError('{}: has no "API_KEYS": "<file>" at the top; add one, or give --file'.format(config))
+        path = os.path.join(os.path.dirname(os.path.abspath(config)), named)
+    allow = ALL_ENDPOINTS if args.allow.strip() == ALL_ENDPOINTS else [e.strip() for e in args.allow.split(',')
+                                                                      if e.strip()]
+    key = add_key(path, args.name, allow, args.rate, args.burst)
+    sys.stdout.write('{}\n'.format(key))
+    sys.stderr.write('bis-gateway key: added {!r} to {} (only its SHA-256); the key above is shown this once. '
+                     'POST /reload_config (or restart) to put it in service.\n'.format(args.name, path))
+    return 0
+
+
+COMMANDS = {'check': check_main, 'new': new_main, 'key': key_main}
 
 
 def log_to_files(options):

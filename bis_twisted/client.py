@@ -14,8 +14,9 @@ side: a client machine needs ``httpx`` only.
 """
 
 import asyncio
+import json
 import time
-from typing import Any, Dict, Mapping, Optional, Type
+from typing import Any, AsyncIterator, Dict, Iterator, Mapping, Optional, Type
 
 try:
     import httpx
@@ -24,7 +25,7 @@ except ImportError as exc:  # the [client] extra
 
 __all__ = [
     'Client', 'AsyncClient', 'BisClientError', 'BadInput', 'Unauthorized', 'Forbidden', 'UnknownSignature',
-    'NotFound', 'PayloadTooLarge', 'EndpointError', 'BadGateway', 'Overloaded', 'GatewayTimeout',
+    'NotFound', 'PayloadTooLarge', 'RateLimited', 'EndpointError', 'BadGateway', 'Overloaded', 'GatewayTimeout',
     'GatewayUnreachable',
 ]
 
@@ -54,11 +55,17 @@ class BadInput(BisClientError):
 
 
 class Unauthorized(BisClientError):
-    """401: an admin route without a token while the gateway has one."""
+    """401: an admin route without a token while the gateway has one, or ``/run`` without a
+    (known) API key on a gateway with ``API_KEYS``."""
 
 
 class Forbidden(BisClientError):
-    """403: a wrong token, or a remote client of a gateway with no token."""
+    """403: a wrong token, a remote client of a gateway with no token, or an API key that may
+    not call that endpoint."""
+
+
+class RateLimited(BisClientError):
+    """429: the API key is over its rate; ``retry_after`` says when it has a request again."""
 
 
 class NotFound(BisClientError):
@@ -96,7 +103,7 @@ class GatewayUnreachable(BisClientError):
 
 
 _BY_STATUS: Dict[int, Type[BisClientError]] = {
-    400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 413: PayloadTooLarge,
+    400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 413: PayloadTooLarge, 429: RateLimited,
     500: EndpointError, 502: BadGateway, 503: Overloaded, 504: GatewayTimeout,
 }
 
@@ -142,15 +149,41 @@ def _ready_answer(response: 'httpx.Response') -> Answer:
     return _decode(response, '/ready')
 
 
+def _stream_line(line: str) -> Optional[Answer]:
+    """A line of a streaming answer: the chunk's ``predict_result`` as ``{'chunk': value}``;
+    None for the last line (the summary); the typed error when the stream ended with one."""
+    if not line:
+        return {}
+    try:
+        body = json.loads(line)
+    except ValueError:
+        raise BadGateway(200, 'a line of the stream is not JSON: {!r}'.format(line[:200])) from None
+    if not isinstance(body, dict):
+        raise BadGateway(200, 'a line of the stream is not a JSON object: {!r}'.format(line[:200]))
+    if 'ERROR' in body:  # its "status" says what a plain answer's HTTP status would have
+        given = body.get('status')
+        status = given if isinstance(given, int) else 500
+        raise _BY_STATUS.get(status, BisClientError)(status, str(body['ERROR']), body)
+    if 'predict_result' in body and 'chunks' not in body:
+        return {'chunk': body['predict_result']}
+    return None
+
+
+def _is_stream(response: 'httpx.Response') -> bool:
+    kind: str = response.headers.get('content-type', '')
+    return kind.startswith('application/x-ndjson')
+
+
 class _Calls:
     """What both clients share: the URL, the headers, the retry rule and the payloads."""
 
     def __init__(self, base_url: str, token: Optional[str], timeout: Optional[float], retries: int,
-                 max_retry_wait: float) -> None:
+                 max_retry_wait: float, api_key: Optional[str] = None) -> None:
         if retries < 0:
             raise ValueError('retries must be >= 0, got {!r}'.format(retries))
         self.base_url = base_url.rstrip('/')
         self.token = token
+        self.api_key = api_key
         self.timeout = timeout
         self.retries = retries
         self.max_retry_wait = max_retry_wait
@@ -159,6 +192,8 @@ class _Calls:
         headers = {'Accept': 'application/json'}
         if self.token:
             headers['Authorization'] = 'Bearer ' + self.token
+        if self.api_key:  # its own header: Authorization may carry the admin token
+            headers['X-API-Key'] = self.api_key
         if request_id:
             headers['X-Request-Id'] = request_id
         return headers
@@ -188,7 +223,8 @@ class Client(_Calls):
     """A blocking client of one gateway.
 
     ``token`` is sent as ``Authorization: Bearer`` (the admin routes need it when the gateway
-    has ``BIS_ADMIN_TOKEN``); ``timeout`` is per request, in seconds (None: wait for ever);
+    has ``BIS_ADMIN_TOKEN``); ``api_key`` as ``X-API-Key`` (``/run`` needs it when the gateway
+    has ``API_KEYS``); ``timeout`` is per request, in seconds (None: wait for ever);
     ``retries`` is how many times a 503 is retried, waiting its ``Retry-After`` each time (at
     most ``max_retry_wait`` seconds). ``transport`` is handed to ``httpx.Client`` (tests,
     proxies, unix sockets).
@@ -197,8 +233,8 @@ class Client(_Calls):
     def __init__(self, base_url: str = 'http://127.0.0.1:5002', token: Optional[str] = None,
                  timeout: Optional[float] = DEFAULT_TIMEOUT, retries: int = 0,
                  max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
-                 transport: Optional['httpx.BaseTransport'] = None) -> None:
-        super().__init__(base_url, token, timeout, retries, max_retry_wait)
+                 transport: Optional['httpx.BaseTransport'] = None, api_key: Optional[str] = None) -> None:
+        super().__init__(base_url, token, timeout, retries, max_retry_wait, api_key)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, trust_env=False)
 
     def __enter__(self) -> 'Client':
@@ -235,6 +271,31 @@ class Client(_Calls):
         """``POST /run``: the answer (``predict_result``, ``call_id``, ``signature`` and the
         gateway's fields). Inputs as keywords (``FEATURES=[...]``) or as a dict."""
         return self._json('POST', '/run', self.run_payload(signature, inputs, fields), request_id)
+
+    def stream(self, signature: str, inputs: Optional[Mapping[str, Any]] = None, /,
+               request_id: Optional[str] = None, **fields: Any) -> Iterator[Any]:
+        """``POST /run`` read as it comes: yields each chunk's ``predict_result`` of a
+        streaming endpoint (a ``_predict`` that yields) as soon as it arrives; a stream that
+        ends with an error raises its typed error (``EndpointError``, ``GatewayTimeout``,
+        ``BadGateway``). A non-streaming endpoint's answer is
+        yielded once. Leaving the loop early closes the connection, which stops the
+        endpoint's generator."""
+        payload = self.run_payload(signature, inputs, fields)
+        headers = dict(self.headers(request_id), Accept='application/x-ndjson')
+        try:
+            with self._http.stream('POST', '/run', json=payload, headers=headers) as response:
+                if not _is_stream(response):
+                    response.read()
+                    yield _decode(response, '/run').get('predict_result')
+                    return
+                for line in response.iter_lines():
+                    item = _stream_line(line)
+                    if item is None:
+                        return
+                    if item:
+                        yield item['chunk']
+        except httpx.TransportError as exc:
+            raise _unreachable(exc, self.base_url + '/run') from exc
 
     def list_servers(self) -> Answer:
         return self._json('GET', '/list_servers')
@@ -294,8 +355,8 @@ class AsyncClient(_Calls):
     def __init__(self, base_url: str = 'http://127.0.0.1:5002', token: Optional[str] = None,
                  timeout: Optional[float] = DEFAULT_TIMEOUT, retries: int = 0,
                  max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
-                 transport: Optional['httpx.AsyncBaseTransport'] = None) -> None:
-        super().__init__(base_url, token, timeout, retries, max_retry_wait)
+                 transport: Optional['httpx.AsyncBaseTransport'] = None, api_key: Optional[str] = None) -> None:
+        super().__init__(base_url, token, timeout, retries, max_retry_wait, api_key)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport,
                                        trust_env=False)
 
@@ -331,6 +392,26 @@ class AsyncClient(_Calls):
     async def run(self, signature: str, inputs: Optional[Mapping[str, Any]] = None, /,
                   request_id: Optional[str] = None, **fields: Any) -> Answer:
         return await self._json('POST', '/run', self.run_payload(signature, inputs, fields), request_id)
+
+    async def stream(self, signature: str, inputs: Optional[Mapping[str, Any]] = None, /,
+                     request_id: Optional[str] = None, **fields: Any) -> AsyncIterator[Any]:
+        """``Client.stream`` as an async iterator (``async for word in bis.stream(...)``)."""
+        payload = self.run_payload(signature, inputs, fields)
+        headers = dict(self.headers(request_id), Accept='application/x-ndjson')
+        try:
+            async with self._http.stream('POST', '/run', json=payload, headers=headers) as response:
+                if not _is_stream(response):
+                    await response.aread()
+                    yield _decode(response, '/run').get('predict_result')
+                    return
+                async for line in response.aiter_lines():
+                    item = _stream_line(line)
+                    if item is None:
+                        return
+                    if item:
+                        yield item['chunk']
+        except httpx.TransportError as exc:
+            raise _unreachable(exc, self.base_url + '/run') from exc
 
     async def list_servers(self) -> Answer:
         return await self._json('GET', '/list_servers')

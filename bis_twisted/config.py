@@ -101,6 +101,7 @@ class GatewayConfig:
     warnings = attr.ib(default=())  # one line each, logged at start: keys that look like typos
     http_limits = attr.ib(factory=dict)  # the HTTP_LIMIT_KEYS the file sets
     max_answer_mb = attr.ib(default=DEFAULT_MAX_ANSWER_MB)  # a model server's answer over it: 502
+    api_keys = attr.ib(default=None)  # path of the API_KEYS file (absolute), or None: /run is open
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -149,6 +150,7 @@ _ENDPOINT_KEYS = {
     'LOAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'HEALTH_INTERVAL': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'RETRY_ON_CRASH': (lambda v: isinstance(v, bool), 'true or false'),
+    'STREAM': (lambda v: isinstance(v, bool), 'true or false (default: whether _predict is a generator)'),
     'MAX_RSS_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'MIN_REPLICAS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
     'MAX_REPLICAS': (lambda v: _is_int(v) and 1 <= v <= 64, 'an integer 1-64'),
@@ -170,6 +172,7 @@ _TOP_KEYS = {
     'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'METRICS_REQUIRE_TOKEN': (lambda v: isinstance(v, bool), 'true or false'),
     'METRICS': (lambda v: isinstance(v, bool), 'true or false'),
+    'API_KEYS': (lambda v: isinstance(v, str) and v.strip(), 'the path of the API keys file (JSON)'),
     # the HTTP limits (limits.py)
     'HEAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'BODY_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
@@ -250,7 +253,15 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
                          metrics_require_token=data.get('METRICS_REQUIRE_TOKEN', False),
                          metrics=data.get('METRICS', True), warnings=tuple(w for w in warnings if w),
                          http_limits={k: data[k] for k in HTTP_LIMIT_KEYS if k in data},
-                         max_answer_mb=data.get('MAX_ANSWER_MB', DEFAULT_MAX_ANSWER_MB))
+                         max_answer_mb=data.get('MAX_ANSWER_MB', DEFAULT_MAX_ANSWER_MB),
+                         api_keys=_beside(label, data.get('API_KEYS')))
+
+
+def _beside(config_path, path):
+    """``path`` as given (absolute), or relative to the config file's folder."""
+    if path is None:
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), os.path.expanduser(path.strip()))
 
 
 def _typo_warning(where, key, known, consequence=''):

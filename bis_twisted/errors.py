@@ -28,6 +28,12 @@ class Forbidden(BisError):
     status = 403
 
 
+class TooManyRequests(BisError):
+    """An API key over its rate; ``retry_after`` is set per answer."""
+
+    status = 429
+
+
 class UnknownSignature(BisError):
     status = 404
 

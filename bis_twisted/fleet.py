@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from .errors import (BadRequest, Conflict, ReloadFailed, ServerFailed, ServerStopped, ServiceUnavailable,
                      UnknownSignature)
 from .limits import DEFAULT_BODIES_IN_FLIGHT_MB
-from .proxy import ChildConnectionLost, NotConnected
+from .proxy import ChildConnectionLost, ChildStream, NotConnected
 from .supervisor import ChildSpec, TrialFailed
 
 # what the model server reads (bis_twisted.server); the gateway never imports that module
@@ -290,26 +290,37 @@ class Fleet:
         self.in_flight += 1
         child = target.child_name
         self._child_in_flight[child] = self._child_in_flight.get(child, 0) + 1
+        streaming = False
         try:
-            return await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name),
-                                               request_id=request_id)
+            result = await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name),
+                                                 request_id=request_id)
+            if isinstance(result, ChildStream):
+                # in flight until its last line: its first bytes are on their way, so a
+                # failure from here on is never sent to another target
+                streaming = True
+                result.ended.addBoth(lambda _r: self._done(target, child))
+            return result
         except ChildConnectionLost:
             # Its connections close a few ms before its exit is seen, and its port may still
             # accept: without this the next request would go to the dying process too.
             target.suspect_until = self._reactor.seconds() + SUSPECT_SECONDS
             raise
         finally:
-            target.in_flight -= 1
-            self.in_flight -= 1
-            left = self._child_in_flight[child] = self._child_in_flight[child] - 1
-            if not left:
-                del self._child_in_flight[child]
-                for d in self._child_idle.pop(child, []):
-                    d.callback(None)
-            if not self.in_flight:
-                waiters, self._idle_waiters = self._idle_waiters, []
-                for d in waiters:
-                    d.callback(None)
+            if not streaming:
+                self._done(target, child)
+
+    def _done(self, target, child):
+        target.in_flight -= 1
+        self.in_flight -= 1
+        left = self._child_in_flight[child] = self._child_in_flight[child] - 1
+        if not left:
+            del self._child_in_flight[child]
+            for d in self._child_idle.pop(child, []):
+                d.callback(None)
+        if not self.in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def when_idle(self):
         """Fires when no request is in flight to any server (at once if none is)."""

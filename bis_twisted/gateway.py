@@ -3,6 +3,7 @@
 
 import hmac
 import importlib.resources
+import json
 import os
 import socket
 
@@ -14,16 +15,18 @@ from twisted.logger import Logger
 
 from . import LIB_VER
 from .assets import Assets
-from .errors import BadRequest, BisError, NotFound, UnknownSignature
 from .devices import gpu_memory
+from .errors import BadGateway, BadRequest, BisError, GatewayTimeout, NotFound, UnknownSignature
 from .fleet import hms
 from .loader import endpoint_file
 from .lograte import RepeatLimiter
 from .openapi import openapi_document
+from .proxy import ChildStream
 from .schemas import declared_schemas
 from .security import AdminGuard
 from .status import memory_gb, system_alerts, system_status
-from .web import error_answer, forget_body, forward_body, now_text, request_id_of, request_inputs, write_json
+from .web import (CHUNK_PREFIX, NDJSON_TYPE, SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text,
+                  request_id_of, request_inputs, write_json)
 
 SIGNATURE = 'SIGNATURE'
 SUPPORT_KEY_ARG = 'SUPPORT_KEY'
@@ -52,10 +55,11 @@ class Gateway:
 
     def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
                  shutdown=None, cache_dir='.', server_name='', support_names=(), metrics=None,
-                 metrics_guarded=False, support_key=None, reload_config=None):
+                 metrics_guarded=False, support_key=None, keys=None, reload_config=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self.keys = keys  # an apikeys.KeyStore when the config has API_KEYS: /run needs a key
         self._repeats = RepeatLimiter(self._log, clock=reactor)
         self.fleet = fleet
         self.guard = guard or AdminGuard()
@@ -111,18 +115,30 @@ class Gateway:
     async def run(self, request):
         started = self._reactor.seconds()
         rid = request_id_of(request)
-        signature, status = None, 500
+        signature, status, key = None, 500, None
         try:
+            if self.keys is not None:
+                key = self.keys.identify(request)  # 401 before the body is even parsed
             inputs = request_inputs(request)
             signature = self.signature_of(inputs)
+            if key is not None:
+                self.keys.admit(key, signature)  # 403 / 429
             payload = forward_body(request, inputs)
             del inputs  # the payload is all that needs to live while the model server works
             result = await self.fleet.run(signature, payload, rid)
+            if isinstance(result, ChildStream):
+                status = result.status
+                return await self._relay(request, signature, result, started)
             status = result.status
             headers = {b'Retry-After': b'1'} if status == 503 else None
             return self.answer(request, status, dict(result.body), headers)
         except BisError as exc:
             status = exc.status
+            key_name = getattr(exc, 'key_name', None)
+            if key_name is not None:  # a refused key: its name (or "unknown"), never the key
+                self._repeats.emit('warn', ('key', key_name, status), 'request {rid} refused ({status}) for API key '
+                                   '{key}: {error}', rid=rid, status=status, key=key_name, error=exc.message,
+                                   described='requests refused for API key {}: {}'.format(key_name, status))
             if status >= 500:  # one line a second per server and status: a restart refuses many
                 self._repeats.emit('warn', (signature, status), 'request {rid} to {name}: {status} {error}',
                                    rid=rid, name=signature, status=status, error=exc.message,
@@ -138,6 +154,63 @@ class Gateway:
             forget_body(request)
             if self.metrics is not None:
                 self.metrics.observe(signature, status, self._reactor.seconds() - started)
+                if self.keys is not None:
+                    self.metrics.observe_key(key.name if key is not None else 'unknown', status)
+
+    async def _relay(self, request, signature, stream, started):
+        """Pass a child's stream through as it comes: NDJSON, or SSE when the client's
+        ``Accept`` asks for ``text/event-stream``. Chunks are not parsed; the last line (the
+        summary, or the error that ended the stream) gets the gateway's fields. The client's
+        connection paces the child's (``stream`` is its push producer)."""
+        sse = SSE_TYPE in (request.getHeader(b'accept') or b'')
+        request.setResponseCode(stream.status)
+        request.setHeader(b'Content-Type', SSE_TYPE if sse else NDJSON_TYPE)
+        request.setHeader(b'Cache-Control', b'no-cache')
+        request.setHeader(b'X-Accel-Buffering', b'no')  # a proxy in front must not buffer it either
+        counts = {'chunks': 0, 'first': None, 'ended': False}
+
+        def write_last(body, event):
+            body.update(self.fields(request, body.get('worker_id', 'unknown')))
+            body.setdefault('chunks', counts['chunks'])
+            counts['ended'] = True
+            line = dumps(body)
+            request.write(b'event: ' + event + b'\ndata: ' + line + b'\n\n' if sse else line + b'\n')
+
+        def on_line(line):
+            if line.startswith(CHUNK_PREFIX):
+                if counts['first'] is None:
+                    counts['first'] = self._reactor.seconds() - started
+                counts['chunks'] += 1
+                request.write(b'data: ' + line + b'\n\n' if sse else line + b'\n')
+                return
+            try:
+                body = json.loads(line)
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                body = {'ERROR': 'server {!r} ended its stream with a line that is not a JSON object'.format(signature)}
+            write_last(body, b'error' if 'ERROR' in body else b'end')
+
+        request.registerProducer(stream, True)
+        try:
+            await stream.relay(on_line)
+            if not counts['ended']:
+                raise BadGateway('server {!r} ended its stream without its summary line'.format(signature))
+        except (GatewayTimeout, BadGateway) as exc:
+            # the status line went out with the first chunk: the error is the stream's last line
+            self._log.warn('request {rid} to {name}: stream cut after {n} chunks: {error}', rid=request_id_of(request),
+                           name=signature, n=counts['chunks'], error=exc.message)
+            if not counts['ended']:
+                write_last({'ERROR': exc.message, 'status': exc.status}, b'error')
+        except defer.CancelledError:
+            stream.stopProducing()  # the client went away: so does the child's connection
+            raise
+        finally:
+            if request.channel is not None:  # None: the client's connection is gone
+                request.unregisterProducer()
+            if self.metrics is not None:
+                self.metrics.observe_stream(signature, counts['first'], counts['chunks'])
+        return b''
 
     @app.route('/', methods=['GET'])
     def status_page(self, request):

@@ -50,6 +50,15 @@ _STATS_POINT = {'type': 'object', 'properties': {
     'p50_ms': {'type': 'number', 'nullable': True}, 'p99_ms': {'type': 'number', 'nullable': True}}}
 
 
+# /run is open unless the gateway has API_KEYS: then a key (X-API-Key or Authorization: Bearer)
+_RUN_SECURITY = [{}, {'apiKey': []}]
+_RUN_KEY_ERRORS = {
+    '401': _json(_ERROR, 'API_KEYS is set and no key, or an unknown one, was sent'),
+    '403': _json(_ERROR, 'the API key may not call this endpoint'),
+    '429': _json(_ERROR, 'the API key is over its rate (with Retry-After)'),
+}
+
+
 def _errors(*codes):
     return {code: _ERRORS[code] for code in codes}
 
@@ -143,8 +152,9 @@ def openapi_document(names, server_name='', schemas=None):
                 'description': 'The body is one of the endpoints\' inputs (each endpoint\'s INPUT_SCHEMA, '
                                'checked by its model server: 400 names the field and the rule).',
                 'requestBody': run_body,
+                'security': _RUN_SECURITY,
                 'responses': dict(ok('#/components/schemas/RunAnswer', "the endpoint's answer"), **_errors(
-                    '400', '404', '405', '413', '503'), **{
+                    '400', '404', '405', '413', '503'), **_RUN_KEY_ERRORS, **{
                     '500': _json('#/components/schemas/HookError', "the endpoint's _predict or _post_process raised"),
                     '502': _json(_ERROR, 'the endpoint server closed the connection or answered garbage'),
                     '504': _json(_ERROR, 'the endpoint server did not answer within its TIMEOUT')}),
@@ -152,8 +162,9 @@ def openapi_document(names, server_name='', schemas=None):
             'get': {
                 'summary': 'Run with the inputs as query arguments',
                 'parameters': [{'name': 'SIGNATURE', 'in': 'query', 'required': True, 'schema': {'type': 'string'}}],
+                'security': _RUN_SECURITY,
                 'responses': dict(ok('#/components/schemas/RunAnswer', "the endpoint's answer"),
-                                  **_errors('400', '404', '503'), **{
+                                  **_errors('400', '404', '503'), **_RUN_KEY_ERRORS, **{
                                       '500': _json('#/components/schemas/HookError', 'the endpoint raised'),
                                       '502': _json(_ERROR, 'bad answer from the endpoint server'),
                                       '504': _json(_ERROR, 'endpoint server timeout')}),
@@ -234,5 +245,7 @@ def openapi_document(names, server_name='', schemas=None):
                  'version': LIB_VER,
                  'description': 'Every answer is a JSON object with the gateway fields; errors carry ERROR.'},
         'paths': paths,
-        'components': {'schemas': schemas},
+        'components': {'schemas': schemas, 'securitySchemes': {
+            'apiKey': {'type': 'apiKey', 'in': 'header', 'name': 'X-API-Key',
+                       'description': 'an API key, when the gateway has API_KEYS (bis-gateway key add NAME)'}}},
     }

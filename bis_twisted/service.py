@@ -18,6 +18,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from .apikeys import KeyStore, read_keys_file
 from .autoscale import Autoscaler
 from .compat import get_packages
 from .config import load_config
@@ -125,6 +126,7 @@ class GatewayService(MultiService):
                                                        scaling=self.autoscaler.decisions)
                                         if self.config.metrics else None),
                                metrics_guarded=self.config.metrics_require_token, support_key=support_key,
+                               keys=KeyStore(self.config.api_keys, reactor) if self.config.api_keys else None,
                                reload_config=self.reload_config)
         self.site = make_site(self.gateway.resource(),
                               limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
@@ -184,9 +186,20 @@ class GatewayService(MultiService):
         except ConfigError as exc:
             self._log.warn('config reload refused, nothing changed: {err}', err=exc)
             raise BadRequest(str(exc)) from None
+        try:  # the API_KEYS file too: an invalid one refuses the whole reload
+            keys = read_keys_file(config.api_keys) if config.api_keys else None
+        except ConfigError as exc:
+            self._log.warn('config reload refused, nothing changed: {err}', err=exc)
+            raise BadRequest(str(exc)) from None
         for warning in config.warnings:
             self._log.warn('{warning}', warning=warning)
         done = await self.fleet.apply_config(config, self._resize)
+        if keys is None:
+            self.gateway.keys = None
+        elif self.gateway.keys is None:
+            self.gateway.keys = KeyStore(config.api_keys, self._reactor)
+        else:
+            self.gateway.keys.reload(config.api_keys)  # the buckets of unchanged keys are kept
         self.config = config
         self.gateway.refresh()
         self._log.info('config reloaded from {path}: {summary}', path=self.options.config, summary='; '.join(

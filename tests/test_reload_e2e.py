@@ -355,3 +355,38 @@ def test_a_lone_server_reloaded_under_a_stream_fails_nothing(config_gateway):
         assert client.failures() == [], client.failures()[:5]
         assert client.versions()[0] == 'gamma-v1' and set(client.versions()[at_reply:]) == {'gamma-v2'}
     assert pids(gw, 'gamma') != old
+
+
+def test_reload_config_reads_the_api_keys_file_again(tmp_path):
+    from bis_twisted.apikeys import add_key
+
+    endpoints = tmp_path / 'endpoints'
+    endpoints.mkdir()
+    write_endpoint(endpoints, 'v1')
+    keys_file = str(tmp_path / 'api_keys.json')
+    old_key = add_key(keys_file, 'team-a')
+    config = {'NO_STARTUP_WAIT': True, 'API_KEYS': 'api_keys.json',
+              'CONFIG_ENDPOINTS': {'versioned': {'NR_WORKERS': 1}}}
+    with Processes() as group:
+        gw = start_gateway(group, tmp_path, config=config, endpoints=endpoints)
+        gw.wait_online('versioned', timeout=30)
+
+        def run_with(key):
+            return gw.post('/run', {'SIGNATURE': 'versioned', 'VALUE': 1}, headers={'X-API-Key': key})
+
+        assert run_with(old_key).status == 200
+        new_key = add_key(keys_file, 'team-a-2')
+        assert run_with(new_key).status == 401  # not read yet
+        with open(keys_file) as fh:
+            data = json.load(fh)
+        del data['team-a']
+        with open(keys_file, 'w') as fh:
+            json.dump(data, fh)
+        answer = gw.post('/reload_config', {})
+        assert answer.status == 200, answer
+        assert run_with(new_key).status == 200 and run_with(old_key).status == 401
+        with open(keys_file, 'w') as fh:
+            fh.write('{"team-b": 3}')
+        answer = gw.post('/reload_config', {})
+        assert answer.status == 400 and 'api_keys.json' in answer.json()['ERROR'], answer
+        assert run_with(new_key).status == 200  # nothing changed
