@@ -417,7 +417,8 @@ class _LoopbackEndpoints:
         endpoint = self._cache.get(key)
         if endpoint is None:
             if uri.scheme != b'http':
-                endpoint = web_client._StandardEndpointFactory(self._reactor, self._timeout, None).endpointForURI(uri)
+                endpoint = web_client._StandardEndpointFactory(
+                    self._reactor, web_client.BrowserLikePolicyForHTTPS(), self._timeout, None).endpointForURI(uri)
             else:
                 endpoint = _NoDelayEndpoint(TCP4ClientEndpoint(self._reactor, uri.host.decode('ascii'), uri.port,
                                                                timeout=self._timeout))
