@@ -6,6 +6,7 @@ Every flag has an environment variable (API.md section 5); a flag wins over its 
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -41,6 +42,9 @@ COMMANDS_HELP = """commands (before the flags; without one, the gateway runs):
                                                         endpoint file (each in a child); exit 1 on problems
   bis-gateway new NAME [--config F] [--endpoints D]    write a commented endpoint skeleton to
                                                         <endpoints>/NAME.py and add NAME to the config
+  bis-gateway key add NAME [--file F] [--endpoints a,b|*] [--rate R] [--burst B]
+                                                        make an API key for /run: prints it once,
+                                                        writes only its SHA-256 to the API_KEYS file
 """
 
 
@@ -87,7 +91,47 @@ def new_main(argv, environ=None):
     return run_new(name, options_from_env(environ, **args))
 
 
-COMMANDS = {'check': check_main, 'new': new_main}
+def key_main(argv, environ=None, out=None):
+    """``bis-gateway key add NAME``: the exit code. The file is ``--file``, else the config's
+    ``API_KEYS`` (``--config`` / ``BIS_CONFIG``)."""
+    from .apikeys import DEFAULT_BURST, DEFAULT_RATE, add_key
+    from .config import _api_keys_path
+
+    out = sys.stdout if out is None else out
+    parser = argparse.ArgumentParser(prog='bis-gateway key', description=(
+        'Manage the API keys of /run. `add NAME` generates a random key, prints it once and writes '
+        'only its SHA-256 to the API_KEYS file (never replaces an existing name).'))
+    parser.add_argument('action', choices=['add'])
+    parser.add_argument('name', help='the key\'s name (what logs and /metrics show), e.g. team_a')
+    parser.add_argument('--file', help='the API_KEYS file (default: the config\'s API_KEYS)')
+    parser.add_argument('--config', help='gateway config file whose API_KEYS to use (env BIS_CONFIG)')
+    parser.add_argument('--endpoints', default='*', help='endpoints the key may run: a,b or * (default *)')
+    parser.add_argument('--rate', type=float, default=DEFAULT_RATE,
+                        help='requests per second (default {:g})'.format(DEFAULT_RATE))
+    parser.add_argument('--burst', type=int, default=DEFAULT_BURST,
+                        help='requests at once above the rate (default {})'.format(DEFAULT_BURST))
+    args = parser.parse_args(argv)
+    path = args.file
+    if path is None:
+        environ = os.environ if environ is None else environ
+        config = args.config or environ.get('BIS_CONFIG') or Options().config
+        try:
+            with open(config, encoding='utf-8') as fh:
+                value = json.load(fh).get('API_KEYS')
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError('{}: cannot read API_KEYS from the config ({}); pass --file'.format(config, exc)) from None
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError("{}: the config sets no 'API_KEYS' file; set one or pass --file".format(config))
+        path = _api_keys_path(config, value)
+    endpoints = '*' if args.endpoints.strip() == '*' else [e.strip() for e in args.endpoints.split(',') if e.strip()]
+    key = add_key(path, args.name, endpoints=endpoints, rate=args.rate, burst=args.burst)
+    out.write('API key {!r} added to {} (only its SHA-256 is stored; this is the one time it is shown):\n'
+              '{}\n'.format(args.name, path, key))
+    out.write('reload a running gateway: POST /reload_config (admin)\n')
+    return 0
+
+
+COMMANDS = {'check': check_main, 'new': new_main, 'key': key_main}
 
 
 def log_to_files(options):

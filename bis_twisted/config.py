@@ -79,6 +79,7 @@ class GatewayConfig:
     warnings = attr.ib(default=())  # one line each, logged at start: keys that look like typos
     http_limits = attr.ib(factory=dict)  # the HTTP_LIMIT_KEYS the file sets
     max_answer_mb = attr.ib(default=DEFAULT_MAX_ANSWER_MB)  # a model server's answer over it: 502
+    api_keys = attr.ib(default=None)  # path of the API_KEYS file (absolute), None: /run is open
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -138,6 +139,8 @@ _TOP_KEYS = {
     'MAX_CONNECTIONS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
     'MAX_BODIES_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'MAX_ANSWER_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
+    'API_KEYS': (lambda v: isinstance(v, str) and v.strip(), 'the path of a JSON file of API keys '
+                 '(relative to the config file\'s folder)'),
 }
 HTTP_LIMIT_KEYS = ('HEAD_TIMEOUT', 'BODY_TIMEOUT', 'MAX_CONNECTIONS', 'MAX_BODIES_MB')
 
@@ -195,7 +198,15 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
                          metrics_require_token=data.get('METRICS_REQUIRE_TOKEN', False),
                          metrics=data.get('METRICS', True), warnings=tuple(w for w in warnings if w),
                          http_limits={k: data[k] for k in HTTP_LIMIT_KEYS if k in data},
-                         max_answer_mb=data.get('MAX_ANSWER_MB', DEFAULT_MAX_ANSWER_MB))
+                         max_answer_mb=data.get('MAX_ANSWER_MB', DEFAULT_MAX_ANSWER_MB),
+                         api_keys=_api_keys_path(label, data.get('API_KEYS')))
+
+
+def _api_keys_path(label, value):
+    """``API_KEYS`` as an absolute path: a relative one is taken from the config file's folder."""
+    if value is None:
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(label)), os.path.expanduser(value.strip()))
 
 
 def _typo_warning(where, key, known, consequence=''):

@@ -80,3 +80,13 @@ class ConfigError(Exception):
 
 class EndpointLoadError(ConfigError):
     """An endpoint file that cannot be imported or has no usable worker class."""
+
+
+class TooManyRequests(BisError):
+    """429: a caller over its API key's rate; ``retry_after`` is the seconds until a token."""
+
+    status = 429
+
+    def __init__(self, message, retry_after=1, **extra):
+        super().__init__(message, **extra)
+        self.retry_after = retry_after

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from . import LIB_VER
 from .assets import Assets
-from .errors import BadRequest, BisError, NotFound, UnknownSignature
+from .errors import BadRequest, BisError, ConfigError, NotFound, UnknownSignature
 from .fleet import hms
 from .loader import endpoint_file
 from .lograte import RepeatLimiter
@@ -51,7 +51,7 @@ class Gateway:
 
     def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
                  shutdown=None, cache_dir='.', server_name='', support_names=(), metrics=None,
-                 metrics_guarded=False, support_key=None):
+                 metrics_guarded=False, support_key=None, keys=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -69,6 +69,7 @@ class Gateway:
         self._support_key = support_key.encode('ascii') if support_key else None
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
+        self.keys = keys  # a KeyStore (API_KEYS), held by reference: /reload_config refreshes it; None: /run is open
         self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet))
         self.assets = Assets()
         self.started_at = reactor.seconds()
@@ -109,10 +110,11 @@ class Gateway:
     async def run(self, request):
         started = self._reactor.seconds()
         rid = request_id_of(request)
-        signature, status = None, 500
+        signature, status, key_name = None, 500, None
         try:
             inputs = request_inputs(request)
             signature = self.signature_of(inputs)
+            key_name = self.authorize_run(request, signature)
             payload = forward_body(request, inputs)
             del inputs  # the payload is all that needs to live while the model server works
             result = await self.fleet.run(signature, payload, rid)
@@ -136,6 +138,14 @@ class Gateway:
             forget_body(request)
             if self.metrics is not None:
                 self.metrics.observe(signature, status, self._reactor.seconds() - started)
+                if self.keys is not None:
+                    self.metrics.observe_key(key_name, status)
+
+    def authorize_run(self, request, signature):
+        """The caller's API key name (None while API_KEYS is not set), or 401 / 403 / 429."""
+        if self.keys is None:
+            return None
+        return self.keys.check(request, signature)
 
     @app.route('/', methods=['GET'])
     def status_page(self, request):
@@ -306,6 +316,21 @@ class Gateway:
             return self.answer(request, failed[0].status, dict(failed[0].body))
         self.fleet.remember_workers(server, size)
         return self.answer(request, 200, {'MESSAGE': 'OK', 'NR_WORKERS': size, 'SIGNATURE': server.name})
+
+    @app.route('/reload_config', methods=['POST'])
+    def reload_config(self, request):
+        """Re-read the API_KEYS file (the rest of the config is read at start only); an invalid
+        file changes nothing and answers 400 with its one-line error."""
+        self.guard.check(request)
+        if self.keys is None:
+            raise BadRequest('nothing to reload: the config sets no API_KEYS file')
+        try:
+            names = self.keys.reload()
+        except ConfigError as exc:
+            self._log.warn('reload of the API_KEYS file refused, the keys in use stay: {error}', error=str(exc))
+            raise BadRequest('API_KEYS not reloaded, the keys in use stay: {}'.format(exc)) from None
+        self._log.info('API_KEYS reloaded: {n} keys ({names})', n=len(names), names=', '.join(names))
+        return self.answer(request, 200, {'MESSAGE': 'API_KEYS reloaded', 'API_KEYS': names})
 
     @app.route('/shutdown', methods=['POST'])
     def shutdown(self, request):

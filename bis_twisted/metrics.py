@@ -81,6 +81,10 @@ class GatewayMetrics:
         self._latency = Histogram('bis_request_latency_seconds', 'Time to answer /run, by endpoint',
                                   ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._children = {}
+        # per API key name (never the key); a refused unknown or missing key counts as "unknown"
+        self._key_requests = Counter('bis_key_requests', 'Requests to /run by API key name and HTTP status',
+                                     ['key', 'code'], registry=self.registry)
+        self._key_children = {}
         self.recent = RecentStats(clock)
         # per endpoint, for the status page's charts (an unknown SIGNATURE counts in `recent` only)
         self.recent_by_endpoint = {name: RecentStats(clock) for name in fleet.servers}
@@ -100,6 +104,13 @@ class GatewayMetrics:
         by_endpoint = self.recent_by_endpoint.get(endpoint)
         if by_endpoint is not None:
             by_endpoint.observe(status, seconds)
+
+    def observe_key(self, name, status):
+        key = (name or 'unknown', status)
+        child = self._key_children.get(key)
+        if child is None:
+            child = self._key_children[key] = self._key_requests.labels(key[0], str(status))
+        child.inc()
 
     def stats(self):
         """What ``/stats`` answers: the gateway's windows and each endpoint's."""

@@ -18,6 +18,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from .compat import get_packages
+from .apikeys import KeyStore
 from .config import load_config
 from .drain import ConnectionDrain
 from .fleet import Fleet
@@ -90,6 +91,8 @@ class GatewayService(MultiService):
         # validated before anything starts: ConfigError names file, endpoint and key
         self.config = load_config(options.config, endpoints_dir, options.port)
         token = admin_token(options.admin_token)  # stripped; ConfigError when too short
+        self.keys = (KeyStore.load(self.config.api_keys, clock=reactor)
+                     if self.config.api_keys is not None else None)
         os.makedirs(options.logs_dir, exist_ok=True)
         self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir, pid_dir=options.pids_dir)
         self.supervisor.setServiceParent(self)
@@ -116,7 +119,8 @@ class GatewayService(MultiService):
                                support_names=[e.name for e in self.config.endpoints if e.is_support],
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
                                         if self.config.metrics else None),
-                               metrics_guarded=self.config.metrics_require_token, support_key=support_key)
+                               metrics_guarded=self.config.metrics_require_token, support_key=support_key,
+                               keys=self.keys)
         self.site = make_site(self.gateway.resource(),
                               limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
                               answer_fields=self.gateway.fields)
