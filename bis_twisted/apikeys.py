@@ -242,7 +242,9 @@ class KeyStore:
                            endpoint=endpoint, name=name, reason=reason, status=status,
                            described='/run to {} refused for API key {}: {} ({})'.format(
                                endpoint, name, reason, status))
-        return error_class(message)
+        error = error_class(message)
+        error.key_name = name  # what /metrics counts the refusal under
+        return error
 
 
 def add_key(path, name, endpoints='*', rate=DEFAULT_RATE, burst=DEFAULT_BURST):

@@ -123,6 +123,7 @@ class Gateway:
             return self.answer(request, status, dict(result.body), headers)
         except BisError as exc:
             status = exc.status
+            key_name = getattr(exc, 'key_name', key_name)
             if status >= 500:  # one line a second per server and status: a restart refuses many
                 self._repeats.emit('warn', (signature, status), 'request {rid} to {name}: {status} {error}',
                                    rid=rid, name=signature, status=status, error=exc.message,
