@@ -237,7 +237,7 @@ class KeyStore:
 
     def _refusal(self, error_class, name, endpoint, reason, message):
         status = error_class.status
-        self._repeats.emit('warn', (name, endpoint, status),
+        self._repeats.emit('warn', (name, endpoint, status, reason),
                            '/run to {endpoint} refused for API key {name}: {reason} ({status})',
                            endpoint=endpoint, name=name, reason=reason, status=status,
                            described='/run to {} refused for API key {}: {} ({})'.format(

@@ -23,7 +23,8 @@ except ImportError as exc:  # the [client] extra
     raise ImportError("bis_twisted.client needs httpx: pip install 'bis_twisted[client]'") from exc
 
 __all__ = [
-    'Client', 'AsyncClient', 'BisClientError', 'BadInput', 'Unauthorized', 'Forbidden', 'UnknownSignature',
+    'Client', 'AsyncClient', 'BisClientError', 'BadInput', 'Unauthorized', 'Forbidden', 'RateLimited',
+    'UnknownSignature',
     'NotFound', 'PayloadTooLarge', 'EndpointError', 'BadGateway', 'Overloaded', 'GatewayTimeout',
     'GatewayUnreachable',
 ]
@@ -54,11 +55,17 @@ class BadInput(BisClientError):
 
 
 class Unauthorized(BisClientError):
-    """401: an admin route without a token while the gateway has one."""
+    """401: an admin route without a token while the gateway has one, or ``/run`` without a
+    known API key while the gateway has ``API_KEYS``."""
 
 
 class Forbidden(BisClientError):
-    """403: a wrong token, or a remote client of a gateway with no token."""
+    """403: a wrong token, a remote client of a gateway with no token, or an API key that may
+    not run that endpoint."""
+
+
+class RateLimited(BisClientError):
+    """429: the API key is over its rate; ``retry_after`` is the seconds until a request fits."""
 
 
 class NotFound(BisClientError):
@@ -96,7 +103,7 @@ class GatewayUnreachable(BisClientError):
 
 
 _BY_STATUS: Dict[int, Type[BisClientError]] = {
-    400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 413: PayloadTooLarge,
+    400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 413: PayloadTooLarge, 429: RateLimited,
     500: EndpointError, 502: BadGateway, 503: Overloaded, 504: GatewayTimeout,
 }
 
@@ -145,11 +152,12 @@ class _Calls:
     """What both clients share: the URL, the headers, the retry rule and the payloads."""
 
     def __init__(self, base_url: str, token: Optional[str], timeout: Optional[float], retries: int,
-                 max_retry_wait: float) -> None:
+                 max_retry_wait: float, api_key: Optional[str] = None) -> None:
         if retries < 0:
             raise ValueError('retries must be >= 0, got {!r}'.format(retries))
         self.base_url = base_url.rstrip('/')
         self.token = token
+        self.api_key = api_key
         self.timeout = timeout
         self.retries = retries
         self.max_retry_wait = max_retry_wait
@@ -158,6 +166,8 @@ class _Calls:
         headers = {'Accept': 'application/json'}
         if self.token:
             headers['Authorization'] = 'Bearer ' + self.token
+        if self.api_key:  # its own header: the admin token keeps Authorization
+            headers['X-API-Key'] = self.api_key
         if request_id:
             headers['X-Request-Id'] = request_id
         return headers
@@ -187,7 +197,8 @@ class Client(_Calls):
     """A blocking client of one gateway.
 
     ``token`` is sent as ``Authorization: Bearer`` (the admin routes need it when the gateway
-    has ``BIS_ADMIN_TOKEN``); ``timeout`` is per request, in seconds (None: wait for ever);
+    has ``BIS_ADMIN_TOKEN``); ``api_key`` is sent as ``X-API-Key`` (``/run`` needs it when the
+    gateway has ``API_KEYS``; both may be given at once); ``timeout`` is per request, in seconds (None: wait for ever);
     ``retries`` is how many times a 503 is retried, waiting its ``Retry-After`` each time (at
     most ``max_retry_wait`` seconds). ``transport`` is handed to ``httpx.Client`` (tests,
     proxies, unix sockets).
@@ -196,8 +207,8 @@ class Client(_Calls):
     def __init__(self, base_url: str = 'http://127.0.0.1:5002', token: Optional[str] = None,
                  timeout: Optional[float] = DEFAULT_TIMEOUT, retries: int = 0,
                  max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
-                 transport: Optional['httpx.BaseTransport'] = None) -> None:
-        super().__init__(base_url, token, timeout, retries, max_retry_wait)
+                 transport: Optional['httpx.BaseTransport'] = None, api_key: Optional[str] = None) -> None:
+        super().__init__(base_url, token, timeout, retries, max_retry_wait, api_key)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, trust_env=False)
 
     def __enter__(self) -> 'Client':
@@ -285,8 +296,8 @@ class AsyncClient(_Calls):
     def __init__(self, base_url: str = 'http://127.0.0.1:5002', token: Optional[str] = None,
                  timeout: Optional[float] = DEFAULT_TIMEOUT, retries: int = 0,
                  max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
-                 transport: Optional['httpx.AsyncBaseTransport'] = None) -> None:
-        super().__init__(base_url, token, timeout, retries, max_retry_wait)
+                 transport: Optional['httpx.AsyncBaseTransport'] = None, api_key: Optional[str] = None) -> None:
+        super().__init__(base_url, token, timeout, retries, max_retry_wait, api_key)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport,
                                        trust_env=False)
 

@@ -70,7 +70,8 @@ class Gateway:
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
         self.keys = keys  # a KeyStore (API_KEYS), held by reference: /reload_config refreshes it; None: /run is open
-        self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet))
+        self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet),
+                                         api_keys=keys is not None)
         self.assets = Assets()
         self.started_at = reactor.seconds()
         self._static_fields = {

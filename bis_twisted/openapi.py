@@ -121,9 +121,25 @@ def _run_body(names, schemas):
         'schema': {'oneOf': variants} if len(variants) > 1 else variants[0], 'examples': examples}}}
 
 
-def openapi_document(names, server_name='', schemas=None):
+_KEY_ERRORS = {
+    '401': _json(_ERROR, 'no API key, or one the API_KEYS file does not hold'),
+    '403': _json(_ERROR, 'the API key may not run this endpoint'),
+    '429': {'description': 'the API key is over its rate; Retry-After says in how many seconds a request fits',
+            'headers': {'Retry-After': {'schema': {'type': 'integer'}}},
+            'content': {'application/json': {'schema': {'$ref': _ERROR}}}},
+}
+_SECURITY_SCHEMES = {
+    'ApiKey': {'type': 'apiKey', 'in': 'header', 'name': 'X-API-Key',
+               'description': 'a key of the API_KEYS file (`bis-gateway key add NAME`); '
+                              '`Authorization: Bearer <key>` works too'},
+    'AdminToken': {'type': 'http', 'scheme': 'bearer', 'description': 'BIS_ADMIN_TOKEN, for the admin routes'},
+}
+
+
+def openapi_document(names, server_name='', schemas=None, api_keys=False):
     """The document for the endpoints ``names``; ``schemas`` maps a name to the
-    ``EndpointSchemas`` its file declares (read without importing it)."""
+    ``EndpointSchemas`` its file declares (read without importing it); ``api_keys``: /run
+    needs a key (the ``ApiKey`` scheme, which Swagger UI's Authorize button fills in)."""
     names = list(names)
     run_body = _run_body(names, schemas or {}) if names else _signature_body(['<none configured>'])
     names = names or ['<none configured>']
@@ -183,6 +199,10 @@ def openapi_document(names, server_name='', schemas=None):
                                            required=('SIGNATURE', 'NR_WORKERS')),
             'responses': dict(ok('#/components/schemas/Message', 'resized'), **_errors(*admin), **{
                 '503': _ERRORS['503']})}},
+        '/reload_config': {'post': {
+            'summary': 'Re-read the API_KEYS file; an invalid file changes nothing (400) (admin)',
+            'security': [{'AdminToken': []}, {}],
+            'responses': dict(ok('#/components/schemas/Message', 'reloaded'), **_errors(*admin))}},
         '/shutdown': {'post': {
             'summary': 'Stop the servers, save state, exit (admin)',
             'requestBody': _signature_body(['SAFE_KILL_SERVER_CMD']),
@@ -206,6 +226,10 @@ def openapi_document(names, server_name='', schemas=None):
         '/': {'get': {'summary': 'The status page', 'responses': {
             '200': {'description': 'HTML', 'content': {'text/html': {'schema': {'type': 'string'}}}}}}},
     }
+    if api_keys:
+        for operation in paths['/run'].values():
+            operation['security'] = [{'ApiKey': []}]
+            operation['responses'].update(_KEY_ERRORS)
     schemas = {
         'Error': _answer({'ERROR': {'type': 'string'}}, required=['ERROR']),
         'HookError': _answer({'ERROR': {'type': 'string'}, 'call_id': {'type': 'integer'},
@@ -234,5 +258,5 @@ def openapi_document(names, server_name='', schemas=None):
                  'version': LIB_VER,
                  'description': 'Every answer is a JSON object with the gateway fields; errors carry ERROR.'},
         'paths': paths,
-        'components': {'schemas': schemas},
+        'components': {'schemas': schemas, 'securitySchemes': _SECURITY_SCHEMES},
     }

@@ -146,3 +146,27 @@ def test_keys_are_nowhere_in_the_file_the_logs_or_the_metrics_and_metrics_count_
         for where, text in (('keys file', keys_path.read_text()), ('gateway.log', log_file),
                             ('stdout', stdout), ('/metrics', metrics)):
             assert key not in text, 'a key is in ' + where
+
+
+def test_the_python_client_sends_its_api_key_beside_the_admin_token(keyed):
+    from bis_twisted.client import Client, Forbidden, RateLimited, Unauthorized
+
+    gateway, keys, _, _ = keyed
+    with Client(gateway.url(''), token=TOKEN, api_key=keys['calm_2026']) as both:
+        assert both.run(DEMO, INPUT_VALUE=4)['predict_result'] == {'dummy_model_predict': '4*2 + 1 = 9 PREDICTED'}
+        assert both.start_server(DEMO)['MESSAGE'].endswith('already running')  # the admin token still works
+    with Client(gateway.url('')) as anonymous, pytest.raises(Unauthorized):
+        anonymous.run(DEMO, INPUT_VALUE=4)
+    with Client(gateway.url(''), api_key=keys['narrow']) as narrow, pytest.raises(Forbidden):
+        narrow.run(DEMO, INPUT_VALUE=4)
+    with Client(gateway.url(''), api_key=keys['flood']) as flood:
+        with pytest.raises(RateLimited) as refused:
+            for _ in range(4):
+                flood.run(DEMO, INPUT_VALUE=4)
+    assert refused.value.status == 429 and refused.value.retry_after == 1.0
+    document = gateway.get('/openapi.json').json()
+    assert document['components']['securitySchemes']['ApiKey'] == {
+        'type': 'apiKey', 'in': 'header', 'name': 'X-API-Key',
+        'description': document['components']['securitySchemes']['ApiKey']['description']}
+    assert document['paths']['/run']['post']['security'] == [{'ApiKey': []}]
+    assert '429' in document['paths']['/run']['post']['responses']
