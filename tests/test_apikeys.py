@@ -154,3 +154,35 @@ def test_key_add_finds_the_file_through_the_configs_api_keys(tmp_path):
     out = io.StringIO()
     assert key_main(['add', 'ops', '--config', str(tmp_path / 'config_gateway.txt')], out=out) == 0
     assert json.loads((tmp_path / 'secrets' / 'keys.json').read_text())['ops']['endpoints'] == '*'
+
+
+def test_config_api_keys_is_a_path_from_the_config_files_folder(tmp_path):
+    from bis_twisted.config import parse_config
+
+    label = str(tmp_path / 'conf' / 'config_gateway.txt')
+    config = parse_config({'API_KEYS': 'secrets/keys.json', 'CONFIG_ENDPOINTS': {}}, label)
+    assert config.api_keys == str(tmp_path / 'conf' / 'secrets' / 'keys.json')
+    assert parse_config({'CONFIG_ENDPOINTS': {}}, label).api_keys is None
+    with pytest.raises(ConfigError, match="key 'API_KEYS' must be the path of a JSON file"):
+        parse_config({'API_KEYS': {'a': 1}, 'CONFIG_ENDPOINTS': {}}, label)
+
+
+def test_a_gateway_whose_api_keys_file_is_missing_or_invalid_does_not_start(tmp_path):
+    import subprocess
+    import sys
+
+    from procs import REPO_ROOT, python_env
+
+    config = tmp_path / 'config_gateway.txt'
+    config.write_text(json.dumps({'API_KEYS': 'keys.json', 'CONFIG_ENDPOINTS': {}}))
+    argv = [sys.executable, '-m', 'bis_twisted.cli', '--config', str(config), '--port', '0',
+            '--cache', str(tmp_path / '_cache')]
+    missing = subprocess.run(argv, env=python_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == 'bis-gateway: {}: the API_KEYS file does not exist (create it with ' \
+        '`bis-gateway key add NAME --file {}`)'.format(tmp_path / 'keys.json', tmp_path / 'keys.json')
+    (tmp_path / 'keys.json').write_text(json.dumps({'team': {'key_sha256': 'x', 'rate': 1}}))
+    invalid = subprocess.run(argv, env=python_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert invalid.returncode == 2
+    assert "keys.json: key 'team': field 'key_sha256' must be 64 hex digits" in invalid.stderr
+    assert len(invalid.stderr.strip().splitlines()) == 1
