@@ -30,12 +30,16 @@ setup(
         'examples': ['scikit-learn>=1.2'],
         # bench/run_bench.py draws its chart with matplotlib (wrk comes from apt)
         'bench': ['matplotlib>=3.6'],
+        # /system_status: GPU memory per device (DEVICES)
+        'gpu': ['nvidia-ml-py>=12'],
         'test': [
             'scikit-learn>=1.2',
             'httpx>=0.24',
             # tests/test_client_unit.py: bis_twisted.client is checked with mypy --strict
             'mypy>=1.5',
             'pytest>=7',
+            # tests/test_streaming_e2e.py reads the SSE framing with a real parser
+            'httpx-sse>=0.4',
             'pytest-twisted>=1.14',
             'pytest-timeout>=2.1',
             'hypothesis>=6.80',

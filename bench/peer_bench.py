@@ -17,7 +17,6 @@ bench/results/.
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,11 +42,7 @@ class LitServeDemo2:
         rb.wait_for(lambda: rb.http('POST', self.url, BODY, timeout=2)[0] == 200, 90, 'LitServe to answer')
 
     def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        rb.stop_group(self.proc, 10)
 
 
 def main():

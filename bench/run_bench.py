@@ -98,6 +98,18 @@ def wait_for(probe, timeout, what):
     raise RuntimeError('timed out waiting for ' + what)
 
 
+def stop_group(proc, timeout):
+    """TERM the process group ``proc`` leads, KILL it after ``timeout`` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class Gateway:
     def __init__(self, config, endpoints, workdir, env=None):
         self.port = free_block(16)
@@ -131,11 +143,7 @@ class Gateway:
         return out
 
     def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc, 20)
 
 
 def wrk(wrk_bin, url, body, concurrency, duration, timeout=10):
@@ -354,11 +362,7 @@ class LitServeIris:
         wait_for(lambda: http('POST', self.url, IRIS_BODY, timeout=2)[0] == 200, 60, 'LitServe to answer')
 
     def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc, 10)
 
 
 def bench_batching(wrk_bin, workdir, duration, peers=False):

@@ -1,51 +1,43 @@
-"""Who may call ``/run``: API keys from the ``API_KEYS`` file, each with the endpoints it may
-run and a token bucket (``rate`` requests per second, ``burst`` at once) on the reactor's clock.
+"""API keys for ``/run``: who may call which endpoint, and how often.
 
-The file maps a key's name to ``{"key_sha256": "<hex>", "endpoints": [...] or "*",
-"rate": r, "burst": b}``; only the SHA-256 of a key is stored. ``KeyStore.load(path)`` reads
-and validates it (``ConfigError`` naming the file, the key's name and the field);
-``KeyStore.replace(other)`` swaps in a re-read file while the gateway serves, keeping the
-buckets of keys whose limits did not change. A caller sends ``Authorization: Bearer <key>``
-or ``X-API-Key: <key>``; refusals are logged with the key's name or "unknown", never a key.
+``"API_KEYS": "api_keys.json"`` at the top of the config names a JSON file (relative to the
+config file's folder; the file may hold the keys' rights, so the config holds its name only)::
+
+    {"team-a": {"key_sha256": "<hex>", "endpoints": ["iris_classifier"], "rate": 5, "burst": 10},
+     "ops":    {"key_sha256": "<hex>", "endpoints": "*"}}
+
+Keys are stored as their SHA-256 only (``bis-gateway key add NAME`` makes one, prints it
+once and writes its hash). A caller sends ``X-API-Key: <key>`` or ``Authorization: Bearer
+<key>``. ``rate`` (requests per second) and ``burst`` make a token bucket per key on the
+reactor's clock; without ``rate`` a key is not limited. A key never opens an admin route:
+the admin token is another secret with its own rule (``security.py``).
 """
 
 import hashlib
-import hmac
 import json
 import math
 import os
-import re
 import secrets
 
 import attr
-from twisted.logger import Logger
 
 from .errors import ConfigError, Forbidden, TooManyRequests, Unauthorized
-from .lograte import RepeatLimiter
 
-KEY_HEADER = b'x-api-key'
-UNKNOWN = 'unknown'
-DEFAULT_RATE = 10.0
-DEFAULT_BURST = 20
-_HEX64 = re.compile(r'^[0-9a-f]{64}$')
-_FIELDS = ('key_sha256', 'endpoints', 'rate', 'burst')
+KEY_HEADER = b'X-API-Key'
+ALL_ENDPOINTS = '*'
 
 
-def key_hash(key):
-    """The hex SHA-256 of a key (str or bytes), as the file stores it."""
-    if isinstance(key, str):
-        key = key.encode('utf-8')
-    return hashlib.sha256(key).hexdigest()
+def hash_key(key):
+    return hashlib.sha256(key.encode('utf-8')).hexdigest()
 
 
 def new_key():
-    """A fresh random key (32 bytes from ``secrets``, URL-safe text)."""
+    """A random key: 32 bytes, URL-safe text."""
     return 'bis_' + secrets.token_urlsafe(32)
 
 
 class TokenBucket:
-    """``burst`` tokens at most, refilled at ``rate`` per second of ``clock.seconds()``.
-    ``take()`` spends one and returns 0, or returns the seconds until one is there."""
+    """``rate`` tokens a second, at most ``burst`` saved up; ``take()`` spends one."""
 
     def __init__(self, rate, burst, clock):
         self.rate = float(rate)
@@ -56,213 +48,175 @@ class TokenBucket:
 
     def _refill(self):
         now = self._clock.seconds()
-        if now > self._at:
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
 
     def take(self):
+        """``0`` when a token was spent, else the seconds until one is there."""
         self._refill()
-        if self._tokens >= 1 - 1e-9:  # refills summed in floats fall a hair short of a whole token
-            self._tokens = max(0.0, self._tokens - 1)
-            return 0.0
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0
         return (1 - self._tokens) / self.rate
-
-    @property
-    def tokens(self):
-        self._refill()
-        return self._tokens
 
 
 @attr.s(frozen=True)
 class ApiKey:
-    """One entry of the file: ``endpoints`` is None for every endpoint ("*")."""
-
     name = attr.ib()
     key_sha256 = attr.ib(repr=False)
-    endpoints = attr.ib()
-    rate = attr.ib()
-    burst = attr.ib()
+    endpoints = attr.ib()  # ALL_ENDPOINTS or a frozenset of names
+    rate = attr.ib(default=None)
+    burst = attr.ib(default=None)
 
     def allows(self, endpoint):
-        return self.endpoints is None or endpoint in self.endpoints
-
-
-def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return self.endpoints == ALL_ENDPOINTS or endpoint in self.endpoints
 
 
 def parse_keys(data, label):
-    """``{name: ApiKey}`` from the file's decoded JSON, or ConfigError naming the key and field."""
+    """``{name: ApiKey}`` from the file's JSON, or ConfigError naming the file, key and field."""
     if not isinstance(data, dict):
-        raise ConfigError('{}: the top level must be a JSON object of key names'.format(label))
-    keys, hashes = {}, {}
+        raise ConfigError('{}: must be a JSON object of {{name: {{"key_sha256", "endpoints", ...}}}}'.format(label))
+    keys = {}
+    seen = {}
     for name, entry in data.items():
         where = '{}: key {!r}'.format(label, name)
         if not isinstance(entry, dict):
-            raise ConfigError('{}: must be an object with key_sha256, endpoints, rate, burst'.format(where))
-        unknown = sorted(set(entry) - set(_FIELDS))
-        if unknown:
-            raise ConfigError('{}: unknown field {!r} (fields: {})'.format(where, unknown[0], ', '.join(_FIELDS)))
+            raise ConfigError('{}: must be an object, got {!r}'.format(where, type(entry).__name__))
         digest = entry.get('key_sha256')
-        if not isinstance(digest, str) or not _HEX64.match(digest.lower()):
-            raise ConfigError("{}: field 'key_sha256' must be 64 hex digits (the SHA-256 of the key; "
-                              "`bis-gateway key add NAME` writes it), got {!r}".format(where, digest))
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in '0123456789abcdef' for c in digest.lower())):
+            raise ConfigError("{}: 'key_sha256' must be the 64 hex digits of the key's SHA-256".format(where))
         digest = digest.lower()
-        if digest in hashes:
-            raise ConfigError("{}: field 'key_sha256' is the same as key {!r}'s".format(where, hashes[digest]))
-        hashes[digest] = name
-        endpoints = entry.get('endpoints', '*')
-        if endpoints == '*':
-            endpoints = None
-        elif isinstance(endpoints, list) and all(isinstance(e, str) and e for e in endpoints):
+        if digest in seen:
+            raise ConfigError('{}: the same key as {!r}'.format(where, seen[digest]))
+        seen[digest] = name
+        endpoints = entry.get('endpoints', ALL_ENDPOINTS)
+        if endpoints != ALL_ENDPOINTS:
+            if not (isinstance(endpoints, list) and all(isinstance(e, str) for e in endpoints)):
+                raise ConfigError("{}: 'endpoints' must be \"*\" or a list of endpoint names".format(where))
             endpoints = frozenset(endpoints)
-        else:
-            raise ConfigError("{}: field 'endpoints' must be \"*\" or a list of endpoint names, got {!r}".format(
-                where, endpoints))
-        rate = entry.get('rate', DEFAULT_RATE)
-        if not _number(rate) or rate <= 0:
-            raise ConfigError("{}: field 'rate' must be a number of requests per second > 0, got {!r}".format(
-                where, rate))
-        burst = entry.get('burst', DEFAULT_BURST)
-        if not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
-            raise ConfigError("{}: field 'burst' must be an integer >= 1, got {!r}".format(where, burst))
-        keys[name] = ApiKey(name, digest, endpoints, float(rate), burst)
+        rate, burst = entry.get('rate'), entry.get('burst')
+        for field, value in (('rate', rate), ('burst', burst)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not value > 0 or math.isinf(value)):
+                raise ConfigError("{}: {!r} must be a number > 0".format(where, field))
+        if burst is not None and rate is None:
+            raise ConfigError("{}: 'burst' needs a 'rate'".format(where))
+        if rate is not None and burst is None:
+            burst = max(1.0, float(rate))
+        keys[name] = ApiKey(name=name, key_sha256=digest, endpoints=endpoints, rate=rate, burst=burst)
     return keys
 
 
 def read_keys_file(path):
-    """The file's decoded JSON (``{}`` when it does not exist yet, for ``key add``)."""
     try:
         with open(path, encoding='utf-8') as fh:
             text = fh.read()
-    except FileNotFoundError:
-        return None
     except OSError as exc:
         raise ConfigError('{}: cannot read the API_KEYS file: {}'.format(path, exc.strerror)) from None
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except ValueError as exc:
         raise ConfigError('{}: not valid JSON: {}'.format(path, exc)) from None
+    return parse_keys(data, path)
 
 
 class KeyStore:
-    """The keys the gateway accepts and a bucket per key. ``check(request, endpoint)``
-    returns the caller's key name or raises 401 / 403 / 429."""
+    """The keys the gateway admits, replaceable at run time (``reload``) without losing the
+    buckets of keys whose limits did not change."""
 
-    _log = Logger()
-
-    def __init__(self, keys, path=None, clock=None):
-        if clock is None:
-            from twisted.internet import reactor as clock
+    def __init__(self, path, clock):
         self.path = path
         self._clock = clock
-        self._repeats = RepeatLimiter(self._log, clock=clock)
-        self._set(keys, {})
+        self._keys = {}
+        self._by_digest = {}
+        self._buckets = {}
+        self.reload()
 
-    @classmethod
-    def load(cls, path, clock=None):
-        data = read_keys_file(path)
-        if data is None:
-            raise ConfigError('{}: the API_KEYS file does not exist (create it with '
-                              '`bis-gateway key add NAME --file {}`)'.format(path, path))
-        return cls(parse_keys(data, path), path=path, clock=clock)
-
-    def _set(self, keys, old_buckets):
-        self.keys = keys
-        self._by_hash = {k.key_sha256.encode('ascii'): k for k in keys.values()}
+    def reload(self, path=None):
+        """Read the file again (or ``path``); an invalid file raises ConfigError and changes
+        nothing. Returns the number of keys."""
+        keys = read_keys_file(path or self.path)
         buckets = {}
         for name, key in keys.items():
-            old = old_buckets.get(name)
-            if old is not None and old.rate == key.rate and old.burst == key.burst:
-                buckets[name] = old  # a reload does not hand a flooding key a fresh burst
-            else:
-                buckets[name] = TokenBucket(key.rate, key.burst, self._clock)
+            old = self._keys.get(name)
+            if key.rate is not None:
+                if old is not None and (old.rate, old.burst) == (key.rate, key.burst) and name in self._buckets:
+                    buckets[name] = self._buckets[name]
+                else:
+                    buckets[name] = TokenBucket(key.rate, key.burst, self._clock)
+        self.path = path or self.path
+        self._keys = keys
+        self._by_digest = {k.key_sha256: k for k in keys.values()}
         self._buckets = buckets
-
-    def reload(self):
-        """Re-read ``path``; on any error (ConfigError) nothing changes. Returns the names."""
-        fresh = KeyStore.load(self.path, clock=self._clock)
-        self._set(fresh.keys, self._buckets)
-        return sorted(self.keys)
+        return len(keys)
 
     @property
     def names(self):
-        return sorted(self.keys)
+        return sorted(self._keys)
 
-    @staticmethod
-    def presented(request):
-        """The key the request carries (bytes), or None."""
-        given = request.getHeader(KEY_HEADER)
-        if given:
-            return given.strip()
-        parts = (request.getHeader(b'authorization') or b'').split(None, 1)
-        if len(parts) == 2 and parts[0].lower() == b'bearer':
-            return parts[1].strip()
-        return None
-
-    def identify(self, presented):
-        if not presented:
-            return None
-        digest = hashlib.sha256(presented).hexdigest().encode('ascii')
-        for known, key in self._by_hash.items():  # the dict lookup would compare in variable time
-            if hmac.compare_digest(known, digest):
-                return key
-        return None
-
-    def check(self, request, endpoint):
-        presented = self.presented(request)
-        key = self.identify(presented)
+    def identify(self, request):
+        """The ``ApiKey`` the request presents, or Unauthorized (401)."""
+        presented = request.getHeader(KEY_HEADER)
+        if presented is None:
+            authorization = request.getHeader(b'Authorization') or b''
+            scheme, _, value = authorization.partition(b' ')
+            if scheme.lower() == b'bearer' and value.strip():
+                presented = value.strip()
+        if presented is None:
+            raise _named(Unauthorized('an API key is required: send X-API-Key: <key> (or Authorization: Bearer '
+                                      '<key>)'), 'unknown')
+        key = self._by_digest.get(hashlib.sha256(presented.strip()).hexdigest())
         if key is None:
-            if presented:
-                reason = 'unknown API key'
-                message = 'unknown API key; send a key the gateway\'s API_KEYS file holds'
-            else:
-                reason = 'no API key'
-                message = "/run needs an API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'"
-            request.setHeader(b'WWW-Authenticate', b'Bearer realm="bis run"')
-            raise self._refusal(Unauthorized, UNKNOWN, endpoint, reason, message)
+            raise _named(Unauthorized('unknown API key'), 'unknown')
+        return key
+
+    def admit(self, key, endpoint):
+        """Forbidden (403) when the key may not call ``endpoint``; TooManyRequests (429,
+        with ``retry_after``) when it is over its rate."""
         if not key.allows(endpoint):
-            raise self._refusal(Forbidden, key.name, endpoint, 'endpoint not allowed for this key',
-                                'API key {!r} may not run {!r}; it may run: {}'.format(
-                                    key.name, endpoint, ', '.join(sorted(key.endpoints)) or 'nothing'))
-        wait = self._buckets[key.name].take()
-        if wait:
-            seconds = max(1, math.ceil(wait))
-            error = self._refusal(TooManyRequests, key.name, endpoint, 'over its rate',
-                                  'API key {!r} is over its rate of {:g} requests/s (burst {}); retry '
-                                  'in {} s'.format(key.name, key.rate, key.burst, seconds))
-            error.retry_after = seconds
-            raise error
-        return key.name
-
-    def _refusal(self, error_class, name, endpoint, reason, message):
-        status = error_class.status
-        self._repeats.emit('warn', (name, endpoint, status, reason),
-                           '/run to {endpoint} refused for API key {name}: {reason} ({status})',
-                           endpoint=endpoint, name=name, reason=reason, status=status,
-                           described='/run to {} refused for API key {}: {} ({})'.format(
-                               endpoint, name, reason, status))
-        error = error_class(message)
-        error.key_name = name  # what /metrics counts the refusal under
-        return error
+            raise _named(Forbidden('API key {!r} may not call {!r}'.format(key.name, endpoint)), key.name)
+        bucket = self._buckets.get(key.name)
+        if bucket is not None:
+            wait = bucket.take()
+            if wait:
+                error = TooManyRequests('API key {!r} is over its rate of {:g} requests/s (burst {:g}); retry in '
+                                        '{:.2f}s'.format(key.name, key.rate, key.burst, wait))
+                error.retry_after = max(1, math.ceil(wait))
+                raise _named(error, key.name)
 
 
-def add_key(path, name, endpoints='*', rate=DEFAULT_RATE, burst=DEFAULT_BURST):
-    """Generate a key for ``name``, write its hash to ``path`` (created if missing) and return
-    the key; ConfigError when the name is taken or the file is invalid."""
-    data = read_keys_file(path)
-    data = {} if data is None else data
-    parse_keys(data, path)  # never add to a file the gateway would refuse
+def _named(error, key_name):
+    # for the log line and the metrics (the key's name, never the key); not in the answer
+    error.key_name = key_name
+    return error
+
+
+def add_key(path, name, endpoints=ALL_ENDPOINTS, rate=None, burst=None):
+    """Add a new random key ``name`` to the file at ``path`` (made if missing, 0600), write
+    its hash only, and return the key (shown once, kept nowhere)."""
+    data = {}
+    if os.path.exists(path):
+        with open(path, encoding='utf-8') as fh:
+            try:
+                data = json.load(fh)
+            except ValueError as exc:
+                raise ConfigError('{}: not valid JSON: {}'.format(path, exc)) from None
+        parse_keys(data, path)
     if name in data:
-        raise ConfigError('{}: key {!r} already exists; pick another name (or remove it from the '
-                          'file to replace it)'.format(path, name))
+        raise ConfigError('{}: a key named {!r} exists already; pick another name (rotate: add a new key, '
+                          'give it to the caller, then remove the old entry and reload)'.format(path, name))
     key = new_key()
-    data[name] = {'key_sha256': key_hash(key), 'endpoints': endpoints, 'rate': rate, 'burst': burst}
-    parse_keys(data, path)
-    tmp = path + '.tmp'
+    entry = {'key_sha256': hash_key(key), 'endpoints': endpoints}
+    if rate is not None:
+        entry['rate'] = rate
+    if burst is not None:
+        entry['burst'] = burst
+    data[name] = entry
+    parse_keys(data, path)  # what is written can be read
+    tmp = '{}.tmp-{}'.format(path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, 'w', encoding='utf-8') as fh:
         json.dump(data, fh, indent=2)
         fh.write('\n')
-    os.replace(tmp, path)  # a gateway reloading meanwhile reads the old file or the new one
+    os.replace(tmp, path)
     return key

@@ -6,7 +6,6 @@ Every flag has an environment variable (API.md section 5); a flag wins over its 
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -34,7 +33,8 @@ def options_from_env(environ=None, **overrides):
     except ValueError:
         raise ConfigError('BIS_PORT / --port must be an integer, got {!r}'.format(values['port'])) from None
     return Options(admin_token=environ.get('BIS_ADMIN_TOKEN') or None,
-                   execution_path=overrides.get('execution_path') or defaults.execution_path, **values)
+                   execution_path=overrides.get('execution_path') or defaults.execution_path,
+                   reload=bool(overrides.get('reload')), **values)
 
 
 COMMANDS_HELP = """commands (before the flags; without one, the gateway runs):
@@ -42,9 +42,9 @@ COMMANDS_HELP = """commands (before the flags; without one, the gateway runs):
                                                         endpoint file (each in a child); exit 1 on problems
   bis-gateway new NAME [--config F] [--endpoints D]    write a commented endpoint skeleton to
                                                         <endpoints>/NAME.py and add NAME to the config
-  bis-gateway key add NAME [--file F] [--endpoints a,b|*] [--rate R] [--burst B]
-                                                        make an API key for /run: prints it once,
-                                                        writes only its SHA-256 to the API_KEYS file
+  bis-gateway key add NAME [--file F] [--allow E,E|*] [--rate R] [--burst B]
+                                                        make an API key for /run, print it once, store
+                                                        its SHA-256 in the API_KEYS file
 """
 
 
@@ -61,6 +61,8 @@ def parse_args(argv, environ=None):
     parser = argparse.ArgumentParser(prog='bis-gateway', description='Run the bis_twisted gateway.',
                                      epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_flags(parser)
+    parser.add_argument('--reload', action='store_true',
+                        help='development: reload the config and the endpoint servers when their files change')
     args = parser.parse_args(argv)
     return options_from_env(environ, **vars(args))
 
@@ -91,43 +93,41 @@ def new_main(argv, environ=None):
     return run_new(name, options_from_env(environ, **args))
 
 
-def key_main(argv, environ=None, out=None):
-    """``bis-gateway key add NAME``: the exit code. The file is ``--file``, else the config's
-    ``API_KEYS`` (``--config`` / ``BIS_CONFIG``)."""
-    from .apikeys import DEFAULT_BURST, DEFAULT_RATE, add_key
-    from .config import _api_keys_path
+def key_main(argv, environ=None):
+    """``bis-gateway key add NAME``: the exit code."""
+    import json as json_module
 
-    out = sys.stdout if out is None else out
+    from .apikeys import ALL_ENDPOINTS, add_key
+
     parser = argparse.ArgumentParser(prog='bis-gateway key', description=(
-        'Manage the API keys of /run. `add NAME` generates a random key, prints it once and writes '
-        'only its SHA-256 to the API_KEYS file (never replaces an existing name).'))
+        'Make an API key for /run: it is printed once, and only its SHA-256 is written to the API_KEYS '
+        'file. The gateway reads the file at start and on POST /reload_config.'))
     parser.add_argument('action', choices=['add'])
-    parser.add_argument('name', help='the key\'s name (what logs and /metrics show), e.g. team_a')
-    parser.add_argument('--file', help='the API_KEYS file (default: the config\'s API_KEYS)')
-    parser.add_argument('--config', help='gateway config file whose API_KEYS to use (env BIS_CONFIG)')
-    parser.add_argument('--endpoints', default='*', help='endpoints the key may run: a,b or * (default *)')
-    parser.add_argument('--rate', type=float, default=DEFAULT_RATE,
-                        help='requests per second (default {:g})'.format(DEFAULT_RATE))
-    parser.add_argument('--burst', type=int, default=DEFAULT_BURST,
-                        help='requests at once above the rate (default {})'.format(DEFAULT_BURST))
+    parser.add_argument('name', help="the key's name: shown in logs and /metrics (the key never is)")
+    parser.add_argument('--file', help="the API keys file (default: the config's API_KEYS)")
+    parser.add_argument('--allow', default=ALL_ENDPOINTS,
+                        help='endpoints it may call, comma-separated, or * for all (default *)')
+    parser.add_argument('--rate', type=float, help='requests per second it may make (default: no limit)')
+    parser.add_argument('--burst', type=float, help='requests it may make at once (default: the rate, >= 1)')
+    parser.add_argument('--config', help='gateway config file, for its API_KEYS (env BIS_CONFIG)')
     args = parser.parse_args(argv)
     path = args.file
     if path is None:
-        environ = os.environ if environ is None else environ
-        config = args.config or environ.get('BIS_CONFIG') or Options().config
+        config = args.config or (environ or os.environ).get('BIS_CONFIG', 'config_gateway.txt')
         try:
             with open(config, encoding='utf-8') as fh:
-                value = json.load(fh).get('API_KEYS')
+                named = json_module.load(fh).get('API_KEYS')
         except (OSError, ValueError, AttributeError) as exc:
-            raise ConfigError('{}: cannot read API_KEYS from the config ({}); pass --file'.format(config, exc)) from None
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError("{}: the config sets no 'API_KEYS' file; set one or pass --file".format(config))
-        path = _api_keys_path(config, value)
-    endpoints = '*' if args.endpoints.strip() == '*' else [e.strip() for e in args.endpoints.split(',') if e.strip()]
-    key = add_key(path, args.name, endpoints=endpoints, rate=args.rate, burst=args.burst)
-    out.write('API key {!r} added to {} (only its SHA-256 is stored; this is the one time it is shown):\n'
-              '{}\n'.format(args.name, path, key))
-    out.write('reload a running gateway: POST /reload_config (admin)\n')
+            raise ConfigError('{}: cannot read its API_KEYS ({}); give --file'.format(config, exc)) from None
+        if not isinstance(named, str):
+            raise ConfigError('{}: has no "API_KEYS": "<file>" at the top; add one, or give --file'.format(config))
+        path = os.path.join(os.path.dirname(os.path.abspath(config)), named)
+    allow = ALL_ENDPOINTS if args.allow.strip() == ALL_ENDPOINTS else [e.strip() for e in args.allow.split(',')
+                                                                      if e.strip()]
+    key = add_key(path, args.name, allow, args.rate, args.burst)
+    sys.stdout.write('{}\n'.format(key))
+    sys.stderr.write('bis-gateway key: added {!r} to {} (only its SHA-256); the key above is shown this once. '
+                     'POST /reload_config (or restart) to put it in service.\n'.format(args.name, path))
     return 0
 
 

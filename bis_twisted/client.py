@@ -14,8 +14,9 @@ side: a client machine needs ``httpx`` only.
 """
 
 import asyncio
+import json
 import time
-from typing import Any, Dict, Mapping, Optional, Type
+from typing import Any, AsyncIterator, Dict, Iterator, Mapping, Optional, Type
 
 try:
     import httpx
@@ -23,9 +24,8 @@ except ImportError as exc:  # the [client] extra
     raise ImportError("bis_twisted.client needs httpx: pip install 'bis_twisted[client]'") from exc
 
 __all__ = [
-    'Client', 'AsyncClient', 'BisClientError', 'BadInput', 'Unauthorized', 'Forbidden', 'RateLimited',
-    'UnknownSignature',
-    'NotFound', 'PayloadTooLarge', 'EndpointError', 'BadGateway', 'Overloaded', 'GatewayTimeout',
+    'Client', 'AsyncClient', 'BisClientError', 'BadInput', 'Unauthorized', 'Forbidden', 'UnknownSignature',
+    'NotFound', 'PayloadTooLarge', 'RateLimited', 'EndpointError', 'BadGateway', 'Overloaded', 'GatewayTimeout',
     'GatewayUnreachable',
 ]
 
@@ -56,16 +56,16 @@ class BadInput(BisClientError):
 
 class Unauthorized(BisClientError):
     """401: an admin route without a token while the gateway has one, or ``/run`` without a
-    known API key while the gateway has ``API_KEYS``."""
+    (known) API key on a gateway with ``API_KEYS``."""
 
 
 class Forbidden(BisClientError):
     """403: a wrong token, a remote client of a gateway with no token, or an API key that may
-    not run that endpoint."""
+    not call that endpoint."""
 
 
 class RateLimited(BisClientError):
-    """429: the API key is over its rate; ``retry_after`` is the seconds until a request fits."""
+    """429: the API key is over its rate; ``retry_after`` says when it has a request again."""
 
 
 class NotFound(BisClientError):
@@ -131,7 +131,8 @@ def _decode(response: 'httpx.Response', path: str) -> Answer:
         return body
     error = str(body.get('ERROR', 'HTTP {}'.format(response.status_code)))
     cls = _BY_STATUS.get(response.status_code, BisClientError)
-    if cls is NotFound and path in ('/run', '/notifications', '/start_server', '/kill_server', '/update_workers'):
+    if cls is NotFound and path in ('/run', '/notifications', '/start_server', '/kill_server', '/update_workers',
+                                    '/reload_server'):
         cls = UnknownSignature
     raise cls(response.status_code, error, body, _retry_after(response))
 
@@ -146,6 +147,31 @@ def _ready_answer(response: 'httpx.Response') -> Answer:
         if isinstance(body, dict) and 'READY' in body:
             return body
     return _decode(response, '/ready')
+
+
+def _stream_line(line: str) -> Optional[Answer]:
+    """A line of a streaming answer: the chunk's ``predict_result`` as ``{'chunk': value}``;
+    None for the last line (the summary); the typed error when the stream ended with one."""
+    if not line:
+        return {}
+    try:
+        body = json.loads(line)
+    except ValueError:
+        raise BadGateway(200, 'a line of the stream is not JSON: {!r}'.format(line[:200])) from None
+    if not isinstance(body, dict):
+        raise BadGateway(200, 'a line of the stream is not a JSON object: {!r}'.format(line[:200]))
+    if 'ERROR' in body:  # its "status" says what a plain answer's HTTP status would have
+        given = body.get('status')
+        status = given if isinstance(given, int) else 500
+        raise _BY_STATUS.get(status, BisClientError)(status, str(body['ERROR']), body)
+    if 'predict_result' in body and 'chunks' not in body:
+        return {'chunk': body['predict_result']}
+    return None
+
+
+def _is_stream(response: 'httpx.Response') -> bool:
+    kind: str = response.headers.get('content-type', '')
+    return kind.startswith('application/x-ndjson')
 
 
 class _Calls:
@@ -166,7 +192,7 @@ class _Calls:
         headers = {'Accept': 'application/json'}
         if self.token:
             headers['Authorization'] = 'Bearer ' + self.token
-        if self.api_key:  # its own header: the admin token keeps Authorization
+        if self.api_key:  # its own header: Authorization may carry the admin token
             headers['X-API-Key'] = self.api_key
         if request_id:
             headers['X-Request-Id'] = request_id
@@ -197,8 +223,8 @@ class Client(_Calls):
     """A blocking client of one gateway.
 
     ``token`` is sent as ``Authorization: Bearer`` (the admin routes need it when the gateway
-    has ``BIS_ADMIN_TOKEN``); ``api_key`` is sent as ``X-API-Key`` (``/run`` needs it when the
-    gateway has ``API_KEYS``; both may be given at once); ``timeout`` is per request, in seconds (None: wait for ever);
+    has ``BIS_ADMIN_TOKEN``); ``api_key`` as ``X-API-Key`` (``/run`` needs it when the gateway
+    has ``API_KEYS``); ``timeout`` is per request, in seconds (None: wait for ever);
     ``retries`` is how many times a 503 is retried, waiting its ``Retry-After`` each time (at
     most ``max_retry_wait`` seconds). ``transport`` is handed to ``httpx.Client`` (tests,
     proxies, unix sockets).
@@ -246,6 +272,31 @@ class Client(_Calls):
         gateway's fields). Inputs as keywords (``FEATURES=[...]``) or as a dict."""
         return self._json('POST', '/run', self.run_payload(signature, inputs, fields), request_id)
 
+    def stream(self, signature: str, inputs: Optional[Mapping[str, Any]] = None, /,
+               request_id: Optional[str] = None, **fields: Any) -> Iterator[Any]:
+        """``POST /run`` read as it comes: yields each chunk's ``predict_result`` of a
+        streaming endpoint (a ``_predict`` that yields) as soon as it arrives; a stream that
+        ends with an error raises its typed error (``EndpointError``, ``GatewayTimeout``,
+        ``BadGateway``). A non-streaming endpoint's answer is
+        yielded once. Leaving the loop early closes the connection, which stops the
+        endpoint's generator."""
+        payload = self.run_payload(signature, inputs, fields)
+        headers = dict(self.headers(request_id), Accept='application/x-ndjson')
+        try:
+            with self._http.stream('POST', '/run', json=payload, headers=headers) as response:
+                if not _is_stream(response):
+                    response.read()
+                    yield _decode(response, '/run').get('predict_result')
+                    return
+                for line in response.iter_lines():
+                    item = _stream_line(line)
+                    if item is None:
+                        return
+                    if item:
+                        yield item['chunk']
+        except httpx.TransportError as exc:
+            raise _unreachable(exc, self.base_url + '/run') from exc
+
     def list_servers(self) -> Answer:
         return self._json('GET', '/list_servers')
 
@@ -284,6 +335,14 @@ class Client(_Calls):
 
     def update_workers(self, signature: str, nr_workers: int) -> Answer:
         return self._json('POST', '/update_workers', {'SIGNATURE': signature, 'NR_WORKERS': nr_workers})
+
+    def reload_server(self, signature: str) -> Answer:
+        """New processes with the endpoint file read again replace the old ones (nothing dropped)."""
+        return self._json('POST', '/reload_server', {'SIGNATURE': signature})
+
+    def reload_config(self) -> Answer:
+        """The gateway reads its config file again and applies what changed."""
+        return self._json('POST', '/reload_config', {})
 
     def shutdown(self) -> Answer:
         return self._json('POST', '/shutdown', {'SIGNATURE': SHUTDOWN_SIGNATURE})
@@ -334,6 +393,26 @@ class AsyncClient(_Calls):
                   request_id: Optional[str] = None, **fields: Any) -> Answer:
         return await self._json('POST', '/run', self.run_payload(signature, inputs, fields), request_id)
 
+    async def stream(self, signature: str, inputs: Optional[Mapping[str, Any]] = None, /,
+                     request_id: Optional[str] = None, **fields: Any) -> AsyncIterator[Any]:
+        """``Client.stream`` as an async iterator (``async for word in bis.stream(...)``)."""
+        payload = self.run_payload(signature, inputs, fields)
+        headers = dict(self.headers(request_id), Accept='application/x-ndjson')
+        try:
+            async with self._http.stream('POST', '/run', json=payload, headers=headers) as response:
+                if not _is_stream(response):
+                    await response.aread()
+                    yield _decode(response, '/run').get('predict_result')
+                    return
+                async for line in response.aiter_lines():
+                    item = _stream_line(line)
+                    if item is None:
+                        return
+                    if item:
+                        yield item['chunk']
+        except httpx.TransportError as exc:
+            raise _unreachable(exc, self.base_url + '/run') from exc
+
     async def list_servers(self) -> Answer:
         return await self._json('GET', '/list_servers')
 
@@ -369,6 +448,12 @@ class AsyncClient(_Calls):
 
     async def update_workers(self, signature: str, nr_workers: int) -> Answer:
         return await self._json('POST', '/update_workers', {'SIGNATURE': signature, 'NR_WORKERS': nr_workers})
+
+    async def reload_server(self, signature: str) -> Answer:
+        return await self._json('POST', '/reload_server', {'SIGNATURE': signature})
+
+    async def reload_config(self) -> Answer:
+        return await self._json('POST', '/reload_config', {})
 
     async def shutdown(self) -> Answer:
         return await self._json('POST', '/shutdown', {'SIGNATURE': SHUTDOWN_SIGNATURE})

@@ -23,6 +23,8 @@ DEFAULT_MAX_BODY_MB = 8
 DEFAULT_LOAD_TIMEOUT = 600.0
 DEFAULT_HEALTH_INTERVAL = 5.0
 DEFAULT_MAX_ANSWER_MB = 64
+DEFAULT_UPSCALE_DELAY = 5.0
+DEFAULT_DOWNSCALE_DELAY = 60.0
 
 
 @attr.s(frozen=True)
@@ -47,6 +49,26 @@ class EndpointConfig:
     health_interval = attr.ib(default=DEFAULT_HEALTH_INTERVAL)  # seconds between /health pings
     retry_on_crash = attr.ib(default=True)  # a request a dying replica dropped goes to another once
     max_rss_mb = attr.ib(default=None)  # a child over it is recycled
+    spare_ports = attr.ib(default=())  # one per slot: where a reload starts the new process
+    min_replicas = attr.ib(default=None)  # autoscaling bounds (None: no autoscaling)
+    max_replicas = attr.ib(default=None)
+    target_in_flight = attr.ib(default=None)  # requests in flight per ready replica the scaler aims at
+    upscale_delay = attr.ib(default=DEFAULT_UPSCALE_DELAY)
+    downscale_delay = attr.ib(default=DEFAULT_DOWNSCALE_DELAY)
+    devices = attr.ib(default=())  # CUDA device numbers, given to replicas round robin
+
+    @property
+    def slots(self):
+        """Replica slots with a port reserved: REPLICAS, or MAX_REPLICAS when it scales."""
+        return len(self.ports)
+
+    @property
+    def autoscaled(self):
+        return self.max_replicas is not None and self.target_in_flight is not None
+
+    def device_of(self, index):
+        """The CUDA device number of replica ``index`` (round robin), or None."""
+        return self.devices[index % len(self.devices)] if self.devices else None
 
     @property
     def is_support(self):
@@ -79,7 +101,7 @@ class GatewayConfig:
     warnings = attr.ib(default=())  # one line each, logged at start: keys that look like typos
     http_limits = attr.ib(factory=dict)  # the HTTP_LIMIT_KEYS the file sets
     max_answer_mb = attr.ib(default=DEFAULT_MAX_ANSWER_MB)  # a model server's answer over it: 502
-    api_keys = attr.ib(default=None)  # path of the API_KEYS file (absolute), None: /run is open
+    api_keys = attr.ib(default=None)  # path of the API_KEYS file (absolute), or None: /run is open
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -94,6 +116,15 @@ class GatewayConfig:
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _device_number(value):
+    """``"cuda:1"`` or ``1`` -> 1; anything else -> None."""
+    if _is_int(value) and value >= 0:
+        return value
+    if isinstance(value, str) and value.startswith('cuda:') and value[5:].isdigit():
+        return int(value[5:])
+    return None
 
 
 def _is_number(value):
@@ -119,7 +150,15 @@ _ENDPOINT_KEYS = {
     'LOAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'HEALTH_INTERVAL': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'RETRY_ON_CRASH': (lambda v: isinstance(v, bool), 'true or false'),
+    'STREAM': (lambda v: isinstance(v, bool), 'true or false (default: whether _predict is a generator)'),
     'MAX_RSS_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
+    'MIN_REPLICAS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    'MAX_REPLICAS': (lambda v: _is_int(v) and 1 <= v <= 64, 'an integer 1-64'),
+    'TARGET_IN_FLIGHT': (lambda v: _is_number(v) and v > 0, 'a number of requests > 0'),
+    'UPSCALE_DELAY': (lambda v: _is_number(v) and v >= 0, 'a number of seconds >= 0'),
+    'DOWNSCALE_DELAY': (lambda v: _is_number(v) and v >= 0, 'a number of seconds >= 0'),
+    'DEVICES': (lambda v: isinstance(v, list) and v and all(_device_number(d) is not None for d in v),
+                'a non-empty list of devices, "cuda:0" or 0'),
     'URLS': (lambda v: isinstance(v, list) and v and all(
         isinstance(u, str) and u.startswith(('http://', 'https://')) for u in v),
         'a non-empty list of http:// URLs'),
@@ -133,20 +172,20 @@ _TOP_KEYS = {
     'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'METRICS_REQUIRE_TOKEN': (lambda v: isinstance(v, bool), 'true or false'),
     'METRICS': (lambda v: isinstance(v, bool), 'true or false'),
+    'API_KEYS': (lambda v: isinstance(v, str) and v.strip(), 'the path of the API keys file (JSON)'),
     # the HTTP limits (limits.py)
     'HEAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'BODY_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'MAX_CONNECTIONS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
     'MAX_BODIES_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
     'MAX_ANSWER_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
-    'API_KEYS': (lambda v: isinstance(v, str) and v.strip(), 'the path of a JSON file of API keys '
-                 '(relative to the config file\'s folder)'),
 }
 HTTP_LIMIT_KEYS = ('HEAD_TIMEOUT', 'BODY_TIMEOUT', 'MAX_CONNECTIONS', 'MAX_BODIES_MB')
 
 
-def load_config(path, endpoints_dir='endpoints', gateway_port=5002, default_host='127.0.0.1'):
-    """Read ``path`` and return a ``GatewayConfig`` with ports assigned, or raise ConfigError."""
+def load_config(path, endpoints_dir='endpoints', gateway_port=5002, default_host='127.0.0.1', keep_ports=None):
+    """Read ``path`` and return a ``GatewayConfig`` with ports assigned, or raise ConfigError.
+    ``keep_ports``: see ``_assign_ports`` (a reload keeps the running servers' ports)."""
     label = path
     try:
         with open(path, encoding='utf-8') as fh:
@@ -157,10 +196,25 @@ def load_config(path, endpoints_dir='endpoints', gateway_port=5002, default_host
         data = json.loads(text)
     except ValueError as exc:
         raise ConfigError('{}: not valid JSON: {}'.format(label, exc)) from None
-    return parse_config(data, label, endpoints_dir, gateway_port, default_host)
+    return parse_config(data, label, endpoints_dir, gateway_port, default_host, keep_ports)
 
 
-def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, default_host='127.0.0.1'):
+def _check_scaling(where, entry):
+    scaling = [k for k in ('MIN_REPLICAS', 'MAX_REPLICAS', 'TARGET_IN_FLIGHT') if k in entry]
+    if not scaling:
+        return
+    if len(scaling) < 3 and ('MAX_REPLICAS' not in entry or 'TARGET_IN_FLIGHT' not in entry):
+        missing = [k for k in ('MAX_REPLICAS', 'TARGET_IN_FLIGHT') if k not in entry]
+        raise ConfigError('{}: autoscaling needs {} too (it has {})'.format(where, ' and '.join(map(repr, missing)),
+                                                                           ', '.join(map(repr, scaling))))
+    low, start, high = entry.get('MIN_REPLICAS', 1), entry.get('REPLICAS', 1), entry['MAX_REPLICAS']
+    if not low <= start <= high:
+        raise ConfigError("{}: key 'REPLICAS' ({}) must be between 'MIN_REPLICAS' ({}) and 'MAX_REPLICAS' ({})".format(
+            where, start, low, high))
+
+
+def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, default_host='127.0.0.1',
+                 keep_ports=None):
     if not isinstance(data, dict):
         raise ConfigError('{}: the top level must be a JSON object'.format(label))
     if 'CONFIG_ENDPOINTS' not in data:
@@ -177,9 +231,10 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
         for key, (check, what) in _ENDPOINT_KEYS.items():
             if key in entry and not check(entry[key]):
                 raise ConfigError('{}: key {!r} must be {}, got {!r}'.format(where, key, what, entry[key]))
+        _check_scaling(where, entry)
         entries.append((name, entry, where))
 
-    endpoints = _assign_ports(entries, label, endpoints_dir, gateway_port, default_host)
+    endpoints = _assign_ports(entries, label, endpoints_dir, gateway_port, default_host, keep_ports)
     warnings = [_typo_warning(label, key, _TOP_KEYS, ' (ignored)') for key in data]
     for (name, entry, where), endpoint in zip(entries, endpoints):
         worker_keys = _worker_config_keys(endpoints_dir, endpoint.server_class) if endpoint.has_file else set()
@@ -199,14 +254,14 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
                          metrics=data.get('METRICS', True), warnings=tuple(w for w in warnings if w),
                          http_limits={k: data[k] for k in HTTP_LIMIT_KEYS if k in data},
                          max_answer_mb=data.get('MAX_ANSWER_MB', DEFAULT_MAX_ANSWER_MB),
-                         api_keys=_api_keys_path(label, data.get('API_KEYS')))
+                         api_keys=_beside(label, data.get('API_KEYS')))
 
 
-def _api_keys_path(label, value):
-    """``API_KEYS`` as an absolute path: a relative one is taken from the config file's folder."""
-    if value is None:
+def _beside(config_path, path):
+    """``path`` as given (absolute), or relative to the config file's folder."""
+    if path is None:
         return None
-    return os.path.join(os.path.dirname(os.path.abspath(label)), os.path.expanduser(value.strip()))
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), os.path.expanduser(path.strip()))
 
 
 def _typo_warning(where, key, known, consequence=''):
@@ -262,16 +317,33 @@ def _check_endpoint_file(where, endpoints_dir, server_class, required, by_key):
     return True
 
 
-def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host):
+def _slots(entry):
+    return max(entry.get('REPLICAS', 1), entry.get('MAX_REPLICAS', 1))
+
+
+def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host, keep_ports=None):
+    """Live ports first, in the file's order (as without reloads), then a spare port per slot
+    for each spawned endpoint (where a reload starts the new process). ``keep_ports``
+    (``{name: (ports, spare_ports)}`` of the config being replaced) keeps a running
+    endpoint's ports when its entry still fits them, and keeps new ones off them."""
+    keep_ports = keep_ports or {}
     taken = {gateway_port: 'the gateway'}
     for name, entry, where in entries:
         if 'PORT' in entry and entry.get('HOST') != NO_HOST and not entry.get('URLS'):
             port = entry['PORT']
-            replicas = entry.get('REPLICAS', 1)
-            for p in range(port, port + replicas):
+            for p in range(port, port + _slots(entry)):
                 if p in taken:
                     raise ConfigError("{}: key 'PORT': port {} is already used by {}".format(where, p, taken[p]))
                 taken[p] = 'endpoint {!r}'.format(name)
+    spawned = [(name, entry) for name, entry, _ in entries if entry.get('HOST') != NO_HOST and not entry.get('URLS')]
+    kept = {}
+    for name, entry in spawned:
+        old = keep_ports.get(name)
+        if old and len(old[0]) == _slots(entry) and ('PORT' not in entry or old[0][0] == entry['PORT']):
+            kept[name] = old
+    for ports, spares in keep_ports.values():
+        for p in tuple(ports) + tuple(spares):
+            taken.setdefault(p, True)
 
     next_port = [gateway_port + 1]
 
@@ -288,10 +360,15 @@ def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host):
     for name, entry, where in entries:
         if entry.get('HOST') == NO_HOST or entry.get('URLS'):
             ports[name] = ()
+        elif name in kept:
+            ports[name] = tuple(kept[name][0])
         elif 'PORT' in entry:
-            ports[name] = tuple(range(entry['PORT'], entry['PORT'] + entry.get('REPLICAS', 1)))
+            ports[name] = tuple(range(entry['PORT'], entry['PORT'] + _slots(entry)))
         else:
-            ports[name] = tuple(free_port() for _ in range(entry.get('REPLICAS', 1)))
+            ports[name] = tuple(free_port() for _ in range(_slots(entry)))
+    spare_ports = {}
+    for name, entry in spawned:
+        spare_ports[name] = tuple(kept[name][1]) if name in kept else tuple(free_port() for _ in ports[name])
 
     endpoints = []
     for name, entry, where in entries:
@@ -311,5 +388,10 @@ def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host):
             load_timeout=float(entry.get('LOAD_TIMEOUT', DEFAULT_LOAD_TIMEOUT)),
             health_interval=float(entry.get('HEALTH_INTERVAL', DEFAULT_HEALTH_INTERVAL)),
             retry_on_crash=entry.get('RETRY_ON_CRASH', True),
-            max_rss_mb=entry.get('MAX_RSS_MB')))
+            max_rss_mb=entry.get('MAX_RSS_MB'), spare_ports=spare_ports.get(name, ()),
+            min_replicas=entry.get('MIN_REPLICAS'), max_replicas=entry.get('MAX_REPLICAS'),
+            target_in_flight=entry.get('TARGET_IN_FLIGHT'),
+            upscale_delay=float(entry.get('UPSCALE_DELAY', DEFAULT_UPSCALE_DELAY)),
+            downscale_delay=float(entry.get('DOWNSCALE_DELAY', DEFAULT_DOWNSCALE_DELAY)),
+            devices=tuple(_device_number(d) for d in entry.get('DEVICES', ()))))
     return endpoints

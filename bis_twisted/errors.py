@@ -28,12 +28,22 @@ class Forbidden(BisError):
     status = 403
 
 
+class TooManyRequests(BisError):
+    """An API key over its rate; ``retry_after`` is set per answer."""
+
+    status = 429
+
+
 class UnknownSignature(BisError):
     status = 404
 
 
 class NotFound(BisError):
     status = 404
+
+
+class Conflict(BisError):
+    status = 409
 
 
 class BodyTooLarge(BisError):
@@ -65,6 +75,12 @@ class QueueFull(ServiceUnavailable):
     """All workers are busy and the waiting queue is at MAX_QUEUE."""
 
 
+class ReloadFailed(BisError):
+    """A reload's new process did not start (its load error); the old one keeps serving."""
+
+    status = 500
+
+
 class BadGateway(BisError):
     status = 502
 
@@ -80,13 +96,3 @@ class ConfigError(Exception):
 
 class EndpointLoadError(ConfigError):
     """An endpoint file that cannot be imported or has no usable worker class."""
-
-
-class TooManyRequests(BisError):
-    """429: a caller over its API key's rate; ``retry_after`` is the seconds until a token."""
-
-    status = 429
-
-    def __init__(self, message, retry_after=1, **extra):
-        super().__init__(message, **extra)
-        self.retry_after = retry_after

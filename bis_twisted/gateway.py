@@ -3,6 +3,7 @@
 
 import hmac
 import importlib.resources
+import json
 import os
 import socket
 
@@ -14,15 +15,18 @@ from twisted.logger import Logger
 
 from . import LIB_VER
 from .assets import Assets
-from .errors import BadRequest, BisError, ConfigError, NotFound, UnknownSignature
+from .devices import gpu_memory
+from .errors import BadGateway, BadRequest, BisError, GatewayTimeout, NotFound, UnknownSignature
 from .fleet import hms
 from .loader import endpoint_file
 from .lograte import RepeatLimiter
 from .openapi import openapi_document
+from .proxy import ChildStream
 from .schemas import declared_schemas
 from .security import AdminGuard
 from .status import memory_gb, system_alerts, system_status
-from .web import error_answer, forget_body, forward_body, now_text, request_id_of, request_inputs, write_json
+from .web import (CHUNK_PREFIX, NDJSON_TYPE, SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text,
+                  request_id_of, request_inputs, write_json)
 
 SIGNATURE = 'SIGNATURE'
 SUPPORT_KEY_ARG = 'SUPPORT_KEY'
@@ -51,10 +55,11 @@ class Gateway:
 
     def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
                  shutdown=None, cache_dir='.', server_name='', support_names=(), metrics=None,
-                 metrics_guarded=False, support_key=None, keys=None):
+                 metrics_guarded=False, support_key=None, keys=None, reload_config=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self.keys = keys  # an apikeys.KeyStore when the config has API_KEYS: /run needs a key
         self._repeats = RepeatLimiter(self._log, clock=reactor)
         self.fleet = fleet
         self.guard = guard or AdminGuard()
@@ -69,9 +74,8 @@ class Gateway:
         self._support_key = support_key.encode('ascii') if support_key else None
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
-        self.keys = keys  # a KeyStore (API_KEYS), held by reference: /reload_config refreshes it; None: /run is open
-        self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet),
-                                         api_keys=keys is not None)
+        self._reload_config = reload_config  # async callable: the summary of what changed
+        self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet))
         self.assets = Assets()
         self.started_at = reactor.seconds()
         self._static_fields = {
@@ -111,20 +115,30 @@ class Gateway:
     async def run(self, request):
         started = self._reactor.seconds()
         rid = request_id_of(request)
-        signature, status, key_name = None, 500, None
+        signature, status, key = None, 500, None
         try:
+            if self.keys is not None:
+                key = self.keys.identify(request)  # 401 before the body is even parsed
             inputs = request_inputs(request)
             signature = self.signature_of(inputs)
-            key_name = self.authorize_run(request, signature)
+            if key is not None:
+                self.keys.admit(key, signature)  # 403 / 429
             payload = forward_body(request, inputs)
             del inputs  # the payload is all that needs to live while the model server works
             result = await self.fleet.run(signature, payload, rid)
+            if isinstance(result, ChildStream):
+                status = result.status
+                return await self._relay(request, signature, result, started)
             status = result.status
             headers = {b'Retry-After': b'1'} if status == 503 else None
             return self.answer(request, status, dict(result.body), headers)
         except BisError as exc:
             status = exc.status
-            key_name = getattr(exc, 'key_name', key_name)
+            key_name = getattr(exc, 'key_name', None)
+            if key_name is not None:  # a refused key: its name (or "unknown"), never the key
+                self._repeats.emit('warn', ('key', key_name, status), 'request {rid} refused ({status}) for API key '
+                                   '{key}: {error}', rid=rid, status=status, key=key_name, error=exc.message,
+                                   described='requests refused for API key {}: {}'.format(key_name, status))
             if status >= 500:  # one line a second per server and status: a restart refuses many
                 self._repeats.emit('warn', (signature, status), 'request {rid} to {name}: {status} {error}',
                                    rid=rid, name=signature, status=status, error=exc.message,
@@ -141,13 +155,62 @@ class Gateway:
             if self.metrics is not None:
                 self.metrics.observe(signature, status, self._reactor.seconds() - started)
                 if self.keys is not None:
-                    self.metrics.observe_key(key_name, status)
+                    self.metrics.observe_key(key.name if key is not None else 'unknown', status)
 
-    def authorize_run(self, request, signature):
-        """The caller's API key name (None while API_KEYS is not set), or 401 / 403 / 429."""
-        if self.keys is None:
-            return None
-        return self.keys.check(request, signature)
+    async def _relay(self, request, signature, stream, started):
+        """Pass a child's stream through as it comes: NDJSON, or SSE when the client's
+        ``Accept`` asks for ``text/event-stream``. Chunks are not parsed; the last line (the
+        summary, or the error that ended the stream) gets the gateway's fields. The client's
+        connection paces the child's (``stream`` is its push producer)."""
+        sse = SSE_TYPE in (request.getHeader(b'accept') or b'')
+        request.setResponseCode(stream.status)
+        request.setHeader(b'Content-Type', SSE_TYPE if sse else NDJSON_TYPE)
+        request.setHeader(b'Cache-Control', b'no-cache')
+        request.setHeader(b'X-Accel-Buffering', b'no')  # a proxy in front must not buffer it either
+        counts = {'chunks': 0, 'first': None, 'ended': False}
+
+        def write_last(body, event):
+            body.update(self.fields(request, body.get('worker_id', 'unknown')))
+            body.setdefault('chunks', counts['chunks'])
+            counts['ended'] = True
+            line = dumps(body)
+            request.write(b'event: ' + event + b'\ndata: ' + line + b'\n\n' if sse else line + b'\n')
+
+        def on_line(line):
+            if line.startswith(CHUNK_PREFIX):
+                if counts['first'] is None:
+                    counts['first'] = self._reactor.seconds() - started
+                counts['chunks'] += 1
+                request.write(b'data: ' + line + b'\n\n' if sse else line + b'\n')
+                return
+            try:
+                body = json.loads(line)
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                body = {'ERROR': 'server {!r} ended its stream with a line that is not a JSON object'.format(signature)}
+            write_last(body, b'error' if 'ERROR' in body else b'end')
+
+        request.registerProducer(stream, True)
+        try:
+            await stream.relay(on_line)
+            if not counts['ended']:
+                raise BadGateway('server {!r} ended its stream without its summary line'.format(signature))
+        except (GatewayTimeout, BadGateway) as exc:
+            # the status line went out with the first chunk: the error is the stream's last line
+            self._log.warn('request {rid} to {name}: stream cut after {n} chunks: {error}', rid=request_id_of(request),
+                           name=signature, n=counts['chunks'], error=exc.message)
+            if not counts['ended']:
+                write_last({'ERROR': exc.message, 'status': exc.status}, b'error')
+        except defer.CancelledError:
+            stream.stopProducing()  # the client went away: so does the child's connection
+            raise
+        finally:
+            if request.channel is not None:  # None: the client's connection is gone
+                request.unregisterProducer()
+            if self.metrics is not None:
+                self.metrics.observe_stream(signature, counts['first'], counts['chunks'])
+        return b''
 
     @app.route('/', methods=['GET'])
     def status_page(self, request):
@@ -253,6 +316,9 @@ class Gateway:
         replicas = {name: [memory_gb(pid) for pid in pids] for name, pids in server_pids.items() if len(pids) > 1}
         if replicas:  # each replica's share, beside the per-endpoint sum in mem_servers
             status['mem_replicas'] = replicas
+        gpus = gpu_memory()
+        if gpus is not None:  # nvidia-ml-py installed and a driver found
+            status['gpus'] = gpus
         return status
 
     @app.route('/support_update_status', methods=['POST'])
@@ -311,28 +377,41 @@ class Gateway:
         size = inputs.get('NR_WORKERS')
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise BadRequest('NR_WORKERS must be an integer >= 1, got {!r}'.format(size))
+        failed = await self.resize(server, size)
+        if failed is not None:
+            return self.answer(request, failed.status, dict(failed.body))
+        return self.answer(request, 200, {'MESSAGE': 'OK', 'NR_WORKERS': size, 'SIGNATURE': server.name})
+
+    async def resize(self, server, size):
+        """NR_WORKERS of every ready replica to ``size``, in place; the first failed answer or None."""
         answers = await self.fleet.each_ready_target(server, lambda t: self.fleet.client.send_json(
             t.url('/update_workers'), {'NR_WORKERS': size}, UPDATE_WORKERS_TIMEOUT, self.fleet.control_headers(t)))
         failed = [a for a in answers if a.status != 200]
         if failed:
-            return self.answer(request, failed[0].status, dict(failed[0].body))
+            return failed[0]
         self.fleet.remember_workers(server, size)
-        return self.answer(request, 200, {'MESSAGE': 'OK', 'NR_WORKERS': size, 'SIGNATURE': server.name})
+        return None
+
+    def refresh(self):
+        """Re-read what is built from the config (after a config reload)."""
+        self._openapi = openapi_document(self.fleet.servers, self.server_name, schemas=endpoint_schemas(self.fleet))
+
+    @app.route('/reload_server', methods=['POST'])
+    async def reload_server(self, request):
+        self.guard.check(request)
+        server = self.fleet.spawned_server(self.signature_of(request_inputs(request)))
+        replaced = await self.fleet.reload(server)
+        return self.answer(request, 200, {'MESSAGE': '{}: {} replica(s) replaced by new processes'.format(
+            server.name, replaced), 'SIGNATURE': server.name, 'REPLACED': replaced})
 
     @app.route('/reload_config', methods=['POST'])
-    def reload_config(self, request):
-        """Re-read the API_KEYS file (the rest of the config is read at start only); an invalid
-        file changes nothing and answers 400 with its one-line error."""
+    async def reload_config(self, request):
         self.guard.check(request)
-        if self.keys is None:
-            raise BadRequest('nothing to reload: the config sets no API_KEYS file')
-        try:
-            names = self.keys.reload()
-        except ConfigError as exc:
-            self._log.warn('reload of the API_KEYS file refused, the keys in use stay: {error}', error=str(exc))
-            raise BadRequest('API_KEYS not reloaded, the keys in use stay: {}'.format(exc)) from None
-        self._log.info('API_KEYS reloaded: {n} keys ({names})', n=len(names), names=', '.join(names))
-        return self.answer(request, 200, {'MESSAGE': 'API_KEYS reloaded', 'API_KEYS': names})
+        request_inputs(request)  # the admin rule's body checks; the body carries nothing else
+        if self._reload_config is None:
+            raise NotFound('this gateway cannot reload its config')
+        done = await self._reload_config()
+        return self.answer(request, 200, dict(done, MESSAGE='config reloaded'))
 
     @app.route('/shutdown', methods=['POST'])
     def shutdown(self, request):

@@ -4,9 +4,11 @@ Every ``HEALTH_INTERVAL`` (per endpoint, default 5 s) it asks each spawned child
 is ready for ``/health``; ``misses_allowed`` misses in a row (a deadlocked or SIGSTOP-ed
 process) replace the child. A child still loading is not asked: its ``LOAD_TIMEOUT`` bounds
 that (the supervisor's timer). With ``MAX_RSS_MB``, the child's resident memory is sampled on
-the same beat; over the limit on ``rss_samples_over`` samples in a row, it is recycled: it
-stops taking requests, finishes those it has, and a new process takes its place, one replica
-of an endpoint at a time, and a lone child only once nothing is in flight to it. Remote
+the same beat; over the limit on ``rss_samples_over`` samples in a row, it is recycled as a
+reload does it: a new process starts on the slot's spare port, takes the new requests once
+ready, and the old one answers what it has and stops, one replica of an endpoint at a time.
+(A slot without a spare port stops taking requests, drains and starts again in place; a lone
+child only once nothing is in flight to it.) Remote
 servers (``URLS``) are pinged too: out of the rotation while they do not answer.
 """
 
@@ -122,12 +124,22 @@ class HealthMonitor(TimerService):
         others = [t for t in server.targets if t is not target and t.child_name is not None]
         if any(t.child_name in self._recycling for t in others):
             return  # one replica of an endpoint at a time
+        reason = 'RSS {:.0f} MB over MAX_RSS_MB {:g}'.format(rss / MB, limit)
+        if len(target.sides) > 1:
+            # a new process beside it (its slot's spare port), as /reload_server starts one:
+            # no request waits, lone or not; for a while both processes hold memory
+            if server.name in self.fleet._reloading:
+                return
+            self.over.pop(name, None)
+            self._recycling.add(name)
+            d = defer.Deferred.fromCoroutine(self.fleet.recycle(server, target, reason))
+            d.addBoth(lambda _: self._recycling.discard(name))
+            return
         if others and not any(self.fleet.target_ready(t) for t in others):
             return  # the others are down: recycling this one now would leave none
         if not others and target.in_flight:
             return  # alone: only once it is idle (checked again next beat)
         self.over.pop(name, None)
-        reason = 'RSS {:.0f} MB over MAX_RSS_MB {:g}'.format(rss / MB, limit)
         self._recycling.add(name)
         d = self.fleet.supervisor.recycle_child(name, reason)
         d.addBoth(lambda _: self._recycling.discard(name))

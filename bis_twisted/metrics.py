@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 UNKNOWN = '_unknown'  # a SIGNATURE that names no endpoint: one label, not one per typo
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CHUNKS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10000, 100000)
 
 
 class RecentStats:
@@ -72,24 +73,33 @@ class GatewayMetrics:
     """The gateway's Prometheus registry (its own, so several gateways in one process in
     tests do not collide)."""
 
-    def __init__(self, fleet, supervisor, clock):
+    def __init__(self, fleet, supervisor, clock, scaling=None):
         self.fleet = fleet
+        self._clock = clock
+        self.scaling = scaling if scaling is not None else {}  # (endpoint, 'up' | 'down') -> decisions
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # the gateway's own CPU, memory, fds
         self._requests = Counter('bis_requests', 'Requests to /run answered, by endpoint and HTTP status',
                                  ['endpoint', 'code'], registry=self.registry)
         self._latency = Histogram('bis_request_latency_seconds', 'Time to answer /run, by endpoint',
                                   ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._first_chunk = Histogram('bis_stream_first_chunk_seconds',
+                                      'Streaming answers: time from the request to the first chunk sent, by endpoint',
+                                      ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._chunks = Histogram('bis_stream_chunks', 'Streaming answers: chunks sent per answer, by endpoint',
+                                 ['endpoint'], buckets=CHUNKS_BUCKETS, registry=self.registry)
+        self._by_key = Counter('bis_api_key_requests', 'Requests to /run by API key name (never the key) and '
+                               'HTTP status; "unknown" for a missing or unknown key', ['key', 'code'],
+                               registry=self.registry)
         self._children = {}
-        # per API key name (never the key); a refused unknown or missing key counts as "unknown"
-        self._key_requests = Counter('bis_key_requests', 'Requests to /run by API key name and HTTP status',
-                                     ['key', 'code'], registry=self.registry)
-        self._key_children = {}
         self.recent = RecentStats(clock)
         # per endpoint, for the status page's charts (an unknown SIGNATURE counts in `recent` only)
         self.recent_by_endpoint = {name: RecentStats(clock) for name in fleet.servers}
         self.health = {}  # server name -> its last /health answers (queue depth, busy), set at scrape
         self.registry.register(_FleetCollector(self, supervisor))
+
+    def observe_key(self, key_name, status):
+        self._by_key.labels(key_name, str(status)).inc()
 
     def observe(self, endpoint, status, seconds):
         endpoint = endpoint if endpoint in self.fleet.servers else UNKNOWN
@@ -102,15 +112,17 @@ class GatewayMetrics:
         children[1].observe(seconds)
         self.recent.observe(status, seconds)
         by_endpoint = self.recent_by_endpoint.get(endpoint)
+        if by_endpoint is None and endpoint != UNKNOWN:  # added by a config reload
+            by_endpoint = self.recent_by_endpoint[endpoint] = RecentStats(self._clock)
         if by_endpoint is not None:
             by_endpoint.observe(status, seconds)
 
-    def observe_key(self, name, status):
-        key = (name or 'unknown', status)
-        child = self._key_children.get(key)
-        if child is None:
-            child = self._key_children[key] = self._key_requests.labels(key[0], str(status))
-        child.inc()
+    def observe_stream(self, endpoint, first_chunk_seconds, chunks):
+        """A streaming answer ended: ``first_chunk_seconds`` is None when no chunk went out."""
+        endpoint = endpoint if endpoint in self.fleet.servers else UNKNOWN
+        if first_chunk_seconds is not None:
+            self._first_chunk.labels(endpoint).observe(first_chunk_seconds)
+        self._chunks.labels(endpoint).observe(chunks)
 
     def stats(self):
         """What ``/stats`` answers: the gateway's windows and each endpoint's."""
@@ -156,7 +168,15 @@ class _FleetCollector:
             states = [self._supervisor.status(t.child_name) for t in server.targets if t.child_name is not None]
             restarts.add_metric([name], sum(state.restarts for state in states))
             memory.add_metric([name], sum(_rss(state.pid) for state in states))
-        return [in_flight, online, restarts, memory, queued, busy, batches]
+        scaling = CounterMetricFamily('bis_autoscale_decisions', 'Replicas added (up) or removed (down) by the '
+                                      'autoscaler, by endpoint', labels=['endpoint', 'direction'])
+        replicas = GaugeMetricFamily('bis_server_replicas', 'Replicas in the rotation of an endpoint (the '
+                                     'autoscaler\'s target count)', labels=['endpoint'])
+        for (name, direction), count in sorted(self._metrics.scaling.items()):
+            scaling.add_metric([name, direction], count)
+        for name, server in fleet.servers.items():
+            replicas.add_metric([name], sum(1 for t in server.targets if t.active))
+        return [in_flight, online, restarts, memory, queued, busy, batches, scaling, replicas]
 
 
 def _histogram(counts, bounds):

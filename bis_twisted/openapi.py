@@ -50,6 +50,15 @@ _STATS_POINT = {'type': 'object', 'properties': {
     'p50_ms': {'type': 'number', 'nullable': True}, 'p99_ms': {'type': 'number', 'nullable': True}}}
 
 
+# /run is open unless the gateway has API_KEYS: then a key (X-API-Key or Authorization: Bearer)
+_RUN_SECURITY = [{}, {'apiKey': []}]
+_RUN_KEY_ERRORS = {
+    '401': _json(_ERROR, 'API_KEYS is set and no key, or an unknown one, was sent'),
+    '403': _json(_ERROR, 'the API key may not call this endpoint'),
+    '429': _json(_ERROR, 'the API key is over its rate (with Retry-After)'),
+}
+
+
 def _errors(*codes):
     return {code: _ERRORS[code] for code in codes}
 
@@ -121,25 +130,9 @@ def _run_body(names, schemas):
         'schema': {'oneOf': variants} if len(variants) > 1 else variants[0], 'examples': examples}}}
 
 
-_KEY_ERRORS = {
-    '401': _json(_ERROR, 'no API key, or one the API_KEYS file does not hold'),
-    '403': _json(_ERROR, 'the API key may not run this endpoint'),
-    '429': {'description': 'the API key is over its rate; Retry-After says in how many seconds a request fits',
-            'headers': {'Retry-After': {'schema': {'type': 'integer'}}},
-            'content': {'application/json': {'schema': {'$ref': _ERROR}}}},
-}
-_SECURITY_SCHEMES = {
-    'ApiKey': {'type': 'apiKey', 'in': 'header', 'name': 'X-API-Key',
-               'description': 'a key of the API_KEYS file (`bis-gateway key add NAME`); '
-                              '`Authorization: Bearer <key>` works too'},
-    'AdminToken': {'type': 'http', 'scheme': 'bearer', 'description': 'BIS_ADMIN_TOKEN, for the admin routes'},
-}
-
-
-def openapi_document(names, server_name='', schemas=None, api_keys=False):
+def openapi_document(names, server_name='', schemas=None):
     """The document for the endpoints ``names``; ``schemas`` maps a name to the
-    ``EndpointSchemas`` its file declares (read without importing it); ``api_keys``: /run
-    needs a key (the ``ApiKey`` scheme, which Swagger UI's Authorize button fills in)."""
+    ``EndpointSchemas`` its file declares (read without importing it)."""
     names = list(names)
     run_body = _run_body(names, schemas or {}) if names else _signature_body(['<none configured>'])
     names = names or ['<none configured>']
@@ -159,8 +152,9 @@ def openapi_document(names, server_name='', schemas=None, api_keys=False):
                 'description': 'The body is one of the endpoints\' inputs (each endpoint\'s INPUT_SCHEMA, '
                                'checked by its model server: 400 names the field and the rule).',
                 'requestBody': run_body,
+                'security': _RUN_SECURITY,
                 'responses': dict(ok('#/components/schemas/RunAnswer', "the endpoint's answer"), **_errors(
-                    '400', '404', '405', '413', '503'), **{
+                    '400', '404', '405', '413', '503'), **_RUN_KEY_ERRORS, **{
                     '500': _json('#/components/schemas/HookError', "the endpoint's _predict or _post_process raised"),
                     '502': _json(_ERROR, 'the endpoint server closed the connection or answered garbage'),
                     '504': _json(_ERROR, 'the endpoint server did not answer within its TIMEOUT')}),
@@ -168,8 +162,9 @@ def openapi_document(names, server_name='', schemas=None, api_keys=False):
             'get': {
                 'summary': 'Run with the inputs as query arguments',
                 'parameters': [{'name': 'SIGNATURE', 'in': 'query', 'required': True, 'schema': {'type': 'string'}}],
+                'security': _RUN_SECURITY,
                 'responses': dict(ok('#/components/schemas/RunAnswer', "the endpoint's answer"),
-                                  **_errors('400', '404', '503'), **{
+                                  **_errors('400', '404', '503'), **_RUN_KEY_ERRORS, **{
                                       '500': _json('#/components/schemas/HookError', 'the endpoint raised'),
                                       '502': _json(_ERROR, 'bad answer from the endpoint server'),
                                       '504': _json(_ERROR, 'endpoint server timeout')}),
@@ -199,10 +194,6 @@ def openapi_document(names, server_name='', schemas=None, api_keys=False):
                                            required=('SIGNATURE', 'NR_WORKERS')),
             'responses': dict(ok('#/components/schemas/Message', 'resized'), **_errors(*admin), **{
                 '503': _ERRORS['503']})}},
-        '/reload_config': {'post': {
-            'summary': 'Re-read the API_KEYS file; an invalid file changes nothing (400) (admin)',
-            'security': [{'AdminToken': []}, {}],
-            'responses': dict(ok('#/components/schemas/Message', 'reloaded'), **_errors(*admin))}},
         '/shutdown': {'post': {
             'summary': 'Stop the servers, save state, exit (admin)',
             'requestBody': _signature_body(['SAFE_KILL_SERVER_CMD']),
@@ -226,10 +217,6 @@ def openapi_document(names, server_name='', schemas=None, api_keys=False):
         '/': {'get': {'summary': 'The status page', 'responses': {
             '200': {'description': 'HTML', 'content': {'text/html': {'schema': {'type': 'string'}}}}}}},
     }
-    if api_keys:
-        for operation in paths['/run'].values():
-            operation['security'] = [{'ApiKey': []}]
-            operation['responses'].update(_KEY_ERRORS)
     schemas = {
         'Error': _answer({'ERROR': {'type': 'string'}}, required=['ERROR']),
         'HookError': _answer({'ERROR': {'type': 'string'}, 'call_id': {'type': 'integer'},
@@ -258,5 +245,7 @@ def openapi_document(names, server_name='', schemas=None, api_keys=False):
                  'version': LIB_VER,
                  'description': 'Every answer is a JSON object with the gateway fields; errors carry ERROR.'},
         'paths': paths,
-        'components': {'schemas': schemas, 'securitySchemes': _SECURITY_SCHEMES},
+        'components': {'schemas': schemas, 'securitySchemes': {
+            'apiKey': {'type': 'apiKey', 'in': 'header', 'name': 'X-API-Key',
+                       'description': 'an API key, when the gateway has API_KEYS (bis-gateway key add NAME)'}}},
     }

@@ -12,6 +12,9 @@ idle server starts a lone request at once. Only when it would start fewer than n
 worker is free and another is running may it hold off for more, at most ``batch_timeout``
 seconds (a ``callLater`` on the injected reactor); it starts as soon as n are waiting or
 another worker becomes free. A request cancelled before its batch started is dropped from it.
+
+A streaming request (``run_stream``) holds its worker until its ``PooledStream`` ended or was
+closed; each chunk is made in a pool thread. Streaming requests are never batched.
 """
 
 import collections
@@ -168,11 +171,17 @@ class WorkerPool:
         started, and only abandons the answer if it has."""
         return await self._submit(inputs, request_id)
 
-    def _submit(self, inputs, request_id):
+    async def run_stream(self, inputs, request_id=None):
+        """``(worker, call_id, outcome)`` where ``outcome`` is a ``PooledStream`` to read the
+        chunks from, or the error Outcome of a call that did not start (``_pre_process``
+        failed). The worker stays busy until the stream ended or ``close()`` finished."""
+        return await self._submit(inputs, request_id, stream=True)
+
+    def _submit(self, inputs, request_id, stream=False):
         if not self._idle and self._holding is None and len(self._waiting) >= self.max_queue:
             raise QueueFull('all {} workers are busy and {} requests are waiting (MAX_QUEUE); '
                             'retry later'.format(self.busy, len(self._waiting)))
-        job = _Job(inputs, request_id)
+        job = _Job(inputs, request_id, stream=stream)
         job.answer = defer.Deferred(canceller=lambda _d: self._cancelled(job))
         self._waiting.append(job)
         self._dispatch()
@@ -217,11 +226,15 @@ class WorkerPool:
         self._dispatch()
 
     def _start(self, worker):
-        jobs = [self._waiting.popleft() for _ in range(min(self.max_batch_size, len(self._waiting)))]
+        size = 1 if self._waiting[0].stream else min(self.max_batch_size, len(self._waiting))
+        jobs = [self._waiting.popleft() for _ in range(size)]
         for job in jobs:
             job.call_id = next(self._call_ids)
         self._busy.add(worker)
         self.batch_sizes[len(jobs)] += 1
+        if jobs[0].stream:
+            self._start_stream(worker, jobs[0])
+            return
         if self.max_batch_size == 1:  # batching off: the hooks take one input, as they always did
             job = jobs[0]
             running = deferToThreadPool(self._reactor, self._threadpool, worker.execute, job.inputs, job.call_id,
@@ -231,6 +244,26 @@ class WorkerPool:
             running = deferToThreadPool(self._reactor, self._threadpool, worker.execute_batch,
                                         [(job.inputs, job.call_id, job.request_id) for job in jobs])
         running.addBoth(self._finished, worker, jobs)
+
+    def _start_stream(self, worker, job):
+        started = deferToThreadPool(self._reactor, self._threadpool, worker.execute_stream, job.inputs,
+                                    job.call_id, job.request_id)
+
+        def begun(outcome):
+            if not hasattr(outcome, 'next_chunk'):  # an error Outcome: nothing runs any more
+                return self._finished([outcome], worker, [job])
+            stream = PooledStream(self, worker, outcome)
+            if job.answer.called:  # its caller gave up while _pre_process ran
+                stream.close()
+            else:
+                job.answer.callback((worker, job.call_id, stream))
+            return None
+
+        started.addCallbacks(begun, lambda failure: self._finished(failure, worker, [job]))
+
+    def _stream_done(self, worker):
+        self._busy.discard(worker)
+        self._release(worker)
 
     def _finished(self, outcomes, worker, jobs):
         # the worker goes back first, so the next batch starts before these answers are written
@@ -270,11 +303,70 @@ class WorkerPool:
         return d
 
 
+class PooledStream:
+    """The chunks of a streaming call, read on the reactor: ``next()`` fires with an Outcome
+    (a chunk, or an error that ends the stream) or None at the end; ``close()`` stops the
+    user's generator. Either way the worker goes back to the pool once the stream is over
+    and no thread of its runs any more. Cancelling ``next()`` abandons the wait only: the
+    chunk being made is dropped when ``close()`` follows."""
+
+    def __init__(self, pool, worker, chunks):
+        self._pool = pool
+        self.worker = worker
+        self._chunks = chunks
+        self._running = None
+        self._released = False
+
+    @property
+    def count(self):
+        return self._chunks.count
+
+    def next(self):
+        running = deferToThreadPool(self._pool._reactor, self._pool._threadpool, self._chunks.next_chunk)
+        self._running = running
+        answer = defer.Deferred()
+
+        def made(result):
+            self._running = None
+            if self._chunks.finished and not isinstance(result, Failure):
+                self._release()
+            if not answer.called:
+                answer.callback(result) if not isinstance(result, Failure) else answer.errback(result)
+            elif isinstance(result, Failure):
+                self._pool._log.failure('making a chunk after its caller left', result)
+            return None
+
+        running.addBoth(made)
+        return answer
+
+    def close(self):
+        """Stop the generator (after the chunk being made, if one is) and free the worker."""
+        if self._released:
+            return defer.succeed(None)
+        after = self._running if self._running is not None else defer.succeed(None)
+        done = defer.Deferred()
+
+        def stop(_ignored):
+            closing = deferToThreadPool(self._pool._reactor, self._pool._threadpool, self._chunks.close)
+            closing.addErrback(lambda failure: self._pool._log.failure('closing a stream', failure))
+            closing.addBoth(lambda _r: (self._release(), done.callback(None)))
+            return None
+
+        after.addBoth(stop)
+        return done
+
+    def _release(self):
+        if not self._released:
+            self._released = True
+            self._pool._stream_done(self.worker)
+
+
 @attr.s(eq=False)
 class _Job:
     """One request in the pool: waiting while ``call_id`` is None, running after."""
 
     inputs = attr.ib()
     request_id = attr.ib()
+    stream = attr.ib(default=False)
     answer = attr.ib(default=None)
     call_id = attr.ib(default=None)

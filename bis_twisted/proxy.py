@@ -8,6 +8,10 @@ uses ``treq.client.HTTPClient`` over the same agent.
 
 Every call has a deadline and is cancellable: when the gateway's client goes away, the call
 to the child is abandoned (its connection aborted).
+
+A child that answers ``application/x-ndjson`` streams: ``post_json`` then returns a
+``ChildStream`` instead of reading the body, and the caller relays its lines as they come,
+with the child's connection paused while the caller's client cannot take more.
 """
 
 import json
@@ -17,7 +21,7 @@ import attr
 from treq.client import HTTPClient
 from twisted.internet import defer, error as net_error
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.web import client as web_client
 from twisted.web.http_headers import Headers
@@ -25,6 +29,8 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from .errors import BadGateway, GatewayTimeout
+from .web import NDJSON_TYPE
+
 
 DEFAULT_MAX_ANSWER = 64 * 1024 * 1024
 _JSON_HEADERS = Headers({b'Content-Type': [b'application/json'], b'User-Agent': [b'bis-gateway']})
@@ -128,7 +134,8 @@ class ChildClient:
             headers.setRawHeaders(b'X-Request-Id', [request_id.encode('ascii')])
         d = self.agent.request(b'POST', url, headers, BytesProducer(payload))
         d.addCallback(keep_response)
-        d.addCallback(lambda response: read_capped_body(response, self.max_answer, what))
+        d.addCallback(lambda response: _STREAMING if _is_streaming(response) else read_capped_body(
+            response, self.max_answer, what))
         # Not Deferred.addTimeout: cancelling an Agent request fails it with
         # ResponseNeverReceived([CancelledError]), which addTimeout does not turn into a
         # TimeoutError; our own timer knows it fired.
@@ -157,6 +164,8 @@ class ChildClient:
             if timer.active():
                 timer.cancel()
         status = response_holder[0].code
+        if raw is _STREAMING:
+            return ChildStream(self._reactor, response_holder[0], timeout, what, max_line=self.max_answer)
         try:
             body = json.loads(raw)
         except ValueError:
@@ -255,6 +264,138 @@ class _CappedBody(Protocol):
             self._finished.errback(web_client.PartialDownloadError(None, None, b''))
         else:
             self._finished.errback(reason)
+
+
+_STREAMING = object()
+
+
+def _is_streaming(response):
+    # a streaming answer's body is read by ChildStream.relay, line by line
+    kind = response.headers.getRawHeaders(b'content-type')
+    return bool(kind) and kind[0].split(b';')[0].strip() == NDJSON_TYPE
+
+
+@implementer(IPushProducer)
+class ChildStream:
+    """A child's streaming answer: ``relay(on_line)`` calls ``on_line(line)`` for each line
+    of its body as it arrives and fires when the body ended; ``TIMEOUT`` bounds each gap
+    between two pieces of it. It is the push producer of whoever consumes the lines: pausing
+    it stops reading the child's socket, so the child's sending waits, not our memory."""
+
+    def __init__(self, reactor, response, timeout, what, max_line=DEFAULT_MAX_ANSWER):
+        self._reactor = reactor
+        self.max_line = max_line  # MAX_ANSWER_MB bounds each chunk of a stream, not the stream
+        self.response = response
+        self.status = response.code
+        self.timeout = timeout
+        self.what = what
+        self._protocol = None
+        self.ended = defer.Deferred()  # fires (with None) once the stream is over, however
+
+    def relay(self, on_line):
+        self._protocol = _LineRelay(self, on_line)
+        self.response.deliverBody(self._protocol)
+        self._protocol.done.addBoth(self._ended)
+        return self._protocol.done
+
+    def _ended(self, result):
+        if not self.ended.called:
+            self.ended.callback(None)
+        return result
+
+    def pauseProducing(self):
+        if self._protocol is not None:
+            self._protocol.pause()
+
+    def resumeProducing(self):
+        if self._protocol is not None:
+            self._protocol.resume()
+
+    def stopProducing(self):
+        """Drop the child's connection: the child sees its client gone and stops the stream."""
+        if self._protocol is not None:
+            self._protocol.abort()
+        else:  # never relayed: drop the connection unread
+            self.response._transport.stopProducing()
+            self._ended(None)
+
+
+class _LineRelay(Protocol):
+    def __init__(self, stream, on_line):
+        self._stream = stream
+        self._on_line = on_line
+        self._buffer = b''
+        # cancelled when the gateway's client went away: the child's connection goes too
+        self.done = defer.Deferred(lambda _d: self.abort())
+        self._error = None
+        self._timer = None
+        self._paused = False
+        self._aborted = False
+
+    def connectionMade(self):
+        self._arm()
+
+    def _arm(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None if self._paused else self._stream._reactor.callLater(self._stream.timeout, self._expired)
+
+    def _expired(self):
+        self._timer = None
+        self._fail(GatewayTimeout('server {} sent nothing more of its stream within its TIMEOUT of {:g}s'.format(
+            self._stream.what, self._stream.timeout)))
+
+    def _fail(self, error):
+        if self._error is None:
+            self._error = error
+        self.abort()
+
+    def abort(self):
+        if not self._aborted and self.transport is not None:
+            self._aborted = True
+            self.transport.stopProducing()
+
+    def pause(self):
+        # a client that reads slowly is not the child's fault: no gap timer while paused
+        self._paused = True
+        self._arm()
+        if self.transport is not None and not self._aborted:
+            self.transport.pauseProducing()
+
+    def resume(self):
+        self._paused = False
+        self._arm()
+        if self.transport is not None and not self._aborted:
+            self.transport.resumeProducing()
+
+    def dataReceived(self, data):
+        if self._aborted:
+            return
+        self._arm()
+        lines = (self._buffer + data).split(b'\n') if self._buffer else data.split(b'\n')
+        self._buffer = lines.pop()
+        if len(self._buffer) > self._stream.max_line:
+            self._fail(AnswerTooLarge('server {} sent a chunk of its stream over MAX_ANSWER_MB ({:g} MiB)'.format(
+                self._stream.what, self._stream.max_line / (1024 * 1024))))
+            return
+        for line in lines:
+            if line:
+                self._on_line(line)
+
+    def connectionLost(self, reason):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._error is None and reason.check(web_client.ResponseDone) and not self._aborted:
+            if self._buffer and not self.done.called:
+                self._on_line(self._buffer)
+            if not self.done.called:
+                self.done.callback(None)
+            return
+        error = self._error or ChildConnectionLost('server {} closed the connection in the middle of its stream '
+                                                   '({}); it may have crashed'.format(
+                                                       self._stream.what, reason.getErrorMessage()))
+        if not self.done.called:  # else cancelled: nobody waits for it any more
+            self.done.errback(error)
 
 
 @implementer(IAgentEndpointFactory)

@@ -24,10 +24,13 @@ import signal
 import socket
 import sys
 
+import attr
 from klein import Klein
 from twisted.internet import defer, endpoints, stdio
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import LIB_VER
 from .drain import ConnectionDrain
@@ -40,8 +43,8 @@ from .notifications import Notifications
 from .pool import DEFAULT_BATCH_TIMEOUT, WorkerLoadError, WorkerPool
 from .schemas import SchemaCheck, SchemaViolation
 from .security import TOKEN_VARIABLE, AdminGuard
-from .web import (DEFAULT_MAX_BODY_MB, LISTEN_BACKLOG, error_answer, make_site, now_text, request_id_of,
-                  request_inputs, write_json)
+from .web import (DEFAULT_MAX_BODY_MB, LISTEN_BACKLOG, NDJSON_TYPE, dumps, error_answer, make_site, now_text,
+                  request_id_of, request_inputs, write_json)
 
 DEFAULT_MAX_QUEUE = 1024
 READY_LINE = 'BIS-SERVER-READY'
@@ -79,6 +82,8 @@ class ModelServer:
         # no token, no control: a model server may listen beyond loopback
         self.guard = guard or AdminGuard(require_token=True)
         self._signature_prefix = '{}.{}.{}'.format(host_id(), name, worker_class.__name__)
+        # a _predict that yields (or STREAM: true) answers NDJSON, a chunk per line
+        self.streaming = worker_class.streams(config) if hasattr(worker_class, 'streams') else False
         compat_log = CompatLogger(lib_name=name)
 
         def make_worker(index):
@@ -102,6 +107,10 @@ class ModelServer:
 
     async def start(self):
         """Load every worker; raises WorkerLoadError (one line) if one cannot load."""
+        if self.streaming and self.pool.max_batch_size > 1:
+            self.load_error = ('MAX_BATCH_SIZE is {} but _predict streams (it yields, or STREAM is true): a '
+                               'streaming endpoint is not batched; set MAX_BATCH_SIZE to 1'.format(self.pool.max_batch_size))
+            raise WorkerLoadError(self.load_error)
         try:
             await self.pool.start()
         except WorkerLoadError as exc:
@@ -125,7 +134,12 @@ class ModelServer:
             except SchemaViolation as exc:
                 raise BadRequest('INPUT_SCHEMA: ' + exc.message, INPUT_ERROR=exc.details()) from None
         rid = request_id_of(request)
-        worker, call_id, outcome = await self.pool.run(inputs, rid)
+        if self.streaming:
+            worker, call_id, outcome = await self.pool.run_stream(inputs, rid)
+            if hasattr(outcome, 'next'):
+                return await self._stream(request, worker, call_id, outcome, rid)
+        else:
+            worker, call_id, outcome = await self.pool.run(inputs, rid)
         body = dict(outcome.body)
         status = outcome.status
         if status == 200 and self.schema_check is not None:
@@ -145,6 +159,60 @@ class ModelServer:
             'request_id': rid,
         })
         return write_json(request, status, body)
+
+    def _answer_fields(self, worker, call_id, rid):
+        return {'worker_id': worker.worker_id, 'call_id': call_id, 'time': now_text(),
+                'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id), 'request_id': rid}
+
+    async def _stream(self, request, worker, call_id, stream, rid):
+        """Write each chunk as a line as soon as it is made, paced by the connection (a
+        client that reads slowly pauses the generator); the last line is the summary, or
+        the error that ended the stream. A client that goes away closes the generator."""
+        flow = _WriteFlow()
+        request.registerProducer(flow, True)
+        ended = None
+        sent = 0
+        try:
+            while True:
+                await flow.writable()
+                outcome = await stream.next()
+                if outcome is None:
+                    break
+                try:
+                    line = dumps(outcome.body) + b'\n' if outcome.status == 200 else None
+                except (TypeError, ValueError) as exc:
+                    outcome = attr.evolve(outcome, status=500, body={
+                        'ERROR': 'chunk {} of the stream could not be encoded as JSON: {}'.format(sent + 1, exc)})
+                    line = None
+                if line is None:
+                    ended = outcome
+                    break
+                if not sent:
+                    request.setResponseCode(200)
+                    request.setHeader(b'Content-Type', NDJSON_TYPE)
+                    request.setHeader(b'Cache-Control', b'no-cache')
+                request.write(line)
+                sent += 1
+        finally:
+            # at the end, after an error, or cancelled (the client went away): the generator
+            # stops at its next yield and the worker goes back to the pool
+            stream.close().addErrback(lambda failure: self._log.failure('closing a stream', failure))
+            if request.channel is not None:  # None: the connection is gone, and its producer with it
+                request.unregisterProducer()
+        summary = self._answer_fields(worker, call_id, rid)
+        summary['chunks'] = sent
+        if ended is not None:
+            self._log.warn('request {rid}: the stream ended with an error after {n} chunks: {error}', rid=rid,
+                           n=summary['chunks'], error=ended.body.get('ERROR'))
+            body = dict(ended.body, **summary)
+            if not summary['chunks']:  # nothing sent yet: an ordinary error answer
+                return write_json(request, ended.status, body)
+            body['status'] = ended.status  # what the HTTP status would have said
+            return dumps(body) + b'\n'
+        if not summary['chunks']:
+            request.setResponseCode(200)
+            request.setHeader(b'Content-Type', NDJSON_TYPE)
+        return dumps(summary) + b'\n'
 
     def _notifications(self, request):
         return write_json(request, 200, self.notifications.snapshot())
@@ -178,6 +246,36 @@ class ModelServer:
 
     def _error(self, request, failure):
         return error_answer(request, failure)
+
+
+@implementer(IPushProducer)
+class _WriteFlow:
+    """The connection's pace for a stream: ``writable()`` fires at once unless the transport
+    asked us to pause (its buffer is full), then when it asks us to resume."""
+
+    def __init__(self):
+        self._waiting = None
+        self.paused = False
+
+    def writable(self):
+        if not self.paused:
+            return defer.succeed(None)
+        if self._waiting is None:
+            self._waiting = defer.Deferred()
+        return self._waiting
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.called:  # called: cancelled, the client is gone
+            waiting.callback(None)
+
+    def stopProducing(self):
+        # the connection is gone: Klein cancels the route, which closes the stream
+        self.resumeProducing()
 
 
 class _ParentWatch(Protocol):

@@ -11,16 +11,19 @@ save the start/stop history.
 import os
 import resource
 import secrets
+import signal
 
 import attr
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from .apikeys import KeyStore, read_keys_file
+from .autoscale import Autoscaler
 from .compat import get_packages
-from .apikeys import KeyStore
 from .config import load_config
 from .drain import ConnectionDrain
+from .errors import BadRequest, ConfigError, ServiceUnavailable
 from .fleet import Fleet
 from .gateway import SUPPORT_KEY_ARG, Gateway
 from .gctune import freeze_startup_objects
@@ -31,6 +34,7 @@ from .proxy import ChildClient
 from .security import AdminGuard, admin_token
 from .status import StateHistory
 from .supervisor import Supervisor
+from .watch import ReloadWatcher
 from .web import LISTEN_BACKLOG, make_site
 from .support import SUPPORT_STATUS_PATH, SupportProcess
 
@@ -46,6 +50,7 @@ class Options:
     cache = attr.ib(default='_cache')
     admin_token = attr.ib(default=None, repr=False)
     execution_path = attr.ib(default='/run')
+    reload = attr.ib(default=False)  # development: reload what changes on disk (ReloadWatcher)
 
     @property
     def logs_dir(self):
@@ -91,8 +96,6 @@ class GatewayService(MultiService):
         # validated before anything starts: ConfigError names file, endpoint and key
         self.config = load_config(options.config, endpoints_dir, options.port)
         token = admin_token(options.admin_token)  # stripped; ConfigError when too short
-        self.keys = (KeyStore.load(self.config.api_keys, clock=reactor)
-                     if self.config.api_keys is not None else None)
         os.makedirs(options.logs_dir, exist_ok=True)
         self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir, pid_dir=options.pids_dir)
         self.supervisor.setServiceParent(self)
@@ -105,6 +108,8 @@ class GatewayService(MultiService):
         # every spawned child and remote server is watched, with or without support entries
         self.health = HealthMonitor(self.fleet, reactor=reactor)
         self.health.setServiceParent(self)
+        self.autoscaler = Autoscaler(self.fleet, reactor=reactor)
+        self.autoscaler.setServiceParent(self)
         # a per-start key lets the gateway's own support processes post their status
         support_key = secrets.token_urlsafe(24)
         status_path = '{}?{}={}'.format(SUPPORT_STATUS_PATH, SUPPORT_KEY_ARG, support_key)
@@ -117,15 +122,25 @@ class GatewayService(MultiService):
                                history=self.history, shutdown=self._reactor.stop, cache_dir=options.cache,
                                server_name=self.config.server_name,
                                support_names=[e.name for e in self.config.endpoints if e.is_support],
-                               metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor)
+                               metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor,
+                                                       scaling=self.autoscaler.decisions)
                                         if self.config.metrics else None),
                                metrics_guarded=self.config.metrics_require_token, support_key=support_key,
-                               keys=self.keys)
+                               keys=KeyStore(self.config.api_keys, reactor) if self.config.api_keys else None,
+                               reload_config=self.reload_config)
         self.site = make_site(self.gateway.resource(),
                               limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
                               answer_fields=self.gateway.fields)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.port = None
+        self.endpoints_dir = endpoints_dir
+        # callables(new GatewayConfig), called after each config reload that was applied
+        self.config_listeners = []
+        self._config_reload = None  # the reload under way: a second one waits for it
+        self.watcher = None
+        if options.reload:
+            self.watcher = ReloadWatcher(self, reactor=reactor)
+            self.watcher.setServiceParent(self)
 
     def startService(self):
         raise_open_files_limit(self._log)
@@ -136,6 +151,10 @@ class GatewayService(MultiService):
             # the original image's switch: the installed packages at start, for the record
             self._log.info('installed packages:\n{packages}', packages='\n'.join(get_packages()))
         MultiService.startService(self)
+        try:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        except ValueError:  # not the main thread (a test's reactor in a thread)
+            pass
         default = self.config.default_server
         endpoint = self.config.endpoint(default) if default else None
         if self.config.no_startup_wait or endpoint is None or not endpoint.is_spawned or endpoint.disabled:
@@ -149,6 +168,64 @@ class GatewayService(MultiService):
             d.addErrback(lambda _: self._log.warn('DEFAULT_SERVER {name} not ready after {t}s; serving anyway',
                                                   name=default, t=self.startup_wait_max))
             d.addCallback(lambda _: self._listen())
+
+    def reload_config(self):
+        """Read and validate the config file again and apply it (``Fleet.apply_config``);
+        fires with ``{action: [names]}``, or fails with ``BadRequest`` (the one-line error)
+        when the file cannot be used, and then nothing changes. One reload at a time."""
+        previous = self._config_reload or defer.succeed(None)
+        d = defer.Deferred()
+        previous.addBoth(lambda _: defer.Deferred.fromCoroutine(self._reload_config()).chainDeferred(d))
+        self._config_reload = d
+        return d
+
+    async def _reload_config(self):
+        keep = {e.name: (e.ports, e.spare_ports) for e in self.config.endpoints if e.is_spawned}
+        try:
+            config = load_config(self.options.config, self.endpoints_dir, self.options.port, keep_ports=keep)
+        except ConfigError as exc:
+            self._log.warn('config reload refused, nothing changed: {err}', err=exc)
+            raise BadRequest(str(exc)) from None
+        try:  # the API_KEYS file too: an invalid one refuses the whole reload
+            keys = read_keys_file(config.api_keys) if config.api_keys else None
+        except ConfigError as exc:
+            self._log.warn('config reload refused, nothing changed: {err}', err=exc)
+            raise BadRequest(str(exc)) from None
+        for warning in config.warnings:
+            self._log.warn('{warning}', warning=warning)
+        done = await self.fleet.apply_config(config, self._resize)
+        if keys is None:
+            self.gateway.keys = None
+        elif self.gateway.keys is None:
+            self.gateway.keys = KeyStore(config.api_keys, self._reactor)
+        else:
+            self.gateway.keys.reload(config.api_keys)  # the buckets of unchanged keys are kept
+        self.config = config
+        self.gateway.refresh()
+        self._log.info('config reloaded from {path}: {summary}', path=self.options.config, summary='; '.join(
+            '{} {}'.format(k.lower(), ', '.join(v)) for k, v in done.items() if v and k != 'UNCHANGED') or 'no change')
+        for name, error in done['FAILED'].items():
+            self._log.warn('config reload: {error}', error=error)
+        for listener in list(self.config_listeners):
+            try:
+                listener(config)
+            except Exception:
+                self._log.failure('a config listener failed')
+        return done
+
+    async def _resize(self, server, size):
+        failed = await self.gateway.resize(server, size)
+        if failed is not None:
+            raise ServiceUnavailable('server {!r}: NR_WORKERS {} not applied: {}'.format(
+                server.name, size, failed.body.get('ERROR', failed.status)))
+
+    def _on_sighup(self, signum, frame):
+        self._reactor.callFromThread(self._reload_from_signal)
+
+    def _reload_from_signal(self):
+        self._log.info('SIGHUP: reloading the config')
+        d = self.reload_config()
+        d.addErrback(lambda f: self._log.warn('config reload on SIGHUP failed: {err}', err=f.getErrorMessage()))
 
     def _listen(self):
         if not self.running:
@@ -183,7 +260,7 @@ class GatewayService(MultiService):
         self.history.shutdown()
 
     async def _stop_loops(self):
-        for service in [self.health] + self.supports:
+        for service in [self.health, self.autoscaler] + ([self.watcher] if self.watcher else []) + self.supports:
             await service.stopService()
 
     async def _stop_listening(self):

@@ -40,6 +40,7 @@ from .server import READY_LINE
 
 MAX_LINE_BYTES = 8192      # a longer line is cut and marked
 MAX_ERROR_CHARS = 300      # last_error as shown by /list_servers
+TRIAL_STDERR_WAIT = 1.0    # seconds a failed trial start waits for the child's last stderr line
 PROGRESS_LOG_INTERVAL = 1.0  # seconds between two logged '\r' progress updates of one stream
 CHILD_MODULE = 'bis_twisted.server'  # what a pid file's process must be running to be ours
 _SETSID = shutil.which('setsid')  # util-linux: puts the exec'd child in a new session/group
@@ -169,6 +170,8 @@ class _Child:
         self.exit_info = None  # (protocol, exit text without stderr, error shown) of the last exit
         self.ready_waiters = []
         self.exit_waiters = []
+        self.trial = None  # start_trial's Deferred while the start is on trial
+        self.trial_output = None  # a failed trial waiting for the child's last stderr line
 
 
 class ChildProtocol(protocol.ProcessProtocol):
@@ -186,6 +189,7 @@ class ChildProtocol(protocol.ProcessProtocol):
         self._progress_logged_at = {1: None, 2: None}
         self.stderr_tail = collections.deque(maxlen=5)
         self.exited = False
+        self.closed = False  # its output pipes are closed: every line has been read
 
     def childDataReceived(self, fd, data):
         stream = self._streams.get(fd)
@@ -228,6 +232,7 @@ class ChildProtocol(protocol.ProcessProtocol):
         self._supervisor._child_ended(self.name, reason, self)
 
     def processEnded(self, reason):
+        self.closed = True
         for fd, stream in self._streams.items():
             for raw, _ in stream.flush():
                 self._line(fd, raw.decode('utf-8', 'replace'))
@@ -277,6 +282,12 @@ class Supervisor(Service):
     def names(self):
         return list(self._children)
 
+    def remove(self, name):
+        """Stop a child (drained, as ``stop_child``) and forget it; fires when it has exited."""
+        d = self.stop_child(name)
+        d.addCallback(lambda _: self._children.pop(name, None))
+        return d
+
     def status(self, name):
         child = self._children[name]
         next_in = None
@@ -323,6 +334,19 @@ class Supervisor(Service):
         self._cancel_restart(child)
         if child.protocol is None and self.running:
             self._spawn(child)
+
+    def start_trial(self, name):
+        """Start a stopped child whose start is on trial (new code): fires with its name when
+        it is ready; fails with ``TrialFailed`` (the one-line reason: the load error, the
+        LOAD_TIMEOUT) when it exits before, and then it is not started again."""
+        child = self._children[name]
+        d = defer.Deferred()
+        child.trial = d
+        self.start_child(name)
+        if child.trial is d and child.protocol is None and not self.running:
+            child.trial = None
+            d.errback(TrialFailed('the gateway is not running'))
+        return d
 
     def stop_child(self, name):
         """Stop a child and do not restart it; fires when it has exited."""
@@ -419,6 +443,9 @@ class Supervisor(Service):
         self._log.error('server {name}: {reason}', name=child.spec.name, reason=reason)
         child.protocol = None
         child.pid = None
+        if child.trial is not None:
+            self._trial_failed(child, None, reason)
+            return
         child.failures += 1
         self._schedule_restart(child, short_error(reason), lived=0.0)
 
@@ -453,6 +480,9 @@ class Supervisor(Service):
         waiters, child.ready_waiters = child.ready_waiters, []
         for d in waiters:
             d.callback(name)
+        trial, child.trial = child.trial, None
+        if trial is not None:
+            trial.callback(name)
         self._notify(name, 'ready')
 
     def _child_ended(self, name, reason, proto):
@@ -482,6 +512,9 @@ class Supervisor(Service):
         for d in waiters:
             d.callback(None)
         self._notify(name, 'exited')
+        if child.trial is not None and not was_ready:
+            self._trial_failed(child, proto, child.kill_reason or exit_text)
+            return
         recycle, child.recycle_reason = child.recycle_reason, None
         if not child.wanted or not self.running:
             child.kill_reason = None
@@ -498,9 +531,36 @@ class Supervisor(Service):
         child.kill_reason = None
         self._schedule_restart(child, short_error(error_text), lived)
 
+    def _trial_failed(self, child, proto, reason):
+        trial, child.trial = child.trial, None
+        child.wanted = False
+        child.kill_reason = None
+        child.recycle_reason = None
+        def fire():
+            child.trial_output = None
+            if trial.called:
+                return
+            text = reason
+            if proto is not None and proto.stderr_tail and proto.stderr_tail[-1] not in reason:
+                text = '{}: {}'.format(reason, proto.stderr_tail[-1])
+            child.last_error = short_error(text)
+            self._log.warn('server {name} did not start: {reason}', name=child.spec.name, reason=child.last_error)
+            trial.errback(TrialFailed(child.last_error))
+
+        if proto is not None and not proto.stderr_tail and not proto.closed:
+            # the load error is the child's last stderr line, which may be read after the exit
+            child.trial_output = fire
+            self._reactor.callLater(TRIAL_STDERR_WAIT, fire)
+        else:
+            fire()
+
     def _child_output_closed(self, name, proto):
         # stderr read after the exit was seen (its last lines often are the traceback)
-        child = self._children[name]
+        child = self._children.get(name)
+        if child is None:
+            return
+        if child.trial_output is not None:
+            child.trial_output()
         if child.exit_info is None or child.exit_info[0] is not proto or not proto.stderr_tail:
             return
         _, exit_text, from_exit = child.exit_info
@@ -581,6 +641,10 @@ class Supervisor(Service):
                     except OSError:
                         pass
             self._remove_pid(name)
+
+
+class TrialFailed(Exception):
+    """A child started on trial exited before it was ready; the message is one line."""
 
 
 def _is_child_command(cmdline, name):

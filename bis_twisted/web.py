@@ -29,6 +29,12 @@ LISTEN_BACKLOG = 1024
 _log = Logger()
 
 JSON_TYPE = b'application/json'
+# A streaming answer, from a model server: one JSON object per line, each chunk a line that
+# starts with CHUNK_PREFIX, the last line the summary (call_id, worker_id, chunks...) or the
+# error that ended the stream. The gateway streams an answer of this type through.
+NDJSON_TYPE = b'application/x-ndjson'
+SSE_TYPE = b'text/event-stream'
+CHUNK_PREFIX = b'{"predict_result":'
 
 
 def now_text():

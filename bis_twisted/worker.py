@@ -9,6 +9,7 @@ over by changing their import line.
 import base64
 import binascii
 import codecs
+import inspect
 import os
 import sys
 
@@ -19,6 +20,9 @@ from .notifications import Notifications
 from .web import dumps
 
 STAGE_STATUS = {'_pre_process': 400, '_batch': 500, '_predict': 500, '_unbatch': 500, '_post_process': 500}
+
+
+DEVICE_VARIABLE = 'BIS_DEVICE'  # set by the gateway for a replica given a device (DEVICES)
 
 
 @attr.s(frozen=True)
@@ -63,6 +67,9 @@ class FlaskWorker:
         self._counter = None
         self._request_id = None
         self._batch_calls = None  # [(call_id, request_id)] while a batch is inside _predict
+        # "cuda:0" when the gateway gave this replica a device (DEVICES: CUDA_VISIBLE_DEVICES
+        # holds just that one, so it is device 0 in this process's view), else "cpu"
+        self.device = os.environ.get(DEVICE_VARIABLE) or 'cpu'
 
     def __getattr__(self, name):
         # Only called when normal lookup failed, so a subclass's own cfg_* property wins.
@@ -263,6 +270,102 @@ class FlaskWorker:
         self.log.P('request {}: {}'.format(self._request_id or '-', message), color='r')
         details = {'ERR_TYPE': 'ValueError', 'ERR_MSG': message, 'ERR_FILE': '', 'ERR_FUNC': stage, 'ERR_LINE': 0}
         return Outcome(status, {'{}_ERROR'.format(type(self).__name__): details, 'ERROR': message})
+
+
+    # -- streaming: a _predict that yields ------------------------------------------------
+    @classmethod
+    def streams(cls, config=None):
+        """Whether this endpoint streams: ``STREAM`` in its config when given, else whether
+        ``_predict`` is a generator function (a ``def`` with ``yield``)."""
+        for key, value in (config or {}).items():
+            if key.upper() == 'STREAM' and isinstance(value, bool):
+                return value
+        return inspect.isgeneratorfunction(cls._predict)
+
+    def execute_stream(self, inputs, call_id, request_id=None):
+        """Decode, ``_pre_process`` and start ``_predict``: a ``ChunkStream`` to read the
+        chunks from, or the error Outcome (400 from ``_pre_process``) when it did not start."""
+        self._counter, self._request_id = call_id, request_id
+        try:
+            try:
+                decoded = self._decoded_inputs(inputs)
+            except _HookFailed as failed:
+                return self._error_outcome(failed.stage, failed.info)
+            try:
+                prep = self._run_hook('_pre_process', self._pre_process, decoded)
+                items = self._run_hook('_predict', self._predict, prep)
+                items = self._run_hook('_predict', iter, items)
+            except _HookFailed as failed:
+                return self._error_outcome(failed.stage, failed.info)
+            return ChunkStream(self, items, decoded, call_id, request_id)
+        finally:
+            self._counter = None
+            self._request_id = None
+
+
+_END = object()  # the generator is exhausted
+
+
+class ChunkStream:
+    """The chunks of one streaming call. ``next_chunk()`` (blocking: call it from the
+    worker's thread) runs the generator to its next ``yield`` and ``_post_process`` on the
+    item: an Outcome with ``{"predict_result": ...}``, an error Outcome (the stream ends
+    there), or None at the end. ``close()`` stops the generator (``GeneratorExit`` at its
+    ``yield``, so its ``finally`` runs). Never raises."""
+
+    def __init__(self, worker, items, inputs, call_id, request_id):
+        self.worker = worker
+        self._items = items
+        self._inputs = inputs
+        self.call_id = call_id
+        self.request_id = request_id
+        self.count = 0
+        self.finished = False
+
+    def next_chunk(self):
+        if self.finished:
+            return None
+        worker = self.worker
+        worker._counter, worker._request_id = self.call_id, self.request_id
+        try:
+            item = worker._run_hook('_predict', self._next_item, None)
+            if item is _END:
+                self.finished = True
+                return None
+            answer = worker._run_hook('_post_process', worker._post_process, item)
+            self.count += 1
+            return Outcome(200, {'predict_result': worker._encoded_answer(answer, self._inputs)})
+        except _HookFailed as failed:
+            outcome = worker._error_outcome(failed.stage, failed.info)
+            self.close()
+            return outcome
+        finally:
+            worker._counter = None
+            worker._request_id = None
+
+    def _next_item(self, _unused):
+        try:
+            return next(self._items)
+        except StopIteration:
+            return _END
+
+    def close(self):
+        if self.finished:
+            return
+        self.finished = True
+        close = getattr(self._items, 'close', None)
+        if close is None:
+            return
+        # the user's finally may notify: under this call's id, as during the stream
+        self.worker._counter, self.worker._request_id = self.call_id, self.request_id
+        try:
+            close()
+        except Exception as exc:  # a user's finally may raise; it is logged, the worker serves on
+            info = error_info(type(exc), exc, exc.__traceback__)
+            self.worker.log.P('request {}: closing _predict failed: {}: {}'.format(
+                self.request_id or '-', info[0], info[4]), color='r')
+        finally:
+            self.worker._counter = self.worker._request_id = None
 
 
 Worker = FlaskWorker

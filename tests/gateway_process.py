@@ -68,7 +68,7 @@ class GatewayProcess:
                           what='{} ONLINE in /list_servers'.format(name))
 
 
-def start_gateway(processes, tmp_path, config=None, endpoints=None, use_twistd=True, ports=12,
+def start_gateway(processes, tmp_path, config=None, endpoints=None, use_twistd=True, ports=24,
                   env=None, wait=True, extra_args=(), prefix=()):
     """Start a gateway on a free block of ports; ``config`` is a dict written to a file (the
     repo's config_gateway.txt when None). Waits until it serves."""

@@ -68,7 +68,7 @@ def test_check_of_the_example_config_exits_zero_with_a_one_line_summary(tmp_path
     done = bis_gateway(tmp_path, 'check')
     assert done.returncode == 0, done
     assert done.stdout.splitlines() == [
-        'bis-gateway check: config_gateway.txt OK: 3 endpoints imported, 2 disabled, 1 support process']
+        'bis-gateway check: config_gateway.txt OK: 4 endpoints imported, 2 disabled, 1 support process']
     assert not (tmp_path / '_cache').exists()  # nothing was started
 
 

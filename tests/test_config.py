@@ -170,11 +170,12 @@ def test_worker_keys_are_kept_for_the_worker(endpoints):
 def test_example_config_in_repo_is_valid():
     config = load_config(REPO_ROOT + '/config_gateway.txt', REPO_ROOT + '/endpoints')
     enabled = [e.name for e in config.endpoints if e.is_spawned and not e.disabled]
-    assert enabled == ['dummy_model_demo1', 'dummy_model_demo2', 'iris_classifier']
+    assert enabled == ['dummy_model_demo1', 'dummy_model_demo2', 'iris_classifier', 'text_streamer']
     # every configured server has its port in file order, the disabled ones too
     assert [(e.name, e.port) for e in config.endpoints] == [
         ('dummy_model_demo1', 5003), ('dummy_model_demo1-bis', 5004), ('dummy_model_demo2', 5005),
-        ('dummy_model_demo2-bis', 5006), ('iris_classifier', 5007), ('support_process', None)]
+        ('dummy_model_demo2-bis', 5006), ('iris_classifier', 5007), ('text_streamer', 5008),
+        ('support_process', None)]
 
 
 @pytest.mark.parametrize('command', [[sys.executable, '-m', 'bis_twisted.cli'], [TWISTD, '-n', '-y', 'bis.tac']],

@@ -492,42 +492,50 @@ def test_child_over_max_rss_is_recycled_one_replica_at_a_time(make_fleet, reacto
     fleet = make_fleet({'demo': {'REPLICAS': 2, 'MAX_RSS_MB': 100, 'HEALTH_INTERVAL': 1}})
     reactor.ready('demo#0', 'demo#1')
     rss = {reactor.child('demo#0').pid: 300 * 2 ** 20, reactor.child('demo#1').pid: 300 * 2 ** 20}
-    monitor = start_health(fleet, reactor, rss_of=rss.get)
+    monitor = start_health(fleet, reactor, rss_of=lambda pid: rss.get(pid, 10 * 2 ** 20))
     try:
         reactor.advance(1)  # the second sample over the limit
-        signalled = [name for name in ('demo#0', 'demo#1') if reactor.child(name).signals]
-        assert signalled == ['demo#0'], 'both replicas recycled at once'
-        assert reactor.child('demo#0').signals[0] == 'TERM'  # drains: its answers are written
+        # as a reload: a new process on the slot's spare port, beside the old one
+        assert [p.proto.name for p in reactor.spawned] == ['demo#0', 'demo#1', 'demo#0+'], 'both at once'
         send(fleet)
-        assert children.ports == [5004]  # no new request to the one that drains
+        assert children.ports == [5003]  # the old one serves until the new one is ready
+        children.calls[0].answer()
         reactor.advance(3)
-        assert not reactor.child('demo#1').signals  # still waits for demo#0
+        assert len(reactor.spawned) == 3  # demo#1 waits for demo#0's replacement
+        reactor.ready('demo#0+')
+        assert reactor.child('demo#0').signals[0] == 'TERM'  # drains: its answers are written
         reactor.child('demo#0').exit(ProcessDone(0))
-        reactor.advance(0)
-        rss[reactor.child('demo#0').pid] = 10 * 2 ** 20
-        reactor.ready('demo#0')
         reactor.advance(2)
+        assert [p.proto.name for p in reactor.spawned][-1] == 'demo#1+'
+        reactor.ready('demo#1+')
         assert reactor.child('demo#1').signals[0] == 'TERM'
         reactor.child('demo#1').exit(ProcessDone(0))
         described_demo = described(fleet)
         assert described_demo['RECYCLES'] == 2 and described_demo['RESTARTS'] == 0
+        assert [r['PORT'] for r in described_demo['REPLICAS']] == [5005, 5006]
     finally:
         monitor.stopService()
 
 
-def test_lone_child_over_max_rss_is_recycled_only_when_idle(make_fleet, reactor, children):
+def test_lone_busy_child_over_max_rss_is_replaced_without_waiting(make_fleet, reactor, children):
     reactor.obey_signals = False
     fleet = make_fleet({'demo': {'MAX_RSS_MB': 100, 'HEALTH_INTERVAL': 1}})
     reactor.ready('demo')
-    monitor = start_health(fleet, reactor, rss_of=lambda pid: 200 * 2 ** 20)
+    old_pid = reactor.child('demo').pid
+    monitor = start_health(fleet, reactor, rss_of=lambda pid: 200 * 2 ** 20 if pid == old_pid else 1)
     try:
         busy = send(fleet)
-        reactor.advance(3)
-        assert reactor.child('demo').signals == []
+        reactor.advance(1)
+        assert reactor.child('demo+').pid is not None  # started while a request runs
+        reactor.ready('demo+')
+        after = send(fleet)
+        assert children.ports == [5003, 5004]
+        assert reactor.child('demo').signals == []  # still owes an answer
         children.calls[0].answer()
         assert result_of(busy).status == 200
-        reactor.advance(1)
         assert reactor.child('demo').signals[0] == 'TERM'
+        children.calls[1].answer()
+        assert result_of(after).status == 200
     finally:
         monitor.stopService()
 
@@ -582,3 +590,8 @@ def test_get_run_query_values_are_read_as_json_and_repeated_keys_as_a_list(make_
         'SIGNATURE': 'demo', 'FEATURES': [5.1, 3.5, 1.4, 0.2], 'INPUT_VALUE': 7, 'NAME': 'iris', 'EMPTY': '',
         'QUOTED': '7', 'TAG': ['a', 2], 'FLAG': True, 'CODE': '007',
         'IMG': '1234', 'BASE64_KEYS': 'IMG'}  # a base64 input stays text even when it looks like a number
+
+
+def test_uptime_is_h_mm_ss_past_a_day_as_the_openapi_document_says():
+    from bis_twisted.fleet import hms
+    assert [hms(5), hms(3600), hms(90005), hms(-3)] == ['0:00:05', '1:00:00', '25:00:05', '0:00:00']

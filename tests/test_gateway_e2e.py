@@ -86,7 +86,8 @@ def test_list_servers_shows_measured_fleet(gateway):
     wait_ready(gateway)
     listed = gateway.get('/list_servers').json()
     # the started servers, as the original's AVAIL_SERVERS; the DISABLED ones apart, same fields
-    assert list(listed['AVAIL_SERVERS']) == ['dummy_model_demo1', 'dummy_model_demo2', 'iris_classifier']
+    assert list(listed['AVAIL_SERVERS']) == ['dummy_model_demo1', 'dummy_model_demo2', 'iris_classifier',
+                                             'text_streamer']
     assert list(listed['STOPPED_SERVERS']) == ['dummy_model_demo1-bis', 'dummy_model_demo2-bis']
     servers = dict(listed['AVAIL_SERVERS'], **listed['STOPPED_SERVERS'])
     demo2 = servers['dummy_model_demo2']
@@ -118,7 +119,7 @@ def test_sigterm_stops_gateway_and_leaves_no_child(processes, tmp_path):
     gateway = start_gateway(processes, tmp_path)
     wait_ready(gateway)
     children = [c.pid for c in gateway.children()]
-    assert len(children) == 3
+    assert len(children) == 4  # the example config spawns four endpoints
     gateway.proc.send_signal(signal.SIGTERM)
     gateway.proc.wait_exit(timeout=20)
     for pid in children:
@@ -129,7 +130,7 @@ def test_kill_9_of_gateway_leaves_no_child(processes, tmp_path):
     gateway = start_gateway(processes, tmp_path, use_twistd=False)
     wait_ready(gateway)
     children = [c.pid for c in gateway.children()]
-    assert len(children) == 3
+    assert len(children) == 4  # the example config spawns four endpoints
     gateway.proc.send_signal(signal.SIGKILL)
     for pid in children:
         wait_until(lambda: process_gone(pid), what='child {} gone after kill -9 of the gateway'.format(pid),

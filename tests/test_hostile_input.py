@@ -33,12 +33,12 @@ HOOK_ERROR_KEY = 'DummyModelDemo2Worker_ERROR'
 CONFIG = {'MAX_BODY_MB': 1, 'NO_STARTUP_WAIT': True,
           'CONFIG_ENDPOINTS': {SERVER: {'NR_WORKERS': 2, 'WEIGHT': 2, 'BIAS': 1}}}
 
-ADMIN_ROUTES = ['/kill_server', '/start_server', '/update_workers', '/shutdown']
+ADMIN_ROUTES = ['/kill_server', '/start_server', '/update_workers', '/shutdown', '/reload_server', '/reload_config']
 ROUTES = ['/run', '/list_servers', '/notifications', '/support_update_status', '/system_status',
           '/health', '/ready', '/metrics', '/openapi.json', '/'] + ADMIN_ROUTES
 # what makes an admin route really act; /start_server of a running server changes nothing
 ACTING_SIGNATURES = {'shutdown': (b'SAFE_KILL_SERVER_CMD',), 'kill_server': (b'*', SERVER.encode()),
-                     'update_workers': (SERVER.encode(),)}
+                     'update_workers': (SERVER.encode(),), 'reload_server': (SERVER.encode(),)}
 TRACEBACK_MARKS = (b'Traceback', b'File "')
 
 # a handful of examples per test is HTTP over loopback, a few ms each: the whole module

@@ -451,7 +451,7 @@ def test_a_pasted_api_key_runs_an_endpoint_of_a_gateway_with_api_keys(browser, g
         answer = browser.find_element(By.ID, 'try-answer')
         browser.find_element(By.CSS_SELECTOR, '#try-run button').click()
         wait_for(browser, lambda d: answer.text.startswith('HTTP 401'), 'a 401 without a key')
-        assert 'needs an API key' in answer.text
+        assert 'an API key is required' in answer.text
         browser.find_element(By.ID, 'apikey').send_keys(key)
         browser.find_element(By.CSS_SELECTOR, '#try-run button').click()
         wait_for(browser, lambda d: answer.text.startswith('HTTP 200'), 'a 200 with the key')
