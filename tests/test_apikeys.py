@@ -127,3 +127,24 @@ def test_key_add_prints_the_key_once_and_stores_only_its_hash(tmp_path):
                            capture_output=True, text=True, env=python_env(), cwd=REPO_ROOT, timeout=30)
     assert again.returncode == 2 and "a key named 'team-a' exists already" in again.stderr
     assert add_key(str(path), 'team-b') != key
+
+
+def test_a_gateway_whose_api_keys_file_is_missing_or_invalid_does_not_start(tmp_path):
+    import subprocess
+    import sys
+
+    from procs import REPO_ROOT, python_env
+
+    config = tmp_path / 'config_gateway.txt'
+    config.write_text(json.dumps({'API_KEYS': 'keys.json', 'CONFIG_ENDPOINTS': {}}))
+    argv = [sys.executable, '-m', 'bis_twisted.cli', '--config', str(config), '--port', '0',
+            '--cache', str(tmp_path / '_cache')]
+    missing = subprocess.run(argv, env=python_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith('bis-gateway: {}: '.format(tmp_path / 'keys.json'))
+    assert len(missing.stderr.strip().splitlines()) == 1
+    (tmp_path / 'keys.json').write_text(json.dumps({'team': {'key_sha256': 'x', 'rate': 1}}))
+    invalid = subprocess.run(argv, env=python_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert invalid.returncode == 2
+    assert "'team'" in invalid.stderr and "'key_sha256' must be the 64 hex digits" in invalid.stderr
+    assert len(invalid.stderr.strip().splitlines()) == 1

@@ -433,3 +433,28 @@ def test_docs_try_it_out_runs_an_endpoint_from_its_example(browser, gateway):
     browser.execute_script('arguments[0].scrollIntoView()', run)
     browser.set_window_size(1280, 1400)
     assert browser.save_screenshot(DOCS_SCREENSHOT)
+
+
+def test_a_pasted_api_key_runs_an_endpoint_of_a_gateway_with_api_keys(browser, gateway, tmp_path):
+    from bis_twisted.apikeys import add_key
+
+    keys_file = tmp_path / 'api_keys.json'
+    key = add_key(str(keys_file), 'browser', endpoints=[KILLED])
+    config = {'DEFAULT_SERVER': KILLED, 'API_KEYS': str(keys_file),
+              'CONFIG_ENDPOINTS': {KILLED: {'NR_WORKERS': 1, 'WEIGHT': 2, 'BIAS': 1}}}
+    with Processes() as group:
+        keyed = start_gateway(group, tmp_path, config=config, use_twistd=False)
+        browser.get(keyed.url('/'))
+        wait_for(browser, refreshed, 'the first refresh of the keyed gateway\'s page')
+        browser.find_element(By.ID, 'try-signature').send_keys(KILLED)
+        browser.find_element(By.ID, 'try-inputs').send_keys('{"INPUT_VALUE": 3}')
+        answer = browser.find_element(By.ID, 'try-answer')
+        browser.find_element(By.CSS_SELECTOR, '#try-run button').click()
+        wait_for(browser, lambda d: answer.text.startswith('HTTP 401'), 'a 401 without a key')
+        assert 'an API key is required' in answer.text
+        browser.find_element(By.ID, 'apikey').send_keys(key)
+        browser.find_element(By.CSS_SELECTOR, '#try-run button').click()
+        wait_for(browser, lambda d: answer.text.startswith('HTTP 200'), 'a 200 with the key')
+        assert '3*2 + 1 = 7 PREDICTED' in answer.text
+    console_errors(browser)  # the 401 is in the console as a failed fetch: read it away
+    browser.get(gateway.url('/'))
