@@ -21,6 +21,7 @@ import secrets
 
 import attr
 
+from .config import read_json_file
 from .errors import ConfigError, Forbidden, TooManyRequests, Unauthorized
 
 KEY_HEADER = b'X-API-Key'
@@ -108,16 +109,7 @@ def parse_keys(data, label):
 
 
 def read_keys_file(path):
-    try:
-        with open(path, encoding='utf-8') as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError('{}: cannot read the API_KEYS file: {}'.format(path, exc.strerror)) from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError('{}: not valid JSON: {}'.format(path, exc)) from None
-    return parse_keys(data, path)
+    return parse_keys(read_json_file(path, 'the API_KEYS file'), path)
 
 
 class KeyStore:
@@ -196,11 +188,7 @@ def add_key(path, name, endpoints=ALL_ENDPOINTS, rate=None, burst=None):
     its hash only, and return the key (shown once, kept nowhere)."""
     data = {}
     if os.path.exists(path):
-        with open(path, encoding='utf-8') as fh:
-            try:
-                data = json.load(fh)
-            except ValueError as exc:
-                raise ConfigError('{}: not valid JSON: {}'.format(path, exc)) from None
+        data = read_json_file(path, 'the API_KEYS file')
         parse_keys(data, path)
     if name in data:
         raise ConfigError('{}: a key named {!r} exists already; pick another name (rotate: add a new key, '

@@ -186,17 +186,21 @@ HTTP_LIMIT_KEYS = ('HEAD_TIMEOUT', 'BODY_TIMEOUT', 'MAX_CONNECTIONS', 'MAX_BODIE
 def load_config(path, endpoints_dir='endpoints', gateway_port=5002, default_host='127.0.0.1', keep_ports=None):
     """Read ``path`` and return a ``GatewayConfig`` with ports assigned, or raise ConfigError.
     ``keep_ports``: see ``_assign_ports`` (a reload keeps the running servers' ports)."""
-    label = path
+    data = read_json_file(path, 'the config file')
+    return parse_config(data, path, endpoints_dir, gateway_port, default_host, keep_ports)
+
+
+def read_json_file(path, what):
+    """The JSON in ``path``, or ConfigError naming the file (``what`` it is, if unreadable)."""
     try:
         with open(path, encoding='utf-8') as fh:
             text = fh.read()
     except OSError as exc:
-        raise ConfigError('{}: cannot read the config file: {}'.format(label, exc.strerror)) from None
+        raise ConfigError('{}: cannot read {}: {}'.format(path, what, exc.strerror)) from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except ValueError as exc:
-        raise ConfigError('{}: not valid JSON: {}'.format(label, exc)) from None
-    return parse_config(data, label, endpoints_dir, gateway_port, default_host, keep_ports)
+        raise ConfigError('{}: not valid JSON: {}'.format(path, exc)) from None
 
 
 def _check_scaling(where, entry):
