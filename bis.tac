@@ -3,7 +3,7 @@
 # BIS_CACHE, BIS_ADMIN_TOKEN); `bis-gateway --help` shows the same settings as flags.
 from twisted.application.service import Application
 
-from bis_twisted.cli import build_service, log_to_files, options_from_env
+from bis_twisted.gateway.cli import build_service, log_to_files, options_from_env
 
 options = options_from_env()
 application = Application('bis_twisted')

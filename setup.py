@@ -51,5 +51,5 @@ setup(
             'selenium>=4.10',
         ],
     },
-    entry_points={'console_scripts': ['bis-gateway = bis_twisted.cli:main']},
+    entry_points={'console_scripts': ['bis-gateway = bis_twisted.gateway.cli:main']},
 )

@@ -1,5 +1,5 @@
 """Two measurements of the gateway under hostile load, each against a real gateway
-(``python -m bis_twisted.cli``) on loopback with the repo's ``dummy_model_demo2``:
+(``python -m bis_twisted.gateway.cli``) on loopback with the repo's ``dummy_model_demo2``:
 
 - ``slowloris``: N connections each sending one header byte a second; after D seconds, how
   many are still open and how many file descriptors the gateway holds (before: at start).
@@ -65,7 +65,7 @@ def start_gateway(repo, workdir, config, endpoints=None):
         json.dump(config, fh)
     env = dict(os.environ, PYTHONPATH=repo, PYTHONUNBUFFERED='1')
     env.pop('BIS_ADMIN_TOKEN', None)
-    proc = subprocess.Popen([sys.executable, '-m', 'bis_twisted.cli', '--config', path, '--port', str(port),
+    proc = subprocess.Popen([sys.executable, '-m', 'bis_twisted.gateway.cli', '--config', path, '--port', str(port),
                              '--host', '127.0.0.1', '--endpoints', endpoints or os.path.join(repo, 'endpoints'),
                              '--cache', os.path.join(workdir, '_cache')],
                             cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -122,7 +122,7 @@ class Gateway:
         env = dict(os.environ if env is None else env)
         env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO, env.get('PYTHONPATH')) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'bis_twisted.cli', '--config', cfg_path, '--port', str(self.port),
+            [sys.executable, '-m', 'bis_twisted.gateway.cli', '--config', cfg_path, '--port', str(self.port),
              '--host', '127.0.0.1', '--endpoints', endpoints, '--cache', os.path.join(workdir, '_cache')],
             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
         self.ready_at = wait_for(lambda: http('GET', self.url + '/ready', timeout=2)[0] == 200, 60, '/ready')

@@ -1,14 +1,42 @@
-"""bis_twisted: an inference server gateway on the Twisted reactor.
+"""bis_twisted: an inference server: a gateway in front of model-server processes.
 
-Endpoint files import ``FlaskWorker`` (or ``Worker``) from here, as they imported it from
-``basic_inference_server``.
+This package is what endpoint files import, as they imported ``basic_inference_server``::
+
+    from bis_twisted import FlaskWorker
+
+The two programs live in their own folders: ``bis_twisted.gateway`` (the HTTP front, the
+supervisor of the children) and ``bis_twisted.model_server`` (one child: a user's workers);
+``bis_twisted.shared`` is the HTTP plumbing both use and ``bis_twisted.protocol`` what they
+agree on. The names below are imported on first use, so that the gateway, which imports
+this package too, never loads the worker side.
 """
 
-__version__ = '0.1.0'
+import importlib
+from typing import Any, List
+
+from ._version import __version__
+
 LIB_VER = __version__
 
-from .worker import FlaskWorker, Worker  # noqa: E402
-from .logger import Logger  # noqa: E402
-from .compat import FlaskGateway, get_packages  # noqa: E402
+_EXPORTS = {
+    'FlaskWorker': 'bis_twisted.worker',
+    'Worker': 'bis_twisted.worker',
+    'Logger': 'bis_twisted.logger',
+    'FlaskGateway': 'bis_twisted.compat',
+    'get_packages': 'bis_twisted.compat',
+}
 
-__all__ = ['FlaskWorker', 'Worker', 'Logger', 'FlaskGateway', 'get_packages', 'LIB_VER', '__version__']
+__all__ = list(_EXPORTS) + ['LIB_VER', '__version__']
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError('module {!r} has no attribute {!r}'.format(__name__, name))
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found once
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -2,18 +2,14 @@
 ``FlaskGateway(...)`` starts the gateway and serves until it stops (the original's constructor
 blocked too), and ``get_packages()`` lists the installed packages."""
 
-import importlib.metadata
 import os
 
+from .gateway.cli import run as run_gateway
+from .gateway.service import Options
+from .gateway.status import get_packages
+from .protocol import TOKEN_VARIABLE
 
-def get_packages():
-    """``["name==version", ...]`` of the installed distributions, sorted by name."""
-    found = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata['Name']
-        if name:
-            found[name.lower()] = '{}=={}'.format(name, dist.version)
-    return [found[k] for k in sorted(found)]
+__all__ = ['FlaskGateway', 'get_packages']
 
 
 class FlaskGateway:
@@ -29,13 +25,10 @@ class FlaskGateway:
                  port=5002, server_execution_path='/run', run=True, **_ignored):
         if workers_suffix != 'Worker':
             raise ValueError("workers_suffix must be 'Worker' in bis_twisted, got {!r}".format(workers_suffix))
-        from .service import Options  # not at import: endpoint files import this package too
-
         config = getattr(log, 'config_file', None) or 'config_gateway.txt'
         cache = os.path.join(getattr(log, 'base_folder', '.'), getattr(log, 'app_folder', '_cache'))
         self.options = Options(config=config, host=host, port=int(port), endpoints=workers_location,
-                               cache=cache, admin_token=os.environ.get('BIS_ADMIN_TOKEN') or None,
+                               cache=cache, admin_token=os.environ.get(TOKEN_VARIABLE) or None,
                                execution_path=server_execution_path)
         if run:
-            from .cli import run as run_gateway
             run_gateway(self.options)

@@ -13,25 +13,12 @@ import inspect
 import os
 import sys
 
-import attr
-
 from .logger import Logger, describe_failure, error_info
 from .notifications import Notifications
-from .web import dumps
+from .protocol import DEVICE_VARIABLE
+from .shared.web import Answer, dumps
 
 STAGE_STATUS = {'_pre_process': 400, '_batch': 500, '_predict': 500, '_unbatch': 500, '_post_process': 500}
-
-
-DEVICE_VARIABLE = 'BIS_DEVICE'  # set by the gateway for a replica given a device (DEVICES)
-
-
-@attr.s(frozen=True)
-class Outcome:
-    """What one call of a worker produced: the HTTP status and the JSON body to answer."""
-
-    status = attr.ib()
-    body = attr.ib()
-    batch_size = attr.ib(default=1)  # how many requests ran in the same _predict call
 
 
 class _HookFailed(Exception):
@@ -128,7 +115,7 @@ class FlaskWorker:
         self._load_model()
 
     def execute(self, inputs, call_id, request_id=None):
-        """Run the hooks on ``inputs``; never raises: a failing hook becomes an error Outcome
+        """Run the hooks on ``inputs``; never raises: a failing hook becomes an error Answer
         (400 from ``_pre_process`` or input decoding, 500 later) and the worker stays usable."""
         self._counter = call_id
         self._request_id = request_id
@@ -146,7 +133,7 @@ class FlaskWorker:
                 return self._bad_input_outcome('_post_process', 500, 'BASE64_OUTPUTS: {}'.format(exc))
             except _BadInput as exc:
                 return self._bad_input_outcome('_post_process', 400, str(exc))
-            return Outcome(200, {'predict_result': answer})
+            return Answer(200, {'predict_result': answer})
         except _HookFailed as failed:
             return self._error_outcome(failed.stage, failed.info)
         finally:
@@ -155,7 +142,7 @@ class FlaskWorker:
 
     def execute_batch(self, calls):
         """Run a batch: ``calls`` is a list of ``(inputs, call_id, request_id)``; answers one
-        Outcome per call, in order, and never raises. ``_pre_process`` and ``_post_process``
+        Answer per call, in order, and never raises. ``_pre_process`` and ``_post_process``
         run per call (a failure answers that call alone); ``_batch``, ``_predict`` and
         ``_unbatch`` once for the calls that were pre-processed (a failure, or a result of
         the wrong length, answers 500 to each of them)."""
@@ -180,7 +167,7 @@ class FlaskWorker:
                 self._counter, self._request_id = calls[index][1], calls[index][2]
                 try:
                     answer = self._run_hook('_post_process', self._post_process, pred)
-                    outcomes[index] = Outcome(200, {'predict_result': self._encoded_answer(answer, decoded)})
+                    outcomes[index] = Answer(200, {'predict_result': self._encoded_answer(answer, decoded)})
                 except _HookFailed as failed:
                     outcomes[index] = self._error_outcome(failed.stage, failed.info)
             return outcomes
@@ -191,7 +178,7 @@ class FlaskWorker:
 
     def _predict_batch(self, calls, prepared):
         """``_batch`` -> ``_predict`` -> ``_unbatch`` with notifications going to every call of
-        the batch; ``(predictions, None)``, or ``(None, the error Outcome)`` for all of them."""
+        the batch; ``(predictions, None)``, or ``(None, the error Answer)`` for all of them."""
         self._batch_calls = [(call_id, request_id) for _inputs, call_id, request_id in calls]
         self._counter = None
         self._request_id = ','.join(str(rid) for _c, rid in self._batch_calls if rid) or None
@@ -262,15 +249,13 @@ class FlaskWorker:
             '{}_ERROR'.format(type(self).__name__): details,
             'ERROR': describe_failure(stage, info),
         }
-        return Outcome(STAGE_STATUS[stage], body)
-
+        return Answer(STAGE_STATUS[stage], body)
 
     def _bad_input_outcome(self, stage, status, message):
         """The request's BASE64_* inputs could not be applied: the message names the key."""
         self.log.P('request {}: {}'.format(self._request_id or '-', message), color='r')
         details = {'ERR_TYPE': 'ValueError', 'ERR_MSG': message, 'ERR_FILE': '', 'ERR_FUNC': stage, 'ERR_LINE': 0}
-        return Outcome(status, {'{}_ERROR'.format(type(self).__name__): details, 'ERROR': message})
-
+        return Answer(status, {'{}_ERROR'.format(type(self).__name__): details, 'ERROR': message})
 
     # -- streaming: a _predict that yields ------------------------------------------------
     @classmethod
@@ -284,7 +269,7 @@ class FlaskWorker:
 
     def execute_stream(self, inputs, call_id, request_id=None):
         """Decode, ``_pre_process`` and start ``_predict``: a ``ChunkStream`` to read the
-        chunks from, or the error Outcome (400 from ``_pre_process``) when it did not start."""
+        chunks from, or the error Answer (400 from ``_pre_process``) when it did not start."""
         self._counter, self._request_id = call_id, request_id
         try:
             try:
@@ -309,7 +294,7 @@ _END = object()  # the generator is exhausted
 class ChunkStream:
     """The chunks of one streaming call. ``next_chunk()`` (blocking: call it from the
     worker's thread) runs the generator to its next ``yield`` and ``_post_process`` on the
-    item: an Outcome with ``{"predict_result": ...}``, an error Outcome (the stream ends
+    item: an Answer with ``{"predict_result": ...}``, an error Answer (the stream ends
     there), or None at the end. ``close()`` stops the generator (``GeneratorExit`` at its
     ``yield``, so its ``finally`` runs). Never raises."""
 
@@ -334,7 +319,7 @@ class ChunkStream:
                 return None
             answer = worker._run_hook('_post_process', worker._post_process, item)
             self.count += 1
-            return Outcome(200, {'predict_result': worker._encoded_answer(answer, self._inputs)})
+            return Answer(200, {'predict_result': worker._encoded_answer(answer, self._inputs)})
         except _HookFailed as failed:
             outcome = worker._error_outcome(failed.stage, failed.info)
             self.close()

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
-from bis_twisted.server import READY_LINE
+from bis_twisted.protocol import READY_LINE
 
 _SIGNAL_NAMES = {signal.SIGTERM: 'TERM', signal.SIGKILL: 'KILL'}
 

@@ -88,7 +88,7 @@ def start_gateway(processes, tmp_path, config=None, endpoints=None, use_twistd=T
         argv = [TWISTD, '-n', '--pidfile=', '-y', os.path.join(REPO_ROOT, 'bis.tac')]
         proc_env = python_env(variables)
     else:
-        argv = [sys.executable, '-m', 'bis_twisted.cli'] + list(extra_args)
+        argv = [sys.executable, '-m', 'bis_twisted.gateway.cli'] + list(extra_args)
         proc_env = python_env({k: v for k, v in variables.items()})
     # prefix: a command the gateway runs under (``prlimit --nofile=64:64``)
     proc = processes.start(list(prefix) + argv, env=proc_env, cwd=str(tmp_path), name='gateway')

@@ -321,7 +321,7 @@ READY_PATTERN = r'BIS-SERVER-READY (\d+)'
 
 
 class ModelServerProcess:
-    """A running ``python -m bis_twisted.server`` and where it listens."""
+    """A running ``python -m bis_twisted.model_server`` and where it listens."""
 
     def __init__(self, proc, host, port):
         self.proc = proc
@@ -340,7 +340,7 @@ class ModelServerProcess:
 
 def model_server_argv(name, endpoints=ENDPOINTS_DIR, config=None, port=0, host='127.0.0.1',
                       server_class=None, extra_args=()):
-    argv = [sys.executable, '-m', 'bis_twisted.server', '--endpoints', str(endpoints), '--name', name,
+    argv = [sys.executable, '-m', 'bis_twisted.model_server', '--endpoints', str(endpoints), '--name', name,
             '--host', host, '--port', str(port), '--config-json', json.dumps(config or {})]
     if server_class:
         argv += ['--server-class', server_class]

@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from bis_twisted.apikeys import KeyStore, TokenBucket, add_key, hash_key
+from bis_twisted.gateway.apikeys import KeyStore, TokenBucket, add_key, hash_key
 from bis_twisted.errors import ConfigError, Forbidden, TooManyRequests, Unauthorized
 from procs import REPO_ROOT, python_env
 
@@ -111,7 +111,7 @@ def test_key_add_prints_the_key_once_and_stores_only_its_hash(tmp_path):
     config = tmp_path / 'config_gateway.txt'
     config.write_text(json.dumps({'API_KEYS': 'secrets/keys.json', 'CONFIG_ENDPOINTS': {}}))
     (tmp_path / 'secrets').mkdir()
-    done = subprocess.run([sys.executable, '-m', 'bis_twisted.cli', 'key', 'add', 'team-a', '--allow',
+    done = subprocess.run([sys.executable, '-m', 'bis_twisted.gateway.cli', 'key', 'add', 'team-a', '--allow',
                            'iris_classifier,dummy_model_demo2', '--rate', '5', '--config', str(config)],
                           capture_output=True, text=True, env=python_env(), cwd=REPO_ROOT, timeout=30)
     assert done.returncode == 0, done.stderr
@@ -123,7 +123,7 @@ def test_key_add_prints_the_key_once_and_stores_only_its_hash(tmp_path):
                                            'endpoints': ['iris_classifier', 'dummy_model_demo2']}}
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert key not in done.stderr and "added 'team-a'" in done.stderr
-    again = subprocess.run([sys.executable, '-m', 'bis_twisted.cli', 'key', 'add', 'team-a', '--file', str(path)],
+    again = subprocess.run([sys.executable, '-m', 'bis_twisted.gateway.cli', 'key', 'add', 'team-a', '--file', str(path)],
                            capture_output=True, text=True, env=python_env(), cwd=REPO_ROOT, timeout=30)
     assert again.returncode == 2 and "a key named 'team-a' exists already" in again.stderr
     assert add_key(str(path), 'team-b') != key
@@ -137,7 +137,7 @@ def test_a_gateway_whose_api_keys_file_is_missing_or_invalid_does_not_start(tmp_
 
     config = tmp_path / 'config_gateway.txt'
     config.write_text(json.dumps({'API_KEYS': 'keys.json', 'CONFIG_ENDPOINTS': {}}))
-    argv = [sys.executable, '-m', 'bis_twisted.cli', '--config', str(config), '--port', '0',
+    argv = [sys.executable, '-m', 'bis_twisted.gateway.cli', '--config', str(config), '--port', '0',
             '--cache', str(tmp_path / '_cache')]
     missing = subprocess.run(argv, env=python_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
     assert missing.returncode == 2

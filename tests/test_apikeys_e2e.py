@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from bis_twisted.apikeys import hash_key
+from bis_twisted.gateway.apikeys import hash_key
 from gateway_process import start_gateway
 from procs import http
 

@@ -7,8 +7,8 @@ import sys
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
-from bis_twisted.assets import Assets
-from bis_twisted.gateway import Gateway
+from bis_twisted.gateway.assets import Assets
+from bis_twisted.gateway.routes import Gateway
 
 
 class NoFleet:

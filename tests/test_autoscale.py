@@ -4,12 +4,12 @@ fake children, a fake HTTP client whose answers the test fires, time moved by ``
 import pytest
 from twisted.internet import defer
 
-from bis_twisted.autoscale import Autoscaler
-from bis_twisted.config import parse_config
+from bis_twisted.gateway.autoscale import Autoscaler
+from bis_twisted.gateway.config import parse_config
 from bis_twisted.errors import ConfigError
-from bis_twisted.fleet import Fleet
-from bis_twisted.loader import expected_class_name
-from bis_twisted.supervisor import Supervisor
+from bis_twisted.gateway.fleet import Fleet
+from bis_twisted.protocol import expected_class_name
+from bis_twisted.gateway.supervisor import Supervisor
 from fakes import ProcessReactor
 from test_fleet import FakeChildren, described, send
 
@@ -145,7 +145,7 @@ def test_gpu_memory_is_none_without_pynvml_and_listed_with_it(monkeypatch):
     import sys
     import types
 
-    from bis_twisted.devices import gpu_memory
+    from bis_twisted.gateway.devices import gpu_memory
 
     monkeypatch.setitem(sys.modules, 'pynvml', None)  # not importable
     assert gpu_memory() is None

@@ -7,8 +7,8 @@ from twisted.internet import defer, task
 
 from bis_twisted import FlaskWorker
 from bis_twisted.errors import QueueFull
-from bis_twisted.pool import WorkerPool
-from bis_twisted.server import ModelServer
+from bis_twisted.model_server.pool import WorkerPool
+from bis_twisted.model_server.app import ModelServer
 
 TIMEOUT = 0.01
 
@@ -345,7 +345,7 @@ def test_metrics_show_a_batch_size_histogram_summed_over_the_replicas():
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from bis_twisted.metrics import GatewayMetrics
+    from bis_twisted.gateway.metrics import GatewayMetrics
 
     class Fleet:
         servers = {'iris': SimpleNamespace(targets=[]), 'plain': SimpleNamespace(targets=[])}

@@ -1,5 +1,5 @@
 """``bis-gateway check`` and ``bis-gateway new NAME``, run as a user runs them (``python -m
-bis_twisted.cli ...`` in a folder of their own), and the gateway still started by its flags."""
+bis_twisted.gateway.cli ...`` in a folder of their own), and the gateway still started by its flags."""
 
 import json
 import shutil
@@ -49,7 +49,7 @@ NOT_A_WORKER = '''
 
 def bis_gateway(cwd, *args, env=None):
     """``bis-gateway <args>`` in ``cwd``; the finished process."""
-    return subprocess.run([sys.executable, '-m', 'bis_twisted.cli'] + list(args), cwd=str(cwd),
+    return subprocess.run([sys.executable, '-m', 'bis_twisted.gateway.cli'] + list(args), cwd=str(cwd),
                           env=python_env(env), capture_output=True, text=True, timeout=100)
 
 
@@ -153,7 +153,7 @@ def test_new_writes_a_skeleton_and_a_config_entry_that_check_passes_and_the_gate
 
     # the skeleton serves through the real gateway, started by its flags as before
     port = free_port_block(6)
-    proc = processes.python('-m', 'bis_twisted.cli', '--port', str(port), '--host', '127.0.0.1', cwd=str(folder),
+    proc = processes.python('-m', 'bis_twisted.gateway.cli', '--port', str(port), '--host', '127.0.0.1', cwd=str(folder),
                             name='bis-gateway')
     proc.wait_for_line(GATEWAY_READY, timeout=30)
     gateway = GatewayProcess(proc, port)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bis_twisted.config import load_config, parse_config
+from bis_twisted.gateway.config import load_config, parse_config
 from bis_twisted.errors import ConfigError
 
 from procs import REPO_ROOT, TWISTD, python_env
@@ -178,7 +178,7 @@ def test_example_config_in_repo_is_valid():
         ('support_process', None)]
 
 
-@pytest.mark.parametrize('command', [[sys.executable, '-m', 'bis_twisted.cli'], [TWISTD, '-n', '-y', 'bis.tac']],
+@pytest.mark.parametrize('command', [[sys.executable, '-m', 'bis_twisted.gateway.cli'], [TWISTD, '-n', '-y', 'bis.tac']],
                          ids=['bis-gateway', 'twistd'])
 def test_gateway_start_with_bad_config_exits_nonzero_with_one_line(tmp_path, endpoints, command):
     config = tmp_path / 'bad.txt'

@@ -12,14 +12,15 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
 from twisted.python.failure import Failure
 
-from bis_twisted.config import parse_config
+from bis_twisted.gateway.config import parse_config
 from bis_twisted.errors import BadGateway, GatewayTimeout, ServiceUnavailable, UnknownSignature
-from bis_twisted.fleet import Fleet
-from bis_twisted.gateway import Gateway
-from bis_twisted.loader import expected_class_name
-from bis_twisted.proxy import ChildConnectionLost, NotConnected, ProxyResult
-from bis_twisted.supervisor import Supervisor
-from bis_twisted.health import HealthMonitor
+from bis_twisted.gateway.fleet import Fleet
+from bis_twisted.gateway.routes import Gateway
+from bis_twisted.protocol import expected_class_name
+from bis_twisted.gateway.proxy import ChildConnectionLost, NotConnected
+from bis_twisted.shared.web import Answer
+from bis_twisted.gateway.supervisor import Supervisor
+from bis_twisted.gateway.health import HealthMonitor
 from fakes import ProcessReactor
 
 GATEWAY_PORT = 5002
@@ -42,7 +43,7 @@ class Call:
         return int(self.url.rsplit(b':', 1)[1].split(b'/')[0])
 
     def answer(self, status=200, **body):
-        self.deferred.callback(ProxyResult(status, dict({'predict_result': 'ok'}, **body)))
+        self.deferred.callback(Answer(status, dict({'predict_result': 'ok'}, **body)))
 
 
 class FakeChildren:
@@ -64,14 +65,14 @@ class FakeChildren:
         call = Call(url, payload)
         self.calls.append(call)
         if self.answer_at_once is not None:
-            call.deferred.callback(ProxyResult(200, dict(self.answer_at_once, port=call.port)))
+            call.deferred.callback(Answer(200, dict(self.answer_at_once, port=call.port)))
         return call.deferred
 
     def get_json(self, url, timeout):
         base = url.rsplit(b'/', 1)[0]
         if base in self.down:
             return defer.fail(ConnectionRefusedError())
-        return defer.succeed(ProxyResult(200, {'STATUS': 'OK', 'NR_WORKERS': 1}))
+        return defer.succeed(Answer(200, {'STATUS': 'OK', 'NR_WORKERS': 1}))
 
     @property
     def ports(self):
@@ -221,7 +222,7 @@ def test_replica_that_refuses_passes_the_same_request_to_the_next_which_answers(
     assert children.refused == [b'http://127.0.0.1:5003/run']
     assert [(c.url, c.payload) for c in children.calls] == [(b'http://127.0.0.1:5004/run', b'{"INPUT_VALUE": 7}')]
     children.calls[0].answer(worker_id=0)
-    assert result_of(d) == ProxyResult(200, {'predict_result': 'ok', 'worker_id': 0})
+    assert result_of(d) == Answer(200, {'predict_result': 'ok', 'worker_id': 0})
     assert in_flight(fleet) == [0, 0]
 
 
@@ -593,5 +594,5 @@ def test_get_run_query_values_are_read_as_json_and_repeated_keys_as_a_list(make_
 
 
 def test_uptime_is_h_mm_ss_past_a_day_as_the_openapi_document_says():
-    from bis_twisted.fleet import hms
+    from bis_twisted.gateway.fleet import hms
     assert [hms(5), hms(3600), hms(90005), hms(-3)] == ['0:00:05', '1:00:00', '25:00:05', '0:00:00']

@@ -23,10 +23,10 @@ import yaml
 
 import kubernetes_validate  # in the test extra: pip install -e '.[test]'
 
-from bis_twisted import server as model_server
-from bis_twisted.config import parse_config
-from bis_twisted.fleet import HEALTH_TIMEOUT
-from bis_twisted.loader import load_worker_class
+from bis_twisted import protocol as model_server_protocol
+from bis_twisted.gateway.config import parse_config
+from bis_twisted.gateway.fleet import HEALTH_TIMEOUT
+from bis_twisted.model_server.loader import load_worker_class
 
 from gateway_process import start_gateway
 from procs import READY_PATTERN, get, python_env, wait_until
@@ -93,7 +93,7 @@ def container_argv(container):
 
 
 def is_model_server(deployment):
-    return 'bis_twisted.server' in container_argv(the_container(deployment))
+    return 'bis_twisted.model_server' in container_argv(the_container(deployment))
 
 
 def model_server_deployments():
@@ -110,8 +110,8 @@ def gateway_deployment():
 def server_args(deployment):
     """The model server's flags, parsed by the server's own parser."""
     argv = container_argv(the_container(deployment))
-    assert argv[:3] == ['python', '-m', 'bis_twisted.server'], argv
-    return model_server.parse_args(argv[3:])
+    assert argv[:3] == ['python', '-m', 'bis_twisted.model_server'], argv
+    return model_server_protocol.parse_child_args(argv[3:])
 
 
 def env_of(container):

@@ -10,8 +10,8 @@ from twisted.internet.testing import StringTransport
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 
-from bis_twisted.limits import GuardedChannel, Limits, OverflowProtocol
-from bis_twisted.web import make_site
+from bis_twisted.shared.limits import GuardedChannel, Limits, OverflowProtocol
+from bis_twisted.shared.web import make_site
 
 
 class Hello(Resource):
@@ -136,7 +136,7 @@ def test_oversized_or_malformed_heads_answer_json_with_their_status(head, code):
 
 
 def test_freed_memory_is_handed_back_once_no_large_body_is_held_at_most_once_a_second(monkeypatch):
-    import bis_twisted.limits as limits_module
+    import bis_twisted.shared.limits as limits_module
     trims = []
     monkeypatch.setattr(limits_module, 'return_free_memory', lambda: trims.append(clock.seconds()))
     clock = task.Clock()

@@ -3,7 +3,7 @@
 from twisted.internet import task
 from twisted.logger import Logger, formatEvent
 
-from bis_twisted.lograte import RepeatLimiter
+from bis_twisted.shared.lograte import RepeatLimiter
 
 
 def limiter(log_events):

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
-from bis_twisted.metrics import UNKNOWN, GatewayMetrics, RecentStats
+from bis_twisted.gateway.metrics import UNKNOWN, GatewayMetrics, RecentStats
 from gateway_process import start_gateway
 from procs import REPO_ROOT, Processes, http, wait_until
 

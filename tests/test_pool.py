@@ -18,9 +18,9 @@ from twisted.web.server import Site
 
 from bis_twisted import FlaskWorker
 from bis_twisted.errors import BadRequest, QueueFull
-from bis_twisted.pool import WorkerLoadError, WorkerPool
-from bis_twisted.security import AdminGuard
-from bis_twisted.server import ModelServer
+from bis_twisted.model_server.pool import WorkerLoadError, WorkerPool
+from bis_twisted.shared.security import AdminGuard
+from bis_twisted.model_server.app import ModelServer
 
 HOOK_TIMEOUT = 10  # seconds a hook may wait at a barrier or gate before it gives up
 

@@ -6,7 +6,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web import client as web_client
 
-from bis_twisted.proxy import AnswerTooLarge, BytesProducer, _CappedBody
+from bis_twisted.gateway.proxy import AnswerTooLarge, BytesProducer, _CappedBody
 
 
 class PausingConsumer:

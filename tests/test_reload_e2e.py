@@ -358,7 +358,7 @@ def test_a_lone_server_reloaded_under_a_stream_fails_nothing(config_gateway):
 
 
 def test_reload_config_reads_the_api_keys_file_again(tmp_path):
-    from bis_twisted.apikeys import add_key
+    from bis_twisted.gateway.apikeys import add_key
 
     endpoints = tmp_path / 'endpoints'
     endpoints.mkdir()

@@ -11,9 +11,9 @@ from gateway_process import start_gateway
 from procs import ENDPOINTS_DIR, start_model_server
 
 from bis_twisted.errors import EndpointLoadError
-from bis_twisted.loader import load_endpoint
-from bis_twisted.openapi import as_openapi_schema, openapi_document
-from bis_twisted.schemas import EndpointSchemas, SchemaCheck, SchemaViolation, declared_schemas
+from bis_twisted.model_server.loader import load_endpoint
+from bis_twisted.gateway.openapi import as_openapi_schema, openapi_document
+from bis_twisted.shared.schemas import EndpointSchemas, SchemaCheck, SchemaViolation, declared_schemas
 
 SHOUTER = '''
     from bis_twisted import FlaskWorker
@@ -189,7 +189,7 @@ def test_model_server_refuses_bad_inputs_before_pre_process_with_400(processes, 
 
 def test_model_server_with_an_invalid_schema_exits_with_one_line(processes, endpoint_folder):
     endpoint_folder.write('bad_schema', BAD_SCHEMA)
-    proc = processes.python('-m', 'bis_twisted.server', '--endpoints', str(endpoint_folder.path),
+    proc = processes.python('-m', 'bis_twisted.model_server', '--endpoints', str(endpoint_folder.path),
                             '--name', 'bad_schema', '--port', '0')
     assert proc.wait_exit(20) == 2
     [line] = proc.stderr_lines

@@ -11,8 +11,8 @@ from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
 from bis_twisted.errors import BisError, ConfigError, Forbidden, Unauthorized, UnsupportedMediaType
-from bis_twisted.security import AdminGuard, admin_token, is_loopback
-from bis_twisted.web import error_answer, write_json
+from bis_twisted.shared.security import AdminGuard, admin_token, is_loopback
+from bis_twisted.shared.web import error_answer, write_json
 
 TOKEN = 's3cr3t-Admin-T0ken-value'
 

@@ -1,4 +1,4 @@
-"""The real model-server process (``python -m bis_twisted.server``): HTTP on loopback, startup
+"""The real model-server process (``python -m bis_twisted.model_server``): HTTP on loopback, startup
 failures, and its exit when the parent that spawned it dies."""
 
 import http.client

@@ -2,7 +2,7 @@
 
 import json
 
-from bis_twisted.service import GatewayService, Options
+from bis_twisted.gateway.service import GatewayService, Options
 from fakes import ProcessReactor
 from procs import REPO_ROOT
 

@@ -11,8 +11,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
-from bis_twisted import status
-from bis_twisted.status import StateHistory, system_alerts, system_status
+from bis_twisted.gateway import status
+from bis_twisted.gateway.status import StateHistory, system_alerts, system_status
 
 
 def wall(seconds):

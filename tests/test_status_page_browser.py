@@ -436,7 +436,7 @@ def test_docs_try_it_out_runs_an_endpoint_from_its_example(browser, gateway):
 
 
 def test_a_pasted_api_key_runs_an_endpoint_of_a_gateway_with_api_keys(browser, gateway, tmp_path):
-    from bis_twisted.apikeys import add_key
+    from bis_twisted.gateway.apikeys import add_key
 
     keys_file = tmp_path / 'api_keys.json'
     key = add_key(str(keys_file), 'browser', endpoints=[KILLED])

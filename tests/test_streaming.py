@@ -6,9 +6,9 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from bis_twisted import FlaskWorker
-from bis_twisted.pool import WorkerPool
-from bis_twisted.server import ModelServer
-from bis_twisted.pool import WorkerLoadError
+from bis_twisted.model_server.pool import WorkerPool
+from bis_twisted.model_server.app import ModelServer
+from bis_twisted.model_server.pool import WorkerLoadError
 
 
 class WordsWorker(FlaskWorker):
@@ -152,7 +152,7 @@ class FakeResponse:
 
 def child_stream(timeout=5.0, max_line=1000):
     from twisted.internet.task import Clock
-    from bis_twisted.proxy import ChildStream
+    from bis_twisted.gateway.proxy import ChildStream
     clock = Clock()
     response = FakeResponse()
     stream = ChildStream(clock, response, timeout, "'words'", max_line=max_line)
@@ -196,7 +196,7 @@ def test_timeout_bounds_each_gap_but_not_a_pause_the_client_asked_for():
 def test_a_chunk_over_the_answer_cap_drops_the_child_connection():
     from twisted.python.failure import Failure
     from twisted.internet.error import ConnectionLost
-    from bis_twisted.proxy import AnswerTooLarge
+    from bis_twisted.gateway.proxy import AnswerTooLarge
     _clock, response, _stream, _lines, done = child_stream(max_line=100)
     response.protocol.dataReceived(b'{"predict_result": "' + b'x' * 200)
     assert response.protocol.transport.calls == ['stop']

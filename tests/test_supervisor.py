@@ -6,8 +6,8 @@ import signal
 import pytest
 from twisted.internet.error import ProcessDone, ProcessTerminated
 
-from bis_twisted.server import READY_LINE
-from bis_twisted.supervisor import ChildSpec, Supervisor
+from bis_twisted.protocol import READY_LINE
+from bis_twisted.gateway.supervisor import ChildSpec, Supervisor
 from fakes import ProcessReactor
 
 
@@ -267,7 +267,7 @@ def test_stderr_read_after_the_exit_still_names_the_error(reactor):
 def test_a_child_left_by_a_previous_gateway_is_ended_at_start(reactor, tmp_path):
     import subprocess
     import sys
-    leftover = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', 'bis_twisted.server',
+    leftover = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', 'bis_twisted.model_server',
                                  '--name', 'a'], start_new_session=True)
     stranger = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)
     try:
@@ -287,7 +287,7 @@ def test_a_child_left_by_a_previous_gateway_is_ended_at_start(reactor, tmp_path)
 
 
 # -- child output ----------------------------------------------------------------------------------
-from bis_twisted.supervisor import OutputLines  # noqa: E402
+from bis_twisted.gateway.supervisor import OutputLines  # noqa: E402
 
 
 def test_output_splits_on_newline_and_carriage_return_and_cuts_long_lines():

@@ -36,7 +36,7 @@ def test_the_proxy_builds_a_non_http_endpoint_through_it():
     from twisted.internet.testing import MemoryReactorClock
     from twisted.web.client import URI
 
-    from bis_twisted import proxy
+    from bis_twisted.gateway import proxy
 
     factory = proxy._LoopbackEndpoints(MemoryReactorClock())
     assert factory.endpointForURI(URI.fromBytes(b'https://127.0.0.1:9/')) is not None

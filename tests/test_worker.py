@@ -13,9 +13,9 @@ import pytest
 
 from bis_twisted import FlaskWorker, Worker
 from bis_twisted.errors import EndpointLoadError
-from bis_twisted.loader import load_worker_class
+from bis_twisted.model_server.loader import load_worker_class
 from bis_twisted.notifications import Notifications
-from bis_twisted.worker import Outcome
+from bis_twisted.shared.web import Answer
 from procs import ENDPOINTS_DIR
 
 
@@ -165,7 +165,7 @@ def test_the_worker_answers_again_after_a_hook_failed():
     for stage in ('_pre_process', '_predict', '_post_process'):
         assert worker.execute({'FAIL_IN': stage}, call_id=1).status != 200
 
-    assert worker.execute({'X': 1}, call_id=2) == Outcome(200, {'predict_result': {'X': 1}})
+    assert worker.execute({'X': 1}, call_id=2) == Answer(200, {'predict_result': {'X': 1}})
 
 
 def test_err_file_of_a_library_frame_is_shown_from_its_import_root():
@@ -208,7 +208,7 @@ def test_base64_keys_decode_to_utf8_text_by_default_as_in_the_original():
 
     outcome = FormatWorker().execute({'VALUE': b64(b'20'), 'BASE64_KEYS': ['VALUE']}, call_id=1)
 
-    assert outcome == Outcome(200, {'predict_result': '20 -> 25'})
+    assert outcome == Answer(200, {'predict_result': '20 -> 25'})
 
 
 def test_base64_keys_with_encoding_binary_are_decoded_to_bytes():
@@ -235,7 +235,7 @@ def test_base64_outputs_are_encoded_in_the_answer():
 
     outcome = AnswerWorker().execute({'BASE64_OUTPUTS': ['ANSWER', 'RAW'], 'ENCODING': 'utf-8'}, call_id=1)
 
-    assert outcome == Outcome(200, {'predict_result': {
+    assert outcome == Answer(200, {'predict_result': {
         'ANSWER': b64('ça va'.encode('utf-8')), 'RAW': b64(b'\x01\x02'), 'COUNT': 2}})
 
 
@@ -383,7 +383,7 @@ def test_demo2_with_weight_2_and_bias_1_predicts_9_for_4():
 
     outcome = worker.execute({'INPUT_VALUE': 4}, call_id=1)
 
-    assert outcome == Outcome(200, {'predict_result': {'dummy_model_predict': '4*2 + 1 = 9 PREDICTED'}})
+    assert outcome == Answer(200, {'predict_result': {'dummy_model_predict': '4*2 + 1 = 9 PREDICTED'}})
     assert notes.snapshot()['1'][0]['NOTIF'].startswith('Predicting on usr_input: 4 using ')
     assert worker.log.prefix_log == '[DUMB]'
 
@@ -411,7 +411,7 @@ def test_demo1_answers_its_placeholder_model_with_the_language():
     with_language = worker.execute({'INPUT_VALUE': 'king', 'LANGUAGE': 'en'}, call_id=1)
     default_language = worker.execute({'INPUT_VALUE': 'rege'}, call_id=2)
 
-    assert with_language == Outcome(200, {'predict_result': {
+    assert with_language == Answer(200, {'predict_result': {
         'dummy_model_a_predict': 'same-word-always',
         'inputs': {'INPUT_VALUE': 'king', 'LANGUAGE': 'en'},
         'worker_ver': '1.2.1'}})

@@ -21,8 +21,8 @@ import secrets
 
 import attr
 
+from ..errors import ConfigError, Forbidden, TooManyRequests, Unauthorized
 from .config import read_json_file
-from .errors import ConfigError, Forbidden, TooManyRequests, Unauthorized
 
 KEY_HEADER = b'X-API-Key'
 ALL_ENDPOINTS = '*'

@@ -36,13 +36,14 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 
-from .server import READY_LINE
+from ..protocol import MODEL_SERVER_MODULE, READY_LINE, TOKEN_VARIABLE
 
 MAX_LINE_BYTES = 8192      # a longer line is cut and marked
 MAX_ERROR_CHARS = 300      # last_error as shown by /list_servers
 TRIAL_STDERR_WAIT = 1.0    # seconds a failed trial start waits for the child's last stderr line
 PROGRESS_LOG_INTERVAL = 1.0  # seconds between two logged '\r' progress updates of one stream
-CHILD_MODULE = 'bis_twisted.server'  # what a pid file's process must be running to be ours
+# what a pid file's process must be running to be ours (the second: the module's former path)
+CHILD_MODULES = (MODEL_SERVER_MODULE, 'bis_twisted.server')
 _SETSID = shutil.which('setsid')  # util-linux: puts the exec'd child in a new session/group
 
 
@@ -417,7 +418,7 @@ class Supervisor(Service):
         proto = ChildProtocol(self, spec.name, self._open_log(spec.name), clock=self._reactor)
         env = dict(os.environ if spec.env is None else spec.env)
         # the admin token is the gateway's secret: endpoint code has no use for it
-        env.pop('BIS_ADMIN_TOKEN', None)
+        env.pop(TOKEN_VARIABLE, None)
         argv = list(spec.argv)
         if _SETSID:
             # setsid(1) execs the child as the leader of a new process group (same pid)
@@ -648,7 +649,7 @@ class TrialFailed(Exception):
 
 
 def _is_child_command(cmdline, name):
-    return CHILD_MODULE in cmdline and '--name' in cmdline and \
+    return any(module in cmdline for module in CHILD_MODULES) and '--name' in cmdline and \
         cmdline[cmdline.index('--name') + 1:cmdline.index('--name') + 2] == [name]
 
 

@@ -26,10 +26,10 @@ from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 
-from .errors import ConfigError, Forbidden, Unauthorized, UnsupportedMediaType
+from ..errors import ConfigError, Forbidden, Unauthorized, UnsupportedMediaType
+from ..protocol import TOKEN_VARIABLE
 from .lograte import RepeatLimiter
 
-TOKEN_VARIABLE = 'BIS_ADMIN_TOKEN'
 MIN_TOKEN_LENGTH = 16
 _HOW = "send 'Authorization: Bearer <{}>'".format(TOKEN_VARIABLE)
 _OWN_FETCH_SITES = (b'same-origin', b'none')

@@ -18,25 +18,24 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from ..errors import BadRequest, ConfigError, ServiceUnavailable
+from ..shared.drain import ConnectionDrain
+from ..shared.gctune import freeze_startup_objects
+from ..shared.limits import MIB, Limits
+from ..shared.security import AdminGuard, admin_token
+from ..shared.web import LISTEN_BACKLOG, make_site
 from .apikeys import KeyStore, read_keys_file
 from .autoscale import Autoscaler
-from .compat import get_packages
 from .config import load_config
-from .drain import ConnectionDrain
-from .errors import BadRequest, ConfigError, ServiceUnavailable
 from .fleet import Fleet
-from .gateway import SUPPORT_KEY_ARG, Gateway
-from .gctune import freeze_startup_objects
 from .health import HealthMonitor
-from .limits import MIB, Limits
 from .metrics import GatewayMetrics
 from .proxy import ChildClient
-from .security import AdminGuard, admin_token
-from .status import StateHistory
+from .routes import SUPPORT_KEY_ARG, Gateway
+from .status import StateHistory, get_packages
 from .supervisor import Supervisor
-from .watch import ReloadWatcher
-from .web import LISTEN_BACKLOG, make_site
 from .support import SUPPORT_STATUS_PATH, SupportProcess
+from .watch import ReloadWatcher
 
 
 @attr.s(frozen=True)

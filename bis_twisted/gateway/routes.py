@@ -13,22 +13,21 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from . import LIB_VER
+from .._version import __version__ as LIB_VER
+from ..errors import BadGateway, BadRequest, BisError, GatewayTimeout, NotFound, UnknownSignature
+from ..protocol import CHUNK_PREFIX, NDJSON_TYPE, NR_WORKERS_RULE, SIGNATURE, endpoint_file, valid_nr_workers
+from ..shared.lograte import RepeatLimiter
+from ..shared.schemas import declared_schemas
+from ..shared.security import AdminGuard
+from ..shared.web import (SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text,
+                          request_id_of, request_inputs, write_json)
 from .assets import Assets
 from .devices import gpu_memory
-from .errors import BadGateway, BadRequest, BisError, GatewayTimeout, NotFound, UnknownSignature
 from .fleet import hms
-from .loader import endpoint_file
-from .lograte import RepeatLimiter
 from .openapi import openapi_document
 from .proxy import ChildStream
-from .schemas import declared_schemas
-from .security import AdminGuard
 from .status import memory_gb, system_alerts, system_status
-from .web import (CHUNK_PREFIX, NDJSON_TYPE, SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text,
-                  request_id_of, request_inputs, write_json)
 
-SIGNATURE = 'SIGNATURE'
 SUPPORT_KEY_ARG = 'SUPPORT_KEY'
 STATUS_PAGE = importlib.resources.files(__package__).joinpath('static/status.html').read_bytes()
 SHUTDOWN_SIGNATURE = 'SAFE_KILL_SERVER_CMD'
@@ -375,8 +374,8 @@ class Gateway:
         inputs = request_inputs(request)
         server = self.fleet.server(self.signature_of(inputs))
         size = inputs.get('NR_WORKERS')
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise BadRequest('NR_WORKERS must be an integer >= 1, got {!r}'.format(size))
+        if not valid_nr_workers(size):
+            raise BadRequest('NR_WORKERS must be {}, got {!r}'.format(NR_WORKERS_RULE, size))
         failed = await self.resize(server, size)
         if failed is not None:
             return self.answer(request, failed.status, dict(failed.body))

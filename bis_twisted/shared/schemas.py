@@ -17,7 +17,7 @@ import os
 
 import attr
 
-from .errors import EndpointLoadError
+from ..errors import EndpointLoadError
 from .web import dumps
 
 INPUT_SCHEMA = 'INPUT_SCHEMA'

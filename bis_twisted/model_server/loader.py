@@ -5,46 +5,13 @@ case (``dummy_model_demo2.py`` -> ``DummyModelDemo2Worker``). Every way a file c
 unusable raises ``EndpointLoadError`` with one line naming the file and what is wrong.
 """
 
-import importlib.util
-import os
-import sys
-
 import attr
 
-from .errors import EndpointLoadError
-from .schemas import EndpointSchemas, module_schemas
-from .worker import FlaskWorker
-
-WORKER_SUFFIX = 'Worker'
-
-
-def endpoint_file(endpoints_dir, server_class):
-    return os.path.join(endpoints_dir, server_class + '.py')
-
-
-def expected_class_name(server_class, suffix=WORKER_SUFFIX):
-    # spelled as users write it (dummy_model_demo2 -> DummyModelDemo2Worker); matched without case
-    return ''.join(part[:1].upper() + part[1:] for part in server_class.split('_')) + suffix
-
-
-def load_module(path, module_name=None):
-    """Import the file at ``path`` as a module of its own (not via ``sys.path``)."""
-    if not os.path.isfile(path):
-        raise EndpointLoadError('{}: endpoint file does not exist'.format(path))
-    module_name = module_name or '_bis_endpoint_' + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise EndpointLoadError('{}:{}: syntax error: {}'.format(path, exc.lineno, exc.msg)) from None
-    except ImportError as exc:
-        raise EndpointLoadError('{}: import failed: {}'.format(path, exc)) from None
-    except Exception as exc:  # any error at import time of user code is reported, one line
-        raise EndpointLoadError('{}: error while importing: {}: {}'.format(
-            path, type(exc).__name__, exc)) from None
-    return module
+from ..errors import EndpointLoadError
+from ..protocol import WORKER_SUFFIX, endpoint_file, expected_class_name
+from ..shared.schemas import EndpointSchemas, module_schemas
+from ..shared.userfile import load_module
+from ..worker import FlaskWorker
 
 
 def find_class(module, path, server_class, suffix=WORKER_SUFFIX):

@@ -13,9 +13,10 @@ from twisted.application.internet import TimerService
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from .errors import EndpointLoadError
-from .loader import endpoint_file, load_module
-from .logger import Logger as CompatLogger
+from ..errors import EndpointLoadError
+from ..logger import Logger as CompatLogger
+from ..protocol import endpoint_file
+from ..shared.userfile import load_module
 
 SUPPORT_STATUS_PATH = '/support_update_status'
 

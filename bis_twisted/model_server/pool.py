@@ -30,11 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .errors import BadRequest, QueueFull
-from .logger import describe_failure, error_info
-
-
-DEFAULT_BATCH_TIMEOUT = 0.01
+from ..errors import BadRequest, QueueFull
+from ..logger import describe_failure, error_info
+from ..protocol import DEFAULT_BATCH_TIMEOUT, NR_WORKERS_RULE, valid_nr_workers
 
 
 class WorkerLoadError(Exception):
@@ -112,8 +110,8 @@ class WorkerPool:
     async def resize(self, size):
         """Grow or shrink to ``size`` workers; requests in flight finish on the worker they
         have, and retired workers leave when they are released."""
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise BadRequest('NR_WORKERS must be an integer >= 1, got {!r}'.format(size))
+        if not valid_nr_workers(size):
+            raise BadRequest('NR_WORKERS must be {}, got {!r}'.format(NR_WORKERS_RULE, size))
         await self._resize_lock.acquire()
         try:
             current = self.size
@@ -173,7 +171,7 @@ class WorkerPool:
 
     async def run_stream(self, inputs, request_id=None):
         """``(worker, call_id, outcome)`` where ``outcome`` is a ``PooledStream`` to read the
-        chunks from, or the error Outcome of a call that did not start (``_pre_process``
+        chunks from, or the error Answer of a call that did not start (``_pre_process``
         failed). The worker stays busy until the stream ended or ``close()`` finished."""
         return await self._submit(inputs, request_id, stream=True)
 
@@ -250,7 +248,7 @@ class WorkerPool:
                                     job.call_id, job.request_id)
 
         def begun(outcome):
-            if not hasattr(outcome, 'next_chunk'):  # an error Outcome: nothing runs any more
+            if not hasattr(outcome, 'next_chunk'):  # an error Answer: nothing runs any more
                 return self._finished([outcome], worker, [job])
             stream = PooledStream(self, worker, outcome)
             if job.answer.called:  # its caller gave up while _pre_process ran
@@ -304,7 +302,7 @@ class WorkerPool:
 
 
 class PooledStream:
-    """The chunks of a streaming call, read on the reactor: ``next()`` fires with an Outcome
+    """The chunks of a streaming call, read on the reactor: ``next()`` fires with an Answer
     (a chunk, or an error that ends the stream) or None at the end; ``close()`` stops the
     user's generator. Either way the worker goes back to the pool once the stream is over
     and no thread of its runs any more. Cancelling ``next()`` abandons the wait only: the

@@ -20,8 +20,9 @@ from twisted.internet.protocol import Protocol
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from ..protocol import DEFAULT_MAX_BODY_MB, REQUEST_ID_HEADER
+
 MIB = 1024 * 1024
-DEFAULT_MAX_BODY_MB = 8
 DEFAULT_HEAD_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_MIN_BODY_RATE = 64 * 1024  # bytes/s: a body's deadline grows with its size at this rate
@@ -338,7 +339,7 @@ class GuardedChannel(HTTPChannel):
         if request is not None and answer_fields is not None:
             fields = answer_fields(request)
             if 'request_id' in fields:
-                headers = tuple(headers) + (('X-Request-Id', fields['request_id']),)
+                headers = tuple(headers) + ((REQUEST_ID_HEADER.decode('ascii'), fields['request_id']),)
         self.transport.write(raw_answer(status_line, message, headers, fields))
         self._linger_call = _linger_and_close(self.transport, self.callLater, self.site.limits.linger)
 

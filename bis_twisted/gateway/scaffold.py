@@ -6,7 +6,7 @@ import os
 import re
 import sys
 
-from .loader import endpoint_file, expected_class_name
+from ..protocol import endpoint_file, expected_class_name
 
 NAME_RULE = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 

@@ -16,12 +16,14 @@ import time
 import uuid
 from urllib.parse import parse_qsl, unquote_to_bytes
 
+import attr
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException
 
-from .errors import BadRequest, BisError
-from .limits import DEFAULT_MAX_BODY_MB, MIB, GuardedSite, Limits
+from ..errors import BadRequest, BisError
+from ..protocol import DEFAULT_MAX_BODY_MB, REQUEST_ID_HEADER
+from .limits import MIB, GuardedSite, Limits
 
 # Twisted's default backlog is 50: a burst of new connections past it waits for SYN retries
 LISTEN_BACKLOG = 1024
@@ -29,12 +31,17 @@ LISTEN_BACKLOG = 1024
 _log = Logger()
 
 JSON_TYPE = b'application/json'
-# A streaming answer, from a model server: one JSON object per line, each chunk a line that
-# starts with CHUNK_PREFIX, the last line the summary (call_id, worker_id, chunks...) or the
-# error that ended the stream. The gateway streams an answer of this type through.
-NDJSON_TYPE = b'application/x-ndjson'
 SSE_TYPE = b'text/event-stream'
-CHUNK_PREFIX = b'{"predict_result":'
+
+
+@attr.s(frozen=True)
+class Answer:
+    """An HTTP status and the JSON object to answer with: what a worker's call produced (in
+    the model server), or what a model server answered (in the gateway)."""
+
+    status = attr.ib()
+    body = attr.ib()
+    batch_size = attr.ib(default=1)  # how many requests ran in the same _predict call
 
 
 def now_text():
@@ -237,7 +244,6 @@ def forget_body(request):
         request.content = io.BytesIO()
 
 
-REQUEST_ID_HEADER = b'X-Request-Id'
 _REQUEST_ID_OK = re.compile(rb'^[A-Za-z0-9._:-]{1,128}$')
 
 

@@ -17,7 +17,6 @@ with the child's connection paused while the caller's client cannot take more.
 import json
 import sys
 
-import attr
 from treq.client import HTTPClient
 from twisted.internet import defer, error as net_error
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -28,8 +27,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
-from .errors import BadGateway, GatewayTimeout
-from .web import NDJSON_TYPE
+from ..errors import BadGateway, GatewayTimeout
+from ..protocol import NDJSON_TYPE, REQUEST_ID_HEADER
+from ..shared.web import Answer
 
 
 DEFAULT_MAX_ANSWER = 64 * 1024 * 1024
@@ -38,14 +38,6 @@ _JSON_HEADERS = Headers({b'Content-Type': [b'application/json'], b'User-Agent': 
 # failures that mean the request never reached the child: safe to retry, and "not up" to the user
 _NOT_CONNECTED = (net_error.ConnectionRefusedError, net_error.ConnectError, net_error.DNSLookupError,
                   net_error.NoRouteError, web_client.RequestNotSent)
-
-
-@attr.s(frozen=True)
-class ProxyResult:
-    """A child's answer: HTTP status and the decoded JSON object."""
-
-    status = attr.ib()
-    body = attr.ib()
 
 
 @implementer(IBodyProducer)
@@ -131,7 +123,7 @@ class ChildClient:
         headers = _JSON_HEADERS
         if request_id is not None:
             headers = _JSON_HEADERS.copy()
-            headers.setRawHeaders(b'X-Request-Id', [request_id.encode('ascii')])
+            headers.setRawHeaders(REQUEST_ID_HEADER, [request_id.encode('ascii')])
         d = self.agent.request(b'POST', url, headers, BytesProducer(payload))
         d.addCallback(keep_response)
         d.addCallback(lambda response: _STREAMING if _is_streaming(response) else read_capped_body(
@@ -178,7 +170,7 @@ class ChildClient:
         if not isinstance(body, dict):
             raise BadGateway('server {} answered HTTP {} with something that is not a JSON object'.format(
                 what, status))
-        return ProxyResult(status, body)
+        return Answer(status, body)
 
     async def get_json(self, url, timeout):
         """GET for the non-hot routes (health pings, notifications)."""
@@ -196,7 +188,7 @@ class ChildClient:
             body = json.loads(raw)
         except ValueError:
             body = {'ERROR': 'not JSON: {!r}'.format(raw[:200])}
-        return ProxyResult(response.code, body if isinstance(body, dict) else {'VALUE': body})
+        return Answer(response.code, body if isinstance(body, dict) else {'VALUE': body})
 
     def close(self):
         return self.pool.closeCachedConnections()

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import time
 
+from ..errors import ConfigError, EndpointLoadError
 from .config import load_config, parse_config
-from .errors import ConfigError, EndpointLoadError
 
 IMPORT_TIMEOUT = 120.0  # seconds an endpoint file may take to import (heavy ML imports)
 
@@ -53,7 +53,7 @@ def _collect(problems, parse):
 
 
 def import_argv(endpoints_dir, server_class):
-    return [sys.executable, '-m', 'bis_twisted.check', '--import-endpoint', endpoints_dir, server_class]
+    return [sys.executable, '-m', 'bis_twisted.gateway.check', '--import-endpoint', endpoints_dir, server_class]
 
 
 def import_problems(label, endpoints, endpoints_dir, timeout=IMPORT_TIMEOUT):
@@ -114,7 +114,7 @@ def run_check(options, out=None):
 def _import_endpoint(endpoints_dir, server_class):
     """The child's side: import the file as the model server would; one line and exit 2 if
     it cannot be used."""
-    from .loader import load_endpoint
+    from ..model_server.loader import load_endpoint
 
     try:
         load_endpoint(endpoints_dir, server_class)

@@ -12,14 +12,13 @@ import os
 
 import attr
 
-from .errors import ConfigError
-from .loader import endpoint_file, expected_class_name
+from ..errors import ConfigError
+from ..protocol import (DEFAULT_MAX_BODY_MB, DEFAULT_MAX_QUEUE, NR_WORKERS_RULE, endpoint_file, expected_class_name,
+                        valid_nr_workers)
 
 NO_HOST = 'NO_HOST'
 DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAX_QUEUE = 1024
 DEFAULT_PING_INTERVAL = 10.0
-DEFAULT_MAX_BODY_MB = 8
 DEFAULT_LOAD_TIMEOUT = 600.0
 DEFAULT_HEALTH_INTERVAL = 5.0
 DEFAULT_MAX_ANSWER_MB = 64
@@ -133,7 +132,7 @@ def _is_number(value):
 
 # key -> (check, what it must be)
 _ENDPOINT_KEYS = {
-    'NR_WORKERS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
+    'NR_WORKERS': (valid_nr_workers, NR_WORKERS_RULE),
     'HOST': (lambda v: isinstance(v, str) and v, 'a non-empty string'),
     'PORT': (lambda v: _is_int(v) and 1 <= v <= 65535, 'an integer port 1-65535'),
     'DESCRIPTION': (lambda v: isinstance(v, str), 'a string'),

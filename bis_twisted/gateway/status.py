@@ -15,13 +15,24 @@ import time
 import psutil
 from twisted.logger import Logger
 
-from . import LIB_VER
+from .._version import __version__ as LIB_VER
 
 INFO = 'Memory Size is in GB. Total and avail mem may be reported inconsistently in containers.'
 MONITORED_PACKAGES = ('twisted', 'klein', 'treq', 'psutil', 'bis_twisted')
 LOW_MEMORY_FRACTION = 0.15
 LOW_DISK_FRACTION = 0.10
 DEFAULT_APP_ID = 'aid_app_bare_metal'
+
+
+def get_packages():
+    """``["name==version", ...]`` of the installed distributions, sorted by name."""
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata['Name']
+        if name:
+            found[name.lower()] = '{}=={}'.format(name, dist.version)
+    return [found[k] for k in sorted(found)]
+
 
 _GB = 1024 ** 3
 _GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)

@@ -6,7 +6,6 @@ ready target with the fewest requests in flight, and measures (never caches) whe
 target answers.
 """
 
-import json
 import os
 import secrets
 import sys
@@ -16,20 +15,15 @@ import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .errors import (BadRequest, Conflict, ReloadFailed, ServerFailed, ServerStopped, ServiceUnavailable,
-                     UnknownSignature)
-from .limits import DEFAULT_BODIES_IN_FLIGHT_MB
+from ..errors import (BadRequest, Conflict, ReloadFailed, ServerFailed, ServerStopped, ServiceUnavailable,
+                      UnknownSignature)
+from ..protocol import SERVER_PATHS, child_argv, child_environment
+from ..shared.limits import DEFAULT_BODIES_IN_FLIGHT_MB
 from .proxy import ChildConnectionLost, ChildStream, NotConnected
 from .supervisor import ChildSpec, TrialFailed
 
-# what the model server reads (bis_twisted.server); the gateway never imports that module
-CONFIG_VARIABLE = 'BIS_SERVER_CONFIG'
-CHILD_KEY_VARIABLE = 'BIS_SERVER_ADMIN_KEY'
-
 HEALTH_TIMEOUT = 2.0
 SUSPECT_SECONDS = 2.0  # how long a target that dropped a request is skipped, at most
-DEVICE_VARIABLE = 'BIS_DEVICE'  # what the worker reads as self.device
-SERVER_PATHS = ('/notifications', '/update_workers', '/get_paths', '/health')
 
 
 def hms(seconds):
@@ -155,22 +149,13 @@ class Fleet:
     def child_spec(self, endpoint, target, side=None):
         side = target.side if side is None else side
         port = endpoint.ports[target.index] if side == 0 else endpoint.spare_ports[target.index]
-        argv = [self._python, '-m', 'bis_twisted.server', '--endpoints', self.endpoints_dir,
-                '--name', endpoint.name, '--server-class', endpoint.server_class,
-                '--host', endpoint.host, '--port', str(port), '--path', self.execution_path,
-                '--max-body-mb', str(self._child_max_body_mb(endpoint)),
-                '--max-bodies-mb', str(self._child_max_bodies_mb()), '--exit-with-parent']
+        argv = child_argv(self._python, endpoints=self.endpoints_dir, name=endpoint.name,
+                          server_class=endpoint.server_class, host=endpoint.host, port=port,
+                          path=self.execution_path, max_body_mb=self._child_max_body_mb(endpoint),
+                          max_bodies_mb=self._child_max_bodies_mb(), exit_with_parent=True)
         # the entry may hold secrets (API keys): in the environment, which only the owner can
         # read (/proc/<pid>/environ is 0400), not on the command line, which `ps` shows to all
-        env = dict(os.environ)
-        env[CONFIG_VARIABLE] = json.dumps(endpoint.entry)
-        env[CHILD_KEY_VARIABLE] = target.admin_key
-        device = endpoint.device_of(target.index)
-        env.pop(DEVICE_VARIABLE, None)
-        if device is not None:
-            # the replica sees its one device, as cuda:0
-            env['CUDA_VISIBLE_DEVICES'] = str(device)
-            env[DEVICE_VARIABLE] = 'cuda:0'
+        env = child_environment(os.environ, endpoint.entry, target.admin_key, endpoint.device_of(target.index))
         return ChildSpec(name=target.names[side], argv=argv, cwd=self._cwd, env=env,
                          load_timeout=endpoint.load_timeout)
 

@@ -4,7 +4,7 @@ Built once per gateway from its config (the endpoint names), and kept true by a 
 runs schemathesis against the live gateway.
 """
 
-from . import LIB_VER
+from .._version import __version__ as LIB_VER
 
 _FIELDS = {
     'ver-app': {'type': 'string'},

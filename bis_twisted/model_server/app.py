@@ -1,0 +1,249 @@
+"""``ModelServer``: the HTTP routes of one model server, a Klein app in front of a ``WorkerPool``.
+
+Routes: the execution path (``/run``), ``/notifications``, ``/update_workers``,
+``/get_paths``, ``/health``. It answers 503 while its workers load. The control route
+(``/update_workers``) needs ``Authorization: Bearer <token>`` (see ``service``).
+"""
+
+import os
+import socket
+
+import attr
+from klein import Klein
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .._version import __version__ as LIB_VER
+from ..errors import BadRequest, ServiceUnavailable
+from ..logger import Logger as CompatLogger
+from ..notifications import Notifications
+from ..protocol import (DEFAULT_BATCH_TIMEOUT, DEFAULT_EXECUTION_PATH, DEFAULT_MAX_QUEUE, NDJSON_TYPE, SERVER_PATHS,
+                        SIGNATURE)
+from ..shared.schemas import SchemaCheck, SchemaViolation
+from ..shared.security import AdminGuard
+from ..shared.web import dumps, error_answer, now_text, request_id_of, request_inputs, write_json
+from .pool import WorkerLoadError, WorkerPool
+
+
+def host_id():
+    return os.environ.get('AID_APP_ID') or socket.gethostname()
+
+
+class ModelServer:
+    """The routes of one model server; ``pool`` is built from the endpoint's worker class."""
+
+    _log = Logger()
+
+    def __init__(self, name, worker_class, default_config, config, reactor=None,
+                 execution_path=DEFAULT_EXECUTION_PATH, notifications=None, schemas=None, guard=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.name = name
+        self.worker_class = worker_class
+        self.config = config
+        self.execution_path = execution_path
+        self.notifications = notifications or Notifications()
+        self.ready = False
+        self.load_error = None
+        # INPUT_SCHEMA / OUTPUT_SCHEMA of the endpoint file, when it declares them
+        check = SchemaCheck(schemas) if schemas is not None else None
+        self.schema_check = check if check is not None and check.active else None
+        # no token, no control: a model server may listen beyond loopback
+        self.guard = guard or AdminGuard(require_token=True)
+        self._signature_prefix = '{}.{}.{}'.format(host_id(), name, worker_class.__name__)
+        # a _predict that yields (or STREAM: true) answers NDJSON, a chunk per line
+        self.streaming = worker_class.streams(config) if hasattr(worker_class, 'streams') else False
+        compat_log = CompatLogger(lib_name=name)
+
+        def make_worker(index):
+            return worker_class(log=compat_log, default_config=default_config, verbosity_level=1,
+                                worker_id=index, upstream_config=config, server_name=name,
+                                notifications=self.notifications)
+
+        self.pool = WorkerPool(make_worker, size=int(config.get('NR_WORKERS', 1)),
+                               max_queue=int(config.get('MAX_QUEUE', DEFAULT_MAX_QUEUE)),
+                               reactor=reactor, max_batch_size=int(config.get('MAX_BATCH_SIZE', 1)),
+                               batch_timeout=float(config.get('BATCH_TIMEOUT', DEFAULT_BATCH_TIMEOUT)))
+        # One Klein app per instance (not the class-attribute idiom): the execution path is a
+        # constructor argument, and a class-level route table would be shared by all instances.
+        self.app = Klein()
+        self.app.route(execution_path, methods=['POST', 'GET'])(self._run)
+        self.app.route('/notifications', methods=['GET', 'POST'])(self._notifications)
+        self.app.route('/update_workers', methods=['POST'])(self._update_workers)
+        self.app.route('/get_paths', methods=['GET', 'POST'])(self._get_paths)
+        self.app.route('/health', methods=['GET'])(self._health)
+        self.app.handle_errors(Exception)(self._error)
+
+    async def start(self):
+        """Load every worker; raises WorkerLoadError (one line) if one cannot load."""
+        if self.streaming and self.pool.max_batch_size > 1:
+            self.load_error = ('MAX_BATCH_SIZE is {} but _predict streams (it yields, or STREAM is true): a '
+                               'streaming endpoint is not batched; set MAX_BATCH_SIZE to 1'.format(self.pool.max_batch_size))
+            raise WorkerLoadError(self.load_error)
+        try:
+            await self.pool.start()
+        except WorkerLoadError as exc:
+            self.load_error = str(exc)
+            raise
+        self.ready = True
+        self.notifications.add(None, 'LOG', self.name, 'server ready with {} workers'.format(self.pool.size))
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- routes --------------------------------------------------------------------------------
+    async def _run(self, request):
+        inputs = request_inputs(request)
+        if not self.ready:
+            raise ServiceUnavailable('server {!r} is still loading its workers; retry shortly'.format(self.name))
+        inputs.pop(SIGNATURE, None)
+        if self.schema_check is not None:
+            try:
+                self.schema_check.check_input(inputs)
+            except SchemaViolation as exc:
+                raise BadRequest('INPUT_SCHEMA: ' + exc.message, INPUT_ERROR=exc.details()) from None
+        rid = request_id_of(request)
+        if self.streaming:
+            worker, call_id, outcome = await self.pool.run_stream(inputs, rid)
+            if hasattr(outcome, 'next'):
+                return await self._stream(request, worker, call_id, outcome, rid)
+        else:
+            worker, call_id, outcome = await self.pool.run(inputs, rid)
+        body = dict(outcome.body)
+        status = outcome.status
+        if status == 200 and self.schema_check is not None:
+            try:
+                self.schema_check.check_output(body.get('predict_result'))
+            except SchemaViolation as exc:
+                self._log.warn('request {rid}: the answer breaks OUTPUT_SCHEMA: {error}', rid=rid, error=exc.message)
+                status = 500
+                body = {'ERROR': 'OUTPUT_SCHEMA: the endpoint answered {}'.format(exc.message),
+                        'OUTPUT_ERROR': exc.details()}
+        body.update({
+            'worker_id': worker.worker_id,
+            'call_id': call_id,
+            'batch_size': outcome.batch_size,
+            'time': now_text(),
+            'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id),
+            'request_id': rid,
+        })
+        return write_json(request, status, body)
+
+    def _answer_fields(self, worker, call_id, rid):
+        return {'worker_id': worker.worker_id, 'call_id': call_id, 'time': now_text(),
+                'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id), 'request_id': rid}
+
+    async def _stream(self, request, worker, call_id, stream, rid):
+        """Write each chunk as a line as soon as it is made, paced by the connection (a
+        client that reads slowly pauses the generator); the last line is the summary, or
+        the error that ended the stream. A client that goes away closes the generator."""
+        flow = _WriteFlow()
+        request.registerProducer(flow, True)
+        ended = None
+        sent = 0
+        try:
+            while True:
+                await flow.writable()
+                outcome = await stream.next()
+                if outcome is None:
+                    break
+                try:
+                    line = dumps(outcome.body) + b'\n' if outcome.status == 200 else None
+                except (TypeError, ValueError) as exc:
+                    outcome = attr.evolve(outcome, status=500, body={
+                        'ERROR': 'chunk {} of the stream could not be encoded as JSON: {}'.format(sent + 1, exc)})
+                    line = None
+                if line is None:
+                    ended = outcome
+                    break
+                if not sent:
+                    request.setResponseCode(200)
+                    request.setHeader(b'Content-Type', NDJSON_TYPE)
+                    request.setHeader(b'Cache-Control', b'no-cache')
+                request.write(line)
+                sent += 1
+        finally:
+            # at the end, after an error, or cancelled (the client went away): the generator
+            # stops at its next yield and the worker goes back to the pool
+            stream.close().addErrback(lambda failure: self._log.failure('closing a stream', failure))
+            if request.channel is not None:  # None: the connection is gone, and its producer with it
+                request.unregisterProducer()
+        summary = self._answer_fields(worker, call_id, rid)
+        summary['chunks'] = sent
+        if ended is not None:
+            self._log.warn('request {rid}: the stream ended with an error after {n} chunks: {error}', rid=rid,
+                           n=summary['chunks'], error=ended.body.get('ERROR'))
+            body = dict(ended.body, **summary)
+            if not summary['chunks']:  # nothing sent yet: an ordinary error answer
+                return write_json(request, ended.status, body)
+            body['status'] = ended.status  # what the HTTP status would have said
+            return dumps(body) + b'\n'
+        if not summary['chunks']:
+            request.setResponseCode(200)
+            request.setHeader(b'Content-Type', NDJSON_TYPE)
+        return dumps(summary) + b'\n'
+
+    def _notifications(self, request):
+        return write_json(request, 200, self.notifications.snapshot())
+
+    async def _update_workers(self, request):
+        self.guard.check(request)
+        inputs = request_inputs(request)
+        if 'NR_WORKERS' not in inputs:
+            raise BadRequest('send {"NR_WORKERS": <integer >= 1>}')
+        size = inputs['NR_WORKERS']
+        if isinstance(size, str) and size.isdigit():
+            size = int(size)
+        try:
+            size = await self.pool.resize(size)
+        except WorkerLoadError as exc:
+            raise ServiceUnavailable('could not add workers: {}'.format(exc)) from None
+        return write_json(request, 200, {'MESSAGE': 'OK', 'NR_WORKERS': size})
+
+    def _get_paths(self, request):
+        return write_json(request, 200, {'PATHS': [self.execution_path] + list(SERVER_PATHS)})
+
+    def _health(self, request):
+        body = {'STATUS': 'OK' if self.ready else ('FAILED' if self.load_error else 'LOADING'),
+                'SERVER': self.name, 'NR_WORKERS': self.pool.size, 'BUSY': self.pool.busy,
+                'QUEUED': self.pool.queued, 'PID': os.getpid(), 'ver-lib': LIB_VER,
+                'BATCHES': {str(size): count for size, count in sorted(self.pool.batch_sizes.items())}}
+        if self.load_error:
+            body['ERROR'] = self.load_error
+        return write_json(request, 200 if self.ready else 503, body)
+
+    def _error(self, request, failure):
+        return error_answer(request, failure)
+
+
+@implementer(IPushProducer)
+class _WriteFlow:
+    """The connection's pace for a stream: ``writable()`` fires at once unless the transport
+    asked us to pause (its buffer is full), then when it asks us to resume."""
+
+    def __init__(self):
+        self._waiting = None
+        self.paused = False
+
+    def writable(self):
+        if not self.paused:
+            return defer.succeed(None)
+        if self._waiting is None:
+            self._waiting = defer.Deferred()
+        return self._waiting
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.called:  # called: cancelled, the client is gone
+            waiting.callback(None)
+
+    def stopProducing(self):
+        # the connection is gone: Klein cancels the route, which closes the stream
+        self.resumeProducing()

@@ -1,0 +1,143 @@
+"""What the gateway and its model servers must agree on, each fact once.
+
+The gateway starts a model server as ``python -m bis_twisted.model_server <flags>`` with a
+few variables in its environment, waits for its ready line on stdout, and talks HTTP to it.
+Both sides import this module and nothing of each other: the child's flags are built
+(``child_argv``) and parsed (``child_parser``) from the one ``CHILD_FLAGS`` table.
+"""
+
+import argparse
+import os
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
+
+# -- the child's start ---------------------------------------------------------------------
+MODEL_SERVER_MODULE = 'bis_twisted.model_server'
+READY_LINE = 'BIS-SERVER-READY'  # printed, then the port, once every worker has loaded
+CONFIG_VARIABLE = 'BIS_SERVER_CONFIG'  # the endpoint's config entry, JSON (secrets stay out of `ps`)
+CHILD_KEY_VARIABLE = 'BIS_SERVER_ADMIN_KEY'  # the bearer token of this child's control route
+TOKEN_VARIABLE = 'BIS_ADMIN_TOKEN'  # the operator's admin token (gateway, or a server run alone)
+DEVICE_VARIABLE = 'BIS_DEVICE'  # the device a replica was given (DEVICES), read as worker.device
+
+# -- HTTP between the two --------------------------------------------------------------------
+SIGNATURE = 'SIGNATURE'  # the request field that names the endpoint
+REQUEST_ID_HEADER = b'X-Request-Id'
+# A streaming answer: one JSON object per line, each chunk a line that starts with
+# CHUNK_PREFIX, the last line the summary (call_id, worker_id, chunks...) or the error that
+# ended the stream. The gateway relays an answer of this type as it comes.
+NDJSON_TYPE = b'application/x-ndjson'
+CHUNK_PREFIX = b'{"predict_result":'
+DEFAULT_EXECUTION_PATH = '/run'
+SERVER_PATHS = ('/notifications', '/update_workers', '/get_paths', '/health')  # besides the execution path
+
+# -- defaults both sides apply -----------------------------------------------------------------
+DEFAULT_MAX_QUEUE = 1024  # requests waiting for a worker, past which 503
+DEFAULT_MAX_BODY_MB = 8
+DEFAULT_BATCH_TIMEOUT = 0.01  # seconds a batch waits to fill up
+
+# -- the endpoint files ---------------------------------------------------------------------
+WORKER_SUFFIX = 'Worker'
+
+
+def endpoint_file(endpoints_dir: str, server_class: str) -> str:
+    """The file of endpoint ``server_class``: ``<endpoints_dir>/<server_class>.py``."""
+    return os.path.join(endpoints_dir, server_class + '.py')
+
+
+def expected_class_name(server_class: str, suffix: str = WORKER_SUFFIX) -> str:
+    """The worker class an endpoint file must define, as users spell it
+    (``dummy_model_demo2`` -> ``DummyModelDemo2Worker``); matched without case."""
+    return ''.join(part[:1].upper() + part[1:] for part in server_class.split('_')) + suffix
+
+
+def valid_nr_workers(value: Any) -> bool:
+    """``NR_WORKERS`` is an integer >= 1 (a bool is not an integer here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+NR_WORKERS_RULE = 'an integer >= 1'
+
+
+# -- the child's command line: one table -------------------------------------------------------
+class Flag(NamedTuple):
+    name: str  # the attribute of ChildArgs / the parsed namespace
+    type: Any  # str, int, float, or bool (a switch)
+    default: Any
+    required: bool
+    help: str
+
+
+CHILD_FLAGS: Sequence[Flag] = (
+    Flag('endpoints', str, 'endpoints', False, 'folder of endpoint files'),
+    Flag('name', str, None, True, 'the server name (its SIGNATURE)'),
+    Flag('server_class', str, None, False, 'endpoint file to use (default: --name)'),
+    Flag('host', str, '127.0.0.1', False, 'address to listen on'),
+    Flag('port', int, None, True, '0 picks a free port'),
+    Flag('config_json', str, None, False,
+         "the endpoint's config entry, JSON (default: ${} or {{}})".format(CONFIG_VARIABLE)),
+    Flag('path', str, DEFAULT_EXECUTION_PATH, False, 'execution path'),
+    Flag('max_body_mb', float, None, False,
+         'request bodies over this many MiB get 413 (default: MAX_BODY_MB of the config entry, '
+         'else {})'.format(DEFAULT_MAX_BODY_MB)),
+    Flag('max_bodies_mb', float, None, False,
+         'MiB of request bodies held at once, past which 503 (default: MAX_BODIES_MB of the config '
+         'entry, else the built-in default)'),
+    Flag('exit_with_parent', bool, False, False, 'exit when stdin closes (the gateway sets this)'),
+)
+
+
+def _option(name: str) -> str:
+    return '--' + name.replace('_', '-')
+
+
+def child_argv(python: str, **values: Any) -> List[str]:
+    """The command line that starts a model server with these flag values (``None`` and
+    ``False`` leave a flag out)."""
+    known = {flag.name: flag for flag in CHILD_FLAGS}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise TypeError('not a model server flag: {}'.format(', '.join(sorted(unknown))))
+    argv = [python, '-m', MODEL_SERVER_MODULE]
+    for flag in CHILD_FLAGS:
+        value = values.get(flag.name)
+        if value is None or value is False:
+            if flag.required:
+                raise TypeError('the model server needs --{}'.format(flag.name.replace('_', '-')))
+            continue
+        if flag.type is bool:
+            argv.append(_option(flag.name))
+        else:
+            argv.extend([_option(flag.name), str(value)])
+    return argv
+
+
+def child_parser(prog: str = 'python -m ' + MODEL_SERVER_MODULE) -> argparse.ArgumentParser:
+    """The parser of the model server's command line, from ``CHILD_FLAGS``."""
+    parser = argparse.ArgumentParser(prog=prog, description='Run one bis_twisted model server.')
+    for flag in CHILD_FLAGS:
+        if flag.type is bool:
+            parser.add_argument(_option(flag.name), action='store_true', help=flag.help)
+        else:
+            parser.add_argument(_option(flag.name), type=flag.type, default=flag.default,
+                                required=flag.required, help=flag.help)
+    return parser
+
+
+def parse_child_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return child_parser().parse_args(argv)
+
+
+def child_environment(base: Mapping[str, str], entry: Dict[str, Any], admin_key: Optional[str],
+                      device: Optional[int]) -> Dict[str, str]:
+    """The environment of a spawned model server: ``base`` with the config entry, the
+    child's own control key and, for a replica given a device, that device alone."""
+    import json
+
+    env = dict(base)
+    env[CONFIG_VARIABLE] = json.dumps(entry)
+    if admin_key is not None:
+        env[CHILD_KEY_VARIABLE] = admin_key
+    env.pop(DEVICE_VARIABLE, None)
+    if device is not None:
+        env['CUDA_VISIBLE_DEVICES'] = str(device)  # the replica sees its one device, as cuda:0
+        env[DEVICE_VARIABLE] = 'cuda:0'
+    return env
