@@ -19,6 +19,7 @@ from ..errors import (BadRequest, Conflict, ReloadFailed, ServerFailed, ServerSt
                       UnknownSignature)
 from ..protocol import SERVER_PATHS, child_argv, child_environment
 from ..shared.limits import DEFAULT_BODIES_IN_FLIGHT_MB
+from ..shared.waiters import Waiters
 from .proxy import ChildConnectionLost, ChildStream, NotConnected
 from .supervisor import ChildSpec, TrialFailed
 
@@ -103,7 +104,7 @@ class Fleet:
         self._remote_token = remote_token
         self.servers = {}
         self.in_flight = 0
-        self._idle_waiters = []
+        self._idle_waiters = Waiters()
         for endpoint in config.endpoints:
             if endpoint.is_support:
                 continue
@@ -118,7 +119,7 @@ class Fleet:
                 self._add_targets(server)
             self.servers[endpoint.name] = server
         self._child_in_flight = {}  # child name -> requests sent to it and not answered
-        self._child_idle = {}       # child name -> Deferreds fired when that count is 0
+        self._child_idle = {}       # child name -> Waiters fired when that count is 0
         self._reloading = set()     # servers with a reload under way
 
     def _add_targets(self, server):
@@ -300,28 +301,24 @@ class Fleet:
         left = self._child_in_flight[child] = self._child_in_flight[child] - 1
         if not left:
             del self._child_in_flight[child]
-            for d in self._child_idle.pop(child, []):
-                d.callback(None)
+            waiters = self._child_idle.pop(child, None)
+            if waiters is not None:
+                waiters.fire(None)
         if not self.in_flight:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)
+            self._idle_waiters.fire(None)
 
     def when_idle(self):
         """Fires when no request is in flight to any server (at once if none is)."""
         if not self.in_flight:
             return defer.succeed(None)
-        d = defer.Deferred(canceller=lambda d: self._idle_waiters.remove(d))
-        self._idle_waiters.append(d)
-        return d
+        return self._idle_waiters.wait()
 
     def when_child_idle(self, child, timeout):
         """Fires when no request sent to process ``child`` is waiting for its answer (at
         once if none is), or after ``timeout`` seconds anyway."""
         if not self._child_in_flight.get(child):
             return defer.succeed(None)
-        d = defer.Deferred(canceller=lambda d: self._child_idle.get(child, []).remove(d))
-        self._child_idle.setdefault(child, []).append(d)
+        d = self._child_idle.setdefault(child, Waiters()).wait()
         d.addTimeout(timeout, self._reactor)
         d.addErrback(lambda f: f.trap(defer.TimeoutError) and None)
         return d
