@@ -3,7 +3,7 @@
 The hot call (``post_json``, used by ``/run``) goes straight to a ``twisted.web.client.Agent``
 on a persistent ``HTTPConnectionPool`` with the URL bytes built once per child: treq's
 per-request work (URL parsing, IDNA, cookie jar) measured as the larger part of the proxy's
-cost in our prototypes (issue 7). Everything else (health pings, notifications, admin calls)
+cost in our prototypes. Everything else (health pings, notifications, admin calls)
 uses ``treq.client.HTTPClient`` over the same agent.
 
 Every call has a deadline and is cancellable: when the gateway's client goes away, the call
