@@ -24,7 +24,7 @@ def content_type(name):
 
 
 def package_file(name):
-    """The bytes of ``bis_twisted/static/<name>``."""
+    """The bytes of ``bis_twisted/gateway/static/<name>``."""
     return importlib.resources.files(__package__).joinpath('static/' + name).read_bytes()
 
 
