@@ -594,5 +594,5 @@ def test_get_run_query_values_are_read_as_json_and_repeated_keys_as_a_list(make_
 
 
 def test_uptime_is_h_mm_ss_past_a_day_as_the_openapi_document_says():
-    from bis_twisted.gateway.fleet import hms
+    from bis_twisted.gateway.status import hms
     assert [hms(5), hms(3600), hms(90005), hms(-3)] == ['0:00:05', '1:00:00', '25:00:05', '0:00:00']

@@ -110,7 +110,7 @@ def json_of(answer):
 
 # -- what every answer must be ----------------------------------------------------------------
 def assert_sane_answer(answer, method='POST'):
-    """The contract for any answer to any input (API.md section 1)."""
+    """The contract for any answer to any input: a JSON object, an ERROR on failure."""
     for mark in TRACEBACK_MARKS:
         assert mark not in answer.body, 'traceback text in the answer: {!r}'.format(answer)
     assert answer.status not in (502, 503, 504), 'the server is up: no {} expected: {!r}'.format(

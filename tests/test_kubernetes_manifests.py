@@ -25,7 +25,7 @@ import kubernetes_validate  # in the test extra: pip install -e '.[test]'
 
 from bis_twisted import protocol as model_server_protocol
 from bis_twisted.gateway.config import parse_config
-from bis_twisted.gateway.fleet import HEALTH_TIMEOUT
+from bis_twisted.gateway.views import HEALTH_TIMEOUT
 from bis_twisted.model_server.loader import load_worker_class
 
 from gateway_process import start_gateway

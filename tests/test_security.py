@@ -1,4 +1,4 @@
-"""security.py: the admin rule of API.md section 5."""
+"""security.py: the admin rule (who may call the admin routes)."""
 
 import json
 

@@ -1,42 +1,69 @@
-"""The private Twisted names bis_twisted relies on still exist with the shape it uses.
+"""The private Twisted names bis_twisted relies on (all in ``bis_twisted.shared.twisted_private``)
+still exist with the shape it uses.
 
 When a Twisted release moves or renames one, this fails loudly instead of the proxy or the
 bad-request answer breaking at run time.
 """
+import ast
 import inspect
+import pathlib
 
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web import client as web_client
 from twisted.web import http
+from twisted.web.client import URI
+
+from bis_twisted.shared import twisted_private
+
+PACKAGE = pathlib.Path(twisted_private.__file__).resolve().parent.parent
 
 
 def test_standard_endpoint_factory_builds_an_endpoint_for_a_uri():
-    # proxy.py: builds the TCP endpoint for a child's URI with the pool's connect timeout.
     factory = web_client._StandardEndpointFactory
     params = list(inspect.signature(factory).parameters)
     assert params == ['reactor', 'contextFactory', 'connectTimeout', 'bindAddress']
-    assert callable(getattr(factory, 'endpointForURI'))
+    assert twisted_private.standard_endpoint(MemoryReactorClock(), URI.fromBytes(b'https://127.0.0.1:9/'), 5) \
+        is not None
 
 
-def test_http11_client_factory_is_subclassable():
-    # proxy.py: _QuietFactory subclasses it to silence per-connection log lines.
+def test_the_quiet_pool_builds_the_quiet_factory():
     assert isinstance(web_client._HTTP11ClientFactory, type)
-
-
-def test_connection_pool_uses_a_factory_class_attribute():
-    # proxy.py: _QuietPool overrides HTTPConnectionPool._factory.
     assert web_client.HTTPConnectionPool._factory is web_client._HTTP11ClientFactory
+    pool = twisted_private.QuietHTTPConnectionPool(MemoryReactorClock(), persistent=True)
+    assert pool._factory is twisted_private.QuietHTTP11ClientFactory
+    assert twisted_private.QuietHTTP11ClientFactory.noisy is False
 
 
-def test_http_channel_has_the_bad_request_hook():
-    # limits.py: overrides it to answer a JSON 400 before disconnecting.
+def test_http_channel_still_calls_the_bad_request_hook():
     assert callable(getattr(http.HTTPChannel, '_respondToBadRequestAndDisconnect'))
+    called = []
+
+    class Channel(twisted_private.BadRequestHookChannel):
+        def bad_request(self):
+            called.append(True)
+            self.transport.loseConnection()
+
+    channel = Channel()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b'GET / HTTP/1.1\r\nno colon here\r\n\r\n')  # a malformed header line
+    assert called == [True]
 
 
-def test_the_proxy_builds_a_non_http_endpoint_through_it():
-    from twisted.internet.testing import MemoryReactorClock
-    from twisted.web.client import URI
-
-    from bis_twisted.gateway import proxy
-
-    factory = proxy._LoopbackEndpoints(MemoryReactorClock())
-    assert factory.endpointForURI(URI.fromBytes(b'https://127.0.0.1:9/')) is not None
+def test_no_other_module_names_a_private_twisted_attribute():
+    # a private name is one that starts with "_" reached through a twisted module or class
+    found = []
+    for path in PACKAGE.rglob('*.py'):
+        if path.name == 'twisted_private.py':
+            continue
+        tree = ast.parse(path.read_text(encoding='utf-8'))
+        twisted_names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('twisted'):
+                twisted_names.update(alias.asname or alias.name for alias in node.names)
+                found.extend('{}: {}'.format(path.name, alias.name) for alias in node.names
+                             if alias.name.startswith('_'))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith('_') and not node.attr.startswith('__') \
+                    and isinstance(node.value, ast.Name) and node.value.id in twisted_names:
+                found.append('{}: {}.{}'.format(path.name, node.value.id, node.attr))
+    assert found == []

@@ -1,7 +1,7 @@
 """``bis-gateway``: flags and environment -> ``Options`` -> the service tree, on the reactor;
 ``bis-gateway check`` and ``bis-gateway new NAME`` (``check.py``, ``scaffold.py``) take the same flags.
 
-Every flag has an environment variable (API.md section 5); a flag wins over its variable.
+Every flag has an environment variable (the README lists them); a flag wins over its variable.
 ``BIS_ADMIN_TOKEN`` has no flag, so the secret never shows in ``ps``.
 """
 

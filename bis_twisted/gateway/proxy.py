@@ -3,7 +3,7 @@
 The hot call (``post_json``, used by ``/run``) goes straight to a ``twisted.web.client.Agent``
 on a persistent ``HTTPConnectionPool`` with the URL bytes built once per child: treq's
 per-request work (URL parsing, IDNA, cookie jar) measured as the larger part of the proxy's
-cost in our prototypes (issue 7). Everything else (health pings, notifications, admin calls)
+cost in our prototypes. Everything else (health pings, notifications, admin calls)
 uses ``treq.client.HTTPClient`` over the same agent.
 
 Every call has a deadline and is cancellable: when the gateway's client goes away, the call
@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from ..errors import BadGateway, GatewayTimeout
 from ..protocol import NDJSON_TYPE, REQUEST_ID_HEADER
+from ..shared.twisted_private import QuietHTTPConnectionPool, standard_endpoint
 from ..shared.web import Answer
 
 
@@ -99,7 +100,7 @@ class ChildClient:
         self._reactor = reactor
         self.max_answer = max_answer  # bytes: a longer answer is dropped (502) as it arrives
         if pool is None:
-            pool = _QuietPool(reactor, persistent=True)
+            pool = QuietHTTPConnectionPool(reactor, persistent=True)
             pool.maxPersistentPerHost = max_per_host
             pool.cachedConnectionTimeout = 50  # under the child's idle timeout (60 s)
             pool.retryAutomatically = False  # a POST the child may have run is never replayed
@@ -308,8 +309,18 @@ class ChildStream:
         if self._protocol is not None:
             self._protocol.abort()
         else:  # never relayed: drop the connection unread
-            self.response._transport.stopProducing()
+            self.response.deliverBody(_Abort())
             self._ended(None)
+
+
+class _Abort(Protocol):
+    """A body nobody will read: the connection it comes on is dropped at once."""
+
+    def connectionMade(self):
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason):
+        pass
 
 
 class _LineRelay(Protocol):
@@ -409,8 +420,7 @@ class _LoopbackEndpoints:
         endpoint = self._cache.get(key)
         if endpoint is None:
             if uri.scheme != b'http':
-                endpoint = web_client._StandardEndpointFactory(
-                    self._reactor, web_client.BrowserLikePolicyForHTTPS(), self._timeout, None).endpointForURI(uri)
+                endpoint = standard_endpoint(self._reactor, uri, self._timeout)
             else:
                 endpoint = _NoDelayEndpoint(TCP4ClientEndpoint(self._reactor, uri.host.decode('ascii'), uri.port,
                                                                timeout=self._timeout))
@@ -430,14 +440,6 @@ class _NoDelayEndpoint:
 def _no_delay(protocol):
     protocol.transport.setTcpNoDelay(True)
     return protocol
-
-
-class _QuietFactory(web_client._HTTP11ClientFactory):
-    noisy = False  # one "Starting/Stopping factory" log line per connection is noise
-
-
-class _QuietPool(web_client.HTTPConnectionPool):
-    _factory = _QuietFactory
 
 
 class ChildConnectionLost(BadGateway):

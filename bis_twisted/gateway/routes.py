@@ -23,10 +23,9 @@ from ..shared.web import (SSE_TYPE, dumps, error_answer, forget_body, forward_bo
                           request_id_of, request_inputs, write_json)
 from .assets import Assets
 from .devices import gpu_memory
-from .fleet import hms
 from .openapi import openapi_document
 from .proxy import ChildStream
-from .status import memory_gb, system_alerts, system_status
+from .status import hms, memory_gb, system_alerts, system_status
 
 SUPPORT_KEY_ARG = 'SUPPORT_KEY'
 STATUS_PAGE = importlib.resources.files(__package__).joinpath('static/status.html').read_bytes()

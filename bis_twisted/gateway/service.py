@@ -40,7 +40,7 @@ from .watch import ReloadWatcher
 
 @attr.s(frozen=True)
 class Options:
-    """What the command line and the environment decide (API.md section 5)."""
+    """What the command line and the environment decide."""
 
     config = attr.ib(default='config_gateway.txt')
     host = attr.ib(default='0.0.0.0')

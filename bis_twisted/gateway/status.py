@@ -161,9 +161,10 @@ def _parse_wall_text(text):
         return None
 
 
-def _duration_text(seconds):
-    # H:MM:SS as the original wrote it; hours keep counting past a day
-    minutes, secs = divmod(max(0, int(seconds)), 60)
+def hms(seconds):
+    """``H:MM:SS`` as the original wrote uptimes; hours keep counting past a day
+    (``25:00:05``, not ``1 day, 1:00:05``)."""
+    minutes, secs = divmod(int(max(seconds, 0)), 60)
     hours, minutes = divmod(minutes, 60)
     return '{}:{:02d}:{:02d}'.format(hours, minutes, secs)
 
@@ -214,7 +215,7 @@ class StateHistory:
             started_at = _parse_wall_text(self._history['CURRENT_STARTUP'])
         self._history['LAST_SHUTDOWN'] = _wall_text(now)
         self._history['LAST_RUNTIME_HOURS'] = (
-            None if started_at is None else _duration_text(now - started_at))
+            None if started_at is None else hms(now - started_at))
         self._write()
         return self.snapshot()
 

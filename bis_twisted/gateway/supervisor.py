@@ -32,11 +32,12 @@ import time
 import attr
 import psutil
 from twisted.application.service import Service
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 
 from ..protocol import MODEL_SERVER_MODULE, READY_LINE, TOKEN_VARIABLE
+from ..shared.waiters import Waiters
 
 MAX_LINE_BYTES = 8192      # a longer line is cut and marked
 MAX_ERROR_CHARS = 300      # last_error as shown by /list_servers
@@ -169,8 +170,8 @@ class _Child:
         self.kill_call = None
         self.load_call = None
         self.exit_info = None  # (protocol, exit text without stderr, error shown) of the last exit
-        self.ready_waiters = []
-        self.exit_waiters = []
+        self.ready_waiters = Waiters()
+        self.exit_waiters = Waiters()
         self.trial = None  # start_trial's Deferred while the start is on trial
         self.trial_output = None  # a failed trial waiting for the child's last stderr line
 
@@ -309,9 +310,7 @@ class Supervisor(Service):
         child = self._children[name]
         if child.ready:
             return defer.succeed(name)
-        d = defer.Deferred(canceller=lambda d: child.ready_waiters.remove(d))
-        child.ready_waiters.append(d)
-        return d
+        return child.ready_waiters.wait()
 
     # -- service -------------------------------------------------------------------------------
     def startService(self):
@@ -379,8 +378,7 @@ class Supervisor(Service):
     def _terminate(self, child, kill_now=False):
         if child.protocol is None:
             return defer.succeed(None)
-        d = defer.Deferred()
-        child.exit_waiters.append(d)
+        d = child.exit_waiters.wait()
         child.stopping = True
         if kill_now:
             self._signal(child, signal.SIGKILL)
@@ -478,9 +476,7 @@ class Supervisor(Service):
             child.port = int(port_text)
         except ValueError:
             pass
-        waiters, child.ready_waiters = child.ready_waiters, []
-        for d in waiters:
-            d.callback(name)
+        child.ready_waiters.fire(name)
         trial, child.trial = child.trial, None
         if trial is not None:
             trial.callback(name)
@@ -509,9 +505,7 @@ class Supervisor(Service):
         child.exit_info = (proto, exit_text, child.kill_reason is None)
         if proto.stderr_tail:
             exit_text = '{}: {}'.format(exit_text, proto.stderr_tail[-1])
-        waiters, child.exit_waiters = child.exit_waiters, []
-        for d in waiters:
-            d.callback(None)
+        child.exit_waiters.fire(None)
         self._notify(name, 'exited')
         if child.trial is not None and not was_ready:
             self._trial_failed(child, proto, child.kill_reason or exit_text)
@@ -537,6 +531,7 @@ class Supervisor(Service):
         child.wanted = False
         child.kill_reason = None
         child.recycle_reason = None
+
         def fire():
             child.trial_output = None
             if trial.called:

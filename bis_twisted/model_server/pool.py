@@ -33,6 +33,7 @@ from twisted.python.threadpool import ThreadPool
 from ..errors import BadRequest, QueueFull
 from ..logger import describe_failure, error_info
 from ..protocol import DEFAULT_BATCH_TIMEOUT, NR_WORKERS_RULE, valid_nr_workers
+from ..shared.waiters import Waiters
 
 
 class WorkerLoadError(Exception):
@@ -69,7 +70,7 @@ class WorkerPool:
         self._indexes = itertools.count()
         self._call_ids = itertools.count(1)
         self._resize_lock = defer.DeferredLock()
-        self._idle_waiters = []
+        self._idle_waiters = Waiters()
         self.max_batch_size = max_batch_size
         self.batch_timeout = batch_timeout
         self._holding = None  # (worker, DelayedCall): a free worker holding off for a fuller batch
@@ -288,17 +289,13 @@ class WorkerPool:
 
     def _check_idle(self):
         if not self._busy and not self._waiting and self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)
+            self._idle_waiters.fire(None)
 
     def when_idle(self):
         """Fires when no request is running or waiting (at once if none is)."""
         if not self._busy and not self._waiting:
             return defer.succeed(None)
-        d = defer.Deferred(canceller=lambda d: self._idle_waiters.remove(d))
-        self._idle_waiters.append(d)
-        return d
+        return self._idle_waiters.wait()
 
 
 class PooledStream:

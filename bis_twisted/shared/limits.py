@@ -21,6 +21,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from ..protocol import DEFAULT_MAX_BODY_MB, REQUEST_ID_HEADER
+from .twisted_private import BadRequestHookChannel
 
 MIB = 1024 * 1024
 DEFAULT_HEAD_TIMEOUT = 10.0
@@ -181,14 +182,14 @@ class LimitedRequest(Request):
             Request.requestReceived(self, command, path, version)
 
 
-class GuardedChannel(HTTPChannel):
+class GuardedChannel(BadRequestHookChannel):
     """An HTTP/1.1 channel with the deadlines above, whose refusals answer JSON: 408 (too
     slow), 413 / 503 (body), 414 (request line over ``MAX_LENGTH``), 431 (a header line over
     ``MAX_LENGTH``, the head over ``totalHeadersSize``, more than ``maxHeaders`` headers),
     400 (malformed). It uses HTTPChannel's overridable methods (``lineReceived``,
     ``lineLengthExceeded``, ``allHeadersReceived``, ``allContentReceived``, ``requestDone``,
-    ``_respondToBadRequestAndDisconnect``, the one private name: twisted.web's only hook for
-    its bare 400) and keeps its own state, never HTTPChannel's private attributes."""
+    and ``bad_request``, behind the one private hook, in ``twisted_private``) and keeps its
+    own state, never HTTPChannel's private attributes."""
 
     _phase = 'head'  # 'head', 'body', 'handling' (a route runs), 'idle' (kept alive between requests)
     _head_call = None
@@ -343,7 +344,7 @@ class GuardedChannel(HTTPChannel):
         self.transport.write(raw_answer(status_line, message, headers, fields))
         self._linger_call = _linger_and_close(self.transport, self.callLater, self.site.limits.linger)
 
-    def _respondToBadRequestAndDisconnect(self):
+    def bad_request(self):
         self.refuse('400 Bad Request', 'malformed HTTP request (request line, headers or form body); send a JSON '
                     'object')
 

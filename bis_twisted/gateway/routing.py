@@ -1,0 +1,167 @@
+"""Where a request goes: ``Routing`` picks the ready target with the fewest requests in
+flight, sends the request there (once more to another replica when the first dropped it),
+says why with a 503 when no target can take it, and counts what is in flight per process,
+so that a drain knows when a process has answered everything sent to it.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..errors import ServerFailed, ServerStopped, ServiceUnavailable, UnknownSignature
+from ..shared.waiters import Waiters
+from .proxy import ChildConnectionLost, ChildStream, NotConnected
+
+SUSPECT_SECONDS = 2.0  # how long a target that dropped a request is skipped, at most
+
+
+class Routing:
+    """The part of ``Fleet`` on every request's path."""
+
+    _log = Logger()
+
+    def server(self, name):
+        server = self.servers.get(name)
+        if server is None:
+            raise UnknownSignature('unknown SIGNATURE {!r}; available: {}'.format(
+                name, ', '.join(sorted(self.servers)) or 'none'))
+        return server
+
+    def target_ready(self, target):
+        if target.suspect_until and target.suspect_until > self._reactor.seconds():
+            return False
+        if target.child_name is None:
+            return target.remote_ok
+        return self.supervisor.is_ready(target.child_name)
+
+    def _child_event(self, name, event):
+        # a replica that dropped a request and was then restarted is trusted again
+        if event == 'ready':
+            for server in self.servers.values():
+                for target in server.targets:
+                    if target.child_name == name:
+                        target.suspect_until = 0.0
+
+    def pick(self, server, exclude=()):
+        """The ready target with the fewest requests in flight, or 503 saying why none is."""
+        best = None
+        for target in server.targets:
+            if target in exclude or not target.active or not self.target_ready(target):
+                continue
+            if best is None or target.in_flight < best.in_flight:
+                best = target
+        if best is None:
+            raise self.unavailable(server)
+        return best
+
+    def unavailable(self, server):
+        """The 503 that says why no target of ``server`` can take a request now."""
+        name = server.name
+        if server.config.is_remote:
+            return ServiceUnavailable('server {!r} is not answering at {}; retry shortly'.format(
+                name, ', '.join(server.config.urls)))
+        states = [self.supervisor.status(t.child_name) for t in server.targets if t.active]
+        wanted = [s for s in states if s.wanted]
+        if not wanted:
+            return ServerStopped('server {!r} is stopped (disabled or killed); POST /start_server to start it'.format(
+                name))
+        if all(s.failed for s in wanted):
+            return ServerFailed('server {!r} failed {} times in a row before it was ready: {}; it is still retried, '
+                                'but needs a fix (see its log)'.format(name, self.supervisor.crash_loop_after,
+                                                                       wanted[0].last_error))
+        if any(s.running and s.ready and not s.stopping for s in wanted):
+            return ServiceUnavailable('server {!r} is not answering; retry shortly'.format(name))
+        if any(s.running and s.stopping for s in wanted):
+            return ServiceUnavailable('server {!r} is being replaced; retry shortly'.format(name))
+        if any(s.running for s in wanted):
+            return ServiceUnavailable('server {!r} is starting (loading its workers); retry shortly'.format(name))
+        last = next((s.last_error for s in wanted if s.last_error), None)
+        return ServiceUnavailable('server {!r} is restarting{}; retry shortly'.format(
+            name, ' after: {}'.format(last) if last else ''))
+
+    async def run(self, name, payload, request_id=None):
+        """Send ``payload`` to the least busy ready target of server ``name``.
+
+        A target the request never reached (refused: it just died) is skipped for the next
+        one. A target that dropped the connection before answering (it crashed) has the
+        request sent once more, to another ready target, unless the endpoint says
+        ``RETRY_ON_CRASH: false`` (a ``_predict`` not safe to run twice)."""
+        server = self.server(name)
+        tried = []
+        crashed = None
+        while True:
+            try:
+                target = self.pick(server, exclude=tried)
+            except ServiceUnavailable:
+                if crashed is not None:
+                    raise crashed from None  # no other replica to take it: the 502 stands
+                raise
+            try:
+                return await self._send(server, target, payload, request_id)
+            except NotConnected as exc:
+                tried.append(target)
+                if target.child_name is None:
+                    target.remote_ok = False
+                if len(tried) >= len(server.targets):
+                    if crashed is not None:
+                        raise crashed from None
+                    raise ServiceUnavailable('server {!r} is not accepting connections ({}); it may be '
+                                             'restarting, retry shortly'.format(name, exc.reason)) from None
+            except ChildConnectionLost as exc:
+                if crashed is not None or not server.config.retry_on_crash or len(server.targets) < 2:
+                    raise
+                crashed = exc
+                tried.append(target)
+                self._log.info('server {name}: a replica dropped a request; sending it to another',
+                               name=name)
+
+    async def _send(self, server, target, payload, request_id):
+        target.in_flight += 1
+        self.in_flight += 1
+        child = target.child_name
+        self._child_in_flight[child] = self._child_in_flight.get(child, 0) + 1
+        streaming = False
+        try:
+            result = await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name),
+                                                 request_id=request_id)
+            if isinstance(result, ChildStream):
+                # in flight until its last line: its first bytes are on their way, so a
+                # failure from here on is never sent to another target
+                streaming = True
+                result.ended.addBoth(lambda _r: self._done(target, child))
+            return result
+        except ChildConnectionLost:
+            # Its connections close a few ms before its exit is seen, and its port may still
+            # accept: without this the next request would go to the dying process too.
+            target.suspect_until = self._reactor.seconds() + SUSPECT_SECONDS
+            raise
+        finally:
+            if not streaming:
+                self._done(target, child)
+
+    def _done(self, target, child):
+        target.in_flight -= 1
+        self.in_flight -= 1
+        left = self._child_in_flight[child] = self._child_in_flight[child] - 1
+        if not left:
+            del self._child_in_flight[child]
+            waiters = self._child_idle.pop(child, None)
+            if waiters is not None:
+                waiters.fire(None)
+        if not self.in_flight:
+            self._idle_waiters.fire(None)
+
+    def when_idle(self):
+        """Fires when no request is in flight to any server (at once if none is)."""
+        if not self.in_flight:
+            return defer.succeed(None)
+        return self._idle_waiters.wait()
+
+    def when_child_idle(self, child, timeout):
+        """Fires when no request sent to process ``child`` is waiting for its answer (at
+        once if none is), or after ``timeout`` seconds anyway."""
+        if not self._child_in_flight.get(child):
+            return defer.succeed(None)
+        d = self._child_idle.setdefault(child, Waiters()).wait()
+        d.addTimeout(timeout, self._reactor)
+        d.addErrback(lambda f: f.trap(defer.TimeoutError) and None)
+        return d

@@ -1,0 +1,44 @@
+"""Every private Twisted name bis_twisted relies on, and why: Twisted offers no public hook
+for these. ``setup.py`` bounds Twisted's version to the releases the tests ran on, and
+``tests/test_twisted_private_names.py`` fails loudly when a release moves one of them.
+Nothing else in bis_twisted imports a private Twisted name.
+"""
+
+from twisted.web import client as _web_client
+from twisted.web.http import HTTPChannel
+
+
+class QuietHTTP11ClientFactory(_web_client._HTTP11ClientFactory):
+    """``_HTTP11ClientFactory``: the factory ``HTTPConnectionPool`` builds per connection.
+    Subclassed only to turn off its "Starting/Stopping factory" log line, one per
+    connection to a child (noise at thousands per minute)."""
+
+    noisy = False
+
+
+class QuietHTTPConnectionPool(_web_client.HTTPConnectionPool):
+    """``HTTPConnectionPool._factory``: the pool's only way to choose the factory above."""
+
+    _factory = QuietHTTP11ClientFactory
+
+
+def standard_endpoint(reactor, uri, connect_timeout):
+    """``_StandardEndpointFactory``: the Agent's own URI -> endpoint logic (TLS with the
+    browser-like policy for ``https``). An Agent built with ``usingEndpointFactory`` (ours
+    caches a TCP_NODELAY endpoint per child) loses it; this gives it back for the URLs
+    that are not a plain ``http`` child (a remote server behind TLS)."""
+    factory = _web_client._StandardEndpointFactory(
+        reactor, _web_client.BrowserLikePolicyForHTTPS(), connect_timeout, None)
+    return factory.endpointForURI(uri)
+
+
+class BadRequestHookChannel(HTTPChannel):
+    """``HTTPChannel._respondToBadRequestAndDisconnect``: twisted.web's only hook for the
+    bare ``400 Bad Request`` it writes on a malformed request line, header or form body.
+    Overridden to call ``bad_request()``, which a subclass defines (a JSON answer)."""
+
+    def _respondToBadRequestAndDisconnect(self):
+        self.bad_request()
+
+    def bad_request(self):
+        HTTPChannel._respondToBadRequestAndDisconnect(self)
