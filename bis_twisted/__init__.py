@@ -2,7 +2,7 @@
 
 This package is what endpoint files import, as they imported ``basic_inference_server``::
 
-    from bis_twisted import FlaskWorker
+    from bis_twisted import FlaskWorker  # noqa: F401
 
 The two programs live in their own folders: ``bis_twisted.gateway`` (the HTTP front, the
 supervisor of the children) and ``bis_twisted.model_server`` (one child: a user's workers);
@@ -12,13 +12,18 @@ this package too, never loads the worker side.
 """
 
 import importlib
-from typing import Any, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from ._version import __version__
 
-LIB_VER = __version__
+if TYPE_CHECKING:  # what a type checker sees of the names __getattr__ imports on first use
+    from .compat import FlaskGateway as FlaskGateway, get_packages as get_packages  # noqa: F401
+    from .logger import Logger as Logger  # noqa: F401
+    from .worker import FlaskWorker as FlaskWorker, Worker as Worker  # noqa: F401
 
-_EXPORTS = {
+LIB_VER: str = __version__
+
+_EXPORTS: Dict[str, str] = {
     'FlaskWorker': 'bis_twisted.worker',
     'Worker': 'bis_twisted.worker',
     'Logger': 'bis_twisted.logger',
@@ -26,7 +31,7 @@ _EXPORTS = {
     'get_packages': 'bis_twisted.compat',
 }
 
-__all__ = list(_EXPORTS) + ['LIB_VER', '__version__']
+__all__: List[str] = list(_EXPORTS) + ['LIB_VER', '__version__']
 
 
 def __getattr__(name: str) -> Any:

@@ -3,17 +3,19 @@
 Routes raise these; one handler per Klein app turns them into ``{"ERROR": ...}``.
 """
 
+from typing import Any, Dict, Optional
+
 
 class BisError(Exception):
     """Base of every user-facing error: ``str(err)`` is the message, ``status`` the HTTP code."""
 
-    status = 500
-    retry_after = None  # seconds, for 503 answers
+    status: int = 500
+    retry_after: Optional[int] = None  # seconds, for 503 answers
 
-    def __init__(self, message, **extra):
+    def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
-        self.extra = extra  # more fields for the JSON answer
+        self.extra: Dict[str, Any] = extra  # more fields for the JSON answer
 
 
 class BadRequest(BisError):
@@ -56,7 +58,7 @@ class UnsupportedMediaType(BisError):
 
 class ServiceUnavailable(BisError):
     status = 503
-    retry_after = 1
+    retry_after: Optional[int] = 1
 
 
 class ServerStopped(ServiceUnavailable):

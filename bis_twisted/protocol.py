@@ -8,34 +8,35 @@ Both sides import this module and nothing of each other: the child's flags are b
 
 import argparse
 import os
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Final, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 # -- the child's start ---------------------------------------------------------------------
-MODEL_SERVER_MODULE = 'bis_twisted.model_server'
-READY_LINE = 'BIS-SERVER-READY'  # printed, then the port, once every worker has loaded
-CONFIG_VARIABLE = 'BIS_SERVER_CONFIG'  # the endpoint's config entry, JSON (secrets stay out of `ps`)
-CHILD_KEY_VARIABLE = 'BIS_SERVER_ADMIN_KEY'  # the bearer token of this child's control route
-TOKEN_VARIABLE = 'BIS_ADMIN_TOKEN'  # the operator's admin token (gateway, or a server run alone)
-DEVICE_VARIABLE = 'BIS_DEVICE'  # the device a replica was given (DEVICES), read as worker.device
+MODEL_SERVER_MODULE: Final[str] = 'bis_twisted.model_server'
+READY_LINE: Final[str] = 'BIS-SERVER-READY'  # printed, then the port, once every worker has loaded
+CONFIG_VARIABLE: Final[str] = 'BIS_SERVER_CONFIG'  # the endpoint's config entry, JSON (secrets stay out of `ps`)
+CHILD_KEY_VARIABLE: Final[str] = 'BIS_SERVER_ADMIN_KEY'  # the bearer token of this child's control route
+TOKEN_VARIABLE: Final[str] = 'BIS_ADMIN_TOKEN'  # the operator's admin token (gateway, or a server run alone)
+DEVICE_VARIABLE: Final[str] = 'BIS_DEVICE'  # the device a replica was given (DEVICES), read as worker.device
 
 # -- HTTP between the two --------------------------------------------------------------------
-SIGNATURE = 'SIGNATURE'  # the request field that names the endpoint
-REQUEST_ID_HEADER = b'X-Request-Id'
+SIGNATURE: Final[str] = 'SIGNATURE'  # the request field that names the endpoint
+REQUEST_ID_HEADER: Final[bytes] = b'X-Request-Id'
 # A streaming answer: one JSON object per line, each chunk a line that starts with
 # CHUNK_PREFIX, the last line the summary (call_id, worker_id, chunks...) or the error that
 # ended the stream. The gateway relays an answer of this type as it comes.
-NDJSON_TYPE = b'application/x-ndjson'
-CHUNK_PREFIX = b'{"predict_result":'
-DEFAULT_EXECUTION_PATH = '/run'
-SERVER_PATHS = ('/notifications', '/update_workers', '/get_paths', '/health')  # besides the execution path
+NDJSON_TYPE: Final[bytes] = b'application/x-ndjson'
+CHUNK_PREFIX: Final[bytes] = b'{"predict_result":'
+DEFAULT_EXECUTION_PATH: Final[str] = '/run'
+# besides the execution path
+SERVER_PATHS: Final[Tuple[str, ...]] = ('/notifications', '/update_workers', '/get_paths', '/health')
 
 # -- defaults both sides apply -----------------------------------------------------------------
-DEFAULT_MAX_QUEUE = 1024  # requests waiting for a worker, past which 503
-DEFAULT_MAX_BODY_MB = 8
-DEFAULT_BATCH_TIMEOUT = 0.01  # seconds a batch waits to fill up
+DEFAULT_MAX_QUEUE: Final[int] = 1024  # requests waiting for a worker, past which 503
+DEFAULT_MAX_BODY_MB: Final[int] = 8
+DEFAULT_BATCH_TIMEOUT: Final[float] = 0.01  # seconds a batch waits to fill up
 
 # -- the endpoint files ---------------------------------------------------------------------
-WORKER_SUFFIX = 'Worker'
+WORKER_SUFFIX: Final[str] = 'Worker'
 
 
 def endpoint_file(endpoints_dir: str, server_class: str) -> str:
@@ -54,7 +55,7 @@ def valid_nr_workers(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-NR_WORKERS_RULE = 'an integer >= 1'
+NR_WORKERS_RULE: Final[str] = 'an integer >= 1'
 
 
 # -- the child's command line: one table -------------------------------------------------------
@@ -66,7 +67,7 @@ class Flag(NamedTuple):
     help: str
 
 
-CHILD_FLAGS: Sequence[Flag] = (
+CHILD_FLAGS: Final[Sequence[Flag]] = (
     Flag('endpoints', str, 'endpoints', False, 'folder of endpoint files'),
     Flag('name', str, None, True, 'the server name (its SIGNATURE)'),
     Flag('server_class', str, None, False, 'endpoint file to use (default: --name)'),

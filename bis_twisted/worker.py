@@ -12,17 +12,24 @@ import codecs
 import inspect
 import os
 import sys
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
-from .logger import Logger, describe_failure, error_info
+from .logger import ErrorInfo, Logger, describe_failure, error_info
 from .notifications import Notifications
 from .protocol import DEVICE_VARIABLE
 from .shared.web import Answer, dumps
 
-STAGE_STATUS = {'_pre_process': 400, '_batch': 500, '_predict': 500, '_unbatch': 500, '_post_process': 500}
+# the request's JSON object, as a worker's execute() gets it
+Inputs = Dict[str, Any]
+# one call of a batch: (inputs, call_id, request_id)
+Call = Tuple[Inputs, int, Optional[str]]
+
+STAGE_STATUS: Dict[str, int] = {'_pre_process': 400, '_batch': 500, '_predict': 500, '_unbatch': 500,
+                                '_post_process': 500}
 
 
 class _HookFailed(Exception):
-    def __init__(self, stage, info):
+    def __init__(self, stage: str, info: ErrorInfo) -> None:
         super().__init__(stage)
         self.stage = stage
         self.info = info
@@ -36,10 +43,11 @@ class FlaskWorker:
     itself wins. ``self.config_data`` and ``self.config_worker`` are the merged dict.
     """
 
-    def __init__(self, log=None, default_config=None, verbosity_level=1, worker_id=0,
-                 upstream_config=None, prefix_log='', server_name='', notifications=None,
-                 **_kwargs):
-        merged = dict(default_config or {})
+    def __init__(self, log: Optional[Logger] = None, default_config: Optional[Mapping[str, Any]] = None,
+                 verbosity_level: int = 1, worker_id: int = 0, upstream_config: Optional[Mapping[str, Any]] = None,
+                 prefix_log: str = '', server_name: str = '', notifications: Optional[Notifications] = None,
+                 **_kwargs: Any) -> None:
+        merged: Dict[str, Any] = dict(default_config or {})
         merged.update(upstream_config or {})
         self.config_worker = merged
         self.config_data = merged
@@ -51,14 +59,15 @@ class FlaskWorker:
         base_log = log if log is not None else Logger(lib_name=type(self).__name__)
         self.log = base_log.with_prefix(prefix_log, config_data=merged)
         self._notifications = notifications if notifications is not None else Notifications()
-        self._counter = None
-        self._request_id = None
-        self._batch_calls = None  # [(call_id, request_id)] while a batch is inside _predict
+        self._counter: Optional[int] = None
+        self._request_id: Optional[str] = None
+        # [(call_id, request_id)] while a batch is inside _predict
+        self._batch_calls: Optional[List[Tuple[int, Optional[str]]]] = None
         # "cuda:0" when the gateway gave this replica a device (DEVICES: CUDA_VISIBLE_DEVICES
         # holds just that one, so it is device 0 in this process's view), else "cpu"
         self.device = os.environ.get(DEVICE_VARIABLE) or 'cpu'
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup failed, so a subclass's own cfg_* property wins.
         if name.startswith('cfg_'):
             config = self.__dict__.get('config_worker') or {}
@@ -72,33 +81,35 @@ class FlaskWorker:
         raise AttributeError('{!r} object has no attribute {!r}'.format(type(self).__name__, name))
 
     # -- the four hooks a subclass writes -------------------------------------------------
-    def _load_model(self):
-        """Load the model; called once per worker instance, at start, off the reactor."""
+    def _load_model(self) -> object:
+        """Load the model; called once per worker instance, at start, off the reactor (what it
+        returns is ignored)."""
 
-    def _pre_process(self, inputs):
+    def _pre_process(self, inputs: Any) -> Any:
         """Turn the request JSON (without ``SIGNATURE``) into what ``_predict`` takes."""
         raise NotImplementedError('{} must implement _pre_process'.format(type(self).__name__))
 
-    def _predict(self, prep_inputs):
+    def _predict(self, prep_inputs: Any) -> Any:
         raise NotImplementedError('{} must implement _predict'.format(type(self).__name__))
 
-    def _post_process(self, pred):
+    def _post_process(self, pred: Any) -> Any:
         """Return what goes back to the client as ``predict_result``."""
         raise NotImplementedError('{} must implement _post_process'.format(type(self).__name__))
 
     # -- with MAX_BATCH_SIZE > 1: _predict takes what _batch made of the list of pre-processed
     # inputs and returns what _unbatch turns into a list of the same length, in order --------
-    def _batch(self, prep_inputs_list):
+    def _batch(self, prep_inputs_list: List[Any]) -> Any:
         """Stack the pre-processed inputs of a batch for ``_predict`` (default: the list)."""
         return prep_inputs_list
 
-    def _unbatch(self, preds):
+    def _unbatch(self, preds: Any) -> Any:
         """Split ``_predict``'s result into one item per input (default: the result itself)."""
         return preds
 
     # -- what user code may call -----------------------------------------------------------
-    def _create_notification(self, notif=None, msg=None, notification_type=None,
-                             notification=None, **_kwargs):
+    def _create_notification(self, notif: Optional[str] = None, msg: Any = None,
+                             notification_type: Optional[str] = None, notification: Any = None,
+                             **_kwargs: Any) -> None:
         """Record a notification under the current call id (``GENERAL`` outside a call).
 
         Accepts the README's ``(notif='log', msg=...)`` and the older
@@ -111,10 +122,10 @@ class FlaskWorker:
                                     request_id=request_id)
 
     # -- what the server calls ------------------------------------------------------------
-    def startup(self):
+    def startup(self) -> None:
         self._load_model()
 
-    def execute(self, inputs, call_id, request_id=None):
+    def execute(self, inputs: Inputs, call_id: int, request_id: Optional[str] = None) -> Answer:
         """Run the hooks on ``inputs``; never raises: a failing hook becomes an error Answer
         (400 from ``_pre_process`` or input decoding, 500 later) and the worker stays usable."""
         self._counter = call_id
@@ -140,14 +151,14 @@ class FlaskWorker:
             self._counter = None
             self._request_id = None
 
-    def execute_batch(self, calls):
+    def execute_batch(self, calls: Sequence[Call]) -> List[Answer]:
         """Run a batch: ``calls`` is a list of ``(inputs, call_id, request_id)``; answers one
         Answer per call, in order, and never raises. ``_pre_process`` and ``_post_process``
         run per call (a failure answers that call alone); ``_batch``, ``_predict`` and
         ``_unbatch`` once for the calls that were pre-processed (a failure, or a result of
         the wrong length, answers 500 to each of them)."""
-        outcomes = [None] * len(calls)
-        ready = []  # (index, decoded inputs, pre-processed input)
+        outcomes: List[Optional[Answer]] = [None] * len(calls)
+        ready: List[Tuple[int, Inputs, Any]] = []  # (index, decoded inputs, pre-processed input)
         try:
             for index, (inputs, call_id, request_id) in enumerate(calls):
                 self._counter, self._request_id = call_id, request_id
@@ -157,26 +168,27 @@ class FlaskWorker:
                 except _HookFailed as failed:
                     outcomes[index] = self._error_outcome(failed.stage, failed.info)
             if not ready:
-                return outcomes
+                return cast(List[Answer], outcomes)
             preds, error = self._predict_batch([calls[index] for index, _, _ in ready], [p for _, _, p in ready])
             if error is not None:
                 for index, _decoded, _prep in ready:
                     outcomes[index] = error
-                return outcomes
-            for (index, decoded, _prep), pred in zip(ready, preds):
+                return cast(List[Answer], outcomes)
+            for (index, decoded, _prep), pred in zip(ready, cast(List[Any], preds)):  # a list when no error
                 self._counter, self._request_id = calls[index][1], calls[index][2]
                 try:
                     answer = self._run_hook('_post_process', self._post_process, pred)
                     outcomes[index] = Answer(200, {'predict_result': self._encoded_answer(answer, decoded)})
                 except _HookFailed as failed:
                     outcomes[index] = self._error_outcome(failed.stage, failed.info)
-            return outcomes
+            return cast(List[Answer], outcomes)  # every call has its Answer by now
         finally:
             self._counter = None
             self._request_id = None
             self._batch_calls = None
 
-    def _predict_batch(self, calls, prepared):
+    def _predict_batch(self, calls: Sequence[Call],
+                       prepared: List[Any]) -> Union[Tuple[List[Any], None], Tuple[None, Answer]]:
         """``_batch`` -> ``_predict`` -> ``_unbatch`` with notifications going to every call of
         the batch; ``(predictions, None)``, or ``(None, the error Answer)`` for all of them."""
         self._batch_calls = [(call_id, request_id) for _inputs, call_id, request_id in calls]
@@ -194,7 +206,7 @@ class FlaskWorker:
         finally:
             self._batch_calls = None
 
-    def _check_batch_length(self, stage, preds, expected):
+    def _check_batch_length(self, stage: str, preds: Any, expected: int) -> List[Any]:
         try:
             got = len(preds)
         except TypeError:
@@ -209,21 +221,21 @@ class FlaskWorker:
             '{} returned {} for a batch of {} inputs; it must return one result per input, in order'.format(
                 stage, what, expected)))
 
-    def _decoded_inputs(self, inputs):
+    def _decoded_inputs(self, inputs: Inputs) -> Inputs:
         # the same decoding, and the same 400 on bad base64, as execute()
         try:
             return _decode_base64_inputs(inputs)
         except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
             raise _HookFailed('_pre_process', error_info(type(exc), exc, sys.exc_info()[2]))
 
-    def _encoded_answer(self, answer, inputs):
+    def _encoded_answer(self, answer: Any, inputs: Inputs) -> Any:
         # the same encoding, and the same 500 on a bad BASE64_OUTPUTS value, as execute()
         try:
             return _encode_base64_outputs(answer, inputs)
         except (ValueError, TypeError, UnicodeEncodeError) as exc:
             raise _HookFailed('_post_process', error_info(type(exc), exc, sys.exc_info()[2]))
 
-    def _run_hook(self, stage, hook, arg):
+    def _run_hook(self, stage: str, hook: Callable[[Any], Any], arg: Any) -> Any:
         try:
             return hook(arg)
         # a user's hook may raise anything, sys.exit() too; it is reported, not lost, and
@@ -233,12 +245,12 @@ class FlaskWorker:
             info = (err_type, shown_path(err_file, self._endpoints_folder()), err_func, err_line, err_msg)
             raise _HookFailed(stage, info)
 
-    def _endpoints_folder(self):
+    def _endpoints_folder(self) -> Optional[str]:
         # the folder of the file that defines the worker class: endpoints/ for a user's worker
         module_file = getattr(sys.modules.get(type(self).__module__), '__file__', None)
         return os.path.dirname(os.path.abspath(module_file)) if module_file else None
 
-    def _error_outcome(self, stage, info):
+    def _error_outcome(self, stage: str, info: ErrorInfo) -> Answer:
         err_type, err_file, err_func, err_line, err_msg = info
         details = {'ERR_TYPE': err_type, 'ERR_MSG': err_msg, 'ERR_FILE': err_file,
                    'ERR_FUNC': err_func, 'ERR_LINE': err_line}
@@ -251,7 +263,7 @@ class FlaskWorker:
         }
         return Answer(STAGE_STATUS[stage], body)
 
-    def _bad_input_outcome(self, stage, status, message):
+    def _bad_input_outcome(self, stage: str, status: int, message: str) -> Answer:
         """The request's BASE64_* inputs could not be applied: the message names the key."""
         self.log.P('request {}: {}'.format(self._request_id or '-', message), color='r')
         details = {'ERR_TYPE': 'ValueError', 'ERR_MSG': message, 'ERR_FILE': '', 'ERR_FUNC': stage, 'ERR_LINE': 0}
@@ -259,7 +271,7 @@ class FlaskWorker:
 
     # -- streaming: a _predict that yields ------------------------------------------------
     @classmethod
-    def streams(cls, config=None):
+    def streams(cls, config: Optional[Mapping[str, Any]] = None) -> bool:
         """Whether this endpoint streams: ``STREAM`` in its config when given, else whether
         ``_predict`` is a generator function (a ``def`` with ``yield``)."""
         for key, value in (config or {}).items():
@@ -267,7 +279,8 @@ class FlaskWorker:
                 return value
         return inspect.isgeneratorfunction(cls._predict)
 
-    def execute_stream(self, inputs, call_id, request_id=None):
+    def execute_stream(self, inputs: Inputs, call_id: int,
+                       request_id: Optional[str] = None) -> Union['ChunkStream', Answer]:
         """Decode, ``_pre_process`` and start ``_predict``: a ``ChunkStream`` to read the
         chunks from, or the error Answer (400 from ``_pre_process``) when it did not start."""
         self._counter, self._request_id = call_id, request_id
@@ -298,7 +311,8 @@ class ChunkStream:
     there), or None at the end. ``close()`` stops the generator (``GeneratorExit`` at its
     ``yield``, so its ``finally`` runs). Never raises."""
 
-    def __init__(self, worker, items, inputs, call_id, request_id):
+    def __init__(self, worker: FlaskWorker, items: Iterator[Any], inputs: Inputs, call_id: int,
+                 request_id: Optional[str]) -> None:
         self.worker = worker
         self._items = items
         self._inputs = inputs
@@ -307,7 +321,7 @@ class ChunkStream:
         self.count = 0
         self.finished = False
 
-    def next_chunk(self):
+    def next_chunk(self) -> Optional[Answer]:
         if self.finished:
             return None
         worker = self.worker
@@ -328,13 +342,13 @@ class ChunkStream:
             worker._counter = None
             worker._request_id = None
 
-    def _next_item(self, _unused):
+    def _next_item(self, _unused: object) -> Any:
         try:
             return next(self._items)
         except StopIteration:
             return _END
 
-    def close(self):
+    def close(self) -> None:
         if self.finished:
             return
         self.finished = True
@@ -356,7 +370,7 @@ class ChunkStream:
 Worker = FlaskWorker
 
 
-def shown_path(path, folder):
+def shown_path(path: str, folder: Optional[str]) -> str:
     """``path`` as an answer shows it (``ERR_FILE``): relative to the endpoints ``folder`` when
     it is inside it (``dummy_model_demo2.py``), else relative to the ``sys.path`` entry it was
     imported from (``numpy/core/fromnumeric.py``); an answer never shows where the server's
@@ -376,14 +390,14 @@ def shown_path(path, folder):
 BINARY = 'binary'  # the ENCODING that leaves BASE64_KEYS as bytes
 DEFAULT_ENCODING = 'utf-8'
 # the original's 'ansi' is Windows' name for its code page: cp1252 everywhere else
-_ENCODING_ALIASES = {'ansi': 'cp1252'}
+_ENCODING_ALIASES: Dict[str, str] = {'ansi': 'cp1252'}
 
 
 class _BadInput(Exception):
     """The request's BASE64_* inputs cannot be used: a 400 whose message names the key."""
 
 
-def _encoding_of(inputs):
+def _encoding_of(inputs: Inputs) -> str:
     encoding = inputs.get('ENCODING') or DEFAULT_ENCODING
     if not isinstance(encoding, str):
         raise _BadInput('ENCODING must be the name of a text encoding (e.g. "utf-8") or "binary", '
@@ -399,7 +413,7 @@ def _encoding_of(inputs):
     return encoding
 
 
-def _key_list(inputs, name):
+def _key_list(inputs: Inputs, name: str) -> List[Any]:
     keys = inputs.get(name)
     if not keys:
         return []
@@ -410,7 +424,7 @@ def _key_list(inputs, name):
     return keys
 
 
-def _decode_base64_inputs(inputs):
+def _decode_base64_inputs(inputs: Inputs) -> Inputs:
     """``BASE64_KEYS`` decoded to text with ``ENCODING`` (default utf-8), as the original did
     (``base64.b64decode(v).decode(ENCODING)``); to bytes with ``"ENCODING": "binary"``."""
     keys = _key_list(inputs, 'BASE64_KEYS')
@@ -436,7 +450,7 @@ def _decode_base64_inputs(inputs):
     return decoded
 
 
-def _encode_base64_outputs(answer, inputs):
+def _encode_base64_outputs(answer: Any, inputs: Inputs) -> Any:
     """``BASE64_OUTPUTS`` keys of the answer base64-encoded: text with ``ENCODING``, bytes as
     they are, any other JSON value (a list, a dict, a number) as its JSON text, as the
     original did."""
