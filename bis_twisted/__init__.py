@@ -2,7 +2,7 @@
 
 This package is what endpoint files import, as they imported ``basic_inference_server``::
 
-    from bis_twisted import FlaskWorker  # noqa: F401
+    from bis_twisted import FlaskWorker
 
 The two programs live in their own folders: ``bis_twisted.gateway`` (the HTTP front, the
 supervisor of the children) and ``bis_twisted.model_server`` (one child: a user's workers);

@@ -11,14 +11,14 @@ class Waiters:
     since the last ``fire``; cancelling one only forgets it (its waiter gave up)."""
 
     def __init__(self) -> None:
-        self._waiting: List[defer.Deferred] = []
+        self._waiting: "List[defer.Deferred[Any]]" = []
 
-    def wait(self) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred(canceller=self._forget)
+    def wait(self) -> "defer.Deferred[Any]":
+        d: "defer.Deferred[Any]" = defer.Deferred(canceller=self._forget)
         self._waiting.append(d)
         return d
 
-    def _forget(self, d: defer.Deferred) -> None:
+    def _forget(self, d: "defer.Deferred[Any]") -> None:
         if d in self._waiting:
             self._waiting.remove(d)
 

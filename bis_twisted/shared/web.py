@@ -14,6 +14,7 @@ import re
 import sys
 import time
 import uuid
+from typing import Any, Dict
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import attr
@@ -34,14 +35,14 @@ JSON_TYPE = b'application/json'
 SSE_TYPE = b'text/event-stream'
 
 
-@attr.s(frozen=True)
+@attr.s(frozen=True, auto_attribs=True)
 class Answer:
     """An HTTP status and the JSON object to answer with: what a worker's call produced (in
     the model server), or what a model server answered (in the gateway)."""
 
-    status = attr.ib()
-    body = attr.ib()
-    batch_size = attr.ib(default=1)  # how many requests ran in the same _predict call
+    status: int
+    body: Dict[str, Any]
+    batch_size: int = 1  # how many requests ran in the same _predict call
 
 
 def now_text():
@@ -61,7 +62,8 @@ def _json_default(value):
     raise TypeError('{} is not JSON serializable'.format(type(value).__name__))
 
 
-def dumps(body):
+def dumps(body: Any) -> bytes:
+    """``body`` as compact-enough JSON bytes; numpy values, sets and bytes included, NaN refused."""
     return json.dumps(body, default=_json_default, allow_nan=False).encode('utf-8')
 
 
