@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from .._version import __version__ as LIB_VER
 from ..errors import BadGateway, BadRequest, BisError, GatewayTimeout, NotFound, UnknownSignature
@@ -83,7 +85,7 @@ class Gateway:
         }
 
     def resource(self):
-        return self.app.resource()
+        return RunFirst(self, self.app.resource())
 
     def fields(self, request, worker_id='unknown'):
         """What every answer of the gateway carries."""
@@ -429,4 +431,54 @@ class Gateway:
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):
+        return self.error(request, failure)
+
+    def error(self, request, failure):
+        """The JSON answer of a failed route: its status, ``ERROR`` and the gateway's fields."""
         return error_answer(request, failure, extra_fields=lambda: self.fields(request))
+
+
+class RunFirst(Resource):
+    """The gateway's resource: ``POST`` / ``GET /run``, the hot path, goes straight to
+    ``Gateway.run``; every other request through Klein's routing. Klein binds its URL map
+    and rebuilds the URL's parts for every request: about a tenth of the gateway's own
+    work per ``/run`` in a profile. What Klein does around a route is kept: the route is
+    cancelled when the client goes away, and a failure is answered by ``Gateway.error``."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, gateway, routed):
+        Resource.__init__(self)
+        self._gateway = gateway
+        self._routed = routed
+
+    def render(self, request):
+        if request.path != RUN_PATH or request.method not in _RUN_METHODS:
+            return self._routed.render(request)
+        finished = []
+        request.notifyFinish().addBoth(finished.append)
+        d = defer.Deferred.fromCoroutine(self._gateway.run(request))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addErrback(self._failed, request, finished)
+        d.addCallback(self._write, request, finished)
+        d.addErrback(lambda failure: self._log.failure('writing the answer of /run', failure))
+        return NOT_DONE_YET
+
+    def _failed(self, failure, request, finished):
+        if finished:  # the client is gone: nobody to answer
+            if not failure.check(defer.CancelledError):
+                self._log.failure('/run failed after its client went away', failure)
+            return None
+        return self._gateway.error(request, failure)
+
+    @staticmethod
+    def _write(body, request, finished):
+        if body:
+            request.write(body)
+        if not finished:
+            request.finish()
+
+
+RUN_PATH = b'/run'
+_RUN_METHODS = (b'POST', b'GET')
