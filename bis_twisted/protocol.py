@@ -82,6 +82,9 @@ CHILD_FLAGS: Final[Sequence[Flag]] = (
     Flag('max_bodies_mb', float, None, False,
          'MiB of request bodies held at once, past which 503 (default: MAX_BODIES_MB of the config '
          'entry, else the built-in default)'),
+    Flag('unix_socket', str, None, False,
+         'also listen on this Unix socket (@name: in the abstract namespace): the gateway reaches '
+         "its children there, which skips the kernel's TCP work on every request"),
     Flag('exit_with_parent', bool, False, False, 'exit when stdin closes (the gateway sets this)'),
 )
 
@@ -109,6 +112,12 @@ def child_argv(python: str, **values: Any) -> List[str]:
         else:
             argv.extend([_option(flag.name), str(value)])
     return argv
+
+
+def unix_address(flag_value: str) -> str:
+    """The socket address of a ``--unix-socket`` value: ``@name`` is ``name`` in Linux's
+    abstract namespace (a command line cannot hold its leading NUL), anything else a path."""
+    return '\0' + flag_value[1:] if flag_value.startswith('@') else flag_value
 
 
 def child_parser(prog: str = 'python -m ' + MODEL_SERVER_MODULE) -> argparse.ArgumentParser:

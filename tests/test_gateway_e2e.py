@@ -41,6 +41,22 @@ def test_run_each_example_endpoint_through_the_gateway(gateway):
     assert [p['label'] for p in iris['predict_result']['predictions']] == ['setosa', 'virginica']
 
 
+def test_the_gateway_reaches_its_children_over_their_unix_socket_and_their_tcp_port_stays_open(gateway):
+    wait_ready(gateway)
+    for value in range(3):
+        assert gateway.run('dummy_model_demo2', INPUT_VALUE=value).status == 200
+    child = gateway.server('dummy_model_demo2')
+    gateway_process = psutil.Process(gateway.proc.pid)
+    over_tcp = [c for c in gateway_process.net_connections('tcp') if c.raddr and c.raddr.port == child['PORT']]
+    assert over_tcp == []
+    assert gateway_process.net_connections('unix'), 'kept-alive connections to the children'
+    children = {c for c in psutil.Process(child['PID']).net_connections('unix')}
+    assert children, 'the child listens on a Unix socket too'
+    direct = http('POST', 'http://127.0.0.1:{}/run'.format(child['PORT']), {'INPUT_VALUE': 2})
+    assert direct.status == 200 and direct.json()['predict_result'] == {
+        'dummy_model_predict': '2*2 + 1 = 5 PREDICTED'}
+
+
 def test_get_with_query_args_and_form_post_are_served(gateway):
     wait_ready(gateway)
     by_get = gateway.get('/run?SIGNATURE=dummy_model_demo2&INPUT_VALUE=5')

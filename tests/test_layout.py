@@ -72,11 +72,16 @@ def test_the_former_entry_point_is_the_gateway_cli():
 def test_every_child_flag_survives_being_written_and_parsed():
     values = {'endpoints': 'eps', 'name': 'demo', 'server_class': 'demo_file', 'host': '10.0.0.1', 'port': 5003,
               'config_json': '{"A": 1}', 'path': '/predict', 'max_body_mb': 48.0, 'max_bodies_mb': 1536.0,
-              'exit_with_parent': True}
+              'unix_socket': '@bis-1-5003', 'exit_with_parent': True}
     assert set(values) == {flag.name for flag in protocol.CHILD_FLAGS}
     argv = protocol.child_argv('python3', **values)
     assert argv[:3] == ['python3', '-m', protocol.MODEL_SERVER_MODULE]
     assert vars(protocol.parse_child_args(argv[3:])) == values
+
+
+def test_a_unix_socket_flag_names_the_abstract_namespace_with_an_at_sign():
+    assert protocol.unix_address('@bis-1-5003') == '\0bis-1-5003'
+    assert protocol.unix_address('/run/bis/5003.sock') == '/run/bis/5003.sock'
 
 
 def test_flags_left_out_take_their_defaults():
@@ -218,3 +223,38 @@ def test_the_code_speaks_of_itself_not_of_issues_or_documents_outside_the_reposi
     found = ['{}:{}'.format(path.relative_to(ROOT), n) for path in pathlib.Path(ROOT, 'bis_twisted').rglob('*.py')
              for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1) if cited.search(line)]
     assert found == []
+
+
+def test_a_socket_file_a_killed_server_left_is_replaced_and_another_file_is_not(tmp_path):
+    import socket
+
+    from twisted.internet.protocol import Factory
+
+    from bis_twisted.model_server.service import _FreshUNIXEndpoint
+
+    stale = str(tmp_path / 'stale.sock')
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(stale)
+    left.close()  # the file stays, as after a kill -9
+    reactor = MemoryReactorClock()
+    assert _FreshUNIXEndpoint(reactor, stale).listen(Factory()).called
+    assert not os.path.exists(stale) and reactor.unixServers[0][0] == stale
+
+    data = tmp_path / 'data.txt'
+    data.write_text('not a socket')
+    _FreshUNIXEndpoint(MemoryReactorClock(), str(data)).listen(Factory())
+    assert data.read_text() == 'not a socket'
+
+
+def test_the_ready_line_waits_for_the_unix_socket_too(capsys):
+    from bis_twisted.model_server.service import ModelServerService
+
+    events = []
+    reactor = _Events(events)
+    server = _Server(events)
+    args = protocol.parse_child_args(['--name', 'demo', '--port', '5003', '--unix-socket', '@bis-1-5003'])
+    root = ModelServerService(args, server, reactor, max_body_mb=8)
+    root.startService()
+    assert [entry[0] for entry in reactor.unixServers] == ['\0bis-1-5003']
+    server.loaded.callback(None)
+    assert '{} 5003'.format(protocol.READY_LINE) in capsys.readouterr().out

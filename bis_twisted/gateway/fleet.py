@@ -20,12 +20,13 @@ from .views import Views
 
 class Fleet(Topology, Routing, Operations, Views):
     """The servers of ``config`` (support entries aside), their children registered with
-    ``supervisor``, reached through ``client``."""
+    ``supervisor``, reached through ``client``: over Unix sockets named ``socket_names`` +
+    port when given (the kernel's TCP work per request skipped), else over TCP on loopback."""
 
     _log = Logger()
 
     def __init__(self, config, supervisor, client, endpoints_dir, reactor=None, python=None,
-                 execution_path=DEFAULT_EXECUTION_PATH, cwd=None, remote_token=None):
+                 execution_path=DEFAULT_EXECUTION_PATH, cwd=None, remote_token=None, socket_names=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -37,6 +38,7 @@ class Fleet(Topology, Routing, Operations, Views):
         self._python = python or sys.executable
         self._cwd = cwd
         self._remote_token = remote_token
+        self._socket_names = socket_names  # children also listen on Unix sockets so named: the way to them
         self.servers = {}
         self.in_flight = 0
         self._idle_waiters = Waiters()

@@ -19,7 +19,7 @@ import sys
 
 from treq.client import HTTPClient
 from twisted.internet import defer, error as net_error
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.web import client as web_client
@@ -105,9 +105,14 @@ class ChildClient:
             pool.cachedConnectionTimeout = 50  # under the child's idle timeout (60 s)
             pool.retryAutomatically = False  # a POST the child may have run is never replayed
         self.pool = pool
-        self.agent = agent or web_client.Agent.usingEndpointFactory(
-            reactor, _LoopbackEndpoints(reactor), pool=pool)
+        self._endpoints = _LoopbackEndpoints(reactor)
+        self.agent = agent or web_client.Agent.usingEndpointFactory(reactor, self._endpoints, pool=pool)
         self.http = HTTPClient(self.agent)
+
+    def use_unix_socket(self, host, port, path):
+        """Reach ``http://host:port`` through the Unix socket at ``path`` (a child of ours
+        that listens on both)."""
+        self._endpoints.use_unix_socket(host, port, path)
 
     async def post_json(self, url, payload, timeout, what, request_id=None):
         """POST ``payload`` (bytes) to ``url`` (bytes); ``what`` names the server in errors.
@@ -403,7 +408,8 @@ class _LineRelay(Protocol):
 
 @implementer(IAgentEndpointFactory)
 class _LoopbackEndpoints:
-    """Endpoints to the children, made once per (host, port) and with TCP_NODELAY.
+    """Endpoints to the children, made once per (host, port): the child's Unix socket when it
+    has one, else TCP with TCP_NODELAY.
 
     The default factory builds a ``HostnameEndpoint`` per request (IDNA-encoding the host
     each time), and Nagle's algorithm held the request's body back behind its headers until
@@ -414,12 +420,21 @@ class _LoopbackEndpoints:
         self._reactor = reactor
         self._timeout = connect_timeout
         self._cache = {}
+        self._unix = {}  # (host, port) -> the Unix socket that child also listens on
+
+    def use_unix_socket(self, host, port, path):
+        key = (host.encode('ascii'), port)
+        self._unix[key] = path
+        self._cache.pop((b'http',) + key, None)
 
     def endpointForURI(self, uri):
         key = (uri.scheme, uri.host, uri.port)
         endpoint = self._cache.get(key)
         if endpoint is None:
-            if uri.scheme != b'http':
+            path = self._unix.get((uri.host, uri.port)) if uri.scheme == b'http' else None
+            if path is not None:
+                endpoint = UNIXClientEndpoint(self._reactor, path, timeout=self._timeout)
+            elif uri.scheme != b'http':
                 endpoint = standard_endpoint(self._reactor, uri, self._timeout)
             else:
                 endpoint = _NoDelayEndpoint(TCP4ClientEndpoint(self._reactor, uri.host.decode('ascii'), uri.port,

@@ -12,6 +12,7 @@ import os
 import resource
 import secrets
 import signal
+import sys
 
 import attr
 from twisted.application.service import MultiService
@@ -79,6 +80,15 @@ def raise_open_files_limit(log=None):
     return soft, new, hard
 
 
+def unix_socket_names():
+    """The prefix of the children's Unix socket names: Linux's abstract namespace (no file
+    to go stale, or for a /tmp cleaner to remove under a long-running gateway), unique to
+    this gateway's start; None elsewhere: the children are reached over TCP."""
+    if not sys.platform.startswith('linux'):
+        return None
+    return '@bis-{}-{}-'.format(os.getpid(), secrets.token_hex(4))
+
+
 class GatewayService(MultiService):
     drain_timeout = 10.0      # seconds requests in flight get to finish at stop
     startup_wait_max = 120.0  # seconds the port waits for DEFAULT_SERVER at most
@@ -100,7 +110,8 @@ class GatewayService(MultiService):
         self.supervisor.setServiceParent(self)
         self.client = ChildClient(reactor=reactor, max_answer=int(self.config.max_answer_mb * MIB))
         self.fleet = Fleet(self.config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
-                           execution_path=options.execution_path, remote_token=token)
+                           execution_path=options.execution_path, remote_token=token,
+                           socket_names=unix_socket_names())
         self.fleet.register_children()
         self.history = StateHistory.in_cache(options.cache, clock=reactor)
         supports = [e for e in self.config.endpoints if e.is_support and not e.disabled]

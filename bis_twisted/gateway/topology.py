@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import attr
 
-from ..protocol import child_argv, child_environment
+from ..protocol import child_argv, child_environment, unix_address
 from ..shared.limits import DEFAULT_BODIES_IN_FLIGHT_MB
 from .supervisor import ChildSpec
 
@@ -94,6 +94,17 @@ class Topology:
             target = Target(server, i, 'http://{}:{}'.format(host, port), child, self.execution_path, spare)
             target.active = i < endpoint.replicas
             server.targets.append(target)
+            for side_port in [port] + list(endpoint.spare_ports[i:i + 1]):
+                path = self.socket_path(side_port)
+                if path is not None:
+                    self.client.use_unix_socket(host, side_port, unix_address(path))
+
+    def socket_path(self, port):
+        """The Unix socket the child on ``port`` also listens on, as the child's flag writes
+        it (``@name``: the abstract namespace), or None (TCP only)."""
+        if self._socket_names is None:
+            return None
+        return '{}{}'.format(self._socket_names, port)
 
     def register_children(self):
         self.supervisor.listeners.append(self._child_event)
@@ -114,7 +125,8 @@ class Topology:
         argv = child_argv(self._python, endpoints=self.endpoints_dir, name=endpoint.name,
                           server_class=endpoint.server_class, host=endpoint.host, port=port,
                           path=self.execution_path, max_body_mb=self._child_max_body_mb(endpoint),
-                          max_bodies_mb=self._child_max_bodies_mb(), exit_with_parent=True)
+                          max_bodies_mb=self._child_max_bodies_mb(), unix_socket=self.socket_path(port),
+                          exit_with_parent=True)
         # the entry may hold secrets (API keys): in the environment, which only the owner can
         # read (/proc/<pid>/environ is 0400), not on the command line, which `ps` shows to all
         env = child_environment(os.environ, endpoint.entry, target.admin_key, endpoint.device_of(target.index))

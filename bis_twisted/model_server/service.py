@@ -23,6 +23,7 @@ answers are written. ``run`` stops the tree on SIGTERM/SIGINT, as twistd would.
 import json
 import os
 import signal
+import stat
 import sys
 from typing import List, Optional
 
@@ -34,7 +35,7 @@ from twisted.logger import Logger
 
 from ..errors import ConfigError, EndpointLoadError
 from ..protocol import (CHILD_KEY_VARIABLE, CONFIG_VARIABLE, DEFAULT_MAX_BODY_MB, READY_LINE, TOKEN_VARIABLE,
-                        parse_child_args)
+                        parse_child_args, unix_address)
 from ..shared.drain import ConnectionDrain
 from ..shared.gctune import freeze_startup_objects
 from ..shared.limits import Limits
@@ -69,6 +70,26 @@ class _PortEndpoint:
         return result
 
 
+class _FreshUNIXEndpoint:
+    """A Unix socket endpoint that first removes the socket file a killed server left at its
+    path (a file that is not a socket is left alone, and the listen fails naming it). Only
+    this user may connect to a socket file; an abstract name has no file."""
+
+    def __init__(self, reactor, path, **options):
+        self._path = path
+        self._wrapped = endpoints.UNIXServerEndpoint(reactor, path, **options)
+
+    def listen(self, factory):
+        try:
+            if not self._path.startswith('\0') and stat.S_ISSOCK(os.lstat(self._path).st_mode):
+                os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return defer.fail(exc)
+        return self._wrapped.listen(factory)
+
+
 class WorkersService(Service):
     """Loads the workers once the port listens, then prints the ready line; on stop, lets
     the running requests finish (at most ``STOP_DRAIN_SECONDS``) and writes their answers
@@ -79,7 +100,7 @@ class WorkersService(Service):
     def __init__(self, args, server, listening, connections, reactor):
         self.args = args
         self.server = server
-        self._listening = listening
+        self._listening = listening  # _PortEndpoints: the TCP port first (the ready line names it)
         self._connections = connections
         self._reactor = reactor
         self.failed = defer.Deferred()
@@ -91,7 +112,9 @@ class WorkersService(Service):
         self._starting.addErrback(self._load_failed)
 
     async def _start(self):
-        port = await self._listening.port
+        port = await self._listening[0].port
+        for other in self._listening[1:]:
+            await other.port
         await self.server.start()
         freeze_startup_objects()  # the model is loaded: full collections need not walk it again
         address = port.getHost()
@@ -172,11 +195,15 @@ class ModelServerService(MultiService):
             limit_config = dict(server.config, MAX_BODIES_MB=args.max_bodies_mb)
         site = make_site(server.resource(), limits=Limits.from_config(limit_config, max_body_mb))
         connections = ConnectionDrain(site, reactor=reactor)
-        listening = _PortEndpoint(endpoints.TCP4ServerEndpoint(reactor, args.port, backlog=LISTEN_BACKLOG,
-                                                               interface=args.host))
+        listening = [_PortEndpoint(endpoints.TCP4ServerEndpoint(reactor, args.port, backlog=LISTEN_BACKLOG,
+                                                                interface=args.host))]
+        if args.unix_socket:
+            listening.append(_PortEndpoint(_FreshUNIXEndpoint(reactor, unix_address(args.unix_socket),
+                                                              backlog=LISTEN_BACKLOG, mode=0o600)))
         self.workers = WorkersService(args, server, listening, connections, reactor)
         self.workers.setServiceParent(self)
-        StreamServerEndpointService(listening, site).setServiceParent(self)
+        for endpoint in listening:
+            StreamServerEndpointService(endpoint, site).setServiceParent(self)
         if args.exit_with_parent:
             ParentWatchService(reactor, lambda: self.stopping).setServiceParent(self)
 
