@@ -2,12 +2,14 @@
 """bis_twisted beside LitServe, the peer of the same shape (an HTTP front, worker processes),
 on the original's dummy_model_demo2 with 2 workers on each side, in one run:
 
-    python bench/peer_bench.py                 # 2 rounds of 5 s per cell
+    python bench/peer_bench.py --peers         # 2 rounds of 5 s per cell, LitServe beside us
+    python bench/peer_bench.py                 # ours only: gateway and direct
     python bench/peer_bench.py --gc-ab         # also a gateway with BIS_GC_FREEZE=0
-    python bench/peer_bench.py --duration 3 --rounds 3
+    python bench/peer_bench.py --peers --duration 3 --rounds 3
 
-Rows: through our gateway, our model server direct, LitServe (0.2.x, ``workers_per_device=2``,
-``accelerator="cpu"``, from its own venv bench/.peers-venv, made on first use). For each
+Rows: through our gateway, our model server direct, and with ``--peers`` LitServe (0.2.x,
+``workers_per_device=2``, ``accelerator="cpu"``, from its own venv bench/.peers-venv, made on
+first use). For each
 concurrency (1, 16, 64) the targets run one after the other, in an order that turns round each
 round, so the machine's noise falls on all alike; each cell is the median of the rounds.
 Prints req/s, p50 and p99 and the ratios the goals are stated in, and writes them as JSON under
@@ -50,7 +52,8 @@ def main():
     parser.add_argument('--duration', type=int, default=5)
     parser.add_argument('--rounds', type=int, default=2)
     parser.add_argument('--gc-ab', action='store_true', help='add a gateway whose processes do not gc.freeze()')
-    parser.add_argument('--no-peers', action='store_true', help='ours only (no LitServe)')
+    parser.add_argument('--peers', action='store_true',
+                        help='also LitServe (installed on first use into bench/.peers-venv, never the project\'s)')
     args = parser.parse_args()
     wrk_bin = rb.ensure_wrk()
     workdir = tempfile.mkdtemp(prefix='bis-peer-bench-')
@@ -64,7 +67,7 @@ def main():
             unfrozen = rb.Gateway(CONFIG, endpoints, workdir, env=dict(os.environ, BIS_GC_FREEZE='0'))
             processes.append(unfrozen)
             targets['gateway, no gc.freeze'] = unfrozen.url + '/run'
-        if not args.no_peers:
+        if args.peers:
             litserve = LitServeDemo2(rb.peers_python())
             processes.append(litserve)
             targets['LitServe'] = litserve.url
@@ -100,6 +103,15 @@ def main():
                                                        for c in CONCURRENCY))
         print('gateway p99 / LitServe p99: ' + ', '.join('c={}: {:.2f}'.format(c, gw[c]['p99_ms'] / lit[c]['p99_ms'])
                                                          for c in CONCURRENCY))
+    goals = [('gateway / direct req/s at c=64 >= 0.85', gw[64]['rps'] / direct[64]['rps'], lambda v: v >= 0.85),
+             ('gateway p99 / direct p99 at c=1 <= 2', gw[1]['p99_ms'] / direct[1]['p99_ms'], lambda v: v <= 2),
+             ('gateway added p50 at c=1 < 0.3 ms', gw[1]['p50_ms'] - direct[1]['p50_ms'], lambda v: v < 0.3)]
+    if 'LitServe' in table:
+        goals.append(('gateway / LitServe req/s at c=64 >= 1.3', gw[64]['rps'] / lit[64]['rps'], lambda v: v >= 1.3))
+        goals.extend(('gateway p99 / LitServe p99 at c={} < 1'.format(c), gw[c]['p99_ms'] / lit[c]['p99_ms'],
+                      lambda v: v < 1) for c in CONCURRENCY)
+    for text, value, met in goals:
+        print('goal {}: {} ({:.2f})'.format(text, 'met' if met(value) else 'NOT met', value))
     errors = {n: sum(table[n][c]['errors'] for c in CONCURRENCY) for n in names}
     print('errors (non-2xx + socket), medians summed: {}'.format(errors))
     os.makedirs(rb.RESULTS, exist_ok=True)

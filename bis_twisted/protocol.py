@@ -26,6 +26,12 @@ REQUEST_ID_HEADER: Final[bytes] = b'X-Request-Id'
 # ended the stream. The gateway relays an answer of this type as it comes.
 NDJSON_TYPE: Final[bytes] = b'application/x-ndjson'
 CHUNK_PREFIX: Final[bytes] = b'{"predict_result":'
+# The gateway's own fields of an answer (ver-app, ver-lib, hostname, gw-uptime), sent with
+# each request as a JSON object: the model server adds them to its answer and says so, and
+# the gateway passes that answer's bytes through without decoding them.
+ANSWER_FIELDS_HEADER: Final[bytes] = b'X-Bis-Answer-Fields'
+ANSWER_COMPLETE_HEADER: Final[bytes] = b'X-Bis-Answer-Complete'
+MAX_ANSWER_FIELDS_BYTES: Final[int] = 4096
 DEFAULT_EXECUTION_PATH: Final[str] = '/run'
 # besides the execution path
 SERVER_PATHS: Final[Tuple[str, ...]] = ('/notifications', '/update_workers', '/get_paths', '/health')
@@ -112,6 +118,29 @@ def child_argv(python: str, **values: Any) -> List[str]:
         else:
             argv.extend([_option(flag.name), str(value)])
     return argv
+
+
+def encode_answer_fields(fields: Mapping[str, str]) -> bytes:
+    """The ``ANSWER_FIELDS_HEADER`` value of the gateway's fields (ASCII JSON: a header)."""
+    import json
+
+    return json.dumps(dict(fields), ensure_ascii=True).encode('ascii')
+
+
+def decode_answer_fields(value: Optional[bytes]) -> Optional[Dict[str, str]]:
+    """The fields of an ``ANSWER_FIELDS_HEADER`` value: a JSON object of strings, at most
+    ``MAX_ANSWER_FIELDS_BYTES``; None for anything else (then the answer is not completed)."""
+    import json
+
+    if not value or len(value) > MAX_ANSWER_FIELDS_BYTES:
+        return None
+    try:
+        fields = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
+        return None
+    return fields
 
 
 def unix_address(flag_value: str) -> str:

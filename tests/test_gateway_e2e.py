@@ -1,6 +1,7 @@
 """End-to-end: the real gateway (twistd -n -y bis.tac) with the example endpoints, real
 children, real HTTP on loopback, real signals."""
 
+import json
 import signal
 
 import psutil
@@ -55,6 +56,41 @@ def test_the_gateway_reaches_its_children_over_their_unix_socket_and_their_tcp_p
     direct = http('POST', 'http://127.0.0.1:{}/run'.format(child['PORT']), {'INPUT_VALUE': 2})
     assert direct.status == 200 and direct.json()['predict_result'] == {
         'dummy_model_predict': '2*2 + 1 = 5 PREDICTED'}
+
+
+def test_the_model_server_writes_the_gateway_fields_in_and_the_gateway_passes_its_bytes_through(gateway):
+    wait_ready(gateway)
+    answer = gateway.run('dummy_model_demo2', INPUT_VALUE=6)
+    assert answer.status == 200
+    body = answer.json()
+    # the order a client sees: the model server's keys, then the gateway's
+    assert list(body) == ['predict_result', 'worker_id', 'call_id', 'batch_size', 'time', 'signature', 'request_id',
+                          'ver-app', 'ver-lib', 'hostname', 'gw-uptime']
+    assert answer.body == json.dumps(body).encode('utf-8')  # one plain JSON encoding, no duplicate keys
+    assert body['request_id'] == answer.headers['X-Request-Id']
+    assert not any(name.lower().startswith('x-bis-') for name in answer.headers)
+
+    port = gateway.server('dummy_model_demo2')['PORT']
+    fields = {'ver-app': 'a', 'ver-lib': 'b', 'hostname': 'h\u00e9', 'gw-uptime': '0:00:01'}
+    told = http('POST', 'http://127.0.0.1:{}/run'.format(port), {'INPUT_VALUE': 6},
+                headers={'X-Bis-Answer-Fields': json.dumps(fields)})
+    assert told.status == 200 and told.headers.get('X-Bis-Answer-Complete') == '1'
+    assert {k: told.json()[k] for k in fields} == fields
+    alone = http('POST', 'http://127.0.0.1:{}/run'.format(port), {'INPUT_VALUE': 6})
+    assert 'X-Bis-Answer-Complete' not in alone.headers and 'ver-lib' not in alone.json()
+    for bad in ('not json', '["a"]', '{"ver-lib": 1}', '{"x": "' + 'y' * 5000 + '"}'):
+        refused = http('POST', 'http://127.0.0.1:{}/run'.format(port), {'INPUT_VALUE': 6},
+                       headers={'X-Bis-Answer-Fields': bad})
+        assert refused.status == 200 and 'X-Bis-Answer-Complete' not in refused.headers, bad
+        assert 'ver-lib' not in refused.json() and 'x' not in refused.json()
+
+
+def test_an_error_of_the_endpoint_is_passed_through_with_the_gateway_fields(gateway):
+    answer = gateway.run('dummy_model_demo2')  # no INPUT_VALUE: _pre_process raises
+    assert answer.status == 400
+    body = answer.json()
+    assert GATEWAY_FIELDS <= set(body) and 'INPUT_VALUE should be defined in inputs' in body['ERROR']
+    assert answer.body == json.dumps(body).encode('utf-8')
 
 
 def test_get_with_query_args_and_form_post_are_served(gateway):

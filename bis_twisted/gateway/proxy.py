@@ -28,7 +28,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from ..errors import BadGateway, GatewayTimeout
-from ..protocol import NDJSON_TYPE, REQUEST_ID_HEADER
+from ..protocol import ANSWER_COMPLETE_HEADER, ANSWER_FIELDS_HEADER, NDJSON_TYPE, REQUEST_ID_HEADER
 from ..shared.twisted_private import QuietHTTPConnectionPool, standard_endpoint
 from ..shared.web import Answer
 
@@ -114,7 +114,7 @@ class ChildClient:
         that listens on both)."""
         self._endpoints.use_unix_socket(host, port, path)
 
-    async def post_json(self, url, payload, timeout, what, request_id=None):
+    async def post_json(self, url, payload, timeout, what, request_id=None, answer_fields=None):
         """POST ``payload`` (bytes) to ``url`` (bytes); ``what`` names the server in errors.
 
         Raises ``NotConnected`` when the request never reached the child (the caller may try
@@ -127,9 +127,12 @@ class ChildClient:
             return response
 
         headers = _JSON_HEADERS
-        if request_id is not None:
+        if request_id is not None or answer_fields is not None:
             headers = _JSON_HEADERS.copy()
-            headers.setRawHeaders(REQUEST_ID_HEADER, [request_id.encode('ascii')])
+            if request_id is not None:
+                headers.setRawHeaders(REQUEST_ID_HEADER, [request_id.encode('ascii')])
+            if answer_fields is not None:
+                headers.setRawHeaders(ANSWER_FIELDS_HEADER, [answer_fields])
         d = self.agent.request(b'POST', url, headers, BytesProducer(payload))
         d.addCallback(keep_response)
         d.addCallback(lambda response: _STREAMING if _is_streaming(response) else read_capped_body(
@@ -164,6 +167,8 @@ class ChildClient:
         status = response_holder[0].code
         if raw is _STREAMING:
             return ChildStream(self._reactor, response_holder[0], timeout, what, max_line=self.max_answer)
+        if answer_fields is not None and response_holder[0].headers.hasHeader(ANSWER_COMPLETE_HEADER):
+            return Answer(status, {}, raw=raw)  # the fields are in: passed through as it is
         try:
             body = json.loads(raw)
         except ValueError:

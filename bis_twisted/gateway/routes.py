@@ -17,12 +17,13 @@ from twisted.web.server import NOT_DONE_YET
 
 from .._version import __version__ as LIB_VER
 from ..errors import BadGateway, BadRequest, BisError, GatewayTimeout, NotFound, UnknownSignature
-from ..protocol import CHUNK_PREFIX, NDJSON_TYPE, NR_WORKERS_RULE, SIGNATURE, endpoint_file, valid_nr_workers
+from ..protocol import (CHUNK_PREFIX, NDJSON_TYPE, NR_WORKERS_RULE, SIGNATURE, encode_answer_fields, endpoint_file,
+                        valid_nr_workers)
 from ..shared.lograte import RepeatLimiter
 from ..shared.schemas import declared_schemas
 from ..shared.security import AdminGuard
-from ..shared.web import (SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text,
-                          request_id_of, request_inputs, write_json)
+from ..shared.web import (SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text, request_id_of,
+                          request_inputs, write_encoded_json, write_json)
 from .assets import Assets
 from .devices import gpu_memory
 from .openapi import openapi_document
@@ -83,6 +84,7 @@ class Gateway:
             'ver-lib': LIB_VER,
             'hostname': socket.gethostname(),
         }
+        self._answer_fields = (None, b'')
 
     def resource(self):
         return RunFirst(self, self.app.resource())
@@ -95,6 +97,15 @@ class Gateway:
         fields['gw-uptime'] = hms(self._reactor.seconds() - self.started_at)
         fields['request_id'] = request_id_of(request)
         return fields
+
+    def answer_fields(self):
+        """The gateway's fields a model server adds to its answer itself (the rest, ``time``,
+        ``worker_id`` and ``request_id``, it has), encoded once per second of uptime."""
+        uptime = int(self._reactor.seconds() - self.started_at)
+        if self._answer_fields[0] != uptime:
+            fields = dict(self._static_fields, **{'gw-uptime': hms(uptime)})
+            self._answer_fields = (uptime, encode_answer_fields(fields))
+        return self._answer_fields[1]
 
     def answer(self, request, status, body, headers=None):
         body.update(self.fields(request, body.get('worker_id', 'unknown')))
@@ -125,12 +136,14 @@ class Gateway:
                 self.keys.admit(key, signature)  # 403 / 429
             payload = forward_body(request, inputs)
             del inputs  # the payload is all that needs to live while the model server works
-            result = await self.fleet.run(signature, payload, rid)
+            result = await self.fleet.run(signature, payload, rid, self.answer_fields())
             if isinstance(result, ChildStream):
                 status = result.status
                 return await self._relay(request, signature, result, started)
             status = result.status
             headers = {b'Retry-After': b'1'} if status == 503 else None
+            if result.raw is not None:  # the model server wrote our fields in: its bytes go as they are
+                return write_encoded_json(request, status, result.raw, headers)
             return self.answer(request, status, dict(result.body), headers)
         except BisError as exc:
             status = exc.status

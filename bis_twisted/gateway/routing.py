@@ -78,7 +78,7 @@ class Routing:
         return ServiceUnavailable('server {!r} is restarting{}; retry shortly'.format(
             name, ' after: {}'.format(last) if last else ''))
 
-    async def run(self, name, payload, request_id=None):
+    async def run(self, name, payload, request_id=None, answer_fields=None):
         """Send ``payload`` to the least busy ready target of server ``name``.
 
         A target the request never reached (refused: it just died) is skipped for the next
@@ -96,7 +96,7 @@ class Routing:
                     raise crashed from None  # no other replica to take it: the 502 stands
                 raise
             try:
-                return await self._send(server, target, payload, request_id)
+                return await self._send(server, target, payload, request_id, answer_fields)
             except NotConnected as exc:
                 tried.append(target)
                 if target.child_name is None:
@@ -114,7 +114,7 @@ class Routing:
                 self._log.info('server {name}: a replica dropped a request; sending it to another',
                                name=name)
 
-    async def _send(self, server, target, payload, request_id):
+    async def _send(self, server, target, payload, request_id, answer_fields=None):
         target.in_flight += 1
         self.in_flight += 1
         child = target.child_name
@@ -122,7 +122,7 @@ class Routing:
         streaming = False
         try:
             result = await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name),
-                                                 request_id=request_id)
+                                                 request_id=request_id, answer_fields=answer_fields)
             if isinstance(result, ChildStream):
                 # in flight until its last line: its first bytes are on their way, so a
                 # failure from here on is never sent to another target

@@ -19,8 +19,8 @@ from .._version import __version__ as LIB_VER
 from ..errors import BadRequest, ServiceUnavailable
 from ..logger import Logger as CompatLogger
 from ..notifications import Notifications
-from ..protocol import (DEFAULT_BATCH_TIMEOUT, DEFAULT_EXECUTION_PATH, DEFAULT_MAX_QUEUE, NDJSON_TYPE, SERVER_PATHS,
-                        SIGNATURE)
+from ..protocol import (ANSWER_COMPLETE_HEADER, ANSWER_FIELDS_HEADER, DEFAULT_BATCH_TIMEOUT, DEFAULT_EXECUTION_PATH,
+                        DEFAULT_MAX_QUEUE, NDJSON_TYPE, SERVER_PATHS, SIGNATURE, decode_answer_fields)
 from ..shared.schemas import SchemaCheck, SchemaViolation
 from ..shared.security import AdminGuard
 from ..shared.web import dumps, error_answer, now_text, request_id_of, request_inputs, write_json
@@ -130,7 +130,14 @@ class ModelServer:
             'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id),
             'request_id': rid,
         })
-        return write_json(request, status, body)
+        gateway_fields = decode_answer_fields(request.getHeader(ANSWER_FIELDS_HEADER))
+        if gateway_fields is None:
+            return write_json(request, status, body)
+        body.update(gateway_fields)
+        data = write_json(request, status, body)
+        if request.code == status:  # else it could not be encoded: the gateway completes that error itself
+            request.setHeader(ANSWER_COMPLETE_HEADER, b'1')
+        return data
 
     def _answer_fields(self, worker, call_id, rid):
         return {'worker_id': worker.worker_id, 'call_id': call_id, 'time': now_text(),

@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import uuid
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import attr
@@ -43,6 +43,7 @@ class Answer:
     status: int
     body: Dict[str, Any]
     batch_size: int = 1  # how many requests ran in the same _predict call
+    raw: Optional[bytes] = None  # a model server's answer already complete: its bytes, not decoded
 
 
 def now_text():
@@ -65,6 +66,16 @@ def _json_default(value):
 def dumps(body: Any) -> bytes:
     """``body`` as compact-enough JSON bytes; numpy values, sets and bytes included, NaN refused."""
     return json.dumps(body, default=_json_default, allow_nan=False).encode('utf-8')
+
+
+def write_encoded_json(request, status, data, headers=None):
+    """Like ``write_json`` for a body already encoded (a model server's complete answer)."""
+    request.setResponseCode(status)
+    request.setHeader(b'Content-Type', JSON_TYPE)
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    request.setHeader(b'Content-Length', b'%d' % len(data))
+    return data
 
 
 def write_json(request, status, body, headers=None):
