@@ -117,13 +117,15 @@ class Gateway:
         with open(cfg_path, 'w') as fh:
             json.dump(config, fh)
         self.url = 'http://127.0.0.1:{}'.format(self.port)
+        # a cache of its own: a gateway ends the children that other pid files in its cache name
+        self.cache = os.path.join(workdir, '_cache_{}'.format(self.port))
         self.started = time.monotonic()
         # this checkout's bis_twisted, whether or not the package is installed
         env = dict(os.environ if env is None else env)
         env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO, env.get('PYTHONPATH')) if p)
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'bis_twisted.gateway.cli', '--config', cfg_path, '--port', str(self.port),
-             '--host', '127.0.0.1', '--endpoints', endpoints, '--cache', os.path.join(workdir, '_cache')],
+             '--host', '127.0.0.1', '--endpoints', endpoints, '--cache', self.cache],
             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
         self.ready_at = wait_for(lambda: http('GET', self.url + '/ready', timeout=2)[0] == 200, 60, '/ready')
 

@@ -1,8 +1,10 @@
 """The supervisor's logic on a MemoryReactor + Clock (the idea of Twisted's test_procmon):
 spawns are recorded, exits injected, time advanced by hand."""
 
+import os
 import signal
 
+import psutil
 import pytest
 from twisted.internet.error import ProcessDone, ProcessTerminated
 
@@ -284,6 +286,26 @@ def test_a_child_left_by_a_previous_gateway_is_ended_at_start(reactor, tmp_path)
         for proc in (leftover, stranger):
             proc.kill()
             proc.wait()
+
+
+def test_a_child_of_another_running_gateway_that_shares_the_cache_is_left_alone(reactor, tmp_path):
+    import subprocess
+    import sys
+    # a "gateway" (its command names the gateway's module) whose child runs the model server
+    parent = subprocess.Popen(
+        [sys.executable, '-c', 'import subprocess, sys, time; child = subprocess.Popen([sys.executable, "-c", '
+         '"import time; time.sleep(120)", "bis_twisted.model_server", "--name", "a"]); print(child.pid, flush=True); '
+         'time.sleep(120)', '-m', 'bis_twisted.gateway.cli'], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        child_pid = int(parent.stdout.readline())
+        (tmp_path / 'a.pid').write_text('{}\n'.format(child_pid))
+        supervisor = Supervisor(reactor=reactor, pid_dir=str(tmp_path))
+        supervisor.add(ChildSpec(name='a', argv=['python']))
+        supervisor.startService()
+        assert psutil.pid_exists(child_pid) and psutil.Process(child_pid).status() != psutil.STATUS_ZOMBIE
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
 
 
 # -- child output ----------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ uses ``treq.client.HTTPClient`` over the same agent.
 Every call has a deadline and is cancellable: when the gateway's client goes away, the call
 to the child is abandoned (its connection aborted).
 
+A child of ours is reached over the Unix socket it also listens on (``use_unix_socket``).
+Given ``answer_fields``, the child writes them into its answer and marks it complete: that
+answer comes back undecoded, as ``Answer.raw``, for the gateway to pass on as it is.
+
 A child that answers ``application/x-ndjson`` streams: ``post_json`` then returns a
 ``ChildStream`` instead of reading the body, and the caller relays its lines as they come,
 with the child's connection paused while the caller's client cannot take more.

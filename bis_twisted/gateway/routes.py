@@ -1,5 +1,6 @@
 """``Gateway``: the Klein routes of the gateway (``/run``, ``/list_servers``, ``/health``,
-``/ready``, status and admin routes). Routes raise our errors; ``_error`` answers them."""
+``/ready``, status and admin routes). Routes raise our errors; ``error`` answers them.
+``RunFirst``, the resource the site serves, sends ``/run`` past Klein's routing."""
 
 import hmac
 import importlib.resources

@@ -626,8 +626,15 @@ class Supervisor(Service):
             try:
                 process = psutil.Process(pid)
                 cmdline = process.cmdline()
+                owner = _running_gateway(process.parent())
             except (psutil.Error, OSError):
-                cmdline = []
+                cmdline, owner = [], None
+            if owner is not None and _is_child_command(cmdline, name):
+                # another gateway started from the same cache folder: its child, not a leftover
+                self._log.warn('server {name} (pid {pid}) belongs to another running gateway (pid {owner}) that '
+                               'uses this cache folder; left alone: give each gateway a cache of its own (--cache)',
+                               name=name, pid=pid, owner=owner)
+                continue
             if _is_child_command(cmdline, name) and pid != os.getpid():
                 self._log.warn('ending server {name} (pid {pid}) left running by a previous gateway',
                                name=name, pid=pid)
@@ -641,6 +648,22 @@ class Supervisor(Service):
 
 class TrialFailed(Exception):
     """A child started on trial exited before it was ready; the message is one line."""
+
+
+def _running_gateway(parent):
+    """The pid of ``parent`` when it is a live gateway other than this one, else None."""
+    if parent is None or parent.pid in (1, os.getpid()):
+        return None
+    try:
+        cmdline = parent.cmdline()
+    except (psutil.Error, OSError):
+        return None
+    programs = {os.path.basename(part) for part in cmdline[:2]}  # "bis-gateway" or "python .../bis-gateway"
+    named = any(part in _GATEWAY_MODULES or part.endswith('.tac') for part in cmdline[1:])
+    return parent.pid if named or programs & {'bis-gateway', 'twistd'} else None
+
+
+_GATEWAY_MODULES = ('bis_twisted.gateway.cli', 'bis_twisted.cli')
 
 
 def _is_child_command(cmdline, name):
