@@ -1,12 +1,14 @@
 """What the gateway and its model servers must agree on, each fact once.
 
 The gateway starts a model server as ``python -m bis_twisted.model_server <flags>`` with a
-few variables in its environment, waits for its ready line on stdout, and talks HTTP to it.
+few variables in its environment, waits for its ready line on stdout, and talks HTTP to it
+(over the Unix socket the child also listens on, when it was given one).
 Both sides import this module and nothing of each other: the child's flags are built
 (``child_argv``) and parsed (``child_parser``) from the one ``CHILD_FLAGS`` table.
 """
 
 import argparse
+import json
 import os
 from typing import Any, Dict, Final, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -66,7 +68,7 @@ NR_WORKERS_RULE: Final[str] = 'an integer >= 1'
 
 # -- the child's command line: one table -------------------------------------------------------
 class Flag(NamedTuple):
-    name: str  # the attribute of ChildArgs / the parsed namespace
+    name: str  # child_argv's keyword, the parsed namespace's attribute
     type: Any  # str, int, float, or bool (a switch)
     default: Any
     required: bool
@@ -120,29 +122,6 @@ def child_argv(python: str, **values: Any) -> List[str]:
     return argv
 
 
-def encode_answer_fields(fields: Mapping[str, str]) -> bytes:
-    """The ``ANSWER_FIELDS_HEADER`` value of the gateway's fields (ASCII JSON: a header)."""
-    import json
-
-    return json.dumps(dict(fields), ensure_ascii=True).encode('ascii')
-
-
-def decode_answer_fields(value: Optional[bytes]) -> Optional[Dict[str, str]]:
-    """The fields of an ``ANSWER_FIELDS_HEADER`` value: a JSON object of strings, at most
-    ``MAX_ANSWER_FIELDS_BYTES``; None for anything else (then the answer is not completed)."""
-    import json
-
-    if not value or len(value) > MAX_ANSWER_FIELDS_BYTES:
-        return None
-    try:
-        fields = json.loads(value)
-    except ValueError:
-        return None
-    if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
-        return None
-    return fields
-
-
 def unix_address(flag_value: str) -> str:
     """The socket address of a ``--unix-socket`` value: ``@name`` is ``name`` in Linux's
     abstract namespace (a command line cannot hold its leading NUL), anything else a path."""
@@ -169,8 +148,6 @@ def child_environment(base: Mapping[str, str], entry: Dict[str, Any], admin_key:
                       device: Optional[int]) -> Dict[str, str]:
     """The environment of a spawned model server: ``base`` with the config entry, the
     child's own control key and, for a replica given a device, that device alone."""
-    import json
-
     env = dict(base)
     env[CONFIG_VARIABLE] = json.dumps(entry)
     if admin_key is not None:
@@ -180,3 +157,23 @@ def child_environment(base: Mapping[str, str], entry: Dict[str, Any], admin_key:
         env['CUDA_VISIBLE_DEVICES'] = str(device)  # the replica sees its one device, as cuda:0
         env[DEVICE_VARIABLE] = 'cuda:0'
     return env
+
+
+# -- the gateway's fields in a model server's answer ---------------------------------------------
+def encode_answer_fields(fields: Mapping[str, str]) -> bytes:
+    """The ``ANSWER_FIELDS_HEADER`` value of the gateway's fields (ASCII JSON: a header)."""
+    return json.dumps(dict(fields), ensure_ascii=True).encode('ascii')
+
+
+def decode_answer_fields(value: Optional[bytes]) -> Optional[Dict[str, str]]:
+    """The fields of an ``ANSWER_FIELDS_HEADER`` value: a JSON object of strings, at most
+    ``MAX_ANSWER_FIELDS_BYTES``; None for anything else (then the answer is not completed)."""
+    if not value or len(value) > MAX_ANSWER_FIELDS_BYTES:
+        return None
+    try:
+        fields = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
+        return None
+    return fields
