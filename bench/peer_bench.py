@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -45,6 +46,49 @@ class LitServeDemo2:
 
     def stop(self):
         rb.stop_group(self.proc, 10)
+
+
+def measured_stalls(gateway):
+    """The reactor lag and collection pauses the gateway (its /metrics) and its model server
+    (its /health) measured since they started: ``{process: {'REACTOR_LAG': {...}, 'GC_PAUSES':
+    {generation: {...}}}}``, each with ``COUNT``, ``>5ms``, ``>50ms`` and ``MAX_MS``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    child = rb.http('GET', rb.direct_url(gateway, 'dummy_model_demo2').rsplit('/', 1)[0] + '/health')[1]
+    text = urllib.request.urlopen(gateway.url + '/metrics', timeout=10).read().decode()
+    ours = {'REACTOR_LAG': {}, 'GC_PAUSES': {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith(('bis_reactor_lag', 'bis_gc_pause')):
+                continue
+            generation = sample.labels.get('generation')
+            into = ours['REACTOR_LAG'] if generation is None else ours['GC_PAUSES'].setdefault(generation, {})
+            if sample.name.endswith('_max_seconds'):
+                into['MAX_MS'] = round(sample.value * 1000, 2)
+            elif sample.name.endswith('_count'):
+                into['COUNT'] = int(sample.value)
+            elif sample.name.endswith('_bucket') and sample.labels['le'] in ('0.005', '0.05'):
+                into['<=' + sample.labels['le']] = int(sample.value)
+    for into in [ours['REACTOR_LAG']] + list(ours['GC_PAUSES'].values()):
+        into['>5ms'] = into.get('COUNT', 0) - into.pop('<=0.005', 0)
+        into['>50ms'] = into.get('COUNT', 0) - into.pop('<=0.05', 0)
+    return {'gateway': ours, 'model server': child.get('STALLS', {})}
+
+
+def stalls_line(process, before, after):
+    def delta(key, *path):
+        b, a = before, after
+        for step in path:
+            b, a = b.get(step, {}), a.get(step, {})
+        return a.get(key, 0) - b.get(key, 0)
+
+    gens = sorted(after.get('GC_PAUSES', {}))
+    return ('stalls of the {} during the load: reactor lag {} ticks over 5 ms, {} over 50 ms (max since start {} ms); '
+            'collections: {}'.format(process, delta('>5ms', 'REACTOR_LAG'), delta('>50ms', 'REACTOR_LAG'),
+                                     after.get('REACTOR_LAG', {}).get('MAX_MS'), ', '.join(
+                                         'gen {} x{} ({} over 5 ms, {} over 50 ms)'.format(
+                                             g, delta('COUNT', 'GC_PAUSES', g), delta('>5ms', 'GC_PAUSES', g),
+                                             delta('>50ms', 'GC_PAUSES', g)) for g in gens) or 'none'))
 
 
 def main():
@@ -73,12 +117,14 @@ def main():
             targets['LitServe'] = litserve.url
         names = list(targets)
         cells = {(n, c): [] for n in names for c in CONCURRENCY}
+        stalls_before = measured_stalls(gateway)
         for r in range(args.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             for c in CONCURRENCY:
                 for name in order:
                     body = BODY if name != 'LitServe' else {'INPUT_VALUE': 3}
                     cells[(name, c)].append(rb.wrk(wrk_bin, targets[name], body, c, args.duration))
+        stalls_after = measured_stalls(gateway)
         table = {}
         for (name, c), runs in cells.items():
             table.setdefault(name, {})[c] = {k: statistics.median(run[k] for run in runs)
@@ -112,6 +158,8 @@ def main():
                       lambda v: v < 1) for c in CONCURRENCY)
     for text, value, met in goals:
         print('goal {}: {} ({:.2f})'.format(text, 'met' if met(value) else 'NOT met', value))
+    for process in stalls_after:
+        print(stalls_line(process, stalls_before[process], stalls_after[process]))
     errors = {n: sum(table[n][c]['errors'] for c in CONCURRENCY) for n in names}
     print('errors (non-2xx + socket), medians summed: {}'.format(errors))
     os.makedirs(rb.RESULTS, exist_ok=True)

@@ -197,3 +197,42 @@ def test_stats_are_kept_per_endpoint_and_an_unknown_signature_only_in_the_total(
     assert (a['rps'], a['errors'], a['p50_ms']) == (11 / 5.0, 1, 10.0)
     assert (b['rps'], b['errors'], b['p50_ms'], b['p99_ms']) == (1 / 5.0, 0, 200.0, 200.0)
     assert sorted(stats['ENDPOINTS']) == ['a', 'b']
+
+
+# -- stalls: reactor lag and collection pauses -------------------------------------------------
+def test_stall_watch_records_how_late_its_timer_ran_and_each_collection():
+    import gc
+
+    from bis_twisted.shared.stalls import StallWatch
+
+    clock = Clock()
+    watch = StallWatch(clock, interval=0.1)
+    watch.startService()
+    try:
+        clock.advance(0.1)  # on time
+        clock.advance(0.35)  # the reactor was held up: the timer ran 0.25 s late
+        assert watch.lag.count == 2 and watch.lag.largest == pytest.approx(0.25)
+        summary = watch.summary()['REACTOR_LAG']
+        assert summary['COUNT'] == 2 and summary['MAX_MS'] == 250.0 and summary['>50ms'] == 1
+        gc.collect()
+        assert watch.gc_pauses[2].count >= 1 and watch.gc_pauses[2].largest > 0
+        assert watch.summary()['GC_PAUSES']['2']['COUNT'] >= 1
+    finally:
+        watch.stopService()
+    assert watch._collection not in gc.callbacks and not clock.getDelayedCalls()
+    counted = watch.gc_pauses[2].count
+    gc.collect()
+    assert watch.gc_pauses[2].count == counted  # stopped: no longer counting
+
+
+def test_the_gateway_exports_its_stalls_and_a_model_server_reports_its_own(gateway):
+    assert gateway.run('dummy_model_demo2', INPUT_VALUE=1).status == 200
+    exported = samples(gateway.get('/metrics').text)
+    assert exported[('bis_reactor_lag_seconds_count', frozenset())] >= 1
+    assert ('bis_reactor_lag_max_seconds', frozenset()) in exported
+    generations = {dict(labels).get('generation') for name, labels in exported if name == 'bis_gc_pause_seconds_count'}
+    assert generations and generations <= {'0', '1', '2'}
+    port = gateway.server('dummy_model_demo2')['PORT']
+    stalls = http('GET', 'http://127.0.0.1:{}/health'.format(port)).json()['STALLS']
+    assert stalls['REACTOR_LAG']['COUNT'] >= 1 and set(stalls['REACTOR_LAG']) == {
+        'COUNT', 'MAX_MS', 'TOTAL_MS', '>5ms', '>50ms'}

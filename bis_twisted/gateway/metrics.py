@@ -73,7 +73,7 @@ class GatewayMetrics:
     """The gateway's Prometheus registry (its own, so several gateways in one process in
     tests do not collide)."""
 
-    def __init__(self, fleet, supervisor, clock, scaling=None):
+    def __init__(self, fleet, supervisor, clock, scaling=None, stalls=None):
         self.fleet = fleet
         self._clock = clock
         self.scaling = scaling if scaling is not None else {}  # (endpoint, 'up' | 'down') -> decisions
@@ -97,6 +97,8 @@ class GatewayMetrics:
         self.recent_by_endpoint = {name: RecentStats(clock) for name in fleet.servers}
         self.health = {}  # server name -> its last /health answers (queue depth, busy), set at scrape
         self.registry.register(_FleetCollector(self, supervisor))
+        if stalls is not None:
+            self.registry.register(_StallCollector(stalls))
 
     def observe_key(self, key_name, status):
         self._by_key.labels(key_name, str(status)).inc()
@@ -177,6 +179,34 @@ class _FleetCollector:
         for name, server in fleet.servers.items():
             replicas.add_metric([name], sum(1 for t in server.targets if t.active))
         return [in_flight, online, restarts, memory, queued, busy, batches, scaling, replicas]
+
+
+class _StallCollector:
+    """The gateway's own reactor lag and garbage-collector pauses (``shared.stalls``)."""
+
+    def __init__(self, stalls):
+        self._stalls = stalls
+
+    def collect(self):
+        lag = HistogramMetricFamily('bis_reactor_lag_seconds', 'How late the gateway\'s reactor ran a timer due '
+                                    'every {:g} s: what held it up'.format(self._stalls.interval))
+        lag.add_metric([], *_spread_buckets(self._stalls.lag))
+        lag_max = GaugeMetricFamily('bis_reactor_lag_max_seconds', 'The largest reactor lag since start')
+        lag_max.add_metric([], self._stalls.lag.largest)
+        pauses = HistogramMetricFamily('bis_gc_pause_seconds', 'Garbage collections of the gateway, by generation',
+                                       labels=['generation'])
+        pause_max = GaugeMetricFamily('bis_gc_pause_max_seconds', 'The longest collection since start, by generation',
+                                      labels=['generation'])
+        for generation, spread in sorted(self._stalls.gc_pauses.items()):
+            pauses.add_metric([str(generation)], *_spread_buckets(spread))
+            pause_max.add_metric([str(generation)], spread.largest)
+        return [lag, lag_max, pauses, pause_max]
+
+
+def _spread_buckets(spread):
+    buckets = [(str(bound), count) for bound, count in zip(spread.bounds, spread.counts)]
+    buckets.append(('+Inf', spread.count))
+    return buckets, spread.total
 
 
 def _histogram(counts, bounds):

@@ -24,6 +24,7 @@ from ..shared.drain import ConnectionDrain
 from ..shared.gctune import freeze_startup_objects
 from ..shared.limits import MIB, Limits
 from ..shared.security import AdminGuard, admin_token
+from ..shared.stalls import StallWatch
 from ..shared.web import LISTEN_BACKLOG, make_site
 from .apikeys import KeyStore, read_keys_file
 from .autoscale import Autoscaler
@@ -120,6 +121,8 @@ class GatewayService(MultiService):
         self.health.setServiceParent(self)
         self.autoscaler = Autoscaler(self.fleet, reactor=reactor)
         self.autoscaler.setServiceParent(self)
+        self.stalls = StallWatch(reactor)  # reactor lag and collection pauses, on /metrics
+        self.stalls.setServiceParent(self)
         # a per-start key lets the gateway's own support processes post their status
         support_key = secrets.token_urlsafe(24)
         status_path = '{}?{}={}'.format(SUPPORT_STATUS_PATH, SUPPORT_KEY_ARG, support_key)
@@ -133,7 +136,7 @@ class GatewayService(MultiService):
                                server_name=self.config.server_name,
                                support_names=[e.name for e in self.config.endpoints if e.is_support],
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor,
-                                                       scaling=self.autoscaler.decisions)
+                                                       scaling=self.autoscaler.decisions, stalls=self.stalls)
                                         if self.config.metrics else None),
                                metrics_guarded=self.config.metrics_require_token, support_key=support_key,
                                keys=KeyStore(self.config.api_keys, reactor) if self.config.api_keys else None,
@@ -270,7 +273,8 @@ class GatewayService(MultiService):
         self.history.shutdown()
 
     async def _stop_loops(self):
-        for service in [self.health, self.autoscaler] + ([self.watcher] if self.watcher else []) + self.supports:
+        for service in [self.health, self.autoscaler, self.stalls] + ([self.watcher] if self.watcher else []) + \
+                self.supports:
             await service.stopService()
 
     async def _stop_listening(self):

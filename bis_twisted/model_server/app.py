@@ -37,7 +37,7 @@ class ModelServer:
     _log = Logger()
 
     def __init__(self, name, worker_class, default_config, config, reactor=None,
-                 execution_path=DEFAULT_EXECUTION_PATH, notifications=None, schemas=None, guard=None):
+                 execution_path=DEFAULT_EXECUTION_PATH, notifications=None, schemas=None, guard=None, stalls=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -45,6 +45,7 @@ class ModelServer:
         self.worker_class = worker_class
         self.config = config
         self.execution_path = execution_path
+        self.stalls = stalls  # a shared.stalls.StallWatch: its figures go in /health
         self.notifications = notifications or Notifications()
         self.ready = False
         self.load_error = None
@@ -218,6 +219,8 @@ class ModelServer:
                 'SERVER': self.name, 'NR_WORKERS': self.pool.size, 'BUSY': self.pool.busy,
                 'QUEUED': self.pool.queued, 'PID': os.getpid(), 'ver-lib': LIB_VER,
                 'BATCHES': {str(size): count for size, count in sorted(self.pool.batch_sizes.items())}}
+        if self.stalls is not None:
+            body['STALLS'] = self.stalls.summary()
         if self.load_error:
             body['ERROR'] = self.load_error
         return write_json(request, 200 if self.ready else 503, body)

@@ -40,6 +40,7 @@ from ..shared.drain import ConnectionDrain
 from ..shared.gctune import freeze_startup_objects
 from ..shared.limits import Limits
 from ..shared.security import AdminGuard
+from ..shared.stalls import StallWatch
 from ..shared.web import LISTEN_BACKLOG, make_site
 from .app import ModelServer
 from .loader import load_endpoint
@@ -184,7 +185,7 @@ class ParentWatchService(Service):
 class ModelServerService(MultiService):
     """One model server: its workers, its listening port, its watch on the parent."""
 
-    def __init__(self, args, server, reactor, max_body_mb):
+    def __init__(self, args, server, reactor, max_body_mb, stalls=None):
         MultiService.__init__(self)
         self.args = args
         self.server = server
@@ -206,6 +207,8 @@ class ModelServerService(MultiService):
             StreamServerEndpointService(endpoint, site).setServiceParent(self)
         if args.exit_with_parent:
             ParentWatchService(reactor, lambda: self.stopping).setServiceParent(self)
+        if stalls is not None:
+            stalls.setServiceParent(self)
 
     def stopService(self):
         self.stopping = True
@@ -300,10 +303,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     else:
         observer = textFileLogObserver(sys.stdout)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    stalls = StallWatch(reactor)
     server = ModelServer(args.name, endpoint.worker_class, endpoint.default_config, config, reactor=reactor,
-                         execution_path=args.path, schemas=endpoint.schemas, guard=guard)
+                         execution_path=args.path, schemas=endpoint.schemas, guard=guard, stalls=stalls)
     max_body_mb = args.max_body_mb or config.get('MAX_BODY_MB', DEFAULT_MAX_BODY_MB)
-    exit_code = run(ModelServerService(args, server, reactor, max_body_mb), reactor, prefix)
+    exit_code = run(ModelServerService(args, server, reactor, max_body_mb, stalls), reactor, prefix)
     sys.stdout.flush()
     sys.stderr.flush()
     # daemon pool threads may still be inside a hook that never returns: do not wait for them
