@@ -14,7 +14,7 @@ exports them on ``/metrics``, a model server in its ``/health``.
 
 import gc
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from twisted.application.service import Service
 
@@ -100,6 +100,3 @@ class StallWatch(Service):
         50 ms."""
         return {'REACTOR_LAG': self.lag.summary(),
                 'GC_PAUSES': {str(g): s.summary() for g, s in sorted(self.gc_pauses.items())}}
-
-    def generations(self) -> List[int]:
-        return sorted(self.gc_pauses)
