@@ -23,7 +23,8 @@ from ..protocol import (ANSWER_COMPLETE_HEADER, ANSWER_FIELDS_HEADER, DEFAULT_BA
                         DEFAULT_MAX_QUEUE, NDJSON_TYPE, SERVER_PATHS, SIGNATURE, decode_answer_fields)
 from ..shared.schemas import SchemaCheck, SchemaViolation
 from ..shared.security import AdminGuard
-from ..shared.web import dumps, error_answer, now_text, request_id_of, request_inputs, write_json
+from ..shared.web import (dumps, encode_answer, error_answer, now_text, request_id_of, request_inputs,
+                          write_encoded_json, write_json)
 from .pool import WorkerLoadError, WorkerPool
 
 
@@ -46,6 +47,7 @@ class ModelServer:
         self.config = config
         self.execution_path = execution_path
         self.stalls = stalls  # a shared.stalls.StallWatch: its figures go in /health
+        self._fields_seen = (None, None)  # the last ANSWER_FIELDS_HEADER value and its fields
         self.notifications = notifications or Notifications()
         self.ready = False
         self.load_error = None
@@ -131,14 +133,20 @@ class ModelServer:
             'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id),
             'request_id': rid,
         })
-        gateway_fields = decode_answer_fields(request.getHeader(ANSWER_FIELDS_HEADER))
+        gateway_fields = self._gateway_fields(request.getHeader(ANSWER_FIELDS_HEADER))
         if gateway_fields is None:
             return write_json(request, status, body)
         body.update(gateway_fields)
-        data = write_json(request, status, body)
-        if request.code == status:  # else it could not be encoded: the gateway completes that error itself
+        encoded_status, data = encode_answer(status, body)
+        if encoded_status == status:  # else it could not be encoded: the gateway completes that error itself
             request.setHeader(ANSWER_COMPLETE_HEADER, b'1')
-        return data
+        return write_encoded_json(request, encoded_status, data)
+
+    def _gateway_fields(self, value):
+        # the gateway sends the same header for a whole second of its uptime: decoded once
+        if value != self._fields_seen[0]:
+            self._fields_seen = (value, decode_answer_fields(value))
+        return self._fields_seen[1]
 
     def _answer_fields(self, worker, call_id, rid):
         return {'worker_id': worker.worker_id, 'call_id': call_id, 'time': now_text(),

@@ -49,8 +49,6 @@ from .pool import WorkerLoadError
 STOP_DRAIN_SECONDS = 4.0   # running requests get this long to finish on TERM
 ANSWER_FLUSH_SECONDS = 0.5  # then their answers this long to be written
 
-parse_args = parse_child_args
-
 
 class _PortEndpoint:
     """A server endpoint that remembers the port it listened on: ``port`` fires with it
@@ -271,7 +269,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from twisted.internet import reactor
     from twisted.logger import FileLogObserver, formatEvent, globalLogBeginner, textFileLogObserver
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_child_args(sys.argv[1:] if argv is None else argv)
     prefix = 'bis-server {}: '.format(args.name)
     # popped: the endpoint's code (and what it spawns) has no use for them
     config_env = os.environ.pop(CONFIG_VARIABLE, None)

@@ -78,27 +78,27 @@ def write_encoded_json(request, status, data, headers=None):
     return data
 
 
+def encode_answer(status, body):
+    """``(status, bytes)`` of an answer: ``body`` encoded, or a 500 whose ``ERROR`` says why
+    it could not be."""
+    try:
+        return status, dumps(body)
+    except (TypeError, ValueError) as exc:
+        return 500, dumps({'ERROR': 'the answer could not be encoded as JSON: {}'.format(exc)})
+    except RecursionError:
+        depth, limit = nesting_depth(body), sys.getrecursionlimit()
+        return 500, dumps({'ERROR': 'the answer is nested {} levels deep, deeper than JSON encoding allows here '
+                                    '(about {}); return a flatter structure'.format(depth, limit)})
+
+
 def write_json(request, status, body, headers=None):
     """Set status and headers and return the encoded body (what a Klein route returns).
 
     With its ``Content-Length`` set, the answer goes out in one piece: without it twisted.web
     sends it chunked, and the reader (the gateway, for a model server's answer) parses chunk
     framing and a trailer for every answer."""
-    request.setResponseCode(status)
-    request.setHeader(b'Content-Type', JSON_TYPE)
-    for name, value in (headers or {}).items():
-        request.setHeader(name, value)
-    try:
-        data = dumps(body)
-    except (TypeError, ValueError) as exc:
-        request.setResponseCode(500)
-        data = dumps({'ERROR': 'the answer could not be encoded as JSON: {}'.format(exc)})
-    except RecursionError:
-        request.setResponseCode(500)
-        data = dumps({'ERROR': 'the answer is nested {} levels deep, deeper than JSON encoding allows here (about '
-                               '{}); return a flatter structure'.format(nesting_depth(body), sys.getrecursionlimit())})
-    request.setHeader(b'Content-Length', b'%d' % len(data))
-    return data
+    status, data = encode_answer(status, body)
+    return write_encoded_json(request, status, data, headers)
 
 
 def nesting_depth(value, stop=10_000_000):
