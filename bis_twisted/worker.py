@@ -28,11 +28,12 @@ STAGE_STATUS: Dict[str, int] = {'_pre_process': 400, '_batch': 500, '_predict': 
                                 '_post_process': 500}
 
 
-class _HookFailed(Exception):
-    def __init__(self, stage: str, info: ErrorInfo) -> None:
-        super().__init__(stage)
-        self.stage = stage
-        self.info = info
+class _Refused(Exception):
+    """A stage of the pipeline cannot go on for one call: ``answer`` is what that call gets."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
 
 
 class FlaskWorker:
@@ -121,76 +122,101 @@ class FlaskWorker:
             self._notifications.add(call_id, str(kind).upper(), type(self).__name__, text,
                                     request_id=request_id)
 
-    # -- what the server calls ------------------------------------------------------------
+    # -- what the server calls: one pipeline, three drivers ----------------------------------
+    # Every call goes decode -> _pre_process -> predict -> _post_process -> encode. The
+    # drivers differ only in the predict step: one input (``execute``), a batch
+    # (``execute_batch``) or a generator read chunk by chunk (``execute_stream``). A stage
+    # that fails for one call raises ``_Refused`` with that call's Answer; the others go on.
     def startup(self) -> None:
         self._load_model()
 
     def execute(self, inputs: Inputs, call_id: int, request_id: Optional[str] = None) -> Answer:
-        """Run the hooks on ``inputs``; never raises: a failing hook becomes an error Answer
+        """Run the hooks on ``inputs``; never raises: a failing stage becomes an error Answer
         (400 from ``_pre_process`` or input decoding, 500 later) and the worker stays usable."""
-        self._counter = call_id
-        self._request_id = request_id
-        try:
-            try:
-                inputs = _decode_base64_inputs(inputs)
-            except _BadInput as exc:
-                return self._bad_input_outcome('_pre_process', 400, str(exc))
-            prep = self._run_hook('_pre_process', self._pre_process, inputs)
-            pred = self._run_hook('_predict', self._predict, prep)
-            answer = self._run_hook('_post_process', self._post_process, pred)
-            try:
-                answer = _encode_base64_outputs(answer, inputs)
-            except (TypeError, ValueError, UnicodeEncodeError) as exc:  # not JSON, or not in ENCODING
-                return self._bad_input_outcome('_post_process', 500, 'BASE64_OUTPUTS: {}'.format(exc))
-            except _BadInput as exc:
-                return self._bad_input_outcome('_post_process', 400, str(exc))
-            return Answer(200, {'predict_result': answer})
-        except _HookFailed as failed:
-            return self._error_outcome(failed.stage, failed.info)
-        finally:
-            self._counter = None
-            self._request_id = None
+        return self._drive([(inputs, call_id, request_id)], self._predict_one)[0]
 
     def execute_batch(self, calls: Sequence[Call]) -> List[Answer]:
         """Run a batch: ``calls`` is a list of ``(inputs, call_id, request_id)``; answers one
-        Answer per call, in order, and never raises. ``_pre_process`` and ``_post_process``
-        run per call (a failure answers that call alone); ``_batch``, ``_predict`` and
-        ``_unbatch`` once for the calls that were pre-processed (a failure, or a result of
-        the wrong length, answers 500 to each of them)."""
-        outcomes: List[Optional[Answer]] = [None] * len(calls)
+        Answer per call, in order, and never raises. Decoding, ``_pre_process`` and
+        ``_post_process`` run per call (a failure answers that call alone); ``_batch``,
+        ``_predict`` and ``_unbatch`` once for the calls that were pre-processed (a failure,
+        or a result of the wrong length, answers 500 to each of them)."""
+        return self._drive(calls, self._predict_batch)
+
+    def execute_stream(self, inputs: Inputs, call_id: int,
+                       request_id: Optional[str] = None) -> Union['ChunkStream', Answer]:
+        """Decode, ``_pre_process`` and start ``_predict``: a ``ChunkStream`` to read the
+        chunks from, or the error Answer (400 from decoding or ``_pre_process``) when it did
+        not start."""
+        self._counter, self._request_id = call_id, request_id
+        try:
+            decoded, prep = self._prepare(inputs)
+            items = self._run_hook('_predict', self._predict, prep)
+            items = self._run_hook('_predict', iter, items)
+        except _Refused as refused:
+            return refused.answer
+        finally:
+            self._counter = None
+            self._request_id = None
+        return ChunkStream(self, items, decoded, call_id, request_id)
+
+    def _drive(self, calls: Sequence[Call],
+               predict: Callable[[Sequence[Call], List[Any]], List[Any]]) -> List[Answer]:
+        answers: List[Optional[Answer]] = [None] * len(calls)
         ready: List[Tuple[int, Inputs, Any]] = []  # (index, decoded inputs, pre-processed input)
         try:
             for index, (inputs, call_id, request_id) in enumerate(calls):
                 self._counter, self._request_id = call_id, request_id
                 try:
-                    decoded = self._decoded_inputs(inputs)
-                    ready.append((index, decoded, self._run_hook('_pre_process', self._pre_process, decoded)))
-                except _HookFailed as failed:
-                    outcomes[index] = self._error_outcome(failed.stage, failed.info)
-            if not ready:
-                return cast(List[Answer], outcomes)
-            preds, error = self._predict_batch([calls[index] for index, _, _ in ready], [p for _, _, p in ready])
-            if error is not None:
-                for index, _decoded, _prep in ready:
-                    outcomes[index] = error
-                return cast(List[Answer], outcomes)
-            for (index, decoded, _prep), pred in zip(ready, cast(List[Any], preds)):  # a list when no error
-                self._counter, self._request_id = calls[index][1], calls[index][2]
+                    ready.append((index,) + self._prepare(inputs))
+                except _Refused as refused:
+                    answers[index] = refused.answer
+            if ready:
                 try:
-                    answer = self._run_hook('_post_process', self._post_process, pred)
-                    outcomes[index] = Answer(200, {'predict_result': self._encoded_answer(answer, decoded)})
-                except _HookFailed as failed:
-                    outcomes[index] = self._error_outcome(failed.stage, failed.info)
-            return cast(List[Answer], outcomes)  # every call has its Answer by now
+                    preds = predict([calls[index] for index, _, _ in ready], [prep for _, _, prep in ready])
+                except _Refused as refused:
+                    preds = [refused] * len(ready)
+                for (index, decoded, _prep), pred in zip(ready, preds):
+                    if isinstance(pred, _Refused):
+                        answers[index] = pred.answer
+                        continue
+                    self._counter, self._request_id = calls[index][1], calls[index][2]
+                    try:
+                        answers[index] = self._finish(pred, decoded)
+                    except _Refused as refused:
+                        answers[index] = refused.answer
+            return cast(List[Answer], answers)  # every call has its Answer by now
         finally:
             self._counter = None
             self._request_id = None
             self._batch_calls = None
 
-    def _predict_batch(self, calls: Sequence[Call],
-                       prepared: List[Any]) -> Union[Tuple[List[Any], None], Tuple[None, Answer]]:
+    def _prepare(self, inputs: Inputs) -> Tuple[Inputs, Any]:
+        """Decode the BASE64_KEYS inputs and run ``_pre_process``: ``(decoded, prepared)``."""
+        try:
+            decoded = _decode_base64_inputs(inputs)
+        except _BadInput as exc:
+            raise _Refused(self._bad_input_outcome('_pre_process', 400, str(exc))) from None
+        return decoded, self._run_hook('_pre_process', self._pre_process, decoded)
+
+    def _finish(self, pred: Any, decoded: Inputs) -> Answer:
+        """``_post_process`` and the BASE64_OUTPUTS encoding: the call's Answer."""
+        answer = self._run_hook('_post_process', self._post_process, pred)
+        try:
+            answer = _encode_base64_outputs(answer, decoded)
+        except _BadInput as exc:
+            raise _Refused(self._bad_input_outcome('_post_process', 400, str(exc))) from None
+        except (TypeError, ValueError, UnicodeEncodeError) as exc:  # not JSON, or not in ENCODING
+            raise _Refused(self._bad_input_outcome('_post_process', 500, 'BASE64_OUTPUTS: {}'.format(exc))) from None
+        return Answer(200, {'predict_result': answer})
+
+    def _predict_one(self, calls: Sequence[Call], prepared: List[Any]) -> List[Any]:
+        # batching off: the hooks take one input, as they always did
+        return [self._run_hook('_predict', self._predict, prepared[0])]
+
+    def _predict_batch(self, calls: Sequence[Call], prepared: List[Any]) -> List[Any]:
         """``_batch`` -> ``_predict`` -> ``_unbatch`` with notifications going to every call of
-        the batch; ``(predictions, None)``, or ``(None, the error Answer)`` for all of them."""
+        the batch: one prediction per call, or ``_Refused`` for all of them."""
         self._batch_calls = [(call_id, request_id) for _inputs, call_id, request_id in calls]
         self._counter = None
         self._request_id = ','.join(str(rid) for _c, rid in self._batch_calls if rid) or None
@@ -200,9 +226,7 @@ class FlaskWorker:
             stage = '_predict'
             if type(self)._unbatch is not FlaskWorker._unbatch:
                 preds, stage = self._run_hook('_unbatch', self._unbatch, preds), '_unbatch'
-            return self._check_batch_length(stage, preds, len(prepared)), None
-        except _HookFailed as failed:
-            return None, self._error_outcome(failed.stage, failed.info)
+            return self._check_batch_length(stage, preds, len(prepared))
         finally:
             self._batch_calls = None
 
@@ -216,24 +240,10 @@ class FlaskWorker:
         hook = getattr(type(self), stage)
         code = getattr(hook, '__code__', None)
         what = '{} results'.format(got) if got is not None else 'a {}, not a list'.format(type(preds).__name__)
-        raise _HookFailed(stage, (
+        raise _Refused(self._error_outcome(stage, (
             'BatchSizeMismatch', code.co_filename if code else '', stage, code.co_firstlineno if code else 0,
             '{} returned {} for a batch of {} inputs; it must return one result per input, in order'.format(
-                stage, what, expected)))
-
-    def _decoded_inputs(self, inputs: Inputs) -> Inputs:
-        # the same decoding, and the same 400 on bad base64, as execute()
-        try:
-            return _decode_base64_inputs(inputs)
-        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
-            raise _HookFailed('_pre_process', error_info(type(exc), exc, sys.exc_info()[2]))
-
-    def _encoded_answer(self, answer: Any, inputs: Inputs) -> Any:
-        # the same encoding, and the same 500 on a bad BASE64_OUTPUTS value, as execute()
-        try:
-            return _encode_base64_outputs(answer, inputs)
-        except (ValueError, TypeError, UnicodeEncodeError) as exc:
-            raise _HookFailed('_post_process', error_info(type(exc), exc, sys.exc_info()[2]))
+                stage, what, expected))))
 
     def _run_hook(self, stage: str, hook: Callable[[Any], Any], arg: Any) -> Any:
         try:
@@ -243,7 +253,7 @@ class FlaskWorker:
         except (Exception, SystemExit) as exc:
             err_type, err_file, err_func, err_line, err_msg = error_info(type(exc), exc, exc.__traceback__)
             info = (err_type, shown_path(err_file, self._endpoints_folder()), err_func, err_line, err_msg)
-            raise _HookFailed(stage, info)
+            raise _Refused(self._error_outcome(stage, info)) from None
 
     def _endpoints_folder(self) -> Optional[str]:
         # the folder of the file that defines the worker class: endpoints/ for a user's worker
@@ -279,27 +289,6 @@ class FlaskWorker:
                 return value
         return inspect.isgeneratorfunction(cls._predict)
 
-    def execute_stream(self, inputs: Inputs, call_id: int,
-                       request_id: Optional[str] = None) -> Union['ChunkStream', Answer]:
-        """Decode, ``_pre_process`` and start ``_predict``: a ``ChunkStream`` to read the
-        chunks from, or the error Answer (400 from ``_pre_process``) when it did not start."""
-        self._counter, self._request_id = call_id, request_id
-        try:
-            try:
-                decoded = self._decoded_inputs(inputs)
-            except _HookFailed as failed:
-                return self._error_outcome(failed.stage, failed.info)
-            try:
-                prep = self._run_hook('_pre_process', self._pre_process, decoded)
-                items = self._run_hook('_predict', self._predict, prep)
-                items = self._run_hook('_predict', iter, items)
-            except _HookFailed as failed:
-                return self._error_outcome(failed.stage, failed.info)
-            return ChunkStream(self, items, decoded, call_id, request_id)
-        finally:
-            self._counter = None
-            self._request_id = None
-
 
 _END = object()  # the generator is exhausted
 
@@ -331,13 +320,12 @@ class ChunkStream:
             if item is _END:
                 self.finished = True
                 return None
-            answer = worker._run_hook('_post_process', worker._post_process, item)
+            answer = worker._finish(item, self._inputs)
             self.count += 1
-            return Answer(200, {'predict_result': worker._encoded_answer(answer, self._inputs)})
-        except _HookFailed as failed:
-            outcome = worker._error_outcome(failed.stage, failed.info)
+            return answer
+        except _Refused as refused:
             self.close()
-            return outcome
+            return refused.answer
         finally:
             worker._counter = None
             worker._request_id = None

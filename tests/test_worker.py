@@ -289,6 +289,54 @@ def test_undecodable_base64_inputs_answer_400_naming_the_key_without_calling_pre
     assert not hasattr(worker, 'seen')
 
 
+class BatchedEchoWorker(EchoWorker):
+    """Batched: ``_predict`` gets the list of pre-processed inputs and answers one per input."""
+
+    def _predict(self, prep_inputs):
+        return [{'TEXT': inputs['TEXT'], 'SEEN_WITH': len(prep_inputs)} for inputs in prep_inputs]
+
+
+class StreamingEchoWorker(EchoWorker):
+    def _predict(self, prep_inputs):
+        for word in prep_inputs['TEXT'].split():
+            yield word
+
+
+def answer_of(driver, inputs):
+    """The Answer the ``driver`` gives ``inputs``: alone, in a batch beside seven good calls
+    (their answers are checked too), or as a stream that must not start."""
+    if driver == 'execute':
+        return EchoWorker().execute(inputs, call_id=1)
+    if driver == 'execute_stream':
+        outcome = StreamingEchoWorker().execute_stream(inputs, call_id=1)
+        assert isinstance(outcome, Answer), 'the stream started: {!r}'.format(outcome)
+        return outcome
+    good = [({'TEXT': b64('call {}'.format(n).encode()), 'BASE64_KEYS': ['TEXT']}, n, 'r{}'.format(n))
+            for n in range(7)]
+    calls = good[:3] + [(inputs, 99, 'bad')] + good[3:]
+    answers = BatchedEchoWorker().execute_batch(calls)
+    assert len(answers) == 8
+    others = answers[:3] + answers[4:]
+    assert [a.status for a in others] == [200] * 7, [a.body for a in others]
+    assert [a.body['predict_result'] for a in others] == [
+        {'TEXT': 'call {}'.format(n), 'SEEN_WITH': 7} for n in range(7)]
+    return answers[3]
+
+
+@pytest.mark.parametrize('driver', ['execute', 'execute_batch', 'execute_stream'])
+@pytest.mark.parametrize('inputs, message', [
+    ({'TEXT': 'not base64!', 'BASE64_KEYS': ['TEXT']}, "input 'TEXT' (in BASE64_KEYS) is not valid base64"),
+    ({'TEXT': b64(b'\xff\xfe'), 'BASE64_KEYS': ['TEXT']},
+     "input 'TEXT' (in BASE64_KEYS) decodes to bytes that are not utf-8 text"),
+    ({'TEXT': b64(b'x'), 'BASE64_KEYS': ['TEXT'], 'ENCODING': 'klingon'}, "ENCODING 'klingon' is not a text encoding"),
+], ids=['bad-base64', 'not-utf8', 'unknown-encoding'])
+def test_one_undecodable_input_answers_400_to_its_own_call_alone_in_every_mode(driver, inputs, message):
+    answer = answer_of(driver, inputs)
+
+    assert answer.status == 400
+    assert answer.body['ERROR'].startswith(message), answer.body['ERROR']
+
+
 # -- the loader -------------------------------------------------------------------------------
 WORKER_SOURCE = '''
     from bis_twisted import FlaskWorker

@@ -25,7 +25,7 @@ from ..shared.schemas import SchemaCheck, SchemaViolation
 from ..shared.security import AdminGuard
 from ..shared.web import (dumps, encode_answer, error_answer, now_text, request_id_of, request_inputs,
                           write_encoded_json, write_json)
-from .pool import WorkerLoadError, WorkerPool
+from .pool import PooledStream, WorkerLoadError, WorkerPool
 
 
 def host_id():
@@ -111,7 +111,7 @@ class ModelServer:
         rid = request_id_of(request)
         if self.streaming:
             worker, call_id, outcome = await self.pool.run_stream(inputs, rid)
-            if hasattr(outcome, 'next'):
+            if isinstance(outcome, PooledStream):
                 return await self._stream(request, worker, call_id, outcome, rid)
         else:
             worker, call_id, outcome = await self.pool.run(inputs, rid)

@@ -34,6 +34,7 @@ from ..errors import BadRequest, QueueFull
 from ..logger import describe_failure, error_info
 from ..protocol import DEFAULT_BATCH_TIMEOUT, NR_WORKERS_RULE, valid_nr_workers
 from ..shared.waiters import Waiters
+from ..shared.web import Answer
 
 
 class WorkerLoadError(Exception):
@@ -249,7 +250,7 @@ class WorkerPool:
                                     job.call_id, job.request_id)
 
         def begun(outcome):
-            if not hasattr(outcome, 'next_chunk'):  # an error Answer: nothing runs any more
+            if isinstance(outcome, Answer):  # it did not start: nothing runs any more
                 return self._finished([outcome], worker, [job])
             stream = PooledStream(self, worker, outcome)
             if job.answer.called:  # its caller gave up while _pre_process ran
