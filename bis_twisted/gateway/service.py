@@ -1,23 +1,27 @@
 """``GatewayService``: the gateway's service tree, the same for ``bis.tac`` and ``bis-gateway``.
 
-Start: the supervisor spawns the children; the web port opens at once with
-``NO_STARTUP_WAIT``, otherwise when ``DEFAULT_SERVER`` is ready (no fixed sleeps). Stop, in
-order (``MultiService`` would stop children concurrently): close the port, let requests in
-flight finish (bounded by ``drain_timeout``), stop the children (TERM, then KILL), close the
-client pool, and
-save the start/stop history.
+Before anything starts, the cache folder is locked (``cachelock``: one gateway per folder) and
+the port is checked to be free, so a gateway that cannot serve exits at once (code 2, one
+line) having started no child. Its parts are services of one ``OrderedServices`` tree: they
+start in the order they were added (the supervisor spawns the children; the port opens at once
+with ``NO_STARTUP_WAIT``, otherwise when ``DEFAULT_SERVER`` is ready) and stop one after
+another in reverse: the loops, the port, the drain of requests in flight (bounded by
+``drain_timeout``), the children (TERM, then KILL), the client pool, and last the start/stop
+history. A part added later is stopped with the rest without anyone listing it.
 """
 
+import errno
 import os
 import resource
 import secrets
 import signal
+import socket
 import sys
 
 import attr
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from ..errors import BadRequest, ConfigError, ServiceUnavailable
 from ..shared.drain import ConnectionDrain
@@ -28,6 +32,7 @@ from ..shared.stalls import StallWatch
 from ..shared.web import LISTEN_BACKLOG, make_site
 from .apikeys import KeyStore, read_keys_file
 from .autoscale import Autoscaler
+from .cachelock import lock_cache
 from .config import load_config
 from .fleet import Fleet
 from .health import HealthMonitor
@@ -90,49 +95,157 @@ def unix_socket_names():
     return '@bis-{}-{}-'.format(os.getpid(), secrets.token_hex(4))
 
 
-class GatewayService(MultiService):
+class PortInUse(Exception):
+    """The gateway's port cannot be listened on; the message is the one line to print."""
+
+
+def check_port_free(host, port):
+    """Raise ``PortInUse`` when ``host:port`` cannot be bound now (another process listens
+    there), as the listening socket would find later; binds nothing when it can."""
+    if not port:
+        return
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # what Twisted's listening port sets: a port in TIME_WAIT is free, a listening one is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as exc:
+        reason = 'address already in use' if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise PortInUse('cannot listen on {}:{}: {}; stop what uses it or give another --port / '
+                        'BIS_PORT'.format(host, port, reason)) from None
+    finally:
+        probe.close()
+
+
+class OrderedServices(MultiService):
+    """A ``MultiService`` whose children stop one after another, in reverse order, each once
+    the one before it has stopped (``MultiService`` stops them all at once); a child that
+    fails to stop is logged and the others stop anyway."""
+
+    _log = Logger()
+
+    def stopService(self):
+        Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop_in_reverse())
+
+    async def _stop_in_reverse(self):
+        for service in reversed(list(self)):
+            try:
+                await defer.maybeDeferred(service.stopService)
+            except Exception:
+                self._log.failure('stopping the gateway: {service} failed; going on',
+                                  service=getattr(service, 'name', None) or type(service).__name__,
+                                  level=LogLevel.error)
+
+
+class _Steps(Service):
+    """A step of the gateway's start or stop that is not a service of its own."""
+
+    def __init__(self, name, start=None, stop=None):
+        self.setName(name)
+        self._start = start
+        self._stop = stop
+
+    def startService(self):
+        Service.startService(self)
+        if self._start is not None:
+            self._start()
+
+    def stopService(self):
+        Service.stopService(self)
+        return defer.maybeDeferred(self._stop) if self._stop is not None else None
+
+
+class GatedPort(Service):
+    """The gateway's port: listens when ``opened`` fires (at once, or when DEFAULT_SERVER is
+    ready), closes first at stop. A port that cannot be listened on calls ``on_error`` with
+    the one-line reason."""
+
+    name = 'port'
+    _log = Logger()
+
+    def __init__(self, endpoint, site, opened, on_error, reactor):
+        self._endpoint = endpoint
+        self._site = site
+        self._opened = opened
+        self._on_error = on_error
+        self._reactor = reactor
+        self.port = None
+
+    def startService(self):
+        Service.startService(self)
+        self._opened.addCallback(lambda _: self._listen())
+
+    def _listen(self):
+        if not self.running:
+            return None
+        d = self._endpoint.listen(self._site)
+        d.addCallbacks(self._listening, lambda failure: self._on_error(
+            'cannot listen: {}'.format(failure.getErrorMessage())))
+        return d
+
+    def _listening(self, port):
+        if not self.running:  # stopped while the listen was under way
+            return port.stopListening()
+        self.port = port
+        frozen = freeze_startup_objects()  # start-up is done: spare it the full collections
+        address = port.getHost()
+        self._log.info('gateway serving on http://{host}:{port}', host=address.host, port=address.port)
+        self._log.debug('{n} start-up objects exempt from garbage collection', n=frozen)
+        return None
+
+    def stopService(self):
+        Service.stopService(self)
+        self._opened.cancel()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return port.stopListening()
+
+
+class GatewayService(OrderedServices):
     drain_timeout = 10.0      # seconds requests in flight get to finish at stop
     startup_wait_max = 120.0  # seconds the port waits for DEFAULT_SERVER at most
 
     _log = Logger()
 
-    def __init__(self, options, reactor=None):
+    def __init__(self, options, reactor=None, port_check=check_port_free):
         MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
         self.options = options
+        self._port_check = port_check
+        self._stopping = False
+        # first of all: no other gateway writes into this cache folder (ConfigError if one does)
+        self.cache_lock = lock_cache(options.cache)
         endpoints_dir = os.path.abspath(options.endpoints)
         # validated before anything starts: ConfigError names file, endpoint and key
         self.config = load_config(options.config, endpoints_dir, options.port)
         token = admin_token(options.admin_token)  # stripped; ConfigError when too short
         os.makedirs(options.logs_dir, exist_ok=True)
-        self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir, pid_dir=options.pids_dir)
-        self.supervisor.setServiceParent(self)
+        self.history = StateHistory.in_cache(options.cache, clock=reactor)
+        self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir, pid_dir=options.pids_dir,
+                                     endpoints_dir=endpoints_dir)
         self.client = ChildClient(reactor=reactor, max_answer=int(self.config.max_answer_mb * MIB))
         self.fleet = Fleet(self.config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
                            execution_path=options.execution_path, remote_token=token,
                            socket_names=unix_socket_names())
         self.fleet.register_children()
-        self.history = StateHistory.in_cache(options.cache, clock=reactor)
         supports = [e for e in self.config.endpoints if e.is_support and not e.disabled]
         # every spawned child and remote server is watched, with or without support entries
         self.health = HealthMonitor(self.fleet, reactor=reactor)
-        self.health.setServiceParent(self)
         self.autoscaler = Autoscaler(self.fleet, reactor=reactor)
-        self.autoscaler.setServiceParent(self)
         self.stalls = StallWatch(reactor)  # reactor lag and collection pauses, on /metrics
-        self.stalls.setServiceParent(self)
         # a per-start key lets the gateway's own support processes post their status
         support_key = secrets.token_urlsafe(24)
         status_path = '{}?{}={}'.format(SUPPORT_STATUS_PATH, SUPPORT_KEY_ARG, support_key)
         self.supports = [SupportProcess(e, self.fleet, options.port, endpoints_dir, reactor=reactor,
-                                        status_path=status_path)
+                                        status_path=status_path, secret=support_key)
                          for e in supports]
-        for support in self.supports:
-            support.setServiceParent(self)
         self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(token),
-                               history=self.history, shutdown=self._reactor.stop, cache_dir=options.cache,
+                               history=self.history, shutdown=self.stop_reactor, cache_dir=options.cache,
                                server_name=self.config.server_name,
                                support_names=[e.name for e in self.config.endpoints if e.is_support],
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor,
@@ -145,21 +258,27 @@ class GatewayService(MultiService):
                               limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
                               answer_fields=self.gateway.fields)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
-        self.port = None
         self.endpoints_dir = endpoints_dir
-        # callables(new GatewayConfig), called after each config reload that was applied
-        self.config_listeners = []
         self._config_reload = None  # the reload under way: a second one waits for it
-        self.watcher = None
-        if options.reload:
-            self.watcher = ReloadWatcher(self, reactor=reactor)
-            self.watcher.setServiceParent(self)
+        self.watcher = ReloadWatcher(self, reactor=reactor) if options.reload else None
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, options.port, backlog=LISTEN_BACKLOG,
+                                                interface=options.host)
+        self.listening = GatedPort(endpoint, self.site, defer.Deferred(), self._cannot_serve, reactor)
+        # start order; each stops after those added after it
+        parts = [_Steps('history', self.history.startup, self._last_step), _Steps('client', stop=self.client.close),
+                 self.supervisor, _Steps('drain', stop=self._drain), self.listening, self.health,
+                 self.autoscaler, self.stalls] + self.supports + ([self.watcher] if self.watcher else [])
+        for part in parts:
+            part.setServiceParent(self)
 
     def startService(self):
+        try:
+            self._port_check(self.options.host, self.options.port)
+        except PortInUse as exc:
+            self._exit_at_once(str(exc))
         raise_open_files_limit(self._log)
         for warning in self.config.warnings:  # here, not at load: the log files are open now
             self._log.warn('{warning}', warning=warning)
-        self.history.startup()
         if os.environ.get('AID_APP_SHOW_PACKS', os.environ.get('SHOW_PACKS', '')).lower() == 'yes':
             # the original image's switch: the installed packages at start, for the record
             self._log.info('installed packages:\n{packages}', packages='\n'.join(get_packages()))
@@ -168,19 +287,58 @@ class GatewayService(MultiService):
             signal.signal(signal.SIGHUP, self._on_sighup)
         except ValueError:  # not the main thread (a test's reactor in a thread)
             pass
+        self._reactor.callWhenRunning(self._install_stop_signals)
+        self._open_port_when_ready()
+
+    def _install_stop_signals(self):
+        # replaces the reactor's own handlers, which call reactor.stop() on every TERM: a
+        # second TERM (docker stop after a process manager's, say) would log a CRITICAL
+        # ReactorNotRunning while the first stop runs
+        def on_signal(signum, frame):
+            self._reactor.callFromThread(self.stop_reactor)
+
+        try:
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        except ValueError:  # not the main thread
+            pass
+
+    def stop_reactor(self):
+        """Stop the reactor (and so this tree: the "before shutdown" trigger), once."""
+        if not self._stopping:
+            self._stopping = True
+            self._reactor.stop()
+
+    def _open_port_when_ready(self):
         default = self.config.default_server
         endpoint = self.config.endpoint(default) if default else None
+        opened = self.listening._opened
         if self.config.no_startup_wait or endpoint is None or not endpoint.is_spawned or endpoint.disabled:
-            self._listen()
-        else:
-            children = [t.child_name for t in self.fleet.servers[default].targets]
-            self._log.info('waiting for DEFAULT_SERVER {name} before serving', name=default)
-            d = defer.DeferredList([self.supervisor.when_ready(c) for c in children], fireOnOneCallback=True)
-            # a DEFAULT_SERVER that never loads must not keep /list_servers from saying why
-            d.addTimeout(self.startup_wait_max, self._reactor)
-            d.addErrback(lambda _: self._log.warn('DEFAULT_SERVER {name} not ready after {t}s; serving anyway',
-                                                  name=default, t=self.startup_wait_max))
-            d.addCallback(lambda _: self._listen())
+            opened.callback(None)
+            return
+        children = [t.child_name for t in self.fleet.servers[default].targets]
+        self._log.info('waiting for DEFAULT_SERVER {name} before serving', name=default)
+        d = defer.DeferredList([self.supervisor.when_ready(c) for c in children], fireOnOneCallback=True)
+        # a DEFAULT_SERVER that never loads must not keep /list_servers from saying why
+        d.addTimeout(self.startup_wait_max, self._reactor)
+        d.addErrback(lambda _: self._log.warn('DEFAULT_SERVER {name} not ready after {t}s; serving anyway',
+                                              name=default, t=self.startup_wait_max))
+        d.addCallback(lambda _: None if opened.called else opened.callback(None))
+
+    def _exit_at_once(self, message):
+        """Nothing started yet: one line, the lock let go, exit 2."""
+        self.cache_lock.release()
+        sys.stderr.write('bis-gateway: {}\n'.format(message))
+        sys.stderr.flush()
+        raise SystemExit(2)
+
+    def _cannot_serve(self, message):
+        """The port failed after the children started: one line, stop them all, exit 2."""
+        self._log.error('{message}; stopping', message=message)
+        sys.stderr.write('bis-gateway: {}\n'.format(message))
+        sys.stderr.flush()
+        self._reactor.addSystemEventTrigger('after', 'shutdown', _exit_now, 2)
+        self.stop_reactor()
 
     def reload_config(self):
         """Read and validate the config file again and apply it (``Fleet.apply_config``);
@@ -219,11 +377,6 @@ class GatewayService(MultiService):
             '{} {}'.format(k.lower(), ', '.join(v)) for k, v in done.items() if v and k != 'UNCHANGED') or 'no change')
         for name, error in done['FAILED'].items():
             self._log.warn('config reload: {error}', error=error)
-        for listener in list(self.config_listeners):
-            try:
-                listener(config)
-            except Exception:
-                self._log.failure('a config listener failed')
         return done
 
     async def _resize(self, server, size):
@@ -240,47 +393,10 @@ class GatewayService(MultiService):
         d = self.reload_config()
         d.addErrback(lambda f: self._log.warn('config reload on SIGHUP failed: {err}', err=f.getErrorMessage()))
 
-    def _listen(self):
-        if not self.running:
-            return
-        endpoint = endpoints.TCP4ServerEndpoint(self._reactor, self.options.port, backlog=LISTEN_BACKLOG,
-                                                interface=self.options.host)
-        d = endpoint.listen(self.site)
-
-        def listening(port):
-            self.port = port
-            frozen = freeze_startup_objects()  # start-up is done: spare it the full collections
-            self._log.info('gateway serving on http://{host}:{port}', host=self.options.host,
-                           port=port.getHost().port)
-            self._log.debug('{n} start-up objects exempt from garbage collection', n=frozen)
-
-        def failed(failure):
-            self._log.critical('cannot listen on {host}:{port}: {err}', host=self.options.host,
-                               port=self.options.port, err=failure.getErrorMessage())
-            self._reactor.stop()
-
-        d.addCallbacks(listening, failed)
-
-    async def _stop(self):
-        # every step runs whatever the one before did: the history is saved in any case
-        steps = [self._stop_loops, self._stop_listening, self._drain, self.supervisor.stopService,
-                 self.client.close]
-        for step in steps:
-            try:
-                await step()
-            except Exception:
-                self._log.failure('stopping the gateway: {step} failed; going on', step=step.__name__)
-        self.history.shutdown()
-
-    async def _stop_loops(self):
-        for service in [self.health, self.autoscaler, self.stalls] + ([self.watcher] if self.watcher else []) + \
-                self.supports:
-            await service.stopService()
-
-    async def _stop_listening(self):
-        if self.port is not None:
-            port, self.port = self.port, None
-            await port.stopListening()
+    @property
+    def port(self):
+        """The listening port, or None before it opened and after it closed."""
+        return self.listening.port
 
     async def _drain(self):
         idle = self.fleet.when_idle()
@@ -293,6 +409,12 @@ class GatewayService(MultiService):
         # the answers of the last requests are written before the process goes
         await self.connections.close_when_answered(self.drain_timeout)
 
-    def stopService(self):
-        self.running = False  # MultiService's own stop would stop the supervisor too early
-        return defer.Deferred.fromCoroutine(self._stop())
+    def _last_step(self):
+        self.history.shutdown()
+        self.cache_lock.release()
+
+
+def _exit_now(code):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
