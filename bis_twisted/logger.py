@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 from types import TracebackType
-from typing import Any, Dict, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 
 from twisted.logger import Logger as _TwistedLogger
 
@@ -42,6 +42,13 @@ class Logger:
         if config_data:
             self.config_data.update(config_data)
         self._log = _TwistedLogger(namespace=lib_name)
+        self._hidden: List[str] = []
+
+    def hide(self, secret: str) -> None:
+        """Never print ``secret``: it is shown as ``<hidden>`` in what ``P`` logs (a URL
+        the gateway gave user code, with a key in it, say)."""
+        if secret:
+            self._hidden.append(secret)
 
     def update_config_data(self, new_data: Optional[Mapping[str, Any]]) -> None:
         self.config_data.update(new_data or {})
@@ -56,8 +63,11 @@ class Logger:
 
     def P(self, s: object, color: Optional[str] = None, **_kwargs: Any) -> None:  # noqa: N802 - the original's name
         level = _COLOR_LEVELS.get(color, 'info')
+        msg = str(s)
+        for secret in self._hidden:
+            msg = msg.replace(secret, '<hidden>')
         getattr(self._log, level)('{prefix}{msg}', prefix=(self.prefix_log + ' ') if self.prefix_log else '',
-                                  msg=str(s), color=color)
+                                  msg=msg, color=color)
 
     @property
     def root_folder(self) -> str:

@@ -252,13 +252,8 @@ class FlaskWorker:
         # a SystemExit in a pool thread would otherwise end that thread with no answer
         except (Exception, SystemExit) as exc:
             err_type, err_file, err_func, err_line, err_msg = error_info(type(exc), exc, exc.__traceback__)
-            info = (err_type, shown_path(err_file, self._endpoints_folder()), err_func, err_line, err_msg)
+            info = (err_type, shown_path(err_file, folder_of(type(self))), err_func, err_line, err_msg)
             raise _Refused(self._error_outcome(stage, info)) from None
-
-    def _endpoints_folder(self) -> Optional[str]:
-        # the folder of the file that defines the worker class: endpoints/ for a user's worker
-        module_file = getattr(sys.modules.get(type(self).__module__), '__file__', None)
-        return os.path.dirname(os.path.abspath(module_file)) if module_file else None
 
     def _error_outcome(self, stage: str, info: ErrorInfo) -> Answer:
         err_type, err_file, err_func, err_line, err_msg = info
@@ -356,6 +351,12 @@ class ChunkStream:
 
 
 Worker = FlaskWorker
+
+
+def folder_of(cls: type) -> Optional[str]:
+    """The folder of the file that defines ``cls``: endpoints/ for a user's worker class."""
+    module_file = getattr(sys.modules.get(cls.__module__), '__file__', None)
+    return os.path.dirname(os.path.abspath(module_file)) if module_file else None
 
 
 def shown_path(path: str, folder: Optional[str]) -> str:

@@ -56,6 +56,8 @@ class FakeChildren:
         self.refused = []    # urls that refused a request
         self.refusing = set()
         self.down = set()
+        self.hung = set()       # bases whose /health never answers
+        self.unanswered = []    # the pings sent to them
         self.answer_at_once = None
 
     def post_json(self, url, payload, timeout, what, **kwargs):
@@ -72,6 +74,9 @@ class FakeChildren:
         base = url.rsplit(b'/', 1)[0]
         if base in self.down:
             return defer.fail(ConnectionRefusedError())
+        if base in self.hung:  # connected, never answered (SIGSTOP-ed): the test may fail it later
+            self.unanswered.append(defer.Deferred())
+            return self.unanswered[-1]
         return defer.succeed(Answer(200, {'STATUS': 'OK', 'NR_WORKERS': 1}))
 
     @property
@@ -470,6 +475,49 @@ def test_health_loop_runs_without_support_entries_and_replaces_a_hung_child(make
         assert first.signals == ['KILL']
         assert fleet.supervisor.status('demo').last_error == \
             'did not answer 3 health checks in a row (5s apart); replaced'
+    finally:
+        monitor.stopService()
+
+
+def test_with_the_default_interval_a_hung_child_is_replaced_three_beats_after_it_stops_answering(
+        make_fleet, reactor, children):
+    fleet = make_fleet({'demo': {}})  # HEALTH_INTERVAL: its default, 1 s
+    monitor = start_health(fleet, reactor)
+    try:
+        reactor.ready('demo')
+        first = reactor.child('demo')
+        children.hung.add(b'http://127.0.0.1:5003')
+        reactor.advance(1)  # a ping goes out and is never answered
+        assert len(children.unanswered) == 1
+        reactor.advance(1)
+        reactor.advance(1)
+        assert first.signals == [] and len(children.unanswered) == 1  # two misses; no second ping piled up
+        reactor.advance(1)
+        assert first.signals == ['KILL']  # SIGKILL: a stopped process cannot act on TERM
+        assert fleet.supervisor.status('demo').last_error == \
+            'did not answer 3 health checks in a row (1s apart); replaced'
+        # the ping the old process never answered fails now: nothing is held against the new one
+        children.hung.clear()
+        reactor.advance(Supervisor.minRestartDelay)
+        reactor.ready('demo')
+        children.unanswered[0].errback(ConnectionRefusedError())
+        reactor.advance(10)
+        assert reactor.child('demo').signals == [] and monitor.misses == {}
+    finally:
+        monitor.stopService()
+
+
+def test_a_child_whose_workers_are_all_busy_is_never_replaced_while_its_reactor_answers(
+        make_fleet, reactor, children):
+    fleet = make_fleet({'demo': {'NR_WORKERS': 2}})
+    monitor = start_health(fleet, reactor)
+    try:
+        reactor.ready('demo')
+        running = [send(fleet), send(fleet)]  # two long _predict calls, unanswered for 5 minutes
+        for _ in range(300):  # a beat of the health loop each
+            reactor.advance(1)
+        assert reactor.child('demo').signals == [] and not any(d.called for d in running)
+        assert monitor.misses == {}
     finally:
         monitor.stopService()
 

@@ -1,21 +1,26 @@
 """``HealthMonitor``: the one loop that watches every model server, always on.
 
-Every ``HEALTH_INTERVAL`` (per endpoint, default 5 s) it asks each spawned child that said it
-is ready for ``/health``; ``misses_allowed`` misses in a row (a deadlocked or SIGSTOP-ed
-process) replace the child. A child still loading is not asked: its ``LOAD_TIMEOUT`` bounds
-that (the supervisor's timer). With ``MAX_RSS_MB``, the child's resident memory is sampled on
-the same beat; over the limit on ``rss_samples_over`` samples in a row, it is recycled as a
-reload does it: a new process starts on the slot's spare port, takes the new requests once
-ready, and the old one answers what it has and stops, one replica of an endpoint at a time.
-(A slot without a spare port stops taking requests, drains and starts again in place; a lone
-child only once nothing is in flight to it.) Remote
-servers (``URLS``) are pinged too: out of the rotation while they do not answer.
+Every ``HEALTH_INTERVAL`` (per endpoint, default 1 s) each spawned child that said it is ready
+is asked for ``/health``. A ping is never waited for by the loop: one still unanswered at the
+next beat counts as a miss, as does a refused or broken one, and ``misses_allowed`` misses in
+a row (a deadlocked or SIGSTOP-ed process, a C call holding the GIL) replace the child at once
+(SIGKILL). So a hung child is replaced ``misses_allowed`` beats after it stopped answering
+(3 s by default), and a child whose workers are all busy is not: its reactor still answers.
+A child still loading is not asked: its ``LOAD_TIMEOUT`` bounds that (the supervisor's timer).
+With ``MAX_RSS_MB``, the child's resident memory is sampled on the same beat; over the limit on
+``rss_samples_over`` samples in a row, it is recycled as a reload does it: a new process starts
+on the slot's spare port, takes the new requests once ready, and the old one answers what it
+has and stops, one replica of an endpoint at a time. (A slot without a spare port stops taking
+requests, drains and starts again in place; a lone child only once nothing is in flight to
+it.) Remote servers (``URLS``) are pinged too: out of the rotation while they do not answer.
 """
 
 import psutil
 from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.logger import Logger
+
+from .config import DEFAULT_HEALTH_INTERVAL
 
 MB = 1024 * 1024
 
@@ -32,7 +37,7 @@ class HealthMonitor(TimerService):
             from twisted.internet import reactor
         self._reactor = reactor
         self.fleet = fleet
-        intervals = [s.config.health_interval for s in fleet.servers.values()] or [5.0]
+        intervals = [s.config.health_interval for s in fleet.servers.values()] or [DEFAULT_HEALTH_INTERVAL]
         self.tick_interval = min(intervals)
         TimerService.__init__(self, self.tick_interval, self.tick)
         self.clock = reactor  # TimerService's LoopingCall uses it: a Clock in tests
@@ -40,72 +45,92 @@ class HealthMonitor(TimerService):
         self.misses = {}       # child name -> consecutive failed pings
         self.over = {}         # child name -> consecutive RSS samples over MAX_RSS_MB
         self._next_due = {}    # target -> time of its next ping
+        self._pinging = {}     # target -> pid (or None, remote) its ping in flight was sent to
         self._recycling = set()  # child names being recycled
         self.rounds = 0
 
-    async def tick(self):
+    def tick(self):
         # LoopingCall stops for good on an error: nothing may escape from here
         self.rounds += 1
         try:
-            await self.check_all()
+            self.check_all()
         except Exception:
             self._log.failure('health round failed')
 
-    async def check_all(self):
+    def check_all(self):
         now = self._reactor.seconds()
-        due = []
         for server in self.fleet.servers.values():
             interval = server.config.health_interval
             for target in server.targets:
                 if self._next_due.get(target, 0.0) <= now + 1e-9:
                     self._next_due[target] = now + interval
-                    due.append(target)
-        await defer.gatherResults([defer.Deferred.fromCoroutine(self._check(t)) for t in due])
+                    if target.child_name is None:
+                        self._check_remote(target)
+                    else:
+                        self._check_child(target)
 
-    async def _check(self, target):
-        if target.child_name is None:
-            await self._check_remote(target)
-        else:
-            await self._check_child(target)
+    def _check_remote(self, target):
+        if target in self._pinging:
+            return  # its ping has a timeout of its own
+        self._pinging[target] = None
+        ping = defer.Deferred.fromCoroutine(self.fleet.ping(
+            target, min(self.ping_timeout, target.server.config.health_interval)))
 
-    async def _check_remote(self, target):
-        ok = await self.fleet.ping(target, min(self.ping_timeout, target.server.config.health_interval)) is not None
-        if ok != target.remote_ok:
-            self._log.info('remote server {url} of {name} is {state}', url=target.base_url,
-                           name=target.server.name, state='back online' if ok else 'offline')
-        target.remote_ok = ok
+        def answered(health):
+            del self._pinging[target]
+            ok = health is not None
+            if ok != target.remote_ok:
+                self._log.info('remote server {url} of {name} is {state}', url=target.base_url,
+                               name=target.server.name, state='back online' if ok else 'offline')
+            target.remote_ok = ok
 
-    async def _check_child(self, target):
-        supervisor = self.fleet.supervisor
+        ping.addCallback(answered)
+        ping.addErrback(lambda f: self._log.failure('pinging {url}', f, url=target.base_url))
+
+    def _check_child(self, target):
         name = target.child_name
-        status = supervisor.status(name)
+        status = self.fleet.supervisor.status(name)
         if not (status.running and status.ready) or status.stopping:
             self.misses.pop(name, None)
             self.over.pop(name, None)
             return
-        alive = await self._answers(target)
-        status = supervisor.status(name)
-        if not status.running or status.stopping:
+        if target in self._pinging:  # the last ping is still unanswered a beat later
+            self._missed(target, status.pid)
             return
-        if alive:
-            self.misses.pop(name, None)
-        else:
-            self.misses[name] = self.misses.get(name, 0) + 1
-            if self.misses[name] >= self.misses_allowed:
-                self.misses.pop(name)
-                interval = target.server.config.health_interval
-                supervisor.restart_child(name, 'did not answer {} health checks in a row ({:g}s apart); '
-                                               'replaced'.format(self.misses_allowed, interval))
-                return
-        self._check_memory(target, status)
+        interval = target.server.config.health_interval
+        self._pinging[target] = status.pid
+        # its own timeout only bounds the connection: the beats count the misses
+        ping = self.fleet.client.get_json(target.url('/health'), interval * (self.misses_allowed + 1))
+        ping = defer.ensureDeferred(ping)
 
-    async def _answers(self, target):
-        timeout = min(self.ping_timeout, target.server.config.health_interval)
-        try:
-            await self.fleet.client.get_json(target.url('/health'), timeout)
-        except Exception:  # any failure to answer, the timeout included, is a missed ping
-            return False
-        return True
+        def answered(_result):
+            if self._pinging.pop(target, None) == status.pid and self._same(name, status.pid):
+                self.misses.pop(name, None)
+                self._check_memory(target, self.fleet.supervisor.status(name))
+
+        def failed(failure):
+            if self._pinging.pop(target, None) != status.pid or not self._same(name, status.pid):
+                return  # a process that is gone by now
+            if not failure.check(defer.TimeoutError, defer.CancelledError):  # refused, reset, broken
+                self._missed(target, status.pid)
+
+        ping.addCallbacks(answered, failed)
+        ping.addErrback(lambda f: self._log.failure('health check of {name}', f, name=name))
+
+    def _same(self, name, pid):
+        status = self.fleet.supervisor.status(name)
+        return status.running and status.ready and not status.stopping and status.pid == pid
+
+    def _missed(self, target, pid):
+        name = target.child_name
+        if not self._same(name, pid):
+            return
+        self.misses[name] = self.misses.get(name, 0) + 1
+        if self.misses[name] >= self.misses_allowed:
+            self.misses.pop(name)
+            interval = target.server.config.health_interval
+            self.fleet.supervisor.restart_child(name, 'did not answer {} health checks in a row ({:g}s apart); '
+                                                      'replaced'.format(self.misses_allowed, interval))
 
     # -- memory recycling ------------------------------------------------------------------------
     def _check_memory(self, target, status):

@@ -225,7 +225,7 @@ class ChildProtocol(protocol.ProcessProtocol):
             self._supervisor._child_ready(self.name, line[len(READY_LINE):].strip(), self)
             return
         if fd == 2:
-            self.stderr_tail.append(short_error(line))
+            self.stderr_tail.append(short_error(self._supervisor.shown(line)))
         self._log.info('[{name}] {line}', name=self.name, line=line)
 
     def processExited(self, reason):
@@ -257,16 +257,22 @@ class Supervisor(Service):
 
     _log = Logger()
 
-    def __init__(self, reactor=None, log_dir=None, pid_dir=None, killpg=None):
+    def __init__(self, reactor=None, log_dir=None, pid_dir=None, killpg=None, endpoints_dir=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        # a child's errors reach answers (a 503's reason): files named relative to this folder
+        self._hidden_folder = os.path.join(os.path.abspath(endpoints_dir), '') if endpoints_dir else None
         self._log_dir = log_dir
         self._pid_dir = pid_dir
         # signals a child's process group; the tests' fake reactor brings its own
         self._killpg = killpg or getattr(reactor, 'killpg', None) or os.killpg
         self._children = collections.OrderedDict()
         self.listeners = []  # callables(name, event) for 'ready' / 'exited'
+
+    def shown(self, text):
+        """``text`` with the endpoint files named relative to the endpoints folder."""
+        return text.replace(self._hidden_folder, '') if self._hidden_folder else text
 
     # -- registry ------------------------------------------------------------------------------
     def add(self, spec, start=True):

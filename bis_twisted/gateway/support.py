@@ -35,7 +35,7 @@ class SupportProcess(TimerService):
     _log = Logger()
 
     def __init__(self, endpoint, fleet, gateway_port, endpoints_dir, reactor=None, threadpool=None,
-                 status_path=SUPPORT_STATUS_PATH):
+                 status_path=SUPPORT_STATUS_PATH, secret=None):
         if reactor is None:
             from twisted.internet import reactor
         TimerService.__init__(self, endpoint.ping_interval, self.tick)
@@ -53,6 +53,7 @@ class SupportProcess(TimerService):
             config = dict(endpoint.entry, SERVER='127.0.0.1', SERVER_PORT=gateway_port,
                           SERVER_PATH=status_path, SUPPORT_NAME=endpoint.name)
             log = CompatLogger(lib_name=endpoint.name, config_data=config)
+            log.hide(secret)  # in status_path: the monitor's own messages print its URL
             cls = find_monitor_class(load_module(path), path)
             try:
                 self.monitor = cls(name=endpoint.name, log=log)

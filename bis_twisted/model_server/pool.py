@@ -35,6 +35,7 @@ from ..logger import describe_failure, error_info
 from ..protocol import DEFAULT_BATCH_TIMEOUT, NR_WORKERS_RULE, valid_nr_workers
 from ..shared.waiters import Waiters
 from ..shared.web import Answer
+from ..worker import folder_of, shown_path
 
 
 class WorkerLoadError(Exception):
@@ -155,7 +156,10 @@ class WorkerPool:
         try:
             worker.startup()
         except Exception as exc:  # the user's _load_model
-            raise WorkerLoadError(describe_failure('_load_model', error_info(type(exc), exc, sys.exc_info()[2]))) from None
+            info = error_info(type(exc), exc, sys.exc_info()[2])
+            # the file as an answer shows it: relative to the endpoints folder or its import root
+            info = info[:1] + (shown_path(info[1], folder_of(type(worker))),) + info[2:]
+            raise WorkerLoadError(describe_failure('_load_model', info)) from None
         return worker
 
     def _shrink(self, count):
