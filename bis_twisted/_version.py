@@ -1,3 +1,3 @@
-"""The version of bis_twisted, in one place (``setup.py`` reads it from here too)."""
+"""The version of bis_twisted, in one place (``pyproject.toml`` reads it from here too)."""
 
 __version__: str = '0.1.0'

@@ -1,12 +1,55 @@
 """Fixtures shared by the tests: started processes that are always killed, and a folder of
-endpoint files written by the test itself."""
+endpoint files written by the test itself; and the ``e2e`` marker on every test that starts
+real processes, so that ``pytest -m "not e2e"`` is the fast unit tier."""
 
+import functools
+import inspect
 import textwrap
 
 import pytest
 from twisted.logger import globalLogPublisher
 
 from procs import Processes
+
+# A test starts real processes (a gateway, a model server, a browser, mypy) when it or one of
+# its fixtures uses one of these fixtures, or names one of these words in its own code.
+E2E_FIXTURES = frozenset(['processes', 'module_processes'])
+E2E_WORDS = ('subprocess', 'Processes(', 'start_gateway(', 'start_model_server(', 'webdriver', 'run_mypy(',
+             'mypy.api')
+
+
+@functools.lru_cache(maxsize=None)
+def _starts_processes(function, depth=2):
+    """Whether ``function``, or a helper of its test module that it calls, names an E2E word."""
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    if any(word in source for word in E2E_WORDS):
+        return True
+    if depth == 0:
+        return False
+    module = inspect.getmodule(function)
+    helpers = [getattr(module, name, None) for name in getattr(getattr(function, '__code__', None), 'co_names', ())]
+    return any(inspect.isfunction(h) and inspect.getmodule(h) is module and _starts_processes(h, depth - 1)
+               for h in helpers)
+
+
+def _is_e2e(item):
+    if item.path.name.endswith('_e2e.py') or E2E_FIXTURES & set(getattr(item, 'fixturenames', ())):
+        return True
+    functions = [getattr(item, 'function', None)]
+    info = getattr(item, '_fixtureinfo', None)
+    for definitions in (info.name2fixturedefs.values() if info is not None else ()):
+        functions += [d.func for d in definitions if 'tests' in getattr(d.func, '__module__', '') or
+                      getattr(d, 'baseid', '').startswith('tests')]
+    return any(f is not None and _starts_processes(f) for f in functions)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _is_e2e(item):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture

@@ -14,7 +14,10 @@ GATEWAY_READY = r'gateway serving on http://'
 def free_port_block(size, host='127.0.0.1', start=20000, stop=32000):
     """A port whose next ``size - 1`` ports are free too: the gateway's children count up
     from its port + 1. Searched below Linux's ephemeral range (32768+), where outgoing
-    connections of concurrent tests would take ports, wrapping around once."""
+    connections of concurrent tests would take ports, wrapping around once. Under
+    pytest-xdist each worker searches a slice of its own: blocks found free by two workers
+    at once would otherwise overlap once their children bind."""
+    start, stop = _worker_slice(start, stop)
     first = start + (os.getpid() * 7) % (stop - start - size)
     candidates = list(range(first, stop - size, size)) + list(range(start, first, size))
     for port in candidates:
@@ -31,6 +34,18 @@ def free_port_block(size, host='127.0.0.1', start=20000, stop=32000):
             for sock in socks:
                 sock.close()
     raise RuntimeError('no block of {} free ports'.format(size))
+
+
+XDIST_SLICES = 8  # the most workers the suite is run with (-n); more would share slices
+
+
+def _worker_slice(start, stop):
+    worker = os.environ.get('PYTEST_XDIST_WORKER', '')  # 'gw0', 'gw1', ...; unset without xdist
+    if not worker.startswith('gw') or not worker[2:].isdigit():
+        return start, stop
+    width = (stop - start) // XDIST_SLICES
+    first = start + width * (int(worker[2:]) % XDIST_SLICES)
+    return first, first + width
 
 
 class GatewayProcess:

@@ -16,8 +16,6 @@ import pytest
 from gateway_process import start_gateway
 from procs import Processes, get, wait_until
 
-pytestmark = pytest.mark.e2e
-
 SCHEMA = '''
 INPUT_SCHEMA = {'type': 'object', 'required': ['X'],
                 'properties': {'X': {'type': 'string'}, 'GATE': {'type': 'string'}}}

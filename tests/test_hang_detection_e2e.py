@@ -14,8 +14,6 @@ import pytest
 from gateway_process import start_gateway
 from procs import ENDPOINTS_DIR, get, wait_until
 
-pytestmark = pytest.mark.e2e
-
 # What a user writes: a model that takes half a minute per call (it sleeps, as a model waiting
 # on a device or a remote service does), on two workers.
 SLOW = textwrap.dedent('''

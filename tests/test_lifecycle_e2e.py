@@ -13,8 +13,6 @@ import pytest
 from gateway_process import start_gateway
 from procs import wait_until
 
-pytestmark = pytest.mark.e2e
-
 CONFIG = {'DEFAULT_SERVER': 'dummy_model_demo2', 'CONFIG_ENDPOINTS': {
     'dummy_model_demo2': {'NR_WORKERS': 1}, 'dummy_model_demo1': {'NR_WORKERS': 1}}}
 LOUD = re.compile(r'#(critical|error)\]|CRITICAL|Traceback')

@@ -15,8 +15,6 @@ import pytest
 from gateway_process import start_gateway
 from procs import ENDPOINTS_DIR, wait_until
 
-pytestmark = pytest.mark.e2e
-
 BAD_LOAD = textwrap.dedent('''
     from bis_twisted import FlaskWorker
 
