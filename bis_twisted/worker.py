@@ -59,6 +59,7 @@ class FlaskWorker:
         self.server_name = server_name
         base_log = log if log is not None else Logger(lib_name=type(self).__name__)
         self.log = base_log.with_prefix(prefix_log, config_data=merged)
+        self.log.context = lambda: {'worker_id': self.worker_id, 'request_id': self._request_id}
         self._notifications = notifications if notifications is not None else Notifications()
         self._counter: Optional[int] = None
         self._request_id: Optional[str] = None
