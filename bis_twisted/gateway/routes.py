@@ -25,6 +25,7 @@ from ..shared.schemas import declared_schemas
 from ..shared.security import AdminGuard
 from ..shared.web import (SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text, request_id_of,
                           request_inputs, write_encoded_json, write_json)
+from . import readiness
 from .assets import Assets
 from .devices import gpu_memory
 from .openapi import openapi_document
@@ -304,6 +305,9 @@ class Gateway:
 
     @app.route('/ready', methods=['GET'])
     async def ready(self, request):
+        scoped = await readiness.answer(self.fleet, request)  # ?SCOPE=gateway, ?SIGNATURE=<endpoint>
+        if scoped is not None:
+            return self.answer(request, *scoped)
         unready = await self.fleet.unready()
         if unready:
             reasons = [self.fleet.unavailable(self.fleet.servers[name]).message for name in unready]
