@@ -158,6 +158,8 @@ _ENDPOINT_KEYS = {
     'DOWNSCALE_DELAY': (lambda v: _is_number(v) and v >= 0, 'a number of seconds >= 0'),
     'DEVICES': (lambda v: isinstance(v, list) and v and all(_device_number(d) is not None for d in v),
                 'a non-empty list of devices, "cuda:0" or 0'),
+    'URLS_REFRESH': (lambda v: _is_number(v) and v > 0,
+                     'a number of seconds > 0 (how often a URLS host is resolved to all its addresses)'),
     'URLS': (lambda v: isinstance(v, list) and v and all(
         isinstance(u, str) and u.startswith(('http://', 'https://')) for u in v),
         'a non-empty list of http:// URLs'),

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from ..errors import ServerFailed, ServerStopped, ServiceUnavailable, UnknownSignature
 from ..shared.waiters import Waiters
+from . import spread
 from .proxy import ChildConnectionLost, ChildStream, NotConnected
 
 SUSPECT_SECONDS = 2.0  # how long a target that dropped a request is skipped, at most
@@ -44,7 +45,9 @@ class Routing:
     def pick(self, server, exclude=()):
         """The ready target with the fewest requests in flight, or 503 saying why none is."""
         best = None
-        for target in server.targets:
+        # a remote server's addresses (pods behind one name) take turns on a tie
+        targets = spread.in_turn(server) if server.config.is_remote else server.targets
+        for target in targets:
             if target in exclude or not target.active or not self.target_ready(target):
                 continue
             if best is None or target.in_flight < best.in_flight:

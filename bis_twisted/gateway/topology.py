@@ -62,6 +62,7 @@ class Target:
 class Server:
     config = attr.ib()
     targets = attr.ib(factory=list)
+    turns = attr.ib(default=0)  # picks so far: where a remote server's tie-break starts (spread.py)
 
     @property
     def name(self):
