@@ -36,6 +36,7 @@ BATCHY_ENDPOINT = '''
             return inputs
 
         def _predict(self, batch):
+            self.log.P('predicting a batch of {}'.format(len(batch)))
             for inputs in batch:
                 while inputs.get('WAIT_FOR') and not os.path.exists(inputs['WAIT_FOR']):
                     time.sleep(0.01)  # a model at work, held by the test
@@ -70,8 +71,9 @@ def traced_gateway(module_processes, tmp_path_factory, receiver):
         'batchy': {'NR_WORKERS': 1, 'HOST': '127.0.0.1', 'MAX_BATCH_SIZE': 4, 'BATCH_TIMEOUT': 0.01},
         'text_streamer': {'NR_WORKERS': 1, 'HOST': '127.0.0.1', 'WORD_DELAY': 0.01}}}
     env = {'OTEL_EXPORTER_OTLP_ENDPOINT': receiver.endpoint, 'OTEL_BSP_SCHEDULE_DELAY': '50',
-           'OTEL_TRACES_SAMPLER': 'parentbased_always_on'}
+           'OTEL_TRACES_SAMPLER': 'parentbased_always_on', 'BIS_LOG_FORMAT': 'json'}
     gateway = start_gateway(module_processes, tmp_path, config=config, endpoints=endpoints, env=env)
+    gateway.logs_dir = tmp_path / '_cache' / '_logs'
     for name in config['CONFIG_ENDPOINTS']:
         gateway.wait_online(name)
     return gateway
@@ -160,6 +162,10 @@ def test_a_batch_of_four_exports_one_predict_span_linked_to_the_four_requests(tr
     [predict] = [s for s in everything if {link[1] for link in s.links} == {r.span_id for r in request_spans}]
     assert predict.attributes['bis.batch_size'] == 4
     assert {link[0] for link in predict.links} == {t[0] for t in traces}
+    # a log line written inside the hook names the hook's span (JSON logs are on here)
+    records = [json.loads(line) for line in (traced_gateway.logs_dir / 'batchy.log').read_text().splitlines()]
+    [logged] = [r for r in records if r['message'].endswith('predicting a batch of 4')]
+    assert (logged['trace_id'], logged['span_id']) == (predict.trace_id, predict.span_id)
 
 
 def test_a_stream_exports_its_span_when_it_ends(traced_gateway, receiver):
