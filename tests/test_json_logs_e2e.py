@@ -123,3 +123,17 @@ def test_every_log_line_is_json_and_request_lines_carry_their_request_id(process
                                for r in hook_errors)
     worker_lines = [r for r in logs['chatty.log'] if r['message'].endswith('working on ann')]
     assert worker_lines and worker_lines[0]['request_id'] == 'json-ok-1' and 'worker_id' in worker_lines[0]
+
+
+def test_bis_gateway_writes_json_when_the_environment_asks(processes, tmp_path):
+    config = {'NO_STARTUP_WAIT': True, 'CONFIG_ENDPOINTS': {
+        'dummy_model_demo2': {'NR_WORKERS': 1, 'HOST': '127.0.0.1', 'WEIGHT': 2, 'BIAS': 1}}}
+    gateway = start_gateway(processes, tmp_path, config=config, use_twistd=False, env={'BIS_LOG_FORMAT': 'json'})
+    gateway.wait_online('dummy_model_demo2')
+    assert run(gateway, 'json-cli-1', SIGNATURE='dummy_model_demo2', WRONG=1).status >= 400
+    gateway.proc.send_signal(signal.SIGTERM)
+    gateway.proc.wait_exit(timeout=30)
+    logs = read_records(str(tmp_path / '_cache' / '_logs'))
+    assert set(logs) >= {'gateway.log', 'dummy_model_demo2.log'}
+    assert all(RECORD_KEYS <= set(json.loads(line)) for line in gateway.proc.stdout_lines if line.strip())
+    assert any(r.get('request_id') == 'json-cli-1' for r in logs['dummy_model_demo2.log'])
