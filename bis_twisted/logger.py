@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 from types import TracebackType
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Union
 
 from twisted.logger import Logger as _TwistedLogger
 
@@ -43,6 +43,8 @@ class Logger:
             self.config_data.update(config_data)
         self._log = _TwistedLogger(namespace=lib_name)
         self._hidden: List[str] = []
+        # () -> fields every message carries (a worker's worker_id and current request_id)
+        self.context: Optional[Callable[[], Mapping[str, Any]]] = None
 
     def hide(self, secret: str) -> None:
         """Never print ``secret``: it is shown as ``<hidden>`` in what ``P`` logs (a URL
@@ -66,8 +68,9 @@ class Logger:
         msg = str(s)
         for secret in self._hidden:
             msg = msg.replace(secret, '<hidden>')
+        fields = self.context() if self.context is not None else {}
         getattr(self._log, level)('{prefix}{msg}', prefix=(self.prefix_log + ' ') if self.prefix_log else '',
-                                  msg=msg, color=color)
+                                  msg=msg, color=color, **fields)
 
     @property
     def root_folder(self) -> str:

@@ -19,6 +19,8 @@ CONFIG_VARIABLE: Final[str] = 'BIS_SERVER_CONFIG'  # the endpoint's config entry
 CHILD_KEY_VARIABLE: Final[str] = 'BIS_SERVER_ADMIN_KEY'  # the bearer token of this child's control route
 TOKEN_VARIABLE: Final[str] = 'BIS_ADMIN_TOKEN'  # the operator's admin token (gateway, or a server run alone)
 DEVICE_VARIABLE: Final[str] = 'BIS_DEVICE'  # the device a replica was given (DEVICES), read as worker.device
+LOG_FORMAT_VARIABLE: Final[str] = 'BIS_LOG_FORMAT'  # text or json, in either process (beats the config key)
+LOG_FORMATS: Final[Tuple[str, str]] = ('text', 'json')
 
 # -- HTTP between the two --------------------------------------------------------------------
 SIGNATURE: Final[str] = 'SIGNATURE'  # the request field that names the endpoint
@@ -93,6 +95,8 @@ CHILD_FLAGS: Final[Sequence[Flag]] = (
     Flag('unix_socket', str, None, False,
          'also listen on this Unix socket (@name: in the abstract namespace): the gateway reaches '
          "its children there, which skips the kernel's TCP work on every request"),
+    Flag('log_format', str, None, False,
+         'text, or json: one JSON object per log line (default: ${}, else text)'.format(LOG_FORMAT_VARIABLE)),
     Flag('exit_with_parent', bool, False, False, 'exit when stdin closes (the gateway sets this)'),
 )
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .logger import ErrorInfo, Logger, describe_failure, error_info
 from .notifications import Notifications
 from .protocol import DEVICE_VARIABLE
+from .shared import tracing
 from .shared.web import Answer, dumps
 
 # the request's JSON object, as a worker's execute() gets it
@@ -59,6 +60,7 @@ class FlaskWorker:
         self.server_name = server_name
         base_log = log if log is not None else Logger(lib_name=type(self).__name__)
         self.log = base_log.with_prefix(prefix_log, config_data=merged)
+        self.log.context = lambda: {'worker_id': self.worker_id, 'request_id': self._request_id}
         self._notifications = notifications if notifications is not None else Notifications()
         self._counter: Optional[int] = None
         self._request_id: Optional[str] = None
@@ -247,7 +249,8 @@ class FlaskWorker:
 
     def _run_hook(self, stage: str, hook: Callable[[Any], Any], arg: Any) -> Any:
         try:
-            return hook(arg)
+            with tracing.hook_span(stage, self._request_id, self._batch_calls):  # OpenTelemetry, when on
+                return hook(arg)
         # a user's hook may raise anything, sys.exit() too; it is reported, not lost, and
         # a SystemExit in a pool thread would otherwise end that thread with no answer
         except (Exception, SystemExit) as exc:

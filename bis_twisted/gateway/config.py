@@ -13,8 +13,8 @@ import os
 import attr
 
 from ..errors import ConfigError
-from ..protocol import (DEFAULT_MAX_BODY_MB, DEFAULT_MAX_QUEUE, NR_WORKERS_RULE, endpoint_file, expected_class_name,
-                        valid_nr_workers)
+from ..protocol import (DEFAULT_MAX_BODY_MB, DEFAULT_MAX_QUEUE, LOG_FORMATS, NR_WORKERS_RULE, endpoint_file,
+                        expected_class_name, valid_nr_workers)
 
 NO_HOST = 'NO_HOST'
 DEFAULT_TIMEOUT = 60.0
@@ -158,6 +158,8 @@ _ENDPOINT_KEYS = {
     'DOWNSCALE_DELAY': (lambda v: _is_number(v) and v >= 0, 'a number of seconds >= 0'),
     'DEVICES': (lambda v: isinstance(v, list) and v and all(_device_number(d) is not None for d in v),
                 'a non-empty list of devices, "cuda:0" or 0'),
+    'URLS_REFRESH': (lambda v: _is_number(v) and v > 0,
+                     'a number of seconds > 0 (how often a URLS host is resolved to all its addresses)'),
     'URLS': (lambda v: isinstance(v, list) and v and all(
         isinstance(u, str) and u.startswith(('http://', 'https://')) for u in v),
         'a non-empty list of http:// URLs'),
@@ -172,6 +174,7 @@ _TOP_KEYS = {
     'METRICS_REQUIRE_TOKEN': (lambda v: isinstance(v, bool), 'true or false'),
     'METRICS': (lambda v: isinstance(v, bool), 'true or false'),
     'API_KEYS': (lambda v: isinstance(v, str) and v.strip(), 'the path of the API keys file (JSON)'),
+    'LOG_FORMAT': (lambda v: v in LOG_FORMATS, '"text" or "json" (one JSON object per log line)'),
     # the HTTP limits (limits.py)
     'HEAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
     'BODY_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),

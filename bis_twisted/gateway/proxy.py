@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from ..errors import BadGateway, GatewayTimeout
 from ..protocol import ANSWER_COMPLETE_HEADER, ANSWER_FIELDS_HEADER, NDJSON_TYPE, REQUEST_ID_HEADER
+from ..shared import tracing
 from ..shared.twisted_private import QuietHTTPConnectionPool, standard_endpoint
 from ..shared.web import Answer
 
@@ -137,6 +138,7 @@ class ChildClient:
                 headers.setRawHeaders(REQUEST_ID_HEADER, [request_id.encode('ascii')])
             if answer_fields is not None:
                 headers.setRawHeaders(ANSWER_FIELDS_HEADER, [answer_fields])
+        headers = tracing.with_context(headers)  # the hop's traceparent, when tracing is on
         d = self.agent.request(b'POST', url, headers, BytesProducer(payload))
         d.addCallback(keep_response)
         d.addCallback(lambda response: _STREAMING if _is_streaming(response) else read_capped_body(

@@ -23,8 +23,10 @@ from ..protocol import (CHUNK_PREFIX, NDJSON_TYPE, NR_WORKERS_RULE, SIGNATURE, e
 from ..shared.lograte import RepeatLimiter
 from ..shared.schemas import declared_schemas
 from ..shared.security import AdminGuard
+from ..shared import tracing
 from ..shared.web import (SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text, request_id_of,
                           request_inputs, write_encoded_json, write_json)
+from . import readiness
 from .assets import Assets
 from .devices import gpu_memory
 from .openapi import openapi_document
@@ -128,6 +130,7 @@ class Gateway:
         started = self._reactor.seconds()
         rid = request_id_of(request)
         signature, status, key = None, 500, None
+        run_span = tracing.start_run(request)  # OpenTelemetry, when on: continues the client's traceparent
         try:
             if self.keys is not None:
                 key = self.keys.identify(request)  # 401 before the body is even parsed
@@ -166,6 +169,7 @@ class Gateway:
             # next full pass: without this its body would too
             inputs = payload = None  # noqa: F841
             forget_body(request)
+            tracing.end_run(run_span, status, signature, key.name if key is not None else None)
             if self.metrics is not None:
                 self.metrics.observe(signature, status, self._reactor.seconds() - started)
                 if self.keys is not None:
@@ -304,6 +308,9 @@ class Gateway:
 
     @app.route('/ready', methods=['GET'])
     async def ready(self, request):
+        scoped = await readiness.answer(self.fleet, request)  # ?SCOPE=gateway, ?SIGNATURE=<endpoint>
+        if scoped is not None:
+            return self.answer(request, *scoped)
         unready = await self.fleet.unready()
         if unready:
             reasons = [self.fleet.unavailable(self.fleet.servers[name]).message for name in unready]

@@ -8,7 +8,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..errors import ServerFailed, ServerStopped, ServiceUnavailable, UnknownSignature
+from ..shared import tracing
 from ..shared.waiters import Waiters
+from . import spread
 from .proxy import ChildConnectionLost, ChildStream, NotConnected
 
 SUSPECT_SECONDS = 2.0  # how long a target that dropped a request is skipped, at most
@@ -44,7 +46,9 @@ class Routing:
     def pick(self, server, exclude=()):
         """The ready target with the fewest requests in flight, or 503 saying why none is."""
         best = None
-        for target in server.targets:
+        # a remote server's addresses (pods behind one name) take turns on a tie
+        targets = spread.in_turn(server) if server.config.is_remote else server.targets
+        for target in targets:
             if target in exclude or not target.active or not self.target_ready(target):
                 continue
             if best is None or target.in_flight < best.in_flight:
@@ -121,8 +125,10 @@ class Routing:
         self._child_in_flight[child] = self._child_in_flight.get(child, 0) + 1
         streaming = False
         try:
-            result = await self.client.post_json(target.run_url, payload, server.config.timeout, repr(server.name),
-                                                 request_id=request_id, answer_fields=answer_fields)
+            with tracing.hop_span(server.name, target):  # OpenTelemetry's client span, when on
+                result = await self.client.post_json(target.run_url, payload, server.config.timeout,
+                                                     repr(server.name), request_id=request_id,
+                                                     answer_fields=answer_fields)
             if isinstance(result, ChildStream):
                 # in flight until its last line: its first bytes are on their way, so a
                 # failure from here on is never sent to another target

@@ -39,6 +39,7 @@ from .health import HealthMonitor
 from .metrics import GatewayMetrics
 from .proxy import ChildClient
 from .routes import SUPPORT_KEY_ARG, Gateway
+from .spread import AddressSpreader
 from .status import StateHistory, get_packages
 from .supervisor import Supervisor
 from .support import SUPPORT_STATUS_PATH, SupportProcess
@@ -237,6 +238,7 @@ class GatewayService(OrderedServices):
         # every spawned child and remote server is watched, with or without support entries
         self.health = HealthMonitor(self.fleet, reactor=reactor)
         self.autoscaler = Autoscaler(self.fleet, reactor=reactor)
+        self.spreader = AddressSpreader(self.fleet, reactor=reactor)  # a URLS host -> all its addresses
         self.stalls = StallWatch(reactor)  # reactor lag and collection pauses, on /metrics
         # a per-start key lets the gateway's own support processes post their status
         support_key = secrets.token_urlsafe(24)
@@ -267,7 +269,7 @@ class GatewayService(OrderedServices):
         # start order; each stops after those added after it
         parts = [_Steps('history', self.history.startup, self._last_step), _Steps('client', stop=self.client.close),
                  self.supervisor, _Steps('drain', stop=self._drain), self.listening, self.health,
-                 self.autoscaler, self.stalls] + self.supports + ([self.watcher] if self.watcher else [])
+                 self.autoscaler, self.spreader, self.stalls] + self.supports + ([self.watcher] if self.watcher else [])
         for part in parts:
             part.setServiceParent(self)
 

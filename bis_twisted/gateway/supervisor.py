@@ -38,6 +38,7 @@ from twisted.python.logfile import LogFile
 
 from ..protocol import MODEL_SERVER_MODULE, READY_LINE, TOKEN_VARIABLE
 from ..shared.waiters import Waiters
+from . import child_output
 
 MAX_LINE_BYTES = 8192      # a longer line is cut and marked
 MAX_ERROR_CHARS = 300      # last_error as shown by /list_servers
@@ -220,13 +221,13 @@ class ChildProtocol(protocol.ProcessProtocol):
         if not line.strip():
             return
         if self._logfile is not None:
-            self._logfile.write('{} {}\n'.format(time.strftime('%Y-%m-%dT%H:%M:%S'), line))
+            self._logfile.write(child_output.file_line(self.name, fd, line))
         if fd == 1 and line.startswith(READY_LINE):
             self._supervisor._child_ready(self.name, line[len(READY_LINE):].strip(), self)
             return
         if fd == 2:
             self.stderr_tail.append(short_error(self._supervisor.shown(line)))
-        self._log.info('[{name}] {line}', name=self.name, line=line)
+        child_output.relay(self._log, self.name, fd, line)
 
     def processExited(self, reason):
         # the process is gone; its pipes may stay open for as long as a helper it started lives

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import attr
 
 from ..protocol import child_argv, child_environment, unix_address
+from ..shared import logformat
 from ..shared.limits import DEFAULT_BODIES_IN_FLIGHT_MB
 from .supervisor import ChildSpec
 
@@ -61,6 +62,7 @@ class Target:
 class Server:
     config = attr.ib()
     targets = attr.ib(factory=list)
+    turns = attr.ib(default=0)  # picks so far: where a remote server's tie-break starts (spread.py)
 
     @property
     def name(self):
@@ -126,7 +128,7 @@ class Topology:
                           server_class=endpoint.server_class, host=endpoint.host, port=port,
                           path=self.execution_path, max_body_mb=self._child_max_body_mb(endpoint),
                           max_bodies_mb=self._child_max_bodies_mb(), unix_socket=self.socket_path(port),
-                          exit_with_parent=True)
+                          log_format=logformat.child_flag(), exit_with_parent=True)
         # the entry may hold secrets (API keys): in the environment, which only the owner can
         # read (/proc/<pid>/environ is 0400), not on the command line, which `ps` shows to all
         env = child_environment(os.environ, endpoint.entry, target.admin_key, endpoint.device_of(target.index))

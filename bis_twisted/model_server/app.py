@@ -21,6 +21,7 @@ from ..logger import Logger as CompatLogger
 from ..notifications import Notifications
 from ..protocol import (ANSWER_COMPLETE_HEADER, ANSWER_FIELDS_HEADER, DEFAULT_BATCH_TIMEOUT, DEFAULT_EXECUTION_PATH,
                         DEFAULT_MAX_QUEUE, NDJSON_TYPE, SERVER_PATHS, SIGNATURE, decode_answer_fields)
+from ..shared import tracing
 from ..shared.schemas import SchemaCheck, SchemaViolation
 from ..shared.security import AdminGuard
 from ..shared.web import (dumps, encode_answer, error_answer, now_text, request_id_of, request_inputs,
@@ -99,6 +100,7 @@ class ModelServer:
 
     # -- routes --------------------------------------------------------------------------------
     async def _run(self, request):
+        tracing.start_request(request, request_id_of(request), self.name)  # ended when the answer is written
         inputs = request_inputs(request)
         if not self.ready:
             raise ServiceUnavailable('server {!r} is still loading its workers; retry shortly'.format(self.name))
@@ -160,6 +162,7 @@ class ModelServer:
         request.registerProducer(flow, True)
         ended = None
         sent = 0
+        stream_span = tracing.start_stream(rid)
         try:
             while True:
                 await flow.writable()
@@ -185,6 +188,7 @@ class ModelServer:
             # at the end, after an error, or cancelled (the client went away): the generator
             # stops at its next yield and the worker goes back to the pool
             stream.close().addErrback(lambda failure: self._log.failure('closing a stream', failure))
+            tracing.end_stream(stream_span, sent, ended.body.get('ERROR') if ended is not None else None)
             if request.channel is not None:  # None: the connection is gone, and its producer with it
                 request.unregisterProducer()
         summary = self._answer_fields(worker, call_id, rid)

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from ..errors import ConfigError, EndpointLoadError
 from ..protocol import (CHILD_KEY_VARIABLE, CONFIG_VARIABLE, DEFAULT_MAX_BODY_MB, READY_LINE, TOKEN_VARIABLE,
                         parse_child_args, unix_address)
+from ..shared import logformat, tracing
 from ..shared.drain import ConnectionDrain
 from ..shared.gctune import freeze_startup_objects
 from ..shared.limits import Limits
@@ -294,7 +295,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     except EndpointLoadError as exc:
         _fail(prefix + str(exc), 2)
 
-    if args.exit_with_parent:
+    try:
+        logformat.configure(args.log_format or logformat.resolve(), endpoint=args.name)
+    except logformat.LogFormatError as exc:
+        _fail(prefix + str(exc), 2)
+    if tracing.setup('bis-model-server', reactor, process='model-server', endpoint=args.name):
+        logformat.set_trace_fields(tracing.current_ids)
+    if logformat.is_json():
+        observer = logformat.file_observer(sys.stdout)
+    elif args.exit_with_parent:
         # the gateway reads these lines and stamps them itself
         observer = FileLogObserver(sys.stdout, lambda event: '[{}] {}\n'.format(
             event.get('log_namespace', '-'), formatEvent(event)))
