@@ -1,0 +1,352 @@
+"""The Open Inference Protocol (KServe V2, REST) on the gateway, beside ``/run``.
+
+Each endpoint is a model of one version ("1"). Routes: ``GET /v2`` (server metadata),
+``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/<name>`` (model metadata),
+``/v2/models/<name>/ready`` and ``POST /v2/models/<name>/infer`` (each also under
+``/versions/1``). An infer takes the same way as ``/run`` (``Gateway.serve_inference``:
+API keys, the fleet's replicas and failover, metrics with ``protocol="v2"``): its tensors
+are checked here and sent to the model server as a ``/run`` body (see ``shared.tensors``),
+whose answer comes back in V2's shape, passed through as it is. Errors answer
+``{"error": "..."}`` with the protocol's status.
+
+A model's tensor metadata comes from its file, read without importing it: ``V2_INPUTS`` /
+``V2_OUTPUTS`` (lists of ``{"name", "datatype", "shape"}``, -1 for a free dimension) when
+declared, and then enforced on each request; else derived from ``INPUT_SCHEMA`` /
+``OUTPUT_SCHEMA`` where they describe numbers, strings and arrays, and only advisory
+(``INPUT_SCHEMA`` itself is checked by the model server). An input a schema types as one
+number, string or boolean is a tensor of one element (shape ``[1]``) sent on as that value.
+"""
+
+import attr
+from klein import Klein
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
+
+from .._version import __version__ as LIB_VER
+from ..errors import BadRequest, BisError, NotFound, ServiceUnavailable
+from ..protocol import SIGNATURE, endpoint_file
+from ..shared.schemas import INPUT_SCHEMA, OUTPUT_SCHEMA, TRANSPORT_KEYS, declared_literals
+from ..shared.tensors import DATATYPES, V2_MARKER, TensorError, marker, nest, read_input, shape_fits
+from ..shared.web import forward_payload, parse_json_object, write_encoded_json, write_json
+from .proxy import ChildStream
+
+V2_INPUTS = 'V2_INPUTS'
+V2_OUTPUTS = 'V2_OUTPUTS'
+MODEL_VERSION = '1'
+PLATFORM = 'bis_twisted'
+BINARY_HEADER = b'inference-header-content-length'
+EXTENSIONS = ()  # none of the protocol's optional extensions (binary tensors, generate, repository)
+
+
+@attr.s(frozen=True)
+class TensorSpec:
+    """A tensor of a model's metadata. ``scalar``: sent to the worker as its one value."""
+
+    name = attr.ib()
+    datatype = attr.ib()
+    shape = attr.ib(converter=tuple)
+    scalar = attr.ib(default=False)
+
+    def metadata(self):
+        return {'name': self.name, 'datatype': self.datatype, 'shape': list(self.shape)}
+
+
+@attr.s(frozen=True)
+class ModelSpec:
+    """What a model takes and answers. ``declared_inputs``: from ``V2_INPUTS``, so each
+    request's input names, datatypes and shapes are checked against it."""
+
+    inputs = attr.ib(default=(), converter=tuple)
+    outputs = attr.ib(default=(), converter=tuple)
+    declared_inputs = attr.ib(default=False)
+    declared_outputs = attr.ib(default=False)
+
+    def input(self, name):
+        return next((spec for spec in self.inputs if spec.name == name), None)
+
+
+class DeclarationError(ValueError):
+    """A ``V2_INPUTS`` / ``V2_OUTPUTS`` that is not a list of tensor metadata."""
+
+
+def model_spec(path, log=None):
+    """The ``ModelSpec`` of the endpoint file at ``path`` (an empty one when it has none); a
+    malformed ``V2_INPUTS``/``V2_OUTPUTS`` is logged (naming the file and the key) and the
+    schemas are used instead."""
+    found = declared_literals(path, (V2_INPUTS, V2_OUTPUTS, INPUT_SCHEMA, OUTPUT_SCHEMA))
+    sides = {}
+    for key, schema_key, objects in ((V2_INPUTS, INPUT_SCHEMA, False), (V2_OUTPUTS, OUTPUT_SCHEMA, True)):
+        if key in found:
+            try:
+                sides[key] = (declared_tensors(found[key]), True)
+                continue
+            except DeclarationError as exc:
+                if log is not None:
+                    log.warn('{path}: {key} {error}; the metadata comes from {schema} instead', path=path, key=key,
+                             error=exc, schema=schema_key)
+        sides[key] = (derived_tensors(found.get(schema_key), objects), False)
+    (inputs, declared_in), (outputs, declared_out) = sides[V2_INPUTS], sides[V2_OUTPUTS]
+    return ModelSpec(inputs, outputs, declared_in, declared_out)
+
+
+def declared_tensors(value):
+    """``V2_INPUTS``/``V2_OUTPUTS`` as ``TensorSpec``s; ``DeclarationError`` says what is wrong."""
+    if not isinstance(value, (list, tuple)):
+        raise DeclarationError('must be a list of {"name", "datatype", "shape"}, as a literal')
+    specs = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get('name'), str) or not item['name']:
+            raise DeclarationError('item {} must be a dict with a "name" (a string)'.format(index))
+        if item.get('datatype') not in DATATYPES:
+            raise DeclarationError('{!r}: datatype {!r} is not one of {}'.format(
+                item['name'], item.get('datatype'), ', '.join(DATATYPES)))
+        shape = item.get('shape')
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1
+                                                           for d in shape):
+            raise DeclarationError('{!r}: shape must be a list of integers (-1: any size), got {!r}'.format(
+                item['name'], shape))
+        specs.append(TensorSpec(item['name'], item['datatype'], shape, scalar=not shape))
+    return specs
+
+
+_SCALAR_TYPES = (('number', 'FP64'), ('integer', 'INT64'), ('boolean', 'BOOL'), ('string', 'BYTES'))
+
+
+def derived_tensors(schema, objects_as_bytes=False):
+    """One ``TensorSpec`` per property of an object schema that describes numbers, strings,
+    booleans or arrays of them (an object, too, as BYTES when ``objects_as_bytes``: an
+    output's JSON text)."""
+    if not isinstance(schema, dict) or not isinstance(schema.get('properties'), dict):
+        return []
+    specs = []
+    for name, sub in schema['properties'].items():
+        if name in TRANSPORT_KEYS:
+            continue
+        found = _spec_of(sub, objects_as_bytes)
+        if found is not None:
+            datatype, shape = found
+            specs.append(TensorSpec(name, datatype, shape or (1,), scalar=not shape))
+    return specs
+
+
+def _spec_of(schema, objects_as_bytes, depth=0):
+    """``(datatype, shape)`` of a JSON Schema (shape ``()`` for one value), or None."""
+    if not isinstance(schema, dict) or depth > 16:
+        return None
+    for key in ('anyOf', 'oneOf'):
+        branches = schema.get(key)
+        if isinstance(branches, list):
+            found = [s for s in (_spec_of(b, objects_as_bytes, depth + 1) for b in branches) if s is not None]
+            if found:  # the branch of the highest rank: the others are its special cases
+                return max(found, key=lambda s: len(s[1]))
+    types = schema.get('type')
+    types = [types] if isinstance(types, str) else [t for t in types or () if t != 'null']
+    if types[:1] == ['array']:
+        item = _spec_of(schema.get('items'), objects_as_bytes, depth + 1)
+        if item is None:
+            return None
+        low, high = schema.get('minItems'), schema.get('maxItems')
+        size = low if isinstance(low, int) and low == high else -1
+        return item[0], (size,) + tuple(item[1])
+    for json_type, datatype in _SCALAR_TYPES:
+        if json_type in types:
+            return datatype, ()
+    if objects_as_bytes and 'object' in types:
+        return 'BYTES', ()
+    return None
+
+
+# -- an infer request ------------------------------------------------------------------------
+def infer_payload(name, body, spec):
+    """The ``/run`` body (bytes) that carries V2 infer request ``body`` to model ``name``;
+    ``BadRequest`` for anything the protocol or the model's declared metadata refuses."""
+    inputs = body.get('inputs')
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest('"inputs" must be a non-empty list of tensors {"name", "shape", "datatype", "data"}')
+    try:
+        tensors = [read_input(tensor) for tensor in inputs]
+    except TensorError as exc:
+        raise BadRequest(str(exc)) from None
+    names = [t.name for t in tensors]
+    for reserved in (SIGNATURE, V2_MARKER):
+        if reserved in names:
+            raise BadRequest('an input may not be named {!r}'.format(reserved))
+    if len(set(names)) != len(names):
+        raise BadRequest('an input is sent twice: {}'.format(', '.join(sorted({n for n in names if names.count(n) > 1}))))
+    if spec.declared_inputs:
+        _check_declared(name, tensors, spec)
+    payload, types = {SIGNATURE: name}, []
+    for tensor in tensors:
+        declared = spec.input(tensor.name)
+        one_value = not tensor.shape or (declared is not None and declared.scalar and len(tensor.data) == 1)
+        payload[tensor.name] = tensor.data[0] if one_value else nest(tensor.data, tensor.shape)
+        types.append((tensor.name, tensor.datatype.name, [] if one_value else tensor.shape))
+    request_id = body.get('id')
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest('"id" must be a string')
+    if body.get('parameters') is not None and not isinstance(body['parameters'], dict):
+        raise BadRequest('"parameters" must be an object')
+    outputs = _requested_outputs(name, body.get('outputs'), spec)
+    payload[V2_MARKER] = dict(marker(types, outputs, request_id, {
+        s.name: s.datatype for s in spec.outputs} if spec.declared_outputs else {}), model=name)
+    return forward_payload(payload)
+
+
+def _check_declared(model, tensors, spec):
+    known = {s.name for s in spec.inputs}
+    for tensor in tensors:
+        declared = spec.input(tensor.name)
+        if declared is None:
+            raise BadRequest('model {!r} has no input {!r}; its inputs: {}'.format(
+                model, tensor.name, ', '.join(sorted(known)) or 'none'))
+        if tensor.datatype.name != declared.datatype:
+            raise BadRequest('input {!r}: datatype {}, model {!r} takes {}'.format(
+                tensor.name, tensor.datatype.name, model, declared.datatype))
+        if not (shape_fits(tensor.shape, declared.shape) or declared.scalar and len(tensor.data) == 1):
+            raise BadRequest('input {!r}: shape {}, model {!r} takes {} (-1: any size)'.format(
+                tensor.name, tensor.shape, model, list(declared.shape)))
+    missing = known - {t.name for t in tensors}
+    if missing:
+        raise BadRequest('model {!r} needs input {} too'.format(model, ', '.join(repr(m) for m in sorted(missing))))
+
+
+def _requested_outputs(model, outputs, spec):
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get('name'), str)
+                                                for o in outputs):
+        raise BadRequest('"outputs" must be a list of {"name": ...}')
+    names = [o['name'] for o in outputs]
+    if spec.declared_outputs:
+        known = [s.name for s in spec.outputs]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise BadRequest('model {!r} has no output {}; its outputs: {}'.format(
+                model, ', '.join(repr(u) for u in unknown), ', '.join(known) or 'none'))
+    return names
+
+
+# -- the routes ------------------------------------------------------------------------------
+class V2Routes:
+    """The V2 routes of ``gateway`` (a ``routes.Gateway``: its fleet, and its
+    ``serve_inference``, the way every inference request takes)."""
+
+    app = Klein()
+    _log = Logger()
+
+    def __init__(self, gateway):
+        self._gateway = gateway
+        self.fleet = gateway.fleet
+        self.specs = {}
+        self.refresh()
+
+    def refresh(self):
+        """Read each endpoint's tensor metadata (again: after a config reload)."""
+        specs = {}
+        for name, server in self.fleet.servers.items():
+            config = server.config
+            specs[name] = model_spec(endpoint_file(self.fleet.endpoints_dir, config.server_class), self._log) \
+                if config.has_file and not config.is_remote else ModelSpec()
+        self.specs = specs
+
+    def resource(self):
+        return self.app.resource()
+
+    def _server(self, name, version=None):
+        server = self.fleet.servers.get(name)
+        if server is None:
+            raise NotFound('unknown model {!r}; available: {}'.format(name, ', '.join(sorted(self.fleet.servers))
+                                                                      or 'none'))
+        if version is not None and version != MODEL_VERSION:
+            raise NotFound('model {!r} has no version {!r}; its version: {}'.format(name, version, MODEL_VERSION))
+        return server
+
+    def _model_ready(self, server):
+        return any(t.active and self.fleet.target_ready(t) for t in server.targets)
+
+    @app.route('/v2', methods=['GET'])
+    def server_metadata(self, request):
+        return write_json(request, 200, {'name': PLATFORM, 'version': LIB_VER, 'extensions': list(EXTENSIONS)})
+
+    @app.route('/v2/health/live', methods=['GET'])
+    def live(self, request):
+        return write_json(request, 200, {'live': True})
+
+    @app.route('/v2/health/ready', methods=['GET'])
+    async def ready(self, request):
+        unready = await self.fleet.unready()
+        if unready:
+            raise ServiceUnavailable('not ready: {}'.format(', '.join(unready)))
+        return write_json(request, 200, {'ready': True})
+
+    @app.route('/v2/models/<string:name>', methods=['GET'])
+    @app.route('/v2/models/<string:name>/versions/<string:version>', methods=['GET'])
+    def model_metadata(self, request, name, version=None):
+        self._server(name, version)
+        spec = self.specs.get(name, ModelSpec())
+        return write_json(request, 200, {
+            'name': name, 'versions': [MODEL_VERSION], 'platform': PLATFORM,
+            'inputs': [s.metadata() for s in spec.inputs], 'outputs': [s.metadata() for s in spec.outputs]})
+
+    @app.route('/v2/models/<string:name>/ready', methods=['GET'])
+    @app.route('/v2/models/<string:name>/versions/<string:version>/ready', methods=['GET'])
+    def model_ready(self, request, name, version=None):
+        server = self._server(name, version)
+        if not self._model_ready(server):
+            raise ServiceUnavailable(self.fleet.unavailable(server).message)
+        return write_json(request, 200, {'name': name, 'ready': True})
+
+    @app.route('/v2/models/<string:name>/infer', methods=['POST'])
+    @app.route('/v2/models/<string:name>/versions/<string:version>/infer', methods=['POST'])
+    async def infer(self, request, name, version=None):
+        return await self._gateway.serve_inference(request, 'v2', lambda: self._read_infer(request, name, version),
+                                             self._write_infer)
+
+    def _read_infer(self, request, name, version):
+        """``(endpoint, payload)`` of an infer request."""
+        if request.getHeader(BINARY_HEADER) is not None:
+            raise BadRequest('binary tensor data (Inference-Header-Content-Length) is not supported here: send '
+                             'the tensors as JSON "data" (tritonclient: set_data_from_numpy(array, '
+                             'binary_data=False))')
+        encoding = (request.getHeader(b'content-encoding') or b'identity').strip().lower()
+        if encoding != b'identity':
+            raise BadRequest('Content-Encoding {!r} is not supported here; send the body uncompressed'.format(
+                encoding.decode('latin-1')))
+        self._server(name, version)
+        request.content.seek(0)
+        body = parse_json_object(request.content.read())
+        return name, infer_payload(name, body, self.specs.get(name, ModelSpec()))
+
+    async def _write_infer(self, request, name, result, started):
+        if isinstance(result, ChildStream):  # the model server refuses V2 on a stream; this is a safety net
+            result.stopProducing()
+            raise BadRequest('model {!r} streams its answer, which V2 infer cannot carry; POST /run'.format(name))
+        headers = {b'Retry-After': b'1'} if result.status == 503 else None
+        if result.raw is not None:  # the model server's complete V2 answer: passed on as it is
+            return write_encoded_json(request, result.status, result.raw, headers)
+        body = dict(result.body)
+        if 'error' not in body and 'ERROR' in body:
+            body = {'error': str(body['ERROR'])}
+        return write_json(request, result.status, body, headers)
+
+    @app.handle_errors(Exception)
+    def _error(self, request, failure):
+        return v2_error(request, failure, self._log)
+
+
+def v2_error(request, failure, log):
+    """The protocol's error answer ``{"error": ...}`` for a failed V2 route."""
+    exc = failure.value
+    headers = {}
+    if isinstance(exc, BisError):
+        status, message = exc.status, exc.message
+        if exc.retry_after is not None:
+            headers[b'Retry-After'] = str(exc.retry_after).encode('ascii')
+    elif isinstance(exc, HTTPException):
+        status = exc.code or 500
+        message = '{} {}: {}'.format(status, exc.name, request.path.decode('utf-8', 'replace'))
+    else:
+        log.failure('unexpected error answering {method} {path}', failure, method=request.method, path=request.path)
+        status, message = 500, 'internal error: {}'.format(type(exc).__name__)
+    return write_json(request, status, {'error': message}, headers)
+
