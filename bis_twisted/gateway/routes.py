@@ -92,7 +92,7 @@ class Gateway:
         self._answer_fields = (None, b'')
 
     def resource(self):
-        return RunFirst(self, self.app.resource(), self.v2.resource())
+        return RunFirst(self, self.app.resource(), self.v2)
 
     def fields(self, request, worker_id='unknown'):
         """What every answer of the gateway carries."""
@@ -476,11 +476,12 @@ class Gateway:
 
 class RunFirst(Resource):
     """The gateway's resource: ``POST`` / ``GET /run``, the hot path, goes straight to
-    ``Gateway.run``; ``/v2`` and below to the V2 routes (``v2``, their own Klein app, with
-    the protocol's error answers); every other request through Klein's routing. Klein binds its URL map
-    and rebuilds the URL's parts for every request: about a tenth of the gateway's own
-    work per ``/run`` in a profile. What Klein does around a route is kept: the route is
-    cancelled when the client goes away, and a failure is answered by ``Gateway.error``."""
+    ``Gateway.run``, and V2's infer (``v2``, a ``V2Routes``) straight to its route; the
+    other ``/v2`` routes through V2's own Klein app (the protocol's error answers), every
+    other request through Klein's routing. Klein binds its URL map and rebuilds the URL's
+    parts for every request: about a tenth of the gateway's own work per ``/run`` in a
+    profile. What Klein does around a route is kept: the route is cancelled when the client
+    goes away, and a failure is answered by the route's error answer."""
 
     isLeaf = True
     _log = Logger()
@@ -490,27 +491,34 @@ class RunFirst(Resource):
         self._gateway = gateway
         self._routed = routed
         self._v2 = v2
+        self._v2_routed = v2.resource() if v2 is not None else None
 
     def render(self, request):
-        if request.path != RUN_PATH or request.method not in _RUN_METHODS:
-            if self._v2 is not None and (request.path == V2_PATH or request.path.startswith(V2_PREFIX)):
-                return self._v2.render(request)
-            return self._routed.render(request)
+        if request.path == RUN_PATH and request.method in _RUN_METHODS:
+            return self._serve(request, self._gateway.run(request), self._gateway.error)
+        if self._v2 is not None and (request.path == V2_PATH or request.path.startswith(V2_PREFIX)):
+            infer = self._v2.infer_of(request)
+            if infer is not None:
+                return self._serve(request, infer, self._v2.error)
+            return self._v2_routed.render(request)
+        return self._routed.render(request)
+
+    def _serve(self, request, route, error):
         finished = []
         request.notifyFinish().addBoth(finished.append)
-        d = defer.Deferred.fromCoroutine(self._gateway.run(request))
+        d = defer.Deferred.fromCoroutine(route)
         request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addErrback(self._failed, request, finished)
+        d.addErrback(self._failed, request, finished, error)
         d.addCallback(self._write, request, finished)
-        d.addErrback(lambda failure: self._log.failure('writing the answer of /run', failure))
+        d.addErrback(lambda failure: self._log.failure('writing the answer of {path}', failure, path=request.path))
         return NOT_DONE_YET
 
-    def _failed(self, failure, request, finished):
+    def _failed(self, failure, request, finished, error):
         if finished:  # the client is gone: nobody to answer
             if not failure.check(defer.CancelledError):
-                self._log.failure('/run failed after its client went away', failure)
+                self._log.failure('{path} failed after its client went away', failure, path=request.path)
             return None
-        return self._gateway.error(request, failure)
+        return error(request, failure)
 
     @staticmethod
     def _write(body, request, finished):

@@ -17,6 +17,8 @@ declared, and then enforced on each request; else derived from ``INPUT_SCHEMA`` 
 number, string or boolean is a tensor of one element (shape ``[1]``) sent on as that value.
 """
 
+from urllib.parse import unquote_to_bytes
+
 import attr
 from klein import Klein
 from twisted.logger import Logger
@@ -302,6 +304,22 @@ class V2Routes:
         return await self._gateway.serve_inference(request, 'v2', lambda: self._read_infer(request, name, version),
                                              self._write_infer)
 
+    def infer_of(self, request):
+        """``infer``'s coroutine for ``POST /v2/models/<name>[/versions/<v>]/infer``, None for
+        any other request: the gateway's resource sends infer past Klein's routing, as ``/run``."""
+        if request.method != b'POST' or not request.path.endswith(b'/infer'):
+            return None
+        parts = request.path.split(b'/')  # b'', b'v2', b'models', name, [b'versions', version,] b'infer'
+        if len(parts) == 5 and parts[2] == b'models' and parts[3]:
+            return self.infer(request, _segment(parts[3]))
+        if len(parts) == 7 and parts[2] == b'models' and parts[4] == b'versions' and parts[3] and parts[5]:
+            return self.infer(request, _segment(parts[3]), _segment(parts[5]))
+        return None
+
+    def error(self, request, failure):
+        """The protocol's error answer of a failed V2 route."""
+        return v2_error(request, failure, self._log)
+
     def _read_infer(self, request, name, version):
         """``(endpoint, payload)`` of an infer request."""
         if request.getHeader(BINARY_HEADER) is not None:
@@ -331,7 +349,12 @@ class V2Routes:
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):
-        return v2_error(request, failure, self._log)
+        return self.error(request, failure)
+
+
+def _segment(raw):
+    # a URL path segment as the route sees it (the site has refused a path that is not UTF-8)
+    return unquote_to_bytes(raw).decode('utf-8', 'replace')
 
 
 def v2_error(request, failure, log):
