@@ -1,12 +1,13 @@
 """End-to-end: the Open Inference Protocol (KServe V2 REST) through the real gateway
 (``twistd -n -y bis.tac``), real model servers and real HTTP on loopback, driven by
-Triton's own client (``tritonclient.http``), KServe's REST client and plain JSON.
+Triton's own client (``tritonclient.http``) and plain JSON. (KServe's REST client needs
+psutil < 6, which this project's tests outgrew: bench/peers/kserve_v2_client.py drives a
+gateway with it from a venv of its own.)
 
 Batches are made certain, not likely: a gated endpoint holds its one worker inside
 ``_predict`` (reading a FIFO the test writes to) while the requests queue, and the test
 opens the gate once the model server reports them all waiting."""
 
-import asyncio
 import concurrent.futures
 import errno
 import json
@@ -172,6 +173,10 @@ def test_errors_have_the_protocol_shape(gateway):
             (b'{"inputs": [', 400, 'not valid JSON'),
             ({'inputs': [{'name': 'INPUT_VALUE', 'shape': [1], 'datatype': 'INT64', 'data': [1.5]}]}, 400,
              'is not an integer'),
+            ({'inputs': [{'name': 'INPUT_VALUE', 'shape': [1] * 40, 'datatype': 'INT64', 'data': [1]}]}, 400,
+             'at most 32'),
+            ({'inputs': [{'name': 'INPUT_VALUE', 'shape': [2 ** 40, 0], 'datatype': 'INT64', 'data': []}]}, 400,
+             'INPUT_SCHEMA: INPUT_VALUE'),  # no elements: the endpoint's schema wants one value
             ({'inputs': [{'name': 'OTHER', 'shape': [1], 'datatype': 'INT64', 'data': [1]}]}, 400,
              'INPUT_VALUE should be defined in inputs'),  # _pre_process's own error, as /run answers it
             ({'inputs': [{'name': 'INPUT_VALUE', 'shape': [1], 'datatype': 'BYTES', 'data': ['x']}]}, 500,
@@ -181,33 +186,6 @@ def test_errors_have_the_protocol_shape(gateway):
         assert set(answer.json()) == {'error'} and said in answer.json()['error']
     assert gateway.get('/v2/models/dummy_model_demo2/versions/7').status == 404
     assert gateway.get('/v2/nothing/here').json() == {'error': '404 Not Found: /v2/nothing/here'}
-
-
-# -- KServe's REST client ----------------------------------------------------------------------
-def test_kserve_rest_client_infers_on_iris(gateway):
-    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
-
-    async def session():
-        client = InferenceRESTClient(RESTConfig(protocol='v2'))
-        try:
-            base = 'http://127.0.0.1:{}'.format(gateway.port)
-            live = await client.is_server_live(base)
-            ready = await client.is_server_ready(base)
-            model_ready = await client.is_model_ready(base, 'iris_classifier')
-            features = InferInput('FEATURES', [2, 4], 'FP32')
-            features.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32),
-                                         binary_data=False)
-            response = await client.infer(base, InferRequest('iris_classifier', [features]),
-                                          model_name='iris_classifier')
-            return live, ready, model_ready, response
-        finally:
-            await client.close()
-
-    live, ready, model_ready, response = asyncio.run(session())
-    assert live and ready and model_ready
-    outputs = {output.name: output for output in response.outputs}
-    assert outputs['predictions'].shape == [2] and outputs['predictions'].datatype == 'BYTES'
-    assert outputs['train_accuracy'].as_numpy().dtype == np.float64
 
 
 # -- batching --------------------------------------------------------------------------------

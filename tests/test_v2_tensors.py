@@ -43,6 +43,7 @@ def test_flat_and_nested_data_read_the_same():
     ({'datatype': 'FP32', 'shape': [1], 'data': [1.0]}, 'no "name"'),
     ({'name': 'X', 'shape': [1], 'data': [1.0]}, "has no 'datatype'"),
     (tensor(data=7), '"data" must be a list'),
+    (tensor(shape=[1] * 33, data=[1.0]), '"shape" has 33 dimensions; at most 32'),
 ])
 def test_a_tensor_that_does_not_hold_what_it_says_is_refused_naming_the_rule(bad, said):
     with pytest.raises(TensorError) as raised:
@@ -62,7 +63,7 @@ def test_nest_builds_row_major_lists_of_the_shape():
     assert nest([1, 2, 3, 4, 5, 6], [2, 3]) == [[1, 2, 3], [4, 5, 6]]
     assert nest(list(range(8)), [2, 2, 2]) == [[[0, 1], [2, 3]], [[4, 5], [6, 7]]]
     assert nest([1, 2], [2]) == [1, 2]
-    assert nest([], [2, 0]) == [[], []]
+    assert nest([], [2, 0]) == [] and nest([], [2 ** 62, 0]) == []  # no elements: nothing to nest
     assert np.array(nest(list(range(24)), [2, 3, 4])).tolist() == np.arange(24).reshape(2, 3, 4).tolist()
 
 
@@ -176,6 +177,9 @@ def test_inputs_become_numpy_arrays_of_their_datatype_and_shape():
     assert inputs['N'] == 7 and inputs['N'].dtype == np.int64 and np.ndim(inputs['N']) == 0
     assert inputs['S'].dtype == object and inputs['S'].tolist() == ['a', 'b']
     assert inputs['B'].dtype == np.bool_
+    empty = marked(E=([], ['FP32', [2 ** 40, 0]]))
+    take_v2(empty)
+    assert empty['E'].shape == (2 ** 40, 0) and empty['E'].dtype == np.float32
 
 
 def test_without_numpy_inputs_stay_nested_lists(monkeypatch):

@@ -69,13 +69,15 @@ def typed_input(name: str, value: Any, spec: Any) -> Any:
     if np is None:
         return value
     try:
+        if shape and 0 in shape:  # no elements: sent as [] whatever the shape
+            return np.empty(shape, dtype=datatype.numpy)
         if datatype.kind == 'bytes':
             if not shape:
                 return value
             array = np.array(value, dtype=object)  # str elements, of any length
         else:
             array = np.asarray(value, dtype=datatype.numpy)
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:
         raise BadRequest('input {!r}: cannot be made a {} tensor: {}'.format(name, datatype.name, exc)) from None
     if not shape:
         return array[()] if array.ndim == 0 else array.reshape(())[()]

@@ -39,6 +39,7 @@ DATATYPES: Dict[str, Datatype] = {d.name: d for d in (
     Datatype('BYTES', 'bytes', numpy='object'),
 )}
 DATATYPE_NAMES = ', '.join(DATATYPES)
+MAX_RANK = 32  # numpy's own limit is 64; nested lists much deeper than this strain JSON encoders
 
 
 class TensorError(ValueError):
@@ -50,10 +51,12 @@ def element_count(shape: Sequence[int]) -> int:
 
 
 def check_shape(name: str, shape: Any) -> List[int]:
-    """``shape`` as a list of dimensions, each an integer >= 0."""
+    """``shape`` as a list of at most ``MAX_RANK`` dimensions, each an integer >= 0."""
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise TensorError('input {!r}: "shape" must be a list of integers >= 0, got {!r}'.format(name, shape))
+        raise TensorError('input {!r}: "shape" must be a list of integers >= 0, got {}'.format(name, repr(shape)[:200]))
+    if len(shape) > MAX_RANK:
+        raise TensorError('input {!r}: "shape" has {} dimensions; at most {}'.format(name, len(shape), MAX_RANK))
     return shape
 
 
@@ -108,21 +111,14 @@ def _kind_text(datatype: Datatype) -> str:
 
 
 def nest(flat: List[Any], shape: Sequence[int]) -> Any:
-    """``flat`` (row-major) as nested lists of ``shape``; a shape of rank 0 or 1 is ``flat`` itself."""
-    if len(shape) <= 1:
+    """``flat`` (row-major) as nested lists of ``shape``; a shape of rank 0 or 1, or of no
+    elements (``[2, 0]``), is ``flat`` itself."""
+    if len(shape) <= 1 or not flat:
         return flat
-    if not element_count(shape):
-        return _empty(shape)
     rows: List[Any] = flat
     for size in reversed(shape[1:]):
         rows = [rows[i:i + size] for i in range(0, len(rows), size)]
     return rows
-
-
-def _empty(shape: Sequence[int]) -> Any:
-    if not shape or shape[0] == 0:
-        return []
-    return [_empty(shape[1:]) for _ in range(shape[0])]
 
 
 class Tensor(NamedTuple):
