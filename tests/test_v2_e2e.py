@@ -18,9 +18,11 @@ import shutil
 import subprocess
 import textwrap
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -165,6 +167,37 @@ def test_a_streaming_endpoint_refuses_v2_infer_with_a_clear_400(client):
     with pytest.raises(InferenceServerException) as raised:
         client.infer('text_streamer', [prompt])
     assert raised.value.status() == '400' and 'streams its answer' in raised.value.message()
+    assert 'generate_stream' in raised.value.message()
+
+
+def test_generate_stream_sends_each_chunk_of_a_streaming_endpoint_as_an_event(gateway):
+    url = gateway.url('/v2/models/text_streamer/generate_stream')
+    with httpx.Client(timeout=30) as http_client:
+        with connect_sse(http_client, 'POST', url, json={'id': 'g1', 'PROMPT': 'hi', 'NR_WORDS': 3}) as source:
+            assert source.response.status_code == 200
+            events = [json.loads(event.data) for event in source.iter_sse()]
+    assert [e['index'] for e in events] == [0, 1, 2]
+    assert all(e['model_name'] == 'text_streamer' and e['id'] == 'g1' and isinstance(e['word'], str)
+               for e in events)
+    # the same words /run streams for the same prompt
+    run = gateway.post('/run', {'SIGNATURE': 'text_streamer', 'PROMPT': 'hi', 'NR_WORDS': 3})
+    words = [json.loads(line)['predict_result']['word'] for line in run.text.splitlines()[:-1]]
+    assert [e['word'] for e in events] == words
+
+    refused = gateway.post('/v2/models/text_streamer/generate_stream', {'PROMPT': 'hi', 'NR_WORDS': 0})
+    assert refused.status == 400 and 'NR_WORDS' in refused.json()['error']
+
+
+def test_generate_answers_the_fields_of_an_endpoint_that_answers_once(gateway):
+    answer = gateway.post('/v2/models/dummy_model_demo2/generate', {'INPUT_VALUE': 3})
+    assert answer.status == 200
+    assert answer.json() == {'model_name': 'dummy_model_demo2', 'model_version': '1',
+                             'dummy_model_predict': '3*2 + 1 = 7 PREDICTED'}
+    streamed = gateway.post('/v2/models/dummy_model_demo2/generate_stream', {'INPUT_VALUE': 3})
+    assert streamed.status == 200 and streamed.headers['Content-Type'] == 'text/event-stream'
+    assert streamed.text == 'data: ' + json.dumps(answer.json()) + '\n\n'
+    refused = gateway.post('/v2/models/text_streamer/generate', {'PROMPT': 'hi'})
+    assert refused.status == 400 and 'generate_stream' in refused.json()['error']
 
 
 def test_errors_have_the_protocol_shape(gateway):
@@ -312,7 +345,8 @@ def test_the_readme_curl_example_answers_as_the_readme_shows(gateway):
 def test_the_v2_routes_are_in_openapi(gateway):
     paths = gateway.get('/openapi.json').json()['paths']
     for path in ('/v2', '/v2/health/live', '/v2/health/ready', '/v2/models/{model_name}',
-                 '/v2/models/{model_name}/ready', '/v2/models/{model_name}/infer'):
+                 '/v2/models/{model_name}/ready', '/v2/models/{model_name}/infer',
+                 '/v2/models/{model_name}/generate', '/v2/models/{model_name}/generate_stream'):
         assert path in paths, path
 
 

@@ -2,8 +2,9 @@
 
 Each endpoint is a model of one version ("1"). Routes: ``GET /v2`` (server metadata),
 ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/<name>`` (model metadata),
-``/v2/models/<name>/ready`` and ``POST /v2/models/<name>/infer`` (each also under
-``/versions/1``). An infer takes the same way as ``/run`` (``Gateway.serve_inference``:
+``/v2/models/<name>/ready``, ``POST /v2/models/<name>/infer``, and the generate extension's
+``POST .../generate`` and ``.../generate_stream`` (server-sent events, for a streaming
+endpoint), each also under ``/versions/1``. An infer takes the same way as ``/run`` (``Gateway.serve_inference``:
 API keys, the fleet's replicas and failover, metrics with ``protocol="v2"``): its tensors
 are checked here and sent to the model server as a ``/run`` body (see ``shared.tensors``),
 whose answer comes back in V2's shape, passed through as it is. Errors answer
@@ -17,19 +18,21 @@ declared, and then enforced on each request; else derived from ``INPUT_SCHEMA`` 
 number, string or boolean is a tensor of one element (shape ``[1]``) sent on as that value.
 """
 
+import json
 from urllib.parse import unquote_to_bytes
 
 import attr
 from klein import Klein
+from twisted.internet import defer
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
 from .._version import __version__ as LIB_VER
 from ..errors import BadRequest, BisError, NotFound, ServiceUnavailable
-from ..protocol import SIGNATURE, endpoint_file
+from ..protocol import CHUNK_PREFIX, SIGNATURE, endpoint_file
 from ..shared.schemas import INPUT_SCHEMA, OUTPUT_SCHEMA, TRANSPORT_KEYS, declared_literals
 from ..shared.tensors import DATATYPES, V2_MARKER, TensorError, marker, nest, read_input, shape_fits
-from ..shared.web import forward_payload, parse_json_object, write_encoded_json, write_json
+from ..shared.web import SSE_TYPE, dumps, forward_payload, parse_json_object, write_encoded_json, write_json
 from .proxy import ChildStream
 
 V2_INPUTS = 'V2_INPUTS'
@@ -347,9 +350,101 @@ class V2Routes:
             body = {'error': str(body['ERROR'])}
         return write_json(request, result.status, body, headers)
 
+    # -- the generate extension: JSON inputs by name in, the answer's fields out ---------------
+    @app.route('/v2/models/<string:name>/generate', methods=['POST'])
+    @app.route('/v2/models/<string:name>/versions/<string:version>/generate', methods=['POST'])
+    async def generate(self, request, name, version=None):
+        return await self._gateway.serve_inference(request, 'v2', lambda: self._read_generate(request, name, version),
+                                                   self._write_generate)
+
+    @app.route('/v2/models/<string:name>/generate_stream', methods=['POST'])
+    @app.route('/v2/models/<string:name>/versions/<string:version>/generate_stream', methods=['POST'])
+    async def generate_stream(self, request, name, version=None):
+        return await self._gateway.serve_inference(request, 'v2', lambda: self._read_generate(request, name, version),
+                                                   self._write_generate_stream)
+
+    def _read_generate(self, request, name, version):
+        """``(endpoint, payload)`` of a generate request: its fields (less ``id`` and
+        ``parameters``) are the endpoint's inputs, as in a ``/run`` body."""
+        self._server(name, version)
+        request.content.seek(0)
+        body = parse_json_object(request.content.read())
+        request.v2_generate_id = body.pop('id', None)
+        body.pop('parameters', None)
+        for reserved in (SIGNATURE, V2_MARKER):
+            if reserved in body:
+                raise BadRequest('an input may not be named {!r}'.format(reserved))
+        return name, forward_payload(dict(body, **{SIGNATURE: name}))
+
+    def _generated(self, request, name, body):
+        """A generate answer: the model, and the fields of ``predict_result``."""
+        answer = {'model_name': name, 'model_version': MODEL_VERSION}
+        if getattr(request, 'v2_generate_id', None) is not None:
+            answer['id'] = request.v2_generate_id
+        result = body.get('predict_result')
+        answer.update(result if isinstance(result, dict) else {'predict_result': result})
+        return answer
+
+    async def _write_generate(self, request, name, result, started):
+        if isinstance(result, ChildStream):
+            result.stopProducing()
+            raise BadRequest('model {!r} streams its answer: POST .../generate_stream'.format(name))
+        body = json.loads(result.raw) if result.raw is not None else dict(result.body)
+        if result.status != 200:
+            return write_json(request, result.status, {'error': str(body.get('ERROR') or body.get('error'))},
+                              {b'Retry-After': b'1'} if result.status == 503 else None)
+        return write_json(request, 200, self._generated(request, name, body))
+
+    async def _write_generate_stream(self, request, name, result, started):
+        """Server-sent events: ``data: {...}`` per chunk of a streaming endpoint (one for an
+        endpoint that answers once); an error ends the stream as ``data: {"error": ...}``."""
+        if not isinstance(result, ChildStream):
+            if result.status != 200:  # an error answers as itself
+                return await self._write_generate(request, name, result, started)
+            body = json.loads(result.raw) if result.raw is not None else dict(result.body)
+            request.setHeader(b'Content-Type', SSE_TYPE)
+            return _event(self._generated(request, name, body))
+        request.setResponseCode(result.status)
+        request.setHeader(b'Content-Type', SSE_TYPE)
+        request.setHeader(b'Cache-Control', b'no-cache')
+        request.setHeader(b'X-Accel-Buffering', b'no')
+        ended = []
+
+        def on_line(line):
+            body = json.loads(line) if line[:1] == b'{' else None
+            if not isinstance(body, dict):
+                body = {'ERROR': 'model {!r} sent a line that is not a JSON object'.format(name)}
+            if line.startswith(CHUNK_PREFIX):
+                request.write(_event(self._generated(request, name, body)))
+            elif 'ERROR' in body:
+                ended.append(True)
+                request.write(_event({'error': str(body['ERROR'])}))
+            else:
+                ended.append(True)  # the summary: the stream is complete
+
+        request.registerProducer(result, True)
+        try:
+            await result.relay(on_line)
+            if not ended:
+                request.write(_event({'error': 'model {!r} ended its stream without its summary'.format(name)}))
+        except BisError as exc:  # the status line went out with the first event
+            self._log.warn('generate_stream to {name}: cut: {error}', name=name, error=exc.message)
+            request.write(_event({'error': exc.message}))
+        except defer.CancelledError:
+            result.stopProducing()  # the client went away: so does the child's connection
+            raise
+        finally:
+            if request.channel is not None:
+                request.unregisterProducer()
+        return b''
+
     @app.handle_errors(Exception)
     def _error(self, request, failure):
         return self.error(request, failure)
+
+
+def _event(body):
+    return b'data: ' + dumps(body) + b'\n\n'
 
 
 def _segment(raw):
@@ -432,6 +527,24 @@ def openapi_parts(names):
         '/v2/models/{model_name}/infer': dict(infer, parameters=[model]),
         '/v2/models/{model_name}/versions/{model_version}/infer': dict(infer, parameters=[model, version]),
     }
+    generate_body = {'required': True, 'content': {'application/json': {'schema': {
+        'type': 'object', 'description': "the endpoint's inputs by name, as in a /run body (without SIGNATURE)",
+        'properties': {'id': {'type': 'string'}, 'parameters': {'type': 'object'}}}}}}
+    generate_errors = {code: errors[code] for code in ('400', '401', '403', '404', '405', '413', '429', '500', '502',
+                                                       '503', '504')}
+    generated = {'type': 'object', 'required': ['model_name'], 'properties': {
+        'model_name': {'type': 'string'}, 'model_version': {'type': 'string'}},
+        'description': "the model, and the fields of the endpoint's predict_result"}
+    for tail, answer in (('generate', {'description': 'the fields of the answer', 'content': {
+            'application/json': {'schema': generated}}}),
+                         ('generate_stream', {'description': 'server-sent events: data: {...} per chunk; an error '
+                                                             'ends the stream as data: {"error": ...}',
+                                              'content': {'text/event-stream': {'schema': {'type': 'string'}}}})):
+        route = {'post': {'summary': 'V2 generate extension' + (' (streamed)' if tail.endswith('stream') else ''),
+                          'requestBody': generate_body, 'security': [{}, {'apiKey': []}],
+                          'responses': dict({'200': answer}, **generate_errors)}}
+        paths['/v2/models/{model_name}/' + tail] = dict(route, parameters=[model])
+        paths['/v2/models/{model_name}/versions/{model_version}/' + tail] = dict(route, parameters=[model, version])
     schemas = {
         'V2Error': {'type': 'object', 'required': ['error'], 'properties': {'error': {'type': 'string'}}},
         'V2ServerMetadata': {'type': 'object', 'required': ['name', 'version', 'extensions'], 'properties': {

@@ -47,8 +47,8 @@ def take_v2(inputs: Dict[str, Any], streaming: bool = False) -> Optional['V2Call
     if marker is None:
         return None
     if streaming:
-        raise BadRequest('this model streams its answer, which V2 infer cannot carry; POST /run '
-                         '(NDJSON or SSE) to read it')
+        raise BadRequest('this model streams its answer, which V2 infer cannot carry; POST '
+                         '/v2/models/<name>/generate_stream (server-sent events) or /run to read it')
     if not isinstance(marker, dict) or not isinstance(marker.get('inputs'), dict):
         raise BadRequest('{} must be an object {{"inputs": {{name: [datatype, shape]}}, ...}}'.format(V2_MARKER))
     for name, spec in marker['inputs'].items():
