@@ -1,5 +1,5 @@
 """The Open Inference Protocol's tensors without a process: the gateway's checks and its
-``/run`` body (``shared.tensors``, ``gateway.v2``), the metadata read from an endpoint file,
+``/run`` body (``shared.tensors``, ``gateway.v2_models``), the metadata read from an endpoint file,
 and the model server's typing of inputs and outputs (``model_server.v2``), with numpy and
 without."""
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bis_twisted.errors import BadRequest
-from bis_twisted.gateway.v2 import ModelSpec, TensorSpec, derived_tensors, infer_payload, model_spec
+from bis_twisted.gateway.v2_models import ModelSpec, TensorSpec, derived_tensors, infer_payload, model_spec
 from bis_twisted.model_server import v2 as server_v2
 from bis_twisted.model_server.v2 import V2Call, output_tensor, output_tensors, take_v2
 from bis_twisted.shared.tensors import V2_MARKER, TensorError, flat_data, nest, read_input
@@ -67,7 +67,7 @@ def test_nest_builds_row_major_lists_of_the_shape():
     assert np.array(nest(list(range(24)), [2, 3, 4])).tolist() == np.arange(24).reshape(2, 3, 4).tolist()
 
 
-# -- gateway.v2: the metadata and the /run body ------------------------------------------------
+# -- gateway.v2_models: the metadata and the /run body ------------------------------------------------
 IRIS_LIKE = '''
 INPUT_SCHEMA = {"type": "object", "properties": {
     "FEATURES": {"anyOf": [

@@ -5,7 +5,7 @@ runs schemathesis against the live gateway.
 """
 
 from .._version import __version__ as LIB_VER
-from .v2 import openapi_parts as v2_openapi_parts
+from .v2_openapi import openapi_parts as v2_openapi_parts
 
 _FIELDS = {
     'ver-app': {'type': 'string'},
