@@ -65,6 +65,31 @@ GATED_ENDPOINT = textwrap.dedent('''
 ''')
 
 
+# Dies (os._exit) in _predict the first time it sees FLAG, a path it then creates: the replica a
+# request lands on first crashes, and the gateway must send that request to the other one.
+CRASH_ONCE_ENDPOINT = textwrap.dedent('''
+    import os
+
+    from bis_twisted import FlaskWorker
+
+    INPUT_SCHEMA = {"type": "object", "properties": {"FLAG": {"type": "string"}}, "required": ["FLAG"]}
+
+
+    class CrashOnceWorker(FlaskWorker):
+        def _pre_process(self, inputs):
+            return inputs["FLAG"]
+
+        def _predict(self, flag):
+            if not os.path.exists(flag):
+                open(flag, "w").close()
+                os._exit(1)
+            return {"pid": os.getpid()}
+
+        def _post_process(self, pred):
+            return pred
+''')
+
+
 @pytest.fixture(scope='module')
 def gateway(tmp_path_factory):
     root = tmp_path_factory.mktemp('v2')
@@ -73,11 +98,13 @@ def gateway(tmp_path_factory):
     for name in ('iris_classifier', 'dummy_model_demo2', 'text_streamer'):
         shutil.copy(os.path.join(ENDPOINTS_DIR, name + '.py'), endpoints / (name + '.py'))
     (endpoints / 'gated.py').write_text(GATED_ENDPOINT)
+    (endpoints / 'crash_once.py').write_text(CRASH_ONCE_ENDPOINT)
     config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'dummy_model_demo2', 'CONFIG_ENDPOINTS': {
         'iris_classifier': {'NR_WORKERS': 1, 'MAX_BATCH_SIZE': 32},
         'dummy_model_demo2': {'NR_WORKERS': 2, 'WEIGHT': 2, 'BIAS': 1},
         'text_streamer': {'NR_WORKERS': 1, 'WORD_DELAY': 0.0},
-        'gated': {'NR_WORKERS': 1, 'MAX_BATCH_SIZE': CONCURRENT, 'TIMEOUT': 60}}}
+        'gated': {'NR_WORKERS': 1, 'MAX_BATCH_SIZE': CONCURRENT, 'TIMEOUT': 60},
+        'crash_once': {'NR_WORKERS': 1, 'REPLICAS': 2}}}
     with Processes() as group:
         gw = start_gateway(group, root, config=config, endpoints=endpoints)
         wait_until(lambda: gw.get('/ready'), lambda r: r.status == 200, timeout=60, what='/ready 200')
@@ -305,6 +332,21 @@ def test_a_v2_request_and_a_run_request_share_a_batch(gateway):
     assert (v2_result['kind'], run_result['kind']) == ('numpy float32', 'list')
     assert v2_result['batch_no'] == run_result['batch_no']
     assert v2_answer.json()['parameters']['batch_size'] == run_answer.json()['batch_size'] == 2
+
+
+def test_a_v2_request_whose_replica_crashes_is_answered_by_the_other_replica(gateway):
+    before = {r['PID'] for r in gateway.server('crash_once')['REPLICAS']}
+    flag = str(gateway.root / 'crashed-once')
+    answer = gateway.post('/v2/models/crash_once/infer', {'inputs': [
+        {'name': 'FLAG', 'shape': [1], 'datatype': 'BYTES', 'data': [flag]}]}, timeout=30)
+    assert answer.status == 200, answer
+    assert os.path.exists(flag)  # a replica took it first, and died of it
+    [pid] = [o['data'][0] for o in answer.json()['outputs'] if o['name'] == 'pid']
+    assert pid in before
+    listed = wait_until(lambda: gateway.server('crash_once')['REPLICAS'],
+                        lambda rs: sum(r['RESTARTS'] for r in rs) == 1 and all(r['ONLINE'] for r in rs), timeout=30,
+                        what='the crashed replica restarted')
+    assert {r['PID'] for r in listed} - before, 'the crashed replica has a new process'
 
 
 def test_v2_requests_are_counted_under_their_protocol(gateway, client):
