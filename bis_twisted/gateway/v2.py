@@ -26,10 +26,12 @@ from ..shared.tensors import V2_MARKER
 from ..shared.web import SSE_TYPE, dumps, forward_payload, parse_json_object, write_encoded_json, write_json
 from .proxy import ChildStream
 from .v2_models import ModelSpec, infer_payload, model_spec
+
 MODEL_VERSION = '1'
 PLATFORM = 'bis_twisted'
 BINARY_HEADER = b'inference-header-content-length'
-EXTENSIONS = ()  # none of the protocol's optional extensions (binary tensors, generate, repository)
+# none of binary tensors, shared memory, the model repository or statistics is built
+EXTENSIONS = ()
 
 
 class V2Routes:
@@ -57,7 +59,8 @@ class V2Routes:
     def resource(self):
         return self.app.resource()
 
-    def _server(self, name, version=None):
+    def model(self, name, version=None):
+        """The fleet's server behind model ``name`` (404 for an unknown model or version)."""
         server = self.fleet.servers.get(name)
         if server is None:
             raise NotFound('unknown model {!r}; available: {}'.format(name, ', '.join(sorted(self.fleet.servers))
@@ -87,7 +90,7 @@ class V2Routes:
     @app.route('/v2/models/<string:name>', methods=['GET'])
     @app.route('/v2/models/<string:name>/versions/<string:version>', methods=['GET'])
     def model_metadata(self, request, name, version=None):
-        self._server(name, version)
+        self.model(name, version)
         spec = self.specs.get(name, ModelSpec())
         return write_json(request, 200, {
             'name': name, 'versions': [MODEL_VERSION], 'platform': PLATFORM,
@@ -96,7 +99,7 @@ class V2Routes:
     @app.route('/v2/models/<string:name>/ready', methods=['GET'])
     @app.route('/v2/models/<string:name>/versions/<string:version>/ready', methods=['GET'])
     def model_ready(self, request, name, version=None):
-        server = self._server(name, version)
+        server = self.model(name, version)
         if not self._model_ready(server):
             raise ServiceUnavailable(self.fleet.unavailable(server).message)
         return write_json(request, 200, {'name': name, 'ready': True})
@@ -105,7 +108,7 @@ class V2Routes:
     @app.route('/v2/models/<string:name>/versions/<string:version>/infer', methods=['POST'])
     async def infer(self, request, name, version=None):
         return await self._gateway.serve_inference(request, 'v2', lambda: self._read_infer(request, name, version),
-                                             self._write_infer)
+                                                   self._write_infer)
 
     def infer_of(self, request):
         """``infer``'s coroutine for ``POST /v2/models/<name>[/versions/<v>]/infer``, None for
@@ -125,6 +128,7 @@ class V2Routes:
 
     def _read_infer(self, request, name, version):
         """``(endpoint, payload)`` of an infer request."""
+        self.model(name, version)
         if request.getHeader(BINARY_HEADER) is not None:
             raise BadRequest('binary tensor data (Inference-Header-Content-Length) is not supported here: send '
                              'the tensors as JSON "data" (tritonclient: set_data_from_numpy(array, '
@@ -133,7 +137,6 @@ class V2Routes:
         if encoding != b'identity':
             raise BadRequest('Content-Encoding {!r} is not supported here; send the body uncompressed'.format(
                 encoding.decode('latin-1')))
-        self._server(name, version)
         request.content.seek(0)
         body = parse_json_object(request.content.read())
         return name, infer_payload(name, body, self.specs.get(name, ModelSpec()))
@@ -154,56 +157,72 @@ class V2Routes:
     @app.route('/v2/models/<string:name>/generate', methods=['POST'])
     @app.route('/v2/models/<string:name>/versions/<string:version>/generate', methods=['POST'])
     async def generate(self, request, name, version=None):
-        return await self._gateway.serve_inference(request, 'v2', lambda: self._read_generate(request, name, version),
-                                                   self._write_generate)
+        call = GenerateCall(self, request, name, version)
+        return await self._gateway.serve_inference(request, 'v2', call.read, call.write)
 
     @app.route('/v2/models/<string:name>/generate_stream', methods=['POST'])
     @app.route('/v2/models/<string:name>/versions/<string:version>/generate_stream', methods=['POST'])
     async def generate_stream(self, request, name, version=None):
-        return await self._gateway.serve_inference(request, 'v2', lambda: self._read_generate(request, name, version),
-                                                   self._write_generate_stream)
+        call = GenerateCall(self, request, name, version)
+        return await self._gateway.serve_inference(request, 'v2', call.read, call.write_stream)
 
-    def _read_generate(self, request, name, version):
-        """``(endpoint, payload)`` of a generate request: its fields (less ``id`` and
-        ``parameters``) are the endpoint's inputs, as in a ``/run`` body."""
-        self._server(name, version)
-        request.content.seek(0)
-        body = parse_json_object(request.content.read())
-        request.v2_generate_id = body.pop('id', None)
+    @app.handle_errors(Exception)
+    def _error(self, request, failure):
+        return self.error(request, failure)
+
+
+class GenerateCall:
+    """One request of the generate extension: its fields (less ``id`` and ``parameters``)
+    are the endpoint's inputs, as in a ``/run`` body; the answer is the model's name and the
+    fields of ``predict_result`` (``id`` echoed): once (``write``), or as server-sent events
+    (``write_stream``), a chunk each for a streaming endpoint."""
+
+    _log = Logger()
+
+    def __init__(self, routes, request, name, version):
+        self._routes = routes
+        self._request = request
+        self._name = name
+        self._version = version
+        self._id = None
+
+    def read(self):
+        self._routes.model(self._name, self._version)
+        self._request.content.seek(0)
+        body = parse_json_object(self._request.content.read())
+        self._id = body.pop('id', None)
         body.pop('parameters', None)
         for reserved in (SIGNATURE, V2_MARKER):
             if reserved in body:
                 raise BadRequest('an input may not be named {!r}'.format(reserved))
-        return name, forward_payload(dict(body, **{SIGNATURE: name}))
+        return self._name, forward_payload(dict(body, **{SIGNATURE: self._name}))
 
-    def _generated(self, request, name, body):
-        """A generate answer: the model, and the fields of ``predict_result``."""
-        answer = {'model_name': name, 'model_version': MODEL_VERSION}
-        if getattr(request, 'v2_generate_id', None) is not None:
-            answer['id'] = request.v2_generate_id
+    def _answer(self, body):
+        answer = {'model_name': self._name, 'model_version': MODEL_VERSION}
+        if self._id is not None:
+            answer['id'] = self._id
         result = body.get('predict_result')
         answer.update(result if isinstance(result, dict) else {'predict_result': result})
         return answer
 
-    async def _write_generate(self, request, name, result, started):
+    async def write(self, request, name, result, started):
         if isinstance(result, ChildStream):
             result.stopProducing()
             raise BadRequest('model {!r} streams its answer: POST .../generate_stream'.format(name))
         body = json.loads(result.raw) if result.raw is not None else dict(result.body)
         if result.status != 200:
-            return write_json(request, result.status, {'error': str(body.get('ERROR') or body.get('error'))},
+            message = body.get('ERROR') or body.get('error') or 'HTTP {}'.format(result.status)
+            return write_json(request, result.status, {'error': str(message)},
                               {b'Retry-After': b'1'} if result.status == 503 else None)
-        return write_json(request, 200, self._generated(request, name, body))
+        return write_json(request, 200, self._answer(body))
 
-    async def _write_generate_stream(self, request, name, result, started):
-        """Server-sent events: ``data: {...}`` per chunk of a streaming endpoint (one for an
-        endpoint that answers once); an error ends the stream as ``data: {"error": ...}``."""
+    async def write_stream(self, request, name, result, started):
         if not isinstance(result, ChildStream):
             if result.status != 200:  # an error answers as itself
-                return await self._write_generate(request, name, result, started)
+                return await self.write(request, name, result, started)
             body = json.loads(result.raw) if result.raw is not None else dict(result.body)
             request.setHeader(b'Content-Type', SSE_TYPE)
-            return _event(self._generated(request, name, body))
+            return _event(self._answer(body))
         request.setResponseCode(result.status)
         request.setHeader(b'Content-Type', SSE_TYPE)
         request.setHeader(b'Cache-Control', b'no-cache')
@@ -211,16 +230,18 @@ class V2Routes:
         ended = []
 
         def on_line(line):
-            body = json.loads(line) if line[:1] == b'{' else None
+            try:
+                body = json.loads(line)
+            except ValueError:
+                body = None
             if not isinstance(body, dict):
                 body = {'ERROR': 'model {!r} sent a line that is not a JSON object'.format(name)}
-            if line.startswith(CHUNK_PREFIX):
-                request.write(_event(self._generated(request, name, body)))
-            elif 'ERROR' in body:
-                ended.append(True)
+            elif line.startswith(CHUNK_PREFIX):
+                request.write(_event(self._answer(body)))
+                return
+            ended.append(True)  # the summary, or the error that ended the stream
+            if 'ERROR' in body:
                 request.write(_event({'error': str(body['ERROR'])}))
-            else:
-                ended.append(True)  # the summary: the stream is complete
 
         request.registerProducer(result, True)
         try:
@@ -237,10 +258,6 @@ class V2Routes:
             if request.channel is not None:
                 request.unregisterProducer()
         return b''
-
-    @app.handle_errors(Exception)
-    def _error(self, request, failure):
-        return self.error(request, failure)
 
 
 def _event(body):
