@@ -204,6 +204,12 @@ def test_an_input_that_does_not_fit_its_type_is_a_400():
     with pytest.raises(BadRequest) as raised:
         take_v2(marked(X=([1, 2, 3], ['FP32', [1, 3]])))
     assert 'shape [1, 3] was declared, the data nests as [3]' in raised.value.message
+    with pytest.raises(BadRequest) as raised:  # a body sent to /run by hand, marker and all
+        take_v2(marked(X=([1, 2], ['INT64', []])))
+    assert "input 'X': cannot be made a INT64 tensor" in raised.value.message
+    with pytest.raises(BadRequest) as raised:
+        take_v2({'X': 1, V2_MARKER: {'inputs': {'X': 'INT64'}}})
+    assert 'its type must be [datatype, shape]' in raised.value.message
 
 
 # -- model_server.v2: typed outputs ----------------------------------------------------------

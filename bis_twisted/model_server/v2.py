@@ -77,10 +77,10 @@ def typed_input(name: str, value: Any, spec: Any) -> Any:
             array = np.array(value, dtype=object)  # str elements, of any length
         else:
             array = np.asarray(value, dtype=datatype.numpy)
+        if not shape:
+            return array[()] if array.ndim == 0 else array.reshape(())[()]
     except (ValueError, TypeError, OverflowError, MemoryError) as exc:
         raise BadRequest('input {!r}: cannot be made a {} tensor: {}'.format(name, datatype.name, exc)) from None
-    if not shape:
-        return array[()] if array.ndim == 0 else array.reshape(())[()]
     if list(array.shape) != list(shape):
         raise BadRequest('input {!r}: shape {} was declared, the data nests as {}'.format(
             name, shape, list(array.shape)))
