@@ -245,6 +245,13 @@ def test_errors_have_the_protocol_shape(gateway):
         assert answer.status == status, answer
         assert set(answer.json()) == {'error'} and said in answer.json()['error']
     assert gateway.get('/v2/models/dummy_model_demo2/versions/7').status == 404
+    one = {'inputs': [{'name': 'INPUT_VALUE', 'shape': [1], 'datatype': 'INT64', 'data': [4]}]}
+    versioned = gateway.post('/v2/models/dummy_model_demo2/versions/1/infer', one)
+    assert versioned.status == 200 and versioned.json()['outputs'][0]['data'] == ['4*2 + 1 = 9 PREDICTED']
+    unknown = gateway.post('/v2/models/dummy_model_demo2/versions/7/infer', one)
+    assert unknown.status == 404 and "has no version '7'" in unknown.json()['error']
+    wrong_method = gateway.get('/v2/models/dummy_model_demo2/infer')
+    assert wrong_method.status == 405 and set(wrong_method.json()) == {'error'}
     assert gateway.get('/v2/nothing/here').json() == {'error': '404 Not Found: /v2/nothing/here'}
 
 
