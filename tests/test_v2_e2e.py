@@ -274,7 +274,8 @@ class Gate:
         self.held = None
 
     def hold(self):
-        self.held = self._pool.submit(self.gateway.run, 'gated', X=[0.0], GATE=self.path)
+        self.held = self._pool.submit(self.gateway.post, '/run', {'SIGNATURE': 'gated', 'X': [0.0], 'GATE': self.path},
+                                      timeout=60)
         # the writer's end opens once _predict opened the reader's: the worker is held from here
         self.fd = wait_until(self._open_writer, lambda fd: fd is not None, timeout=30,
                              what='the gated _predict to open its FIFO')
@@ -326,7 +327,7 @@ def test_a_v2_request_and_a_run_request_share_a_batch(gateway):
     gate.hold()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         v2 = pool.submit(v2_infer, gateway, [1.0, 2.0], 'mixed')
-        run = pool.submit(lambda: gateway.run('gated', X=[3.0, 4.0]))
+        run = pool.submit(gateway.post, '/run', {'SIGNATURE': 'gated', 'X': [3.0, 4.0]}, timeout=60)
         wait_until(lambda: queue_depth(gateway, 'gated'), lambda depth: depth == 2, timeout=30,
                    what='a V2 and a /run request waiting for the held worker')
         gate.open()
