@@ -76,6 +76,11 @@ OUTPUT_SCHEMA = {
     'required': ['predictions', 'model', 'train_accuracy'],
 }
 
+# The same input as a tensor of the Open Inference Protocol (POST /v2/models/iris_classifier/infer):
+# rows of 4 features. Declared, it is what GET /v2/models/iris_classifier shows, and the gateway
+# refuses another datatype or shape with 400; _pre_process gets a numpy array.
+V2_INPUTS = [{'name': 'FEATURES', 'datatype': 'FP32', 'shape': [-1, 4]}]
+
 FEATURES_HELP = ('send "FEATURES": [sepal_length, sepal_width, petal_length, petal_width] '
                  '(numbers, cm), or a list of such rows')
 
@@ -97,6 +102,8 @@ class IrisClassifierWorker(FlaskWorker):
         if 'FEATURES' not in inputs:
             raise ValueError('FEATURES is missing; ' + FEATURES_HELP)
         rows = inputs['FEATURES']
+        if isinstance(rows, np.ndarray):  # a V2 tensor
+            rows = rows.tolist()
         if not isinstance(rows, list) or not rows:
             raise ValueError('FEATURES must be a non-empty list, got {!r}; {}'.format(rows, FEATURES_HELP))
         if not isinstance(rows[0], list):

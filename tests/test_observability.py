@@ -53,11 +53,15 @@ def test_gateway_metrics_count_exactly_and_fold_unknown_signatures():
     metrics.observe('a', 400, 0.002)
     metrics.observe('typo-1', 404, 0.001)
     metrics.observe('typo-2', 404, 0.001)
+    metrics.observe('a', 200, 0.01, protocol='v2')
     found = samples(metrics.render().decode())
-    assert found[('bis_requests_total', frozenset({('endpoint', 'a'), ('code', '200')}))] == 3
-    assert found[('bis_requests_total', frozenset({('endpoint', 'a'), ('code', '400')}))] == 1
-    assert found[('bis_requests_total', frozenset({('endpoint', UNKNOWN), ('code', '404')}))] == 2
-    assert found[('bis_request_latency_seconds_count', frozenset({('endpoint', 'a')}))] == 4
+    run = ('protocol', 'run')
+    assert found[('bis_requests_total', frozenset({('endpoint', 'a'), ('code', '200'), run}))] == 3
+    assert found[('bis_requests_total', frozenset({('endpoint', 'a'), ('code', '200'), ('protocol', 'v2')}))] == 1
+    assert found[('bis_requests_total', frozenset({('endpoint', 'a'), ('code', '400'), run}))] == 1
+    assert found[('bis_requests_total', frozenset({('endpoint', UNKNOWN), ('code', '404'), run}))] == 2
+    assert found[('bis_request_latency_seconds_count', frozenset({('endpoint', 'a'), run}))] == 4
+    assert found[('bis_request_latency_seconds_count', frozenset({('endpoint', 'a'), ('protocol', 'v2')}))] == 1
     assert not any(('endpoint', 'typo-1') in labels for _, labels in found)
 
 
@@ -85,10 +89,10 @@ def test_metrics_after_known_traffic(gateway):
         key = (name, frozenset(labels.items()))
         return after.get(key, 0) - before.get(key, 0)
 
-    assert delta('bis_requests_total', endpoint='dummy_model_demo2', code='200') == 7
-    assert delta('bis_requests_total', endpoint='dummy_model_demo2', code='400') == 3
-    assert delta('bis_requests_total', endpoint=UNKNOWN, code='404') == 2
-    assert delta('bis_request_latency_seconds_count', endpoint='dummy_model_demo2') == 10
+    assert delta('bis_requests_total', endpoint='dummy_model_demo2', code='200', protocol='run') == 7
+    assert delta('bis_requests_total', endpoint='dummy_model_demo2', code='400', protocol='run') == 3
+    assert delta('bis_requests_total', endpoint=UNKNOWN, code='404', protocol='run') == 2
+    assert delta('bis_request_latency_seconds_count', endpoint='dummy_model_demo2', protocol='run') == 10
     labels = frozenset({('endpoint', 'dummy_model_demo2')})
     assert after[('bis_server_online', labels)] == 1
     assert after[('bis_requests_in_flight', labels)] == 0

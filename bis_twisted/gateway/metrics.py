@@ -79,10 +79,12 @@ class GatewayMetrics:
         self.scaling = scaling if scaling is not None else {}  # (endpoint, 'up' | 'down') -> decisions
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # the gateway's own CPU, memory, fds
-        self._requests = Counter('bis_requests', 'Requests to /run answered, by endpoint and HTTP status',
-                                 ['endpoint', 'code'], registry=self.registry)
-        self._latency = Histogram('bis_request_latency_seconds', 'Time to answer /run, by endpoint',
-                                  ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._requests = Counter('bis_requests', 'Inference requests answered, by endpoint, HTTP status and '
+                                 'protocol ("run": /run, "v2": the Open Inference Protocol\'s infer)',
+                                 ['endpoint', 'code', 'protocol'], registry=self.registry)
+        self._latency = Histogram('bis_request_latency_seconds', 'Time to answer an inference request, by '
+                                  'endpoint and protocol', ['endpoint', 'protocol'], buckets=LATENCY_BUCKETS,
+                                  registry=self.registry)
         self._first_chunk = Histogram('bis_stream_first_chunk_seconds',
                                       'Streaming answers: time from the request to the first chunk sent, by endpoint',
                                       ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -103,13 +105,13 @@ class GatewayMetrics:
     def observe_key(self, key_name, status):
         self._by_key.labels(key_name, str(status)).inc()
 
-    def observe(self, endpoint, status, seconds):
+    def observe(self, endpoint, status, seconds, protocol='run'):
         endpoint = endpoint if endpoint in self.fleet.servers else UNKNOWN
-        key = (endpoint, status)
+        key = (endpoint, status, protocol)
         children = self._children.get(key)
         if children is None:
-            children = self._children[key] = (self._requests.labels(endpoint, str(status)),
-                                               self._latency.labels(endpoint))
+            children = self._children[key] = (self._requests.labels(endpoint, str(status), protocol),
+                                               self._latency.labels(endpoint, protocol))
         children[0].inc()
         children[1].observe(seconds)
         self.recent.observe(status, seconds)

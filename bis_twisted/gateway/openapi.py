@@ -5,6 +5,7 @@ runs schemathesis against the live gateway.
 """
 
 from .._version import __version__ as LIB_VER
+from .v2_openapi import openapi_parts as v2_openapi_parts
 
 _FIELDS = {
     'ver-app': {'type': 'string'},
@@ -239,6 +240,9 @@ def openapi_document(names, server_name='', schemas=None):
         'Ready': _answer({'READY': {'type': 'boolean'}, 'NOT_READY': {'type': 'array', 'items': {'type': 'string'}}},
                          required=['READY', 'NOT_READY']),
     }
+    v2_paths, v2_schemas = v2_openapi_parts([n for n in names if n != '<none configured>'])  # the V2 routes
+    paths.update(v2_paths)
+    schemas.update(v2_schemas)
     return {
         'openapi': '3.0.3',
         'info': {'title': 'bis_twisted gateway' + (' ({})'.format(server_name) if server_name else ''),

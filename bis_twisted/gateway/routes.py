@@ -32,6 +32,7 @@ from .devices import gpu_memory
 from .openapi import openapi_document
 from .proxy import ChildStream
 from .status import hms, memory_gb, system_alerts, system_status
+from .v2 import V2Routes
 
 SUPPORT_KEY_ARG = 'SUPPORT_KEY'
 STATUS_PAGE = importlib.resources.files(__package__).joinpath('static/status.html').read_bytes()
@@ -80,6 +81,7 @@ class Gateway:
         self.metrics_guarded = metrics_guarded
         self._reload_config = reload_config  # async callable: the summary of what changed
         self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet))
+        self.v2 = V2Routes(self)  # the Open Inference Protocol's routes, under /v2
         self.assets = Assets()
         self.started_at = reactor.seconds()
         self._static_fields = {
@@ -90,7 +92,7 @@ class Gateway:
         self._answer_fields = (None, b'')
 
     def resource(self):
-        return RunFirst(self, self.app.resource())
+        return RunFirst(self, self.app.resource(), self.v2)
 
     def fields(self, request, worker_id='unknown'):
         """What every answer of the gateway carries."""
@@ -127,6 +129,26 @@ class Gateway:
     # -- /run ------------------------------------------------------------------------------------
     @app.route('/run', methods=['POST', 'GET'])
     async def run(self, request):
+        return await self.serve_inference(request, 'run', lambda: self._read_run(request), self._write_run)
+
+    def _read_run(self, request):
+        inputs = request_inputs(request)
+        return self.signature_of(inputs), forward_body(request, inputs)
+
+    async def _write_run(self, request, signature, result, started):
+        if isinstance(result, ChildStream):
+            return await self._relay(request, signature, result, started)
+        headers = {b'Retry-After': b'1'} if result.status == 503 else None
+        if result.raw is not None:  # the model server wrote our fields in: its bytes go as they are
+            return write_encoded_json(request, result.status, result.raw, headers)
+        return self.answer(request, result.status, dict(result.body), headers)
+
+    async def serve_inference(self, request, protocol, read, write):
+        """The way every inference request takes (``/run``, V2's infer): its API key (401
+        before the body is read), ``read()`` -> ``(endpoint, payload)``, the key's admission
+        (403 / 429), the fleet, ``write(request, endpoint, result, started)`` -> the answer's
+        bytes, and the metrics under ``protocol``. Errors raise, for the route's error
+        answer; refusals and 5xx are logged (rate-limited)."""
         started = self._reactor.seconds()
         rid = request_id_of(request)
         signature, status, key = None, 500, None
@@ -134,21 +156,13 @@ class Gateway:
         try:
             if self.keys is not None:
                 key = self.keys.identify(request)  # 401 before the body is even parsed
-            inputs = request_inputs(request)
-            signature = self.signature_of(inputs)
+            signature, payload = read()
             if key is not None:
                 self.keys.admit(key, signature)  # 403 / 429
-            payload = forward_body(request, inputs)
-            del inputs  # the payload is all that needs to live while the model server works
             result = await self.fleet.run(signature, payload, rid, self.answer_fields())
-            if isinstance(result, ChildStream):
-                status = result.status
-                return await self._relay(request, signature, result, started)
+            del payload  # the answer is all that needs to live from here on
             status = result.status
-            headers = {b'Retry-After': b'1'} if status == 503 else None
-            if result.raw is not None:  # the model server wrote our fields in: its bytes go as they are
-                return write_encoded_json(request, status, result.raw, headers)
-            return self.answer(request, status, dict(result.body), headers)
+            return await write(request, signature, result, started)
         except BisError as exc:
             status = exc.status
             key_name = getattr(exc, 'key_name', None)
@@ -167,11 +181,11 @@ class Gateway:
         finally:
             # the request object lives on in reference cycles until the garbage collector's
             # next full pass: without this its body would too
-            inputs = payload = None  # noqa: F841
+            payload = None  # noqa: F841
             forget_body(request)
             tracing.end_run(run_span, status, signature, key.name if key is not None else None)
             if self.metrics is not None:
-                self.metrics.observe(signature, status, self._reactor.seconds() - started)
+                self.metrics.observe(signature, status, self._reactor.seconds() - started, protocol)
                 if self.keys is not None:
                     self.metrics.observe_key(key.name if key is not None else 'unknown', status)
 
@@ -416,6 +430,7 @@ class Gateway:
     def refresh(self):
         """Re-read what is built from the config (after a config reload)."""
         self._openapi = openapi_document(self.fleet.servers, self.server_name, schemas=endpoint_schemas(self.fleet))
+        self.v2.refresh()
 
     @app.route('/reload_server', methods=['POST'])
     async def reload_server(self, request):
@@ -461,37 +476,49 @@ class Gateway:
 
 class RunFirst(Resource):
     """The gateway's resource: ``POST`` / ``GET /run``, the hot path, goes straight to
-    ``Gateway.run``; every other request through Klein's routing. Klein binds its URL map
-    and rebuilds the URL's parts for every request: about a tenth of the gateway's own
-    work per ``/run`` in a profile. What Klein does around a route is kept: the route is
-    cancelled when the client goes away, and a failure is answered by ``Gateway.error``."""
+    ``Gateway.run``, and V2's infer (``v2``, a ``V2Routes``) straight to its route; the
+    other ``/v2`` routes through V2's own Klein app (the protocol's error answers), every
+    other request through Klein's routing. Klein binds its URL map and rebuilds the URL's
+    parts for every request: about a tenth of the gateway's own work per ``/run`` in a
+    profile. What Klein does around a route is kept: the route is cancelled when the client
+    goes away, and a failure is answered by the route's error answer."""
 
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, gateway, routed):
+    def __init__(self, gateway, routed, v2=None):
         Resource.__init__(self)
         self._gateway = gateway
         self._routed = routed
+        self._v2 = v2
+        self._v2_routed = v2.resource() if v2 is not None else None
 
     def render(self, request):
-        if request.path != RUN_PATH or request.method not in _RUN_METHODS:
-            return self._routed.render(request)
+        if request.path == RUN_PATH and request.method in _RUN_METHODS:
+            return self._serve(request, self._gateway.run(request), self._gateway.error)
+        if self._v2 is not None and (request.path == V2_PATH or request.path.startswith(V2_PREFIX)):
+            infer = self._v2.infer_of(request)
+            if infer is not None:
+                return self._serve(request, infer, self._v2.error)
+            return self._v2_routed.render(request)
+        return self._routed.render(request)
+
+    def _serve(self, request, route, error):
         finished = []
         request.notifyFinish().addBoth(finished.append)
-        d = defer.Deferred.fromCoroutine(self._gateway.run(request))
+        d = defer.Deferred.fromCoroutine(route)
         request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addErrback(self._failed, request, finished)
+        d.addErrback(self._failed, request, finished, error)
         d.addCallback(self._write, request, finished)
-        d.addErrback(lambda failure: self._log.failure('writing the answer of /run', failure))
+        d.addErrback(lambda failure: self._log.failure('writing the answer of {path}', failure, path=request.path))
         return NOT_DONE_YET
 
-    def _failed(self, failure, request, finished):
+    def _failed(self, failure, request, finished, error):
         if finished:  # the client is gone: nobody to answer
             if not failure.check(defer.CancelledError):
-                self._log.failure('/run failed after its client went away', failure)
+                self._log.failure('{path} failed after its client went away', failure, path=request.path)
             return None
-        return self._gateway.error(request, failure)
+        return error(request, failure)
 
     @staticmethod
     def _write(body, request, finished):
@@ -502,4 +529,6 @@ class RunFirst(Resource):
 
 
 RUN_PATH = b'/run'
+V2_PATH = b'/v2'
+V2_PREFIX = b'/v2/'
 _RUN_METHODS = (b'POST', b'GET')

@@ -27,6 +27,7 @@ from ..shared.security import AdminGuard
 from ..shared.web import (dumps, encode_answer, error_answer, now_text, request_id_of, request_inputs,
                           write_encoded_json, write_json)
 from .pool import PooledStream, WorkerLoadError, WorkerPool
+from .v2 import take_v2
 
 
 def host_id():
@@ -111,6 +112,7 @@ class ModelServer:
             except SchemaViolation as exc:
                 raise BadRequest('INPUT_SCHEMA: ' + exc.message, INPUT_ERROR=exc.details()) from None
         rid = request_id_of(request)
+        v2 = take_v2(inputs, self.streaming)  # a V2 infer: its inputs typed, its answer shaped at the end
         if self.streaming:
             worker, call_id, outcome = await self.pool.run_stream(inputs, rid)
             if isinstance(outcome, PooledStream):
@@ -136,9 +138,12 @@ class ModelServer:
             'request_id': rid,
         })
         gateway_fields = self._gateway_fields(request.getHeader(ANSWER_FIELDS_HEADER))
+        if gateway_fields is not None:
+            body.update(gateway_fields)
+        if v2 is not None:
+            status, body = v2.answer(status, body)
         if gateway_fields is None:
             return write_json(request, status, body)
-        body.update(gateway_fields)
         encoded_status, data = encode_answer(status, body)
         if encoded_status == status:  # else it could not be encoded: the gateway completes that error itself
             request.setHeader(ANSWER_COMPLETE_HEADER, b'1')

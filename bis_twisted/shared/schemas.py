@@ -18,13 +18,14 @@ import os
 import attr
 
 from ..errors import EndpointLoadError
+from .tensors import V2_MARKER
 from .web import dumps
 
 INPUT_SCHEMA = 'INPUT_SCHEMA'
 OUTPUT_SCHEMA = 'OUTPUT_SCHEMA'
 SCHEMA_NAMES = (INPUT_SCHEMA, OUTPUT_SCHEMA)
 # the keys the server itself reads from the inputs; a schema need not list them
-TRANSPORT_KEYS = ('SIGNATURE', 'BASE64_KEYS', 'BASE64_OUTPUTS', 'ENCODING')
+TRANSPORT_KEYS = ('SIGNATURE', 'BASE64_KEYS', 'BASE64_OUTPUTS', 'ENCODING', V2_MARKER)
 
 
 @attr.s(frozen=True)
@@ -45,23 +46,31 @@ class EndpointSchemas:
 def declared_schemas(path):
     """``EndpointSchemas`` of the file at ``path`` from its module-level assignments, read as
     literals; a missing file, a syntax error or a non-literal value reads as "none"."""
+    found = declared_literals(path, SCHEMA_NAMES)
+    found = {name: value if isinstance(value, dict) else None for name, value in found.items()}
+    return EndpointSchemas(input=found.get(INPUT_SCHEMA), output=found.get(OUTPUT_SCHEMA))
+
+
+def declared_literals(path, names):
+    """``{name: value}`` of the module-level assignments to ``names`` in the file at ``path``,
+    each read as a literal (None when it is not one); a missing file or a syntax error reads
+    as ``{}``. The file is parsed, never imported."""
     try:
         with open(path, encoding='utf-8') as fh:
             tree = ast.parse(fh.read(), filename=path)
     except (OSError, SyntaxError, ValueError):
-        return EndpointSchemas()
+        return {}
     found = {}
     for node in tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else (
             [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else [])
         for target in targets:
-            if isinstance(target, ast.Name) and target.id in SCHEMA_NAMES:
+            if isinstance(target, ast.Name) and target.id in names:
                 try:
-                    value = ast.literal_eval(node.value)
+                    found[target.id] = ast.literal_eval(node.value)
                 except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                    value = None
-                found[target.id] = value if isinstance(value, dict) else None
-    return EndpointSchemas(input=found.get(INPUT_SCHEMA), output=found.get(OUTPUT_SCHEMA))
+                    found[target.id] = None
+    return found
 
 
 # -- the model server's reading: the imported module ------------------------------------------
