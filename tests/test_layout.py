@@ -1,6 +1,6 @@
 """The package's layout: two programs that never import each other, what they agree on in
-``bis_twisted.protocol``, the endpoint API at the package's top, the former module paths
-still working, and the model server's life as a service tree."""
+``bis_twisted.protocol``, the endpoint API at the package's top, both programs runnable as
+modules, and the model server's life as a service tree."""
 
 import json
 import os
@@ -52,20 +52,12 @@ def test_endpoint_files_import_the_api_from_the_package():
         bis_twisted.NoSuchThing
 
 
-@pytest.mark.parametrize('module', ['bis_twisted.server', 'bis_twisted.model_server', 'bis_twisted.cli',
-                                    'bis_twisted.gateway.cli'])
-def test_the_former_and_the_new_module_paths_run(module):
+@pytest.mark.parametrize('module', ['bis_twisted.model_server', 'bis_twisted.gateway.cli'])
+def test_both_programs_run_as_modules(module):
     done = subprocess.run([sys.executable, '-m', module, '--help'], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
     assert done.returncode == 0, done.stderr
     assert '--port' in done.stdout
-
-
-def test_the_former_entry_point_is_the_gateway_cli():
-    from bis_twisted import cli
-    from bis_twisted.gateway import cli as gateway_cli
-
-    assert cli.main is gateway_cli.main
 
 
 # -- protocol: the child's flags, built and parsed from one table --------------------------------

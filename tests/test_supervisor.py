@@ -9,7 +9,8 @@ import pytest
 from twisted.internet.error import ProcessDone, ProcessTerminated
 
 from bis_twisted.protocol import READY_LINE
-from bis_twisted.gateway.supervisor import ChildSpec, Supervisor
+from bis_twisted.gateway.childspec import ChildSpec
+from bis_twisted.gateway.supervisor import Supervisor
 from fakes import ProcessReactor
 
 
@@ -309,7 +310,7 @@ def test_a_child_of_another_running_gateway_that_shares_the_cache_is_left_alone(
 
 
 # -- child output ----------------------------------------------------------------------------------
-from bis_twisted.gateway.supervisor import OutputLines  # noqa: E402
+from bis_twisted.gateway.child_process import OutputLines  # noqa: E402
 
 
 def test_output_splits_on_newline_and_carriage_return_and_cuts_long_lines():

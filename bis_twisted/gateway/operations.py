@@ -139,9 +139,6 @@ class Operations:
         await self.supervisor.stop_child(child)
 
     # -- autoscaling ---------------------------------------------------------------------------
-    def active_count(self, server):
-        return sum(1 for t in server.targets if t.active)
-
     def scale_up(self, server):
         """Start the next slot's process; False when all slots run."""
         target = next((t for t in server.targets if not t.active and t.child_name is not None), None)

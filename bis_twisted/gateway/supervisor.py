@@ -13,9 +13,9 @@ What real endpoints do that this class is built for:
 - a spawn that fails (``EMFILE``) is an exit like any other, retried with the backoff;
 - a child that loads for longer than its ``load_timeout`` is restarted, and one that keeps
   failing before it is ready is ``failed`` (still retried at the capped delay);
-- output is split into bounded lines (``OutputLines``): a progress bar that never writes a
+- output is split into bounded lines (``child_process``): a progress bar that never writes a
   newline costs constant memory and time per byte;
-- a pid file per child lets the next gateway end a child that outlived this one.
+- a pid file per child (``pidfiles``) lets the next gateway end a child that outlived this one.
 
 A child's stdin is a pipe the gateway keeps open: the model server exits when it closes, so a
 gateway that dies, even by ``kill -9``, leaves no child behind (unless the child is stopped
@@ -24,128 +24,22 @@ with SIGSTOP: the pid files cover that).
 
 import collections
 import os
-import re
 import shutil
 import signal
-import time
 
-import attr
-import psutil
 from twisted.application.service import Service
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 
-from ..protocol import MODEL_SERVER_MODULE, READY_LINE, TOKEN_VARIABLE
+from ..protocol import TOKEN_VARIABLE
 from ..shared.waiters import Waiters
-from . import child_output
+from .child_process import ChildProtocol, describe_exit, short_error
+from .childspec import ChildStatus
+from .pidfiles import PidFiles
 
-MAX_LINE_BYTES = 8192      # a longer line is cut and marked
-MAX_ERROR_CHARS = 300      # last_error as shown by /list_servers
 TRIAL_STDERR_WAIT = 1.0    # seconds a failed trial start waits for the child's last stderr line
-PROGRESS_LOG_INTERVAL = 1.0  # seconds between two logged '\r' progress updates of one stream
-# what a pid file's process must be running to be ours (the second: the module's former path)
-CHILD_MODULES = (MODEL_SERVER_MODULE, 'bis_twisted.server')
 _SETSID = shutil.which('setsid')  # util-linux: puts the exec'd child in a new session/group
-
-
-def short_error(text, limit=MAX_ERROR_CHARS):
-    """``text`` on one line, at most ``limit`` characters."""
-    text = ' '.join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + '...'
-
-
-class OutputLines:
-    """Splits one output stream into lines on ``\\n`` and ``\\r``, in time and memory bounded
-    per byte (the shape of ``LineReceiver`` with its ``MAX_LENGTH``).
-
-    ``feed(data)`` returns ``[(line_bytes, kind)]`` with ``kind`` ``'line'`` (ended by
-    ``\\n``), ``'progress'`` (ended by ``\\r``: a progress bar redrawing itself; the caller
-    shows only some of them) or ``'cut'`` (longer than ``max_length``: its first
-    ``max_length`` bytes, the rest up to the next line end is dropped)."""
-
-    _separator = re.compile(rb'[\r\n]')
-
-    def __init__(self, max_length=MAX_LINE_BYTES):
-        self.max_length = max_length
-        self._buffer = b''
-        self._dropping = False  # inside a line already reported as cut
-
-    def feed(self, data):
-        out = []
-        start = 0
-        for match in self._separator.finditer(data):
-            end = match.start()
-            self._add(out, data[start:end], b'line' if match.group() == b'\n' else b'progress', ended=True)
-            start = match.end()
-        if start < len(data):
-            self._add(out, data[start:], None, ended=False)
-        return out
-
-    def flush(self):
-        """What is left without a line end (the stream closed)."""
-        rest, self._buffer = self._buffer, b''
-        dropping, self._dropping = self._dropping, False
-        return [(rest, 'line')] if rest and not dropping else []
-
-    def _add(self, out, piece, kind, ended):
-        if self._dropping:
-            if ended:
-                self._dropping = False
-            return
-        if self._buffer:
-            piece = self._buffer + piece  # bounded: the buffer never exceeds max_length
-            self._buffer = b''
-        if len(piece) > self.max_length:
-            out.append((piece[:self.max_length], 'cut'))
-            self._dropping = not ended
-            return
-        if ended:
-            out.append((piece, 'line' if kind == b'line' else 'progress'))
-        else:
-            self._buffer = piece
-
-
-@attr.s(frozen=True)
-class ChildSpec:
-    """How to start one child."""
-
-    name = attr.ib()
-    argv = attr.ib()  # argv[0] is the executable
-    env = attr.ib(default=None)
-    cwd = attr.ib(default=None)
-    load_timeout = attr.ib(default=None)  # seconds from spawn to the ready line, at most
-
-
-@attr.s(frozen=True)
-class ChildStatus:
-    """What ``/list_servers`` shows of a child (a snapshot; the supervisor's state moves on)."""
-
-    name = attr.ib()
-    running = attr.ib()
-    ready = attr.ib()
-    wanted = attr.ib()
-    pid = attr.ib()
-    port = attr.ib()
-    started_at = attr.ib()
-    restarts = attr.ib()
-    last_error = attr.ib()
-    next_restart_in = attr.ib()
-    failed = attr.ib(default=False)  # failed before ready crash_loop_after times in a row
-    recycles = attr.ib(default=0)    # replaced on purpose (memory), not counted as crashes
-    stopping = attr.ib(default=False)  # told to stop (drain) and not exited yet
-
-    @property
-    def state(self):
-        if not self.wanted:
-            return 'stopped'
-        if self.failed and not self.ready:
-            return 'failed'
-        if self.stopping and self.running:
-            return 'recycling'
-        if self.running:
-            return 'ready' if self.ready else 'starting'
-        return 'restarting'
 
 
 class _Child:
@@ -177,76 +71,6 @@ class _Child:
         self.trial_output = None  # a failed trial waiting for the child's last stderr line
 
 
-class ChildProtocol(protocol.ProcessProtocol):
-    """Forwards a child's output lines to the gateway's log (name in front) and its own log
-    file, spots the ready line, and keeps the last stderr lines as the exit reason."""
-
-    _log = Logger()
-
-    def __init__(self, supervisor, name, logfile=None, clock=None):
-        self._supervisor = supervisor
-        self.name = name
-        self._logfile = logfile
-        self._clock = clock
-        self._streams = {1: OutputLines(), 2: OutputLines()}
-        self._progress_logged_at = {1: None, 2: None}
-        self.stderr_tail = collections.deque(maxlen=5)
-        self.exited = False
-        self.closed = False  # its output pipes are closed: every line has been read
-
-    def childDataReceived(self, fd, data):
-        stream = self._streams.get(fd)
-        if stream is None:
-            return
-        for raw, kind in stream.feed(data):
-            if not raw.strip():
-                continue
-            if kind == 'progress' and not self._show_progress(fd):
-                continue
-            line = raw.decode('utf-8', 'replace')
-            if kind == 'cut':
-                line += ' [line cut at {} bytes]'.format(stream.max_length)
-            self._line(fd, line)
-
-    def _show_progress(self, fd):
-        # a bar redraws itself many times a second: one update a second reaches the log
-        now = self._clock.seconds() if self._clock is not None else time.monotonic()
-        last = self._progress_logged_at[fd]
-        if last is not None and now - last < PROGRESS_LOG_INTERVAL:
-            return False
-        self._progress_logged_at[fd] = now
-        return True
-
-    def _line(self, fd, line):
-        if not line.strip():
-            return
-        if self._logfile is not None:
-            self._logfile.write(child_output.file_line(self.name, fd, line))
-        if fd == 1 and line.startswith(READY_LINE):
-            self._supervisor._child_ready(self.name, line[len(READY_LINE):].strip(), self)
-            return
-        if fd == 2:
-            self.stderr_tail.append(short_error(self._supervisor.shown(line)))
-        child_output.relay(self._log, self.name, fd, line)
-
-    def processExited(self, reason):
-        # the process is gone; its pipes may stay open for as long as a helper it started lives
-        self.exited = True
-        self._supervisor._child_ended(self.name, reason, self)
-
-    def processEnded(self, reason):
-        self.closed = True
-        for fd, stream in self._streams.items():
-            for raw, _ in stream.flush():
-                self._line(fd, raw.decode('utf-8', 'replace'))
-        if self._logfile is not None:
-            self._logfile.close()
-        if not self.exited:  # a transport that reports only the end
-            self.processExited(reason)
-        else:
-            self._supervisor._child_output_closed(self.name, self)
-
-
 class Supervisor(Service):
     """Starts registered children and keeps the wanted ones running."""
 
@@ -265,9 +89,9 @@ class Supervisor(Service):
         # a child's errors reach answers (a 503's reason): files named relative to this folder
         self._hidden_folder = os.path.join(os.path.abspath(endpoints_dir), '') if endpoints_dir else None
         self._log_dir = log_dir
-        self._pid_dir = pid_dir
         # signals a child's process group; the tests' fake reactor brings its own
         self._killpg = killpg or getattr(reactor, 'killpg', None) or os.killpg
+        self._pid_files = PidFiles(pid_dir, self._killpg)
         self._children = collections.OrderedDict()
         self.listeners = []  # callables(name, event) for 'ready' / 'exited'
 
@@ -287,9 +111,6 @@ class Supervisor(Service):
     def replace_spec(self, spec):
         """Use ``spec`` from the child's next start on (a running child is left alone)."""
         self._children[spec.name].spec = spec
-
-    def names(self):
-        return list(self._children)
 
     def remove(self, name):
         """Stop a child (drained, as ``stop_child``) and forget it; fires when it has exited."""
@@ -322,7 +143,7 @@ class Supervisor(Service):
     # -- service -------------------------------------------------------------------------------
     def startService(self):
         Service.startService(self)
-        self._end_leftovers()
+        self._pid_files.end_leftovers(list(self._children))
         for child in self._children.values():
             if child.wanted and child.protocol is None:
                 self._spawn(child)
@@ -439,7 +260,7 @@ class Supervisor(Service):
             return
         child.protocol = proto
         child.pid = transport.pid
-        self._write_pid(spec.name, transport.pid)
+        self._pid_files.write(spec.name, transport.pid)
         if spec.load_timeout:
             child.load_call = self._reactor.callLater(spec.load_timeout, self._load_timed_out, child, proto)
         self._log.info('started server {name} (pid {pid})', name=spec.name, pid=transport.pid)
@@ -470,7 +291,8 @@ class Supervisor(Service):
             self.restart_child(child.spec.name, 'did not become ready within LOAD_TIMEOUT ({:g}s)'.format(
                 child.spec.load_timeout))
 
-    def _child_ready(self, name, port_text, proto):
+    # -- what a child's process protocol reports ----------------------------------------------
+    def child_ready(self, name, port_text, proto):
         child = self._children[name]
         if child.protocol is not proto:
             return
@@ -489,7 +311,7 @@ class Supervisor(Service):
             trial.callback(name)
         self._notify(name, 'ready')
 
-    def _child_ended(self, name, reason, proto):
+    def child_exited(self, name, reason, proto):
         child = self._children[name]
         if child.protocol is not proto:
             return
@@ -506,9 +328,9 @@ class Supervisor(Service):
         if pid is not None:
             # helpers it started go with it: they would hold its pipes and its memory
             self._signal_group(pid, signal.SIGKILL)
-            self._remove_pid(name)
+            self._pid_files.remove(name)
         lived = self._reactor.seconds() - (child.started_at or 0)
-        exit_text = _describe_exit(reason)
+        exit_text = describe_exit(reason)
         child.exit_info = (proto, exit_text, child.kill_reason is None)
         if proto.stderr_tail:
             exit_text = '{}: {}'.format(exit_text, proto.stderr_tail[-1])
@@ -557,7 +379,7 @@ class Supervisor(Service):
         else:
             fire()
 
-    def _child_output_closed(self, name, proto):
+    def child_output_closed(self, name, proto):
         # stderr read after the exit was seen (its last lines often are the traceback)
         child = self._children.get(name)
         if child is None:
@@ -595,93 +417,6 @@ class Supervisor(Service):
         for listener in list(self.listeners):
             listener(name, event)
 
-    # -- pid files: children a previous gateway left behind ------------------------------------
-    def _pid_path(self, name):
-        safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
-        return os.path.join(self._pid_dir, safe + '.pid')
-
-    def _write_pid(self, name, pid):
-        if not self._pid_dir or pid is None:
-            return
-        try:
-            os.makedirs(self._pid_dir, exist_ok=True)
-            with open(self._pid_path(name), 'w', encoding='ascii') as fh:
-                fh.write('{}\n'.format(pid))
-        except OSError as exc:
-            self._log.warn('server {name}: cannot write its pid file: {err}', name=name, err=exc)
-
-    def _remove_pid(self, name):
-        if self._pid_dir:
-            try:
-                os.remove(self._pid_path(name))
-            except OSError:
-                pass
-
-    def _end_leftovers(self):
-        """End the children a previous gateway with this cache left running (it was killed
-        while one was stopped with SIGSTOP, say): they would hold their ports. A pid file's
-        process is ours only if it runs the model server under the same name."""
-        if not self._pid_dir:
-            return
-        for name in self._children:
-            path = self._pid_path(name)
-            try:
-                with open(path, encoding='ascii') as fh:
-                    pid = int(fh.read().strip())
-            except (OSError, ValueError):
-                continue
-            try:
-                process = psutil.Process(pid)
-                cmdline = process.cmdline()
-                owner = _running_gateway(process.parent())
-            except (psutil.Error, OSError):
-                cmdline, owner = [], None
-            if owner is not None and _is_child_command(cmdline, name):
-                # another gateway started from the same cache folder: its child, not a leftover
-                self._log.warn('server {name} (pid {pid}) belongs to another running gateway (pid {owner}) that '
-                               'uses this cache folder; left alone: give each gateway a cache of its own (--cache)',
-                               name=name, pid=pid, owner=owner)
-                continue
-            if _is_child_command(cmdline, name) and pid != os.getpid():
-                self._log.warn('ending server {name} (pid {pid}) left running by a previous gateway',
-                               name=name, pid=pid)
-                for target in (lambda s: self._killpg(pid, s), lambda s: os.kill(pid, s)):
-                    try:
-                        target(signal.SIGKILL)
-                    except OSError:
-                        pass
-            self._remove_pid(name)
-
 
 class TrialFailed(Exception):
     """A child started on trial exited before it was ready; the message is one line."""
-
-
-def _running_gateway(parent):
-    """The pid of ``parent`` when it is a live gateway other than this one, else None."""
-    if parent is None or parent.pid in (1, os.getpid()):
-        return None
-    try:
-        cmdline = parent.cmdline()
-    except (psutil.Error, OSError):
-        return None
-    programs = {os.path.basename(part) for part in cmdline[:2]}  # "bis-gateway" or "python .../bis-gateway"
-    named = any(part in _GATEWAY_MODULES or part.endswith('.tac') for part in cmdline[1:])
-    return parent.pid if named or programs & {'bis-gateway', 'twistd'} else None
-
-
-_GATEWAY_MODULES = ('bis_twisted.gateway.cli', 'bis_twisted.cli')
-
-
-def _is_child_command(cmdline, name):
-    return any(module in cmdline for module in CHILD_MODULES) and '--name' in cmdline and \
-        cmdline[cmdline.index('--name') + 1:cmdline.index('--name') + 2] == [name]
-
-
-def _describe_exit(reason):
-    value = reason.value
-    if getattr(value, 'signal', None):
-        return 'killed by signal {}'.format(value.signal)
-    if getattr(value, 'exitCode', None) is not None:
-        return 'exit code {}'.format(value.exitCode)
-    return str(value)

@@ -13,7 +13,7 @@ import attr
 from ..protocol import child_argv, child_environment, unix_address
 from ..shared import logformat
 from ..shared.limits import DEFAULT_BODIES_IN_FLIGHT_MB
-from .supervisor import ChildSpec
+from .childspec import ChildSpec
 
 
 class Target:
