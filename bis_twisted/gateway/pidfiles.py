@@ -54,9 +54,18 @@ class PidFiles:
             except (OSError, ValueError):
                 continue
             try:
-                cmdline = psutil.Process(pid).cmdline()
+                process = psutil.Process(pid)
+                cmdline = process.cmdline()
+                owner = _running_gateway(process.parent())
             except (psutil.Error, OSError):
-                cmdline = []
+                cmdline, owner = [], None
+            if owner is not None and is_child_command(cmdline, name):
+                # the cache lock keeps a second gateway off this folder, unless its lock file
+                # was removed by hand: the child of a running gateway is never a leftover
+                self._log.warn('server {name} (pid {pid}) belongs to another running gateway (pid {owner}) that '
+                               'uses this cache folder; left alone: give each gateway a cache of its own (--cache)',
+                               name=name, pid=pid, owner=owner)
+                continue
             if is_child_command(cmdline, name) and pid != os.getpid():
                 self._log.warn('ending server {name} (pid {pid}) left running by a previous gateway',
                                name=name, pid=pid)
@@ -72,3 +81,19 @@ def is_child_command(cmdline, name):
     """Whether ``cmdline`` runs the model server under ``name``."""
     return MODEL_SERVER_MODULE in cmdline and '--name' in cmdline and \
         cmdline[cmdline.index('--name') + 1:cmdline.index('--name') + 2] == [name]
+
+
+def _running_gateway(parent):
+    """The pid of ``parent`` when it is a live gateway other than this one, else None."""
+    if parent is None or parent.pid in (1, os.getpid()):
+        return None
+    try:
+        cmdline = parent.cmdline()
+    except (psutil.Error, OSError):
+        return None
+    programs = {os.path.basename(part) for part in cmdline[:2]}  # "bis-gateway" or "python .../bis-gateway"
+    named = any(part == GATEWAY_MODULE or part.endswith('.tac') for part in cmdline[1:])
+    return parent.pid if named or programs & {'bis-gateway', 'twistd'} else None
+
+
+GATEWAY_MODULE = 'bis_twisted.gateway.cli'
