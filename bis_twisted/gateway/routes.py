@@ -29,7 +29,7 @@ from ..shared.web import (SSE_TYPE, dumps, error_answer, forget_body, forward_bo
 from . import readiness
 from .assets import Assets
 from .devices import gpu_memory
-from .openapi import openapi_document
+from .openapi import openapi_document, streams_declared
 from .proxy import ChildStream
 from .status import hms, memory_gb, system_alerts, system_status
 from .v2 import V2Routes
@@ -48,6 +48,21 @@ def endpoint_schemas(fleet):
     return {name: declared_schemas(endpoint_file(fleet.endpoints_dir, server.config.server_class))
             for name, server in fleet.servers.items()
             if server.config.has_file and not server.config.is_remote}
+
+
+def endpoint_streams(fleet):
+    """The endpoints that stream their answers: ``STREAM`` in the entry, else a ``_predict``
+    that yields in the file (read from its syntax tree)."""
+    return {name for name, server in fleet.servers.items()
+            if server.config.entry.get('STREAM', server.config.has_file and not server.config.is_remote
+                                        and streams_declared(endpoint_file(fleet.endpoints_dir,
+                                                                           server.config.server_class)))}
+
+
+def gateway_document(fleet, server_name):
+    """The gateway's ``/openapi.json`` for ``fleet`` as it is configured now."""
+    return openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet),
+                            streaming=endpoint_streams(fleet))
 
 
 class Gateway:
@@ -80,7 +95,7 @@ class Gateway:
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
         self._reload_config = reload_config  # async callable: the summary of what changed
-        self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet))
+        self._openapi = gateway_document(fleet, server_name)
         self.v2 = V2Routes(self)  # the Open Inference Protocol's routes, under /v2
         self.assets = Assets()
         self.started_at = reactor.seconds()
@@ -429,7 +444,7 @@ class Gateway:
 
     def refresh(self):
         """Re-read what is built from the config (after a config reload)."""
-        self._openapi = openapi_document(self.fleet.servers, self.server_name, schemas=endpoint_schemas(self.fleet))
+        self._openapi = gateway_document(self.fleet, self.server_name)
         self.v2.refresh()
 
     @app.route('/reload_server', methods=['POST'])
