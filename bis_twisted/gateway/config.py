@@ -100,6 +100,7 @@ class GatewayConfig:
     http_limits = attr.ib(factory=dict)  # the HTTP_LIMIT_KEYS the file sets
     max_answer_mb = attr.ib(default=DEFAULT_MAX_ANSWER_MB)  # a model server's answer over it: 502
     api_keys = attr.ib(default=None)  # path of the API_KEYS file (absolute), or None: /run is open
+    access_log = attr.ib(default=True)  # one log line per request (accesslog.py)
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -210,7 +211,8 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
                          metrics=data.get('METRICS', True), warnings=tuple(w for w in warnings if w),
                          http_limits={k: data[k] for k in HTTP_LIMIT_KEYS if k in data},
                          max_answer_mb=data.get('MAX_ANSWER_MB', DEFAULT_MAX_ANSWER_MB),
-                         api_keys=_beside(label, data.get('API_KEYS')))
+                         api_keys=_beside(label, data.get('API_KEYS')),
+                         access_log=data.get('ACCESS_LOG', True))
 
 
 def _beside(config_path, path):

@@ -27,6 +27,7 @@ from ..shared import tracing
 from ..shared.web import (SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text, request_id_of,
                           request_inputs, write_encoded_json, write_json)
 from . import readiness
+from .accesslog import remember_signature
 from .assets import Assets
 from .devices import gpu_memory
 from .openapi import openapi_document, streams_declared
@@ -172,6 +173,7 @@ class Gateway:
             if self.keys is not None:
                 key = self.keys.identify(request)  # 401 before the body is even parsed
             signature, payload = read()
+            remember_signature(request, signature)  # for the access log
             if key is not None:
                 self.keys.admit(key, signature)  # 403 / 429
             result = await self.fleet.run(signature, payload, rid, self.answer_fields())

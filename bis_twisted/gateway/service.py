@@ -30,6 +30,7 @@ from ..shared.limits import MIB, Limits
 from ..shared.security import AdminGuard, admin_token
 from ..shared.stalls import StallWatch
 from ..shared.web import LISTEN_BACKLOG, make_site
+from .accesslog import AccessLog, Stamped
 from .apikeys import KeyStore, read_keys_file
 from .autoscale import Autoscaler
 from .cachelock import lock_cache
@@ -256,9 +257,10 @@ class GatewayService(OrderedServices):
                                metrics_guarded=self.config.metrics_require_token, support_key=support_key,
                                keys=KeyStore(self.config.api_keys, reactor) if self.config.api_keys else None,
                                reload_config=self.reload_config)
-        self.site = make_site(self.gateway.resource(),
+        self.site = make_site(Stamped(self.gateway.resource(), reactor),
                               limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
                               answer_fields=self.gateway.fields)
+        self.site.log = self.access_log = AccessLog(reactor, enabled=self.config.access_log)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.endpoints_dir = endpoints_dir
         self._config_reload = None  # the reload under way: a second one waits for it
@@ -375,6 +377,7 @@ class GatewayService(OrderedServices):
             self.gateway.keys.reload(config.api_keys)  # the buckets of unchanged keys are kept
         self.config = config
         self.gateway.refresh()
+        self.access_log.enabled = config.access_log
         self._log.info('config reloaded from {path}: {summary}', path=self.options.config, summary='; '.join(
             '{} {}'.format(k.lower(), ', '.join(v)) for k, v in done.items() if v and k != 'UNCHANGED') or 'no change')
         for name, error in done['FAILED'].items():
