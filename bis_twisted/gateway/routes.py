@@ -76,7 +76,7 @@ class Gateway:
 
     def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
                  shutdown=None, cache_dir='.', server_name='', support_names=(), metrics=None,
-                 metrics_guarded=False, support_key=None, keys=None, reload_config=None):
+                 metrics_guarded=False, support_key=None, keys=None, reload_config=None, progress=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -96,6 +96,7 @@ class Gateway:
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
         self._reload_config = reload_config  # async callable: the summary of what changed
+        self.progress = progress  # a loading.LoadProgress: what /health says while servers load
         self._openapi = gateway_document(fleet, server_name)
         self.v2 = V2Routes(self)  # the Open Inference Protocol's routes, under /v2
         self.assets = Assets()
@@ -335,7 +336,10 @@ class Gateway:
 
     @app.route('/health', methods=['GET'])
     def health(self, request):
-        return self.answer(request, 200, {'STATUS': 'OK'})
+        body = {'STATUS': 'OK'}
+        if self.progress is not None:  # "starting" while DEFAULT_SERVER loads; LOADING while any does
+            body.update(self.progress.health())
+        return self.answer(request, 200, body)
 
     @app.route('/ready', methods=['GET'])
     async def ready(self, request):
