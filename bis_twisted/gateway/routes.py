@@ -136,8 +136,10 @@ class Gateway:
     @staticmethod
     def signature_of(inputs):
         if SIGNATURE not in inputs:
-            raise BadRequest('SIGNATURE is missing; send {{"SIGNATURE": "<endpoint>", ...}} '
-                             '(GET /list_servers lists the endpoints)'.format())
+            near = [k for k in inputs if isinstance(k, str) and k.upper() == SIGNATURE]
+            hint = ('; the body has {!r}: the key is SIGNATURE, in capitals'.format(near[0]) if near else '')
+            raise BadRequest('SIGNATURE is missing{}; send {{"SIGNATURE": "<endpoint>", ...}} '
+                             '(GET /list_servers lists the endpoints)'.format(hint))
         signature = inputs[SIGNATURE]
         if not isinstance(signature, str):
             raise BadRequest('SIGNATURE must be a string, not {}'.format(type(signature).__name__))
