@@ -16,6 +16,7 @@ from .._version import __version__
 from ..errors import ConfigError
 from ..protocol import LOG_FORMATS, TOKEN_VARIABLE
 from ..shared import logformat, tracing
+from ..shared.logfilter import quiet
 from .config import read_json_file
 from .service import GatewayService, Options
 
@@ -187,7 +188,7 @@ def log_to_files(options):
     """Send every log event to ``<cache>/_logs/gateway.log`` too, rotated by size."""
     os.makedirs(options.logs_dir, exist_ok=True)
     logfile = LogFile('gateway.log', options.logs_dir, rotateLength=10_000_000, maxRotatedFiles=5)
-    globalLogPublisher.addObserver(logformat.file_observer(logfile))
+    globalLogPublisher.addObserver(quiet(logformat.file_observer(logfile)))
 
 
 def build_service(options, reactor=None):
@@ -226,7 +227,7 @@ def run(options, reactor=None):
     configure_log_format(options)
     start_tracing(reactor)
     service = build_service(options, reactor)
-    globalLogBeginner.beginLoggingTo([logformat.file_observer(sys.stdout)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([quiet(logformat.file_observer(sys.stdout))], redirectStandardIO=False)
     log_to_files(options)
     Logger().info('bis-gateway starting with {config}', config=options.config)
     service.startService()
