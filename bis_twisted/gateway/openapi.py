@@ -79,6 +79,7 @@ _ERRORS = {
 _STATS_POINT = {'type': 'object', 'properties': {
     't': {'type': 'number', 'description': 'end of the window, seconds since the epoch'},
     'rps': {'type': 'number'}, 'errors': {'type': 'integer', 'description': '5xx answers in the window'},
+    'client_errors': {'type': 'integer', 'description': '4xx answers in the window'},
     'p50_ms': {'type': 'number', 'nullable': True}, 'p99_ms': {'type': 'number', 'nullable': True}}}
 
 
