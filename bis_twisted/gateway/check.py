@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+import psutil
+
 from ..errors import ConfigError, EndpointLoadError
 from .config import NO_HOST, load_config, parse_config, unknown_key_problems
 
@@ -79,11 +81,22 @@ def port_in_use(host, port):
         sock.bind((host, port))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            return 'port {} is in use by another process'.format(port)
+            return 'port {} is in use by another process{}'.format(port, _holder(port))
         return 'cannot listen on {}:{}: {}'.format(host, port, exc.strerror)
     finally:
         sock.close()
     return None
+
+
+def _holder(port):
+    """`` (pid 1234: python3)`` for the process listening on ``port``, when the system says."""
+    try:
+        for conn in psutil.net_connections(kind='tcp'):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return ' (pid {}: {})'.format(conn.pid, psutil.Process(conn.pid).name())
+    except (psutil.Error, OSError):
+        pass
+    return ''
 
 
 def shared_port_problems(label, data):
