@@ -1,5 +1,6 @@
-"""The gateway's service tree on a fake reactor: when the port opens and what /health says meanwhile, the order it stops in,
-and what it does when it cannot serve (port taken, cache folder in use)."""
+"""The gateway's service tree on a fake reactor: when the port opens and what /health says
+meanwhile, the order it stops in, and what it does when it cannot serve (port taken, cache
+folder in use)."""
 
 import json
 import os
