@@ -186,3 +186,11 @@ def test_every_top_level_key_is_in_the_schema_and_an_unknown_one_is_refused_by_i
         with pytest.raises(ConfigError, match="key '{}' must be".format(key)):
             parse_config({'CONFIG_ENDPOINTS': {}, key: bad}, 'cfg', ENDPOINTS_DIR)
         parse_config({'CONFIG_ENDPOINTS': {}, key: good}, 'cfg', ENDPOINTS_DIR)
+
+
+def test_version_flag_prints_the_version(tmp_path):
+    from bis_twisted._version import __version__
+
+    done = subprocess.run([sys.executable, '-m', 'bis_twisted.gateway.cli', '--version'], capture_output=True,
+                          text=True, cwd=str(tmp_path), timeout=60)
+    assert done.returncode == 0 and done.stdout == 'bis-gateway {}\n'.format(__version__), done
