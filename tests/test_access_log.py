@@ -52,6 +52,10 @@ def test_a_line_is_an_event_with_the_requests_fields_which_a_json_observer_write
         'client': '192.168.1.1', 'method': 'POST', 'path': '/run', 'signature': 'iris_classifier', 'status': 200,
         'bytes': 8, 'request_id': 'rid-1'}
     assert event['elapsed_ms'] == pytest.approx(4.2)
+    assert event['access'] == {k: event[k] for k in ('client', 'method', 'path', 'signature', 'status', 'bytes',
+                                                     'elapsed_ms')}
+    assert event['endpoint'] == 'iris_classifier'
+    assert event['access_line'] == 'access 192.168.1.1 POST /run iris_classifier 200 8B 4.2ms rid=rid-1'
     assert event['log_namespace'] == 'bis_twisted.access' and 'log_time' in event
 
     access.enabled = False

@@ -3,13 +3,14 @@
 ``AccessLog`` is the site's ``log`` (twisted.web calls it as each request finishes); each
 line is a ``twisted.logger`` event in the ``bis_twisted.access`` namespace whose fields are
 the request's facts (``client``, ``method``, ``path``, ``signature``, ``status``, ``bytes``,
-``ms``, ``request_id``), so a JSON observer writes them as fields and the text one as::
+``elapsed_ms``, ``request_id``; all but the id also together as ``access``), so a JSON
+observer writes them as fields and the text one as::
 
     access 127.0.0.1 POST /run iris_classifier 200 412B 3.1ms rid=5f0c...
 
 ``ACCESS_LOG: false`` in the config turns it off (``enabled``). The path is logged without
 its query string: a query may carry a key. ``Stamped`` marks when the request reached the
-gateway's routes, for ``ms``.
+gateway's routes, for ``elapsed_ms``.
 """
 
 from twisted.logger import Logger
@@ -67,9 +68,13 @@ class AccessLog:
         line = 'access {} {} {} {} {} {}B {}ms rid={}'.format(
             client, method, path, signature, request.code, request.sentLength,
             '-' if elapsed_ms is None else '{:.1f}'.format(elapsed_ms), rid)
-        self._log.info('{access_line}', access_line=line, client=client, method=method, path=path,
-                       signature=signature, status=request.code, bytes=request.sentLength, elapsed_ms=elapsed_ms,
-                       request_id=rid)
+        facts = {'client': client, 'method': method, 'path': path, 'signature': signature, 'status': request.code,
+                 'bytes': request.sentLength, 'elapsed_ms': elapsed_ms}
+        # the facts one by one (a JSON observer that writes every field), together under
+        # "access" (one that writes named fields), and the request id and endpoint under the
+        # names the other log lines use
+        self._log.info('{access_line}', access_line=line, access=facts, request_id=rid,
+                       endpoint=signature if signature != '-' else None, **facts)
 
 
 def _header(headers, name):
