@@ -194,3 +194,29 @@ def test_version_flag_prints_the_version(tmp_path):
     done = subprocess.run([sys.executable, '-m', 'bis_twisted.gateway.cli', '--version'], capture_output=True,
                           text=True, cwd=str(tmp_path), timeout=60)
     assert done.returncode == 0 and done.stdout == 'bis-gateway {}\n'.format(__version__), done
+
+
+SLOW_LOAD = '''
+    import time
+
+    from bis_twisted import FlaskWorker
+
+
+    class SlowLoadWorker(FlaskWorker):
+        def _load_model(self):
+            time.sleep(60)
+'''
+
+
+@pytest.mark.e2e
+def test_load_past_load_timeout_is_one_line_naming_the_key(tmp_path):
+    from bis_twisted.gateway.check import import_problems
+
+    folder = project(tmp_path, {'CONFIG_ENDPOINTS': {}}, {'slow_load': SLOW_LOAD})
+    config = parse_config({'CONFIG_ENDPOINTS': {'slow_load': {'LOAD_TIMEOUT': 1}}}, 'config_gateway.txt',
+                          str(folder / 'endpoints'), gateway_port=free_port_block(4))
+    # the import gets 3 s here (120 s in the command), the load its LOAD_TIMEOUT on top
+    problems = import_problems('config_gateway.txt', list(config.endpoints), str(folder / 'endpoints'), timeout=3,
+                               load=True)
+    assert problems == ["config_gateway.txt: endpoint 'slow_load': key 'LOAD_TIMEOUT': {}/slow_load.py did not "
+                        "import and load within 4 s".format(folder / 'endpoints')]
