@@ -423,6 +423,13 @@ def test_docs_try_it_out_runs_an_endpoint_from_its_example(browser, gateway):
     run = wait_for(browser, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, '.opblock.opblock-post')
                                        if b.find_element(By.CSS_SELECTOR, '.opblock-summary-path').text == '/run'],
                    'POST /run in Swagger UI')[0]
+    # the routes under their tags, and each endpoint's answer among the schemas
+    tags = [h.get_attribute('data-tag') for h in browser.find_elements(By.CSS_SELECTOR, '.opblock-tag')]
+    assert tags == ['run', 'status', 'admin'], tags
+    browser.find_element(By.CSS_SELECTOR, '.models .models-control').click()
+    models = wait_for(browser, lambda d: [m.get_attribute('data-name') for m in d.find_elements(
+        By.CSS_SELECTOR, '.models .model-container')], 'the schemas, expanded')
+    assert {'RunAnswer.' + name for name in ROWS} <= set(models), models
     run.find_element(By.CSS_SELECTOR, '.opblock-summary').click()
     wait_for(browser, lambda d: run.find_elements(By.CSS_SELECTOR, 'button.try-out__btn'), 'the "Try it out" button')
     run.find_element(By.CSS_SELECTOR, 'button.try-out__btn').click()
