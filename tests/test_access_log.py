@@ -100,3 +100,21 @@ def test_access_log_false_writes_none(processes, tmp_path):
     for _ in range(5):
         assert gateway.get('/health').status == 200
     assert not [line for line in gateway.proc.stdout_lines if ' access ' in line]
+
+
+def test_in_the_json_log_format_a_line_carries_the_facts_and_the_request_id():
+    from bis_twisted.shared import logformat
+
+    clock = Clock()
+    out = io.StringIO()
+    access = AccessLog(clock)
+    access._log = Logger(namespace='bis_twisted.access', observer=LogPublisher(
+        logformat.file_observer(out, logformat.JSON)))
+    access(finished_request(clock))
+    record = json.loads(out.getvalue())
+    assert record['message'] == 'access 192.168.1.1 POST /run iris_classifier 200 8B 4.2ms rid=rid-1'
+    assert (record['logger'], record['request_id'], record['endpoint']) == ('bis_twisted.access', 'rid-1',
+                                                                           'iris_classifier')
+    assert record['access'] == {'client': '192.168.1.1', 'method': 'POST', 'path': '/run',
+                                'signature': 'iris_classifier', 'status': 200, 'bytes': 8,
+                                'elapsed_ms': pytest.approx(4.2)}
