@@ -148,7 +148,7 @@ _BAD_AND_GOOD = {
     'BATCH_TIMEOUT': (-0.1, 0), 'MAX_BODY_MB': (0, 1), 'LOAD_TIMEOUT': ('60', 60), 'HEALTH_INTERVAL': (None, 1),
     'RETRY_ON_CRASH': (0, False), 'STREAM': ('no', False), 'MAX_RSS_MB': (-5, 500), 'MIN_REPLICAS': (0, 1),
     'MAX_REPLICAS': (65, 4), 'TARGET_IN_FLIGHT': (0, 2), 'UPSCALE_DELAY': (-1, 0), 'DOWNSCALE_DELAY': ('x', 10),
-    'DEVICES': (['gpu0'], ['cuda:0', 1]), 'URLS': (['ftp://x'], ['http://10.0.0.2:5003']),
+    'DEVICES': (['gpu0'], ['cuda:0', 1]), 'URLS': (['ftp://x'], ['http://10.0.0.2:5003']), 'URLS_REFRESH': (0, 30),
 }
 
 
@@ -182,7 +182,8 @@ def test_every_top_level_key_is_in_the_schema_and_an_unknown_one_is_refused_by_i
     assert set(schema['properties']) == set(TOP_KEYS)
     assert not jsonschema.Draft7Validator(schema).is_valid({'CONFIG_ENDPOINTS': {}, 'DEFUALT_SERVER': 'x'})
     for key, (bad, good) in {'NO_STARTUP_WAIT': (1, True), 'MAX_CONNECTIONS': (0, 10),
-                             'API_KEYS': ('  ', 'keys.json'), 'ACCESS_LOG': ('off', False)}.items():
+                             'API_KEYS': ('  ', 'keys.json'), 'ACCESS_LOG': ('off', False),
+                             'LOG_FORMAT': ('xml', 'json')}.items():
         with pytest.raises(ConfigError, match="key '{}' must be".format(key)):
             parse_config({'CONFIG_ENDPOINTS': {}, key: bad}, 'cfg', ENDPOINTS_DIR)
         parse_config({'CONFIG_ENDPOINTS': {}, key: good}, 'cfg', ENDPOINTS_DIR)
