@@ -10,7 +10,8 @@ from twisted.internet.error import ProcessTerminated
 from twisted.logger import LogPublisher, formatEvent
 
 from bis_twisted.gateway.loading import LoadProgress
-from bis_twisted.gateway.supervisor import ChildSpec, Supervisor
+from bis_twisted.gateway.childspec import ChildSpec
+from bis_twisted.gateway.supervisor import Supervisor
 from fakes import ProcessReactor
 from gateway_process import GATEWAY_READY, start_gateway
 from procs import get, wait_until
