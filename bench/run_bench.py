@@ -16,7 +16,8 @@ It starts the real gateway (``bis-gateway``) on loopback with the endpoints in
 - 1,000 requests at once to a model that sleeps 1 s with 100 workers: how many answered,
   in how long, with the gateway's peak memory;
 - a CPU-bound endpoint with REPLICAS 1 and 2;
-- the cost of the metrics: the ratio to direct with ``METRICS`` on and off;
+- the cost of the metrics and of the access log: the ratio to direct with ``METRICS`` on
+  and off, and with ``ACCESS_LOG`` on and off (``--access-log`` runs this part alone);
 - dynamic batching: the iris example and a numpy model with a fixed cost per call at
   concurrency 1, 16 and 64, ``MAX_BATCH_SIZE`` 1 and 32 side by side, and with ``--peers``
   LitServe's batched iris beside them (LitServe runs from its own venv, bench/.peers-venv,
@@ -276,13 +277,13 @@ def bench_replicas(wrk_bin, gateway, duration, rounds=3):
     return out
 
 
-def bench_metrics_cost(wrk_bin, workdir, duration, rounds=4):
-    """The same echo endpoint behind a gateway with metrics on and one with METRICS false,
-    each against its own child directly, interleaved (the order flips each round): the ratio
-    to direct, and the gateway's own req/s, with and without."""
+def bench_metrics_cost(wrk_bin, workdir, duration, rounds=4, key='METRICS'):
+    """The same echo endpoint behind a gateway with ``key`` (METRICS, or ACCESS_LOG) on and
+    one with it false, each against its own child directly, interleaved (the order flips each
+    round): the ratio to direct, and the gateway's own req/s, with and without."""
     gateways = {}
-    for label, metrics in (('on', True), ('off', False)):
-        config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'echo', 'METRICS': metrics,
+    for label, switch in (('on', True), ('off', False)):
+        config = {'NO_STARTUP_WAIT': False, 'DEFAULT_SERVER': 'echo', key: switch,
                   'CONFIG_ENDPOINTS': {'echo': {'NR_WORKERS': 4}}}
         gateways[label] = Gateway(config, os.path.join(HERE, 'endpoints'), workdir)
     body = {'SIGNATURE': 'echo', 'INPUT_VALUE': 'x'}
@@ -308,9 +309,9 @@ def bench_metrics_cost(wrk_bin, workdir, duration, rounds=4):
     out['gateway_rps'] = {label: sum(r) / len(r) for label, r in gateway_rps.items()}
     out['cpu_us_per_request'] = {label: median(r) for label, r in cpu_us.items()}
     out['runs'] = ratios
-    print('ratio to direct at c=64: metrics on {:.0%}, off {:.0%}; gateway mean req/s on {:.0f}, off {:.0f}; '
+    print('ratio to direct at c=64: {} on {:.0%}, off {:.0%}; gateway mean req/s on {:.0f}, off {:.0f}; '
           'gateway CPU per request on {:.0f} us, off {:.0f} us'.format(
-              out['on'], out['off'], out['gateway_rps']['on'], out['gateway_rps']['off'],
+              key, out['on'], out['off'], out['gateway_rps']['on'], out['gateway_rps']['off'],
               out['cpu_us_per_request']['on'], out['cpu_us_per_request']['off']), flush=True)
     return out
 
@@ -504,6 +505,11 @@ def write_report(report, stamp):
                  'req/s; gateway CPU per request | {:.0%} vs {:.0%}; {:.0f} vs {:.0f}; {:.0f} vs {:.0f} us |'.format(
                      cost['on'], cost['off'], cost['gateway_rps']['on'], cost['gateway_rps']['off'],
                      cost['cpu_us_per_request']['on'], cost['cpu_us_per_request']['off']))
+    cost = report['access_log_cost']
+    lines.append('| echo c=64 with the access log on vs off (4 interleaved rounds): median ratio to direct; gateway '
+                 'mean req/s; gateway CPU per request | {:.0%} vs {:.0%}; {:.0f} vs {:.0f}; {:.0f} vs {:.0f} us |'.format(
+                     cost['on'], cost['off'], cost['gateway_rps']['on'], cost['gateway_rps']['off'],
+                     cost['cpu_us_per_request']['on'], cost['cpu_us_per_request']['off']))
     if report.get('batching'):
         lines += ['', 'Dynamic batching, through the gateway (shapes: {})'.format(report['batching']['shapes']), '']
         lines += batching_table(report['batching'])
@@ -560,12 +566,17 @@ def main():
     parser.add_argument('--batching', action='store_true',
                         help='run only the dynamic batching rows (2 s per wrk run unless --duration)')
     parser.add_argument('--peers', action='store_true', help="add LitServe's batched iris to the batching rows")
+    parser.add_argument('--access-log', action='store_true',
+                        help='run only the access log on/off rows (echo, c=64, 4 interleaved rounds)')
     args = parser.parse_args()
     wrk_bin = ensure_wrk()
     stamp = time.strftime('%Y%m%d-%H%M%S')
     workdir = tempfile.mkdtemp(prefix='bis-bench-')
     if args.duration is None:
         args.duration = 2 if args.batching else 5
+    if args.access_log:
+        bench_metrics_cost(wrk_bin, workdir, args.duration, key='ACCESS_LOG')
+        return
     if args.batching:
         batching = bench_batching(wrk_bin, workdir, args.duration, peers=args.peers)
         write_batching_report(batching, stamp, args.duration)
@@ -593,6 +604,7 @@ def main():
     finally:
         gateway.stop()
     report['metrics_cost'] = bench_metrics_cost(wrk_bin, workdir, args.duration)
+    report['access_log_cost'] = bench_metrics_cost(wrk_bin, workdir, args.duration, key='ACCESS_LOG')
     report['batching'] = bench_batching(wrk_bin, workdir, args.duration, peers=args.peers)
     write_report(report, stamp)
 

@@ -441,6 +441,18 @@ def test_gateway_run_with_unknown_signature_is_404(make_fleet, reactor, gateway_
     assert body['ERROR'] == "unknown SIGNATURE 'nope'; available: demo"
 
 
+def test_unknown_signature_offers_only_the_servers_one_can_call_and_the_closest_name(make_fleet, reactor,
+                                                                                   gateway_of):
+    stub = gateway_of(make_fleet({'demo': {}, 'iris_classifier': {}, 'old_model': {'DISABLED': True}}))
+    response, body = post_run(stub, {'SIGNATURE': 'iris_clasifier'})
+    assert response.code == 404
+    assert body['ERROR'] == "unknown SIGNATURE 'iris_clasifier'; did you mean 'iris_classifier'?; available: demo, " \
+                            "iris_classifier"
+    response, body = post_run(stub, {'signature': 'demo'})
+    assert response.code == 400
+    assert body['ERROR'].startswith("SIGNATURE is missing; the body has 'signature': the key is SIGNATURE, in capitals")
+
+
 def test_gateway_run_with_every_replica_down_is_503_with_retry_after(make_fleet, reactor, gateway_of, children):
     fleet = make_fleet({'demo': {'REPLICAS': 2}})
     reactor.ready('demo#0', 'demo#1')

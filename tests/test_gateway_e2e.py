@@ -107,7 +107,11 @@ def test_get_with_query_args_and_form_post_are_served(gateway):
     (b'[1, 2]', 400, 'request body must be a JSON object, not list'),
     (b'{"INPUT_VALUE": 1}', 400, 'SIGNATURE is missing'),
     (b'{"SIGNATURE": 5}', 400, 'SIGNATURE must be a string, not int'),
-    (b'{"SIGNATURE": "nope"}', 404, "unknown SIGNATURE 'nope'; available: dummy_model_demo1, dummy_model_demo1-bis"),
+    # the DISABLED ones (dummy_model_demo1-bis, ...) are not offered
+    (b'{"SIGNATURE": "nope"}', 404, "unknown SIGNATURE 'nope'; available: dummy_model_demo1, dummy_model_demo2, "
+                                    "iris_classifier, text_streamer"),
+    (b'{"signature": "dummy_model_demo1"}', 400, "SIGNATURE is missing; the body has 'signature': the key is "
+                                                 "SIGNATURE, in capitals"),
     (b'{"SIGNATURE": "dummy_model_demo1-bis"}', 503, 'stopped (disabled or killed); POST /start_server'),
     (b'\xff\xfe', 400, 'request body is not UTF-8 text'),
 ])

@@ -1,8 +1,8 @@
 """End-to-end: no secret and no server path in a log line or an answer.
 
-The README's support monitor prints the URL it posts to when a post fails (every start: the
-gateway's port opens only once DEFAULT_SERVER is ready); that URL carries the per-start key
-the gateway gave it. A server whose ``_load_model`` fails is answered with a 503 naming its
+The README's support monitor prints the URL it posts to when a post fails (here: the gateway
+process's requests go through an HTTP proxy that is not there); that URL carries the
+per-start key the gateway gave it. A server whose ``_load_model`` fails is answered with a 503 naming its
 file, relative to the endpoints folder.
 """
 
@@ -44,8 +44,11 @@ def test_no_support_key_and_no_server_path_in_logs_or_answers(processes, tmp_pat
         'dummy_model_demo2': {'NR_WORKERS': 1},
         'bad_load': {'NR_WORKERS': 1},
         'support_process': {'HOST': 'NO_HOST', 'PING_INTERVAL': 0.2}}}
-    gateway = start_gateway(processes, tmp_path, config=config, endpoints=endpoints)
-    # its first round ran before the port opened: the monitor said where it failed to post
+    # the monitor's posts (requests, in the gateway's process) go to a proxy nobody serves:
+    # each fails, and the monitor says where it failed to post
+    nowhere = {'http_proxy': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9', 'no_proxy': '',
+               'NO_PROXY': ''}
+    gateway = start_gateway(processes, tmp_path, config=config, endpoints=endpoints, env=nowhere)
     gateway.proc.wait_for_line(r'Error while trying to deliver to http://')
 
     refused = wait_until(lambda: gateway.run('bad_load', X=1), lambda r: 'weights.bin' in r.text,

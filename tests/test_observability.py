@@ -195,10 +195,10 @@ def test_stats_are_kept_per_endpoint_and_an_unknown_signature_only_in_the_total(
     stats = metrics.stats()
     assert stats['WINDOW_SECONDS'] == 5.0
     [total] = stats['POINTS']
-    assert total['rps'] == 13 / 5.0 and total['errors'] == 1
+    assert total['rps'] == 13 / 5.0 and total['errors'] == 1 and total['client_errors'] == 1  # the 404
     [a] = stats['ENDPOINTS']['a']
     [b] = stats['ENDPOINTS']['b']
-    assert (a['rps'], a['errors'], a['p50_ms']) == (11 / 5.0, 1, 10.0)
+    assert (a['rps'], a['errors'], a['client_errors'], a['p50_ms']) == (11 / 5.0, 1, 0, 10.0)
     assert (b['rps'], b['errors'], b['p50_ms'], b['p99_ms']) == (1 / 5.0, 0, 200.0, 200.0)
     assert sorted(stats['ENDPOINTS']) == ['a', 'b']
 

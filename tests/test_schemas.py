@@ -131,12 +131,18 @@ def test_schema_violations_name_the_field_and_the_rule():
     assert "'FEATURES' is a required property" in missing.value.message
 
 
+def resolved(document, refs):
+    """The component schemas ``refs`` (``{"$ref": "#/components/schemas/..."}``) point to."""
+    schemas = document['components']['schemas']
+    return [schemas[ref['$ref'].rsplit('/', 1)[1]] for ref in refs]
+
+
 def test_openapi_run_body_is_one_of_the_endpoints_with_their_examples():
     names = ['iris_classifier', 'dummy_model_demo2', 'plain']
     schemas = {name: declared_schemas('{}/{}.py'.format(ENDPOINTS_DIR, name)) for name in names[:2]}
-    body = openapi_document(names, schemas=schemas)['paths']['/run']['post']['requestBody']
-    media = body['content']['application/json']
-    variants = {v['title']: v for v in media['schema']['oneOf']}
+    document = openapi_document(names, schemas=schemas)
+    media = document['paths']['/run']['post']['requestBody']['content']['application/json']
+    variants = {v['title']: v for v in resolved(document, media['schema']['oneOf'])}
     assert sorted(variants) == sorted(names)
     iris = variants['iris_classifier']
     assert iris['properties']['SIGNATURE'] == {'type': 'string', 'enum': ['iris_classifier']}
@@ -213,7 +219,7 @@ def test_iris_through_the_gateway_answers_400_naming_features_and_shows_its_sche
 
     document = gateway.get('/openapi.json').json()
     variants = document['paths']['/run']['post']['requestBody']['content']['application/json']['schema']['oneOf']
-    iris = [v for v in variants if v['title'] == 'iris_classifier'][0]
+    iris = [v for v in resolved(document, variants) if v['title'] == 'iris_classifier'][0]
     assert iris['properties']['FEATURES']['description'].startswith('an array of 4 numbers')
 
 

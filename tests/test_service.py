@@ -1,10 +1,12 @@
-"""The gateway's service tree on a fake reactor: when the port opens, the order it stops in,
-and what it does when it cannot serve (port taken, cache folder in use)."""
+"""The gateway's service tree on a fake reactor: when the port opens and what /health says
+meanwhile, the order it stops in, and what it does when it cannot serve (port taken, cache
+folder in use)."""
 
 import json
 import os
 
 import pytest
+from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import LogLevel, globalLogPublisher
@@ -29,23 +31,44 @@ def make_service(tmp_path, port_check=port_free, **top):
     return reactor, GatewayService(options, reactor=reactor, port_check=port_check)
 
 
-def test_port_opens_when_default_server_is_ready(tmp_path):
+def health(service):
+    """``(status, body)`` of ``GET /health`` of the service's gateway, in memory."""
+    stub = StubTreq(service.gateway.resource())
+
+    async def ask():
+        answer = await stub.get('http://gateway/health')
+        return answer.code, await answer.json()
+
+    d = defer.ensureDeferred(ask())
+    stub.flush()
+    results = []
+    d.addBoth(results.append)
+    return results[0]
+
+
+def test_port_opens_at_once_and_health_says_starting_until_default_server_is_ready(tmp_path):
     reactor, service = make_service(tmp_path, DEFAULT_SERVER='dummy_model_demo2', NO_STARTUP_WAIT=False)
     service.startService()
-    assert reactor.tcpServers == []
-    reactor.advance(5)
-    assert reactor.tcpServers == []
-    reactor.ready('dummy_model_demo2')
     assert [port[0] for port in reactor.tcpServers] == [5002]
+    status, body = health(service)
+    assert status == 200 and body['STATUS'] == 'starting' and body['LOADING'] == {'dummy_model_demo2': '0:00:00'}
+    reactor.advance(5)
+    assert health(service)[1]['LOADING'] == {'dummy_model_demo2': '0:00:05'}
+    assert not service.listening._said_serving
+    reactor.ready('dummy_model_demo2')
+    status, body = health(service)
+    assert status == 200 and body['STATUS'] == 'OK' and 'LOADING' not in body
+    assert service.listening._said_serving and [port[0] for port in reactor.tcpServers] == [5002]
 
 
-def test_port_opens_anyway_when_default_server_never_gets_ready(tmp_path):
+def test_health_stops_saying_starting_when_default_server_never_gets_ready(tmp_path):
     reactor, service = make_service(tmp_path, DEFAULT_SERVER='dummy_model_demo2', NO_STARTUP_WAIT=False)
     service.startService()
     reactor.advance(GatewayService.startup_wait_max - 1)
-    assert reactor.tcpServers == []
+    assert health(service)[1]['STATUS'] == 'starting'
     reactor.advance(1)
-    assert [port[0] for port in reactor.tcpServers] == [5002]
+    body = health(service)[1]
+    assert body['STATUS'] == 'OK' and body['LOADING'] == {'dummy_model_demo2': '0:02:00'}  # still loading
 
 
 def test_no_startup_wait_opens_the_port_at_once(tmp_path):
@@ -117,8 +140,8 @@ def test_the_tree_stops_in_reverse_each_part_after_the_one_before_has_stopped(tm
         part.stopService = stop
 
     done = service.stopService()
-    order = ['StallWatch', 'AddressSpreader', 'Autoscaler', 'HealthMonitor', 'port', 'drain', 'Supervisor', 'client',
-             'history']
+    order = ['StallWatch', 'AddressSpreader', 'Autoscaler', 'HealthMonitor', 'LoadProgress', 'port', 'drain',
+             'Supervisor', 'client', 'history']
     for index, name in enumerate(order):
         assert stops == order[:index + 1], 'stopped {} before {} had'.format(stops[-1], order[index - 1])
         pending[name].callback(None)

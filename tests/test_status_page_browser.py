@@ -17,6 +17,7 @@ them these tests fail: they are part of the suite, not optional.
 
 import collections
 import os
+import re
 import tempfile
 import signal
 import threading
@@ -226,7 +227,8 @@ def charts_shown(driver):
     return driver.execute_script("""
         const out = {};
         for (const [name, u] of Object.entries(window.charts || {})) {
-          out[name] = {labels: u.series.map(s => s.label), shown: u.series.map(s => s.show), data: u.data};
+          out[name] = {labels: u.series.map(s => s.label), shown: u.series.map(s => s.show), data: u.data,
+                       x: [u.scales.x.min, u.scales.x.max]};
         }
         return out;""")
 
@@ -309,7 +311,9 @@ def test_row_of_child_killed_with_sigkill_goes_offline_then_back_online(browser,
     browser.execute_script('refresh()')
     wait_for(browser, lambda d: online_flag(d, KILLED) == 'false', '{} offline on the page'.format(KILLED),
              timeout=10)
-    assert state_cell(browser, KILLED).text in ('restarting', 'starting', 'not answering')
+    # a child loading again says for how long: "loading 0:00:01"
+    state = state_cell(browser, KILLED).text
+    assert state in ('restarting', 'not answering') or re.match(r'^loading \d+:\d\d:\d\d$', state), state
     assert online_flag(browser, 'dummy_model_demo1') == 'true'
 
     wait_for(browser, lambda d: online_flag(d, KILLED) == 'true',
@@ -321,7 +325,7 @@ def test_row_of_child_killed_with_sigkill_goes_offline_then_back_online(browser,
     assert console_errors(browser) == []
 
 
-CHART_SERIES = ['time', 'requests/s', '5xx/s', 'p50 ms', 'p99 ms']
+CHART_SERIES = ['time', 'requests/s', '4xx/s', '5xx/s', 'p50 ms', 'p99 ms']
 
 
 def test_each_endpoint_has_a_uplot_chart_of_its_traffic_with_legend_and_hover_values(browser, gateway):
@@ -342,7 +346,7 @@ def test_each_endpoint_has_a_uplot_chart_of_its_traffic_with_legend_and_hover_va
         chart = shown[name]
         assert chart['labels'] == CHART_SERIES
         assert all(chart['shown']), chart['shown']
-        times, rps, errors, p50, p99 = chart['data']
+        times, rps, client_errors, errors, p50, p99 = chart['data']
         assert len(times) >= 3 and max(rps) > 0
         by_time = {p['t']: p for p in stats['ENDPOINTS'][name]}
         compared = 0
@@ -351,12 +355,24 @@ def test_each_endpoint_has_a_uplot_chart_of_its_traffic_with_legend_and_hover_va
                 point = by_time[t]
                 assert (rps[i], p50[i], p99[i]) == (point['rps'], point['p50_ms'], point['p99_ms']), (name, t)
                 assert errors[i] == point['errors'] / stats['WINDOW_SECONDS']
+                assert client_errors[i] == point['client_errors'] / stats['WINDOW_SECONDS']
                 compared += 1
         assert compared >= 3, (name, times, sorted(by_time))
         assert any(v is not None and v > 0 for v in p99)
         assert chart_pixels(browser, name, RPS_BLUE) > 50, 'no requests/s line on the chart of ' + name
         assert chart_pixels(browser, name, P99_RED) > 50, 'no p99 line on the chart of ' + name
     assert not browser.find_element(By.ID, 'charts-empty').is_displayed()
+    # every chart covers one time range, and its legend shows the latest values before any hover
+    assert len({tuple(chart['x']) for chart in shown.values()}) == 1, {n: c['x'] for n, c in shown.items()}
+    for name in SERVERS:
+        resting, last_rps = browser.execute_script('''
+            const box = document.querySelector('.chart[data-endpoint="' + arguments[0] + '"]');
+            const legend = Object.fromEntries([...box.querySelectorAll('.u-legend .u-series')].map(
+                row => [row.querySelector('.u-label').textContent.trim(),
+                        row.querySelector('.u-value').textContent.trim()]));
+            return [legend, window.charts[arguments[0]].data[1].slice(-1)[0]];''', name)
+        assert '–' not in resting.values() and '--' not in resting.values(), (name, resting)
+        assert resting['requests/s'] == '{:.1f}'.format(last_rps)
 
     # hovering the plot shows that moment's values in the legend
     over = browser.find_element(By.CSS_SELECTOR, '.chart[data-endpoint="{}"] .u-over'.format(KILLED))
@@ -407,6 +423,13 @@ def test_docs_try_it_out_runs_an_endpoint_from_its_example(browser, gateway):
     run = wait_for(browser, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, '.opblock.opblock-post')
                                        if b.find_element(By.CSS_SELECTOR, '.opblock-summary-path').text == '/run'],
                    'POST /run in Swagger UI')[0]
+    # the routes under their tags, and each endpoint's answer among the schemas
+    tags = [h.get_attribute('data-tag') for h in browser.find_elements(By.CSS_SELECTOR, '.opblock-tag')]
+    assert tags == ['run', 'status', 'admin'], tags
+    browser.find_element(By.CSS_SELECTOR, '.models .models-control').click()
+    models = wait_for(browser, lambda d: [m.get_attribute('data-name') for m in d.find_elements(
+        By.CSS_SELECTOR, '.models .model-container')], 'the schemas, expanded')
+    assert {'RunAnswer.' + name for name in ROWS} <= set(models), models
     run.find_element(By.CSS_SELECTOR, '.opblock-summary').click()
     wait_for(browser, lambda d: run.find_elements(By.CSS_SELECTOR, 'button.try-out__btn'), 'the "Try it out" button')
     run.find_element(By.CSS_SELECTOR, 'button.try-out__btn').click()

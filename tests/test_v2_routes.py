@@ -31,7 +31,7 @@ class FakeFleet:
         self.endpoints_dir = endpoints_dir
         self.servers = {name: SimpleNamespace(
             name=name, targets=[SimpleNamespace(active=True)],
-            config=SimpleNamespace(has_file=True, is_remote=False, server_class=name)) for name in names}
+            config=SimpleNamespace(has_file=True, is_remote=False, server_class=name, entry={})) for name in names}
         self.sent = []
         self.answers = []
         self.ready = True

@@ -12,9 +12,11 @@ import sys
 from twisted.logger import Logger, globalLogBeginner, globalLogPublisher
 from twisted.python.logfile import LogFile
 
+from .._version import __version__
 from ..errors import ConfigError
 from ..protocol import LOG_FORMATS, TOKEN_VARIABLE
 from ..shared import logformat, tracing
+from ..shared.logfilter import quiet
 from .config import read_json_file
 from .service import GatewayService, Options
 
@@ -41,8 +43,11 @@ def options_from_env(environ=None, **overrides):
 
 
 COMMANDS_HELP = """commands (before the flags; without one, the gateway runs):
-  bis-gateway check [--config F] [--endpoints D]       validate the config, import every enabled
-                                                        endpoint file (each in a child); exit 1 on problems
+  bis-gateway check [--load] [--config F] [--endpoints D]
+                                                        validate the config (unknown keys, ports), import
+                                                        every enabled endpoint file (each in a child; with
+                                                        --load run its _load_model too); exit 1 on problems
+  bis-gateway schema                                   print the config file's JSON Schema
   bis-gateway new NAME [--config F] [--endpoints D]    write a commented endpoint skeleton to
                                                         <endpoints>/NAME.py and add NAME to the config
   bis-gateway key add NAME [--file F] [--allow E,E|*] [--rate R] [--burst B]
@@ -63,6 +68,7 @@ def _add_flags(parser):
 def parse_args(argv, environ=None):
     parser = argparse.ArgumentParser(prog='bis-gateway', description='Run the bis_twisted gateway.',
                                      epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--version', action='version', version='bis-gateway {}'.format(__version__))
     _add_flags(parser)
     parser.add_argument('--reload', action='store_true',
                         help='development: reload the config and the endpoint servers when their files change')
@@ -75,11 +81,28 @@ def check_main(argv, environ=None):
     from .check import run_check
 
     parser = argparse.ArgumentParser(prog='bis-gateway check', description=(
-        'Validate the config and import every enabled endpoint file (each in a child, as serving '
-        'would); one line per problem, exit 1 if any.'))
+        'Validate the config (every key, the ports) and import every enabled endpoint file (each in a '
+        'child, as serving would); one line per problem, exit 1 if any.'))
+    parser.add_argument('--load', action='store_true',
+                        help="also build a worker of each endpoint and run its _load_model (within LOAD_TIMEOUT)")
     _add_flags(parser)
-    options = options_from_env(environ, **vars(parser.parse_args(argv)))
-    return run_check(options)
+    args = vars(parser.parse_args(argv))
+    load = args.pop('load')
+    options = options_from_env(environ, **args)
+    return run_check(options, load=load)
+
+
+def schema_main(argv, environ=None):
+    """``bis-gateway schema``: print the config file's JSON Schema."""
+    import json as json_module
+
+    from .config_keys import config_schema
+
+    argparse.ArgumentParser(prog='bis-gateway schema', description=(
+        "Print the JSON Schema of the config file (the gateway validates with the same table); "
+        'point an editor at it.')).parse_args(argv)
+    sys.stdout.write(json_module.dumps(config_schema(), indent=2) + '\n')
+    return 0
 
 
 def new_main(argv, environ=None):
@@ -134,7 +157,7 @@ def key_main(argv, environ=None):
     return 0
 
 
-COMMANDS = {'check': check_main, 'new': new_main, 'key': key_main}
+COMMANDS = {'check': check_main, 'new': new_main, 'key': key_main, 'schema': schema_main}
 
 
 def configure_log_format(options, environ=None):
@@ -165,7 +188,7 @@ def log_to_files(options):
     """Send every log event to ``<cache>/_logs/gateway.log`` too, rotated by size."""
     os.makedirs(options.logs_dir, exist_ok=True)
     logfile = LogFile('gateway.log', options.logs_dir, rotateLength=10_000_000, maxRotatedFiles=5)
-    globalLogPublisher.addObserver(logformat.file_observer(logfile))
+    globalLogPublisher.addObserver(quiet(logformat.file_observer(logfile)))
 
 
 def build_service(options, reactor=None):
@@ -204,7 +227,7 @@ def run(options, reactor=None):
     configure_log_format(options)
     start_tracing(reactor)
     service = build_service(options, reactor)
-    globalLogBeginner.beginLoggingTo([logformat.file_observer(sys.stdout)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([quiet(logformat.file_observer(sys.stdout))], redirectStandardIO=False)
     log_to_files(options)
     Logger().info('bis-gateway starting with {config}', config=options.config)
     service.startService()

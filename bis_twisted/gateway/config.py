@@ -6,15 +6,14 @@ Everything is checked before anything starts. A config that cannot be used raise
 """
 
 import ast
-import difflib
 import json
 import os
 
 import attr
 
 from ..errors import ConfigError
-from ..protocol import (DEFAULT_MAX_BODY_MB, DEFAULT_MAX_QUEUE, LOG_FORMATS, NR_WORKERS_RULE, endpoint_file,
-                        expected_class_name, valid_nr_workers)
+from ..protocol import DEFAULT_MAX_BODY_MB, DEFAULT_MAX_QUEUE, endpoint_file, expected_class_name
+from .config_keys import ENDPOINT_KEYS, TOP_KEYS, suggestion
 
 NO_HOST = 'NO_HOST'
 DEFAULT_TIMEOUT = 60.0
@@ -101,6 +100,7 @@ class GatewayConfig:
     http_limits = attr.ib(factory=dict)  # the HTTP_LIMIT_KEYS the file sets
     max_answer_mb = attr.ib(default=DEFAULT_MAX_ANSWER_MB)  # a model server's answer over it: 502
     api_keys = attr.ib(default=None)  # path of the API_KEYS file (absolute), or None: /run is open
+    access_log = attr.ib(default=True)  # one log line per request (accesslog.py)
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -119,6 +119,8 @@ def _is_int(value):
 
 def _device_number(value):
     """``"cuda:1"`` or ``1`` -> 1; anything else -> None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if _is_int(value) and value >= 0:
         return value
     if isinstance(value, str) and value.startswith('cuda:') and value[5:].isdigit():
@@ -126,62 +128,9 @@ def _device_number(value):
     return None
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# key -> (check, what it must be)
-_ENDPOINT_KEYS = {
-    'NR_WORKERS': (valid_nr_workers, NR_WORKERS_RULE),
-    'HOST': (lambda v: isinstance(v, str) and v, 'a non-empty string'),
-    'PORT': (lambda v: _is_int(v) and 1 <= v <= 65535, 'an integer port 1-65535'),
-    'DESCRIPTION': (lambda v: isinstance(v, str), 'a string'),
-    'DISABLED': (lambda v: isinstance(v, bool), 'true or false'),
-    'SERVER_CLASS': (lambda v: isinstance(v, str) and v and '/' not in v and '\\' not in v,
-                     'the name of a file in the endpoints folder, without .py'),
-    'PING_INTERVAL': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
-    'TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
-    'MAX_QUEUE': (lambda v: _is_int(v) and v >= 0, 'an integer >= 0'),
-    'REPLICAS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    'MAX_BATCH_SIZE': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1 (1: no batching)'),
-    'BATCH_TIMEOUT': (lambda v: _is_number(v) and v >= 0, 'a number of seconds >= 0'),
-    'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
-    'LOAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
-    'HEALTH_INTERVAL': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
-    'RETRY_ON_CRASH': (lambda v: isinstance(v, bool), 'true or false'),
-    'STREAM': (lambda v: isinstance(v, bool), 'true or false (default: whether _predict is a generator)'),
-    'MAX_RSS_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
-    'MIN_REPLICAS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    'MAX_REPLICAS': (lambda v: _is_int(v) and 1 <= v <= 64, 'an integer 1-64'),
-    'TARGET_IN_FLIGHT': (lambda v: _is_number(v) and v > 0, 'a number of requests > 0'),
-    'UPSCALE_DELAY': (lambda v: _is_number(v) and v >= 0, 'a number of seconds >= 0'),
-    'DOWNSCALE_DELAY': (lambda v: _is_number(v) and v >= 0, 'a number of seconds >= 0'),
-    'DEVICES': (lambda v: isinstance(v, list) and v and all(_device_number(d) is not None for d in v),
-                'a non-empty list of devices, "cuda:0" or 0'),
-    'URLS_REFRESH': (lambda v: _is_number(v) and v > 0,
-                     'a number of seconds > 0 (how often a URLS host is resolved to all its addresses)'),
-    'URLS': (lambda v: isinstance(v, list) and v and all(
-        isinstance(u, str) and u.startswith(('http://', 'https://')) for u in v),
-        'a non-empty list of http:// URLs'),
-}
-
-_TOP_KEYS = {
-    'DEFAULT_SERVER': (lambda v: v is None or isinstance(v, str), 'the name of an endpoint'),
-    'NO_STARTUP_WAIT': (lambda v: isinstance(v, bool), 'true or false'),
-    'SERVER_NAME': (lambda v: isinstance(v, str), 'a string'),
-    'CONFIG_ENDPOINTS': (lambda v: isinstance(v, dict), 'an object of endpoint entries'),
-    'MAX_BODY_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
-    'METRICS_REQUIRE_TOKEN': (lambda v: isinstance(v, bool), 'true or false'),
-    'METRICS': (lambda v: isinstance(v, bool), 'true or false'),
-    'API_KEYS': (lambda v: isinstance(v, str) and v.strip(), 'the path of the API keys file (JSON)'),
-    'LOG_FORMAT': (lambda v: v in LOG_FORMATS, '"text" or "json" (one JSON object per log line)'),
-    # the HTTP limits (limits.py)
-    'HEAD_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
-    'BODY_TIMEOUT': (lambda v: _is_number(v) and v > 0, 'a number of seconds > 0'),
-    'MAX_CONNECTIONS': (lambda v: _is_int(v) and v >= 1, 'an integer >= 1'),
-    'MAX_BODIES_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
-    'MAX_ANSWER_MB': (lambda v: _is_number(v) and v > 0, 'a number of MiB > 0'),
-}
+# the keys and their rules: one table (config_keys.py), also published as a JSON Schema
+_ENDPOINT_KEYS = ENDPOINT_KEYS
+_TOP_KEYS = TOP_KEYS
 HTTP_LIMIT_KEYS = ('HEAD_TIMEOUT', 'BODY_TIMEOUT', 'MAX_CONNECTIONS', 'MAX_BODIES_MB')
 
 
@@ -225,18 +174,20 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
         raise ConfigError('{}: the top level must be a JSON object'.format(label))
     if 'CONFIG_ENDPOINTS' not in data:
         raise ConfigError("{}: key 'CONFIG_ENDPOINTS' is missing (an object of endpoint entries)".format(label))
-    for key, (check, what) in _TOP_KEYS.items():
-        if key in data and not check(data[key]):
-            raise ConfigError('{}: key {!r} must be {}, got {!r}'.format(label, key, what, data[key]))
+    for key, rule in _TOP_KEYS.items():
+        if key in data and not rule.accepts(data[key]):
+            raise ConfigError('{}: key {!r} must be {}, got {!r}'.format(label, key, rule.what, data[key]))
+    data = {k: _TOP_KEYS[k].as_given(v) if k in _TOP_KEYS else v for k, v in data.items()}
 
     entries = []
     for name, entry in data['CONFIG_ENDPOINTS'].items():
         where = '{}: endpoint {!r}'.format(label, name)
         if not isinstance(entry, dict):
             raise ConfigError('{}: must be an object of settings, got {!r}'.format(where, entry))
-        for key, (check, what) in _ENDPOINT_KEYS.items():
-            if key in entry and not check(entry[key]):
-                raise ConfigError('{}: key {!r} must be {}, got {!r}'.format(where, key, what, entry[key]))
+        for key, rule in _ENDPOINT_KEYS.items():
+            if key in entry and not rule.accepts(entry[key]):
+                raise ConfigError('{}: key {!r} must be {}, got {!r}'.format(where, key, rule.what, entry[key]))
+        entry = {k: _ENDPOINT_KEYS[k].as_given(v) if k in _ENDPOINT_KEYS else v for k, v in entry.items()}
         _check_scaling(where, entry)
         entries.append((name, entry, where))
 
@@ -260,7 +211,8 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
                          metrics=data.get('METRICS', True), warnings=tuple(w for w in warnings if w),
                          http_limits={k: data[k] for k in HTTP_LIMIT_KEYS if k in data},
                          max_answer_mb=data.get('MAX_ANSWER_MB', DEFAULT_MAX_ANSWER_MB),
-                         api_keys=_beside(label, data.get('API_KEYS')))
+                         api_keys=_beside(label, data.get('API_KEYS')),
+                         access_log=data.get('ACCESS_LOG', True))
 
 
 def _beside(config_path, path):
@@ -273,13 +225,65 @@ def _beside(config_path, path):
 def _typo_warning(where, key, known, consequence=''):
     """A line saying ``key`` looks like a misspelt one of ``known``, or None: a key of an
     entry may be anything (the worker's config), so only one close to a gateway key is named."""
-    if key in known or not isinstance(key, str):
+    if key in known:
         return None
-    same_but_case = [k for k in known if k == key.upper()]
-    close = same_but_case or difflib.get_close_matches(key.upper(), list(known), n=1, cutoff=0.8)
-    if not close:
+    close = suggestion(key, known)
+    if close is None:
         return None
-    return '{}: key {!r} is not a gateway key; did you mean {!r}?{}'.format(where, key, close[0], consequence)
+    return '{}: key {!r} is not a gateway key; did you mean {!r}?{}'.format(where, key, close, consequence)
+
+
+def unknown_key_problems(data, label, endpoints_dir):
+    """``bis-gateway check``'s stricter reading of the keys, one line each: a top-level key
+    the gateway does not know, and an entry's key that is neither a gateway key nor one its
+    endpoint file reads (its ``_CONFIG``, a ``cfg_<key>`` or the key's name in quotes), each
+    with the gateway key it most resembles. Serving only warns about the likely typos."""
+    if not isinstance(data, dict):
+        return []
+    problems = []
+    for key in data:
+        if key not in _TOP_KEYS:
+            close = suggestion(key, _TOP_KEYS)
+            problems.append('{}: top level: key {!r} is not a gateway key; {}'.format(
+                label, key, 'did you mean {!r}?'.format(close) if close else 'known: ' + ', '.join(_TOP_KEYS)))
+    entries = data.get('CONFIG_ENDPOINTS')
+    for name, entry in (entries.items() if isinstance(entries, dict) else ()):
+        if not isinstance(entry, dict):
+            continue
+        where = '{}: endpoint {!r}'.format(label, name)
+        server_class = entry.get('SERVER_CLASS', name)
+        read = _worker_read_keys(endpoints_dir, server_class) if isinstance(server_class, str) else None
+        for key in entry:
+            if key in _ENDPOINT_KEYS:
+                continue
+            close = suggestion(key, _ENDPOINT_KEYS)
+            if close is not None and key not in (read or ()):
+                problems.append('{}: key {!r} is not a gateway key; did you mean {!r}?'.format(where, key, close))
+            elif read is not None and key not in read:
+                problems.append('{}: key {!r} is not a gateway key, and {} does not read it (not in its _CONFIG, '
+                                'no cfg_{}); remove it, or add it to _CONFIG'.format(
+                                    where, key, endpoint_file(endpoints_dir, server_class), str(key).lower()))
+    return problems
+
+
+def _worker_read_keys(endpoints_dir, server_class):
+    """The config keys the endpoint file shows it reads: its ``_CONFIG``'s, and every key
+    named by a ``cfg_<key>`` or a string literal in it; None when the file cannot be read
+    (a support process without a file, or a missing one, which is reported on its own)."""
+    try:
+        with open(endpoint_file(endpoints_dir, server_class), encoding='utf-8') as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    read = set(_worker_config_keys(endpoints_dir, server_class))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            read.add(node.value)
+        elif isinstance(node, ast.Attribute) and node.attr.startswith('cfg_'):
+            read.add(node.attr[4:].upper())
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith('cfg_'):
+            read.add(node.name[4:].upper())
+    return read
 
 
 def _worker_config_keys(endpoints_dir, server_class):

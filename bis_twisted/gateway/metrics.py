@@ -19,7 +19,7 @@ CHUNKS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10000, 100000)
 
 
 class RecentStats:
-    """Requests/s, 5xx answers and p50/p99 latency over the last ``keep`` windows of
+    """Requests/s, 4xx and 5xx answers and p50/p99 latency over the last ``keep`` windows of
     ``window`` seconds. Windows start at multiples of ``window`` on the clock, so the windows
     of several of these (one per endpoint) line up."""
 
@@ -30,6 +30,7 @@ class RecentStats:
         self._start = None
         self._count = 0
         self._errors = 0
+        self._client_errors = 0
         self._samples = []
         self._max_samples = max_samples
 
@@ -41,6 +42,8 @@ class RecentStats:
         self._count += 1
         if status >= 500:
             self._errors += 1
+        elif status >= 400:
+            self._client_errors += 1
         if len(self._samples) < self._max_samples:
             self._samples.append(seconds)
 
@@ -59,8 +62,8 @@ class RecentStats:
             return round(value * 1000, 2) if value is not None else None
 
         point = {'t': end, 'rps': self._count / self.window, 'errors': self._errors,
-                 'p50_ms': quantile(0.5), 'p99_ms': quantile(0.99)}
-        self._count, self._errors, self._samples = 0, 0, []
+                 'client_errors': self._client_errors, 'p50_ms': quantile(0.5), 'p99_ms': quantile(0.99)}
+        self._count, self._errors, self._client_errors, self._samples = 0, 0, 0, []
         return point
 
     def points(self):

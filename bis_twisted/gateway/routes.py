@@ -27,9 +27,10 @@ from ..shared import tracing
 from ..shared.web import (SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text, request_id_of,
                           request_inputs, write_encoded_json, write_json)
 from . import readiness
+from .accesslog import remember_signature
 from .assets import Assets
 from .devices import gpu_memory
-from .openapi import openapi_document
+from .openapi import openapi_document, streams_declared
 from .proxy import ChildStream
 from .status import hms, memory_gb, system_alerts, system_status
 from .v2 import V2Routes
@@ -50,6 +51,21 @@ def endpoint_schemas(fleet):
             if server.config.has_file and not server.config.is_remote}
 
 
+def endpoint_streams(fleet):
+    """The endpoints that stream their answers: ``STREAM`` in the entry, else a ``_predict``
+    that yields in the file (read from its syntax tree)."""
+    return {name for name, server in fleet.servers.items()
+            if server.config.entry.get('STREAM', server.config.has_file and not server.config.is_remote
+                                        and streams_declared(endpoint_file(fleet.endpoints_dir,
+                                                                           server.config.server_class)))}
+
+
+def gateway_document(fleet, server_name):
+    """The gateway's ``/openapi.json`` for ``fleet`` as it is configured now."""
+    return openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet),
+                            streaming=endpoint_streams(fleet))
+
+
 class Gateway:
     """The HTTP face of the gateway. ``fleet`` routes to the model servers; ``guard`` decides
     who may use the admin routes; ``history`` is the start/stop history; ``shutdown`` is
@@ -60,7 +76,7 @@ class Gateway:
 
     def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
                  shutdown=None, cache_dir='.', server_name='', support_names=(), metrics=None,
-                 metrics_guarded=False, support_key=None, keys=None, reload_config=None):
+                 metrics_guarded=False, support_key=None, keys=None, reload_config=None, progress=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -80,7 +96,8 @@ class Gateway:
         self.metrics = metrics
         self.metrics_guarded = metrics_guarded
         self._reload_config = reload_config  # async callable: the summary of what changed
-        self._openapi = openapi_document(fleet.servers, server_name, schemas=endpoint_schemas(fleet))
+        self.progress = progress  # a loading.LoadProgress: what /health says while servers load
+        self._openapi = gateway_document(fleet, server_name)
         self.v2 = V2Routes(self)  # the Open Inference Protocol's routes, under /v2
         self.assets = Assets()
         self.started_at = reactor.seconds()
@@ -119,8 +136,10 @@ class Gateway:
     @staticmethod
     def signature_of(inputs):
         if SIGNATURE not in inputs:
-            raise BadRequest('SIGNATURE is missing; send {{"SIGNATURE": "<endpoint>", ...}} '
-                             '(GET /list_servers lists the endpoints)'.format())
+            near = [k for k in inputs if isinstance(k, str) and k.upper() == SIGNATURE]
+            hint = ('; the body has {!r}: the key is SIGNATURE, in capitals'.format(near[0]) if near else '')
+            raise BadRequest('SIGNATURE is missing{}; send {{"SIGNATURE": "<endpoint>", ...}} '
+                             '(GET /list_servers lists the endpoints)'.format(hint))
         signature = inputs[SIGNATURE]
         if not isinstance(signature, str):
             raise BadRequest('SIGNATURE must be a string, not {}'.format(type(signature).__name__))
@@ -157,6 +176,7 @@ class Gateway:
             if self.keys is not None:
                 key = self.keys.identify(request)  # 401 before the body is even parsed
             signature, payload = read()
+            remember_signature(request, signature)  # for the access log
             if key is not None:
                 self.keys.admit(key, signature)  # 403 / 429
             result = await self.fleet.run(signature, payload, rid, self.answer_fields())
@@ -318,7 +338,10 @@ class Gateway:
 
     @app.route('/health', methods=['GET'])
     def health(self, request):
-        return self.answer(request, 200, {'STATUS': 'OK'})
+        body = {'STATUS': 'OK'}
+        if self.progress is not None:  # "starting" while DEFAULT_SERVER loads; LOADING while any does
+            body.update(self.progress.health())
+        return self.answer(request, 200, body)
 
     @app.route('/ready', methods=['GET'])
     async def ready(self, request):
@@ -429,7 +452,7 @@ class Gateway:
 
     def refresh(self):
         """Re-read what is built from the config (after a config reload)."""
-        self._openapi = openapi_document(self.fleet.servers, self.server_name, schemas=endpoint_schemas(self.fleet))
+        self._openapi = gateway_document(self.fleet, self.server_name)
         self.v2.refresh()
 
     @app.route('/reload_server', methods=['POST'])

@@ -4,6 +4,8 @@ says why with a 503 when no target can take it, and counts what is in flight per
 so that a drain knows when a process has answered everything sent to it.
 """
 
+import difflib
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -24,9 +26,16 @@ class Routing:
     def server(self, name):
         server = self.servers.get(name)
         if server is None:
-            raise UnknownSignature('unknown SIGNATURE {!r}; available: {}'.format(
-                name, ', '.join(sorted(self.servers)) or 'none'))
+            raise UnknownSignature(self._unknown(name))
         return server
+
+    def _unknown(self, name):
+        """The 404's message: the endpoints one can call now (not the DISABLED or killed ones),
+        and the closest name when the asked one looks like a typo of it."""
+        available = sorted(n for n, s in self.servers.items() if not self.is_stopped(s))
+        close = difflib.get_close_matches(name, list(self.servers), n=1, cutoff=0.75) if isinstance(name, str) else []
+        return 'unknown SIGNATURE {!r}{}; available: {}'.format(
+            name, "; did you mean {!r}?".format(close[0]) if close else '', ', '.join(available) or 'none')
 
     def target_ready(self, target):
         if target.suspect_until and target.suspect_until > self._reactor.seconds():

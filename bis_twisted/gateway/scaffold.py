@@ -102,16 +102,92 @@ def new_endpoint(name, config_path, endpoints_dir):
     os.makedirs(endpoints_dir, exist_ok=True)
     with open(path, 'x', encoding='utf-8') as fh:  # 'x': never overwrite, even in a race
         fh.write(SKELETON.format(name=name, cls=cls))
-    config['CONFIG_ENDPOINTS'][name] = {
-        'NR_WORKERS': 1,
-        'DESCRIPTION': '{}: written by bis-gateway new; edit {}'.format(name, path),
-    }
+    entry = {'NR_WORKERS': 1, 'DESCRIPTION': '{}: written by bis-gateway new; edit {}'.format(name, path)}
+    text = None
+    if os.path.exists(config_path):
+        with open(config_path, encoding='utf-8', newline='') as fh:
+            text = insert_entry(fh.read(), name, entry)
+    if text is None:  # a new file, or one without a CONFIG_ENDPOINTS object to add to: written whole
+        config['CONFIG_ENDPOINTS'][name] = entry
+        text = json.dumps(config, indent=4, ensure_ascii=False) + '\n'
     partial = config_path + '.new'
-    with open(partial, 'w', encoding='utf-8') as fh:
-        json.dump(config, fh, indent=4, ensure_ascii=False)
-        fh.write('\n')
+    with open(partial, 'w', encoding='utf-8', newline='') as fh:
+        fh.write(text)
     os.replace(partial, config_path)  # atomic: a crash leaves the old file or the new one
     return path, cls
+
+
+def insert_entry(text, name, entry):
+    """``text`` (a config file's JSON) with ``"name": entry`` added as the last entry of its
+    ``CONFIG_ENDPOINTS`` object, indented as the entries before it; every other byte as it
+    was. None when the text has no such object (or the result would not read back as the
+    same config plus the entry)."""
+    span = _value_span(text, 'CONFIG_ENDPOINTS')
+    if span is None:
+        return None
+    start, end = span  # the object's '{' and '}'
+    inner = text[start + 1:end]
+    newline = '\r\n' if '\r\n' in text else '\n'
+    line = text[text.rfind('\n', 0, end) + 1:end]
+    closing_indent = line[:len(line) - len(line.lstrip(' \t'))]  # of the line the object ends on
+    found = re.match(r'\s*?\n([ \t]*)"', inner)
+    indent = found.group(1) if found else closing_indent + '    '
+    body = json.dumps(entry, indent=4, ensure_ascii=False).replace('\n', newline + indent)
+    piece = '{}: {}'.format(json.dumps(name, ensure_ascii=False), body)
+    if inner.strip():
+        at = start + 1 + len(inner.rstrip())
+        result = text[:at] + ',' + newline + indent + piece + text[at:]
+    else:
+        result = text[:start + 1] + newline + indent + piece + newline + closing_indent + text[end:]
+    try:
+        before, after = json.loads(text), json.loads(result)
+    except ValueError:
+        return None
+    before['CONFIG_ENDPOINTS'][name] = entry
+    return result if after == before else None
+
+
+def _value_span(text, key):
+    """``(index of '{', index of its '}')`` of the object that top-level ``key`` holds, or None."""
+    depth, i, pending = 0, 0, None
+    while i < len(text):
+        char = text[i]
+        if char == '"':
+            end = i + 1
+            while text[end] != '"':
+                end += 2 if text[end] == '\\' else 1
+            if depth == 1 and pending is None:
+                pending = json.loads(text[i:end + 1])
+            i = end + 1
+            continue
+        if char in '{[':
+            if depth == 1 and pending == key and char == '{':
+                return i, _matching(text, i)
+            depth += 1
+        elif char in '}]':
+            depth -= 1
+        elif char == ',':
+            pending = None
+        i += 1
+    return None
+
+
+def _matching(text, start):
+    depth, i = 0, start
+    while i < len(text):
+        char = text[i]
+        if char == '"':
+            i += 1
+            while text[i] != '"':
+                i += 2 if text[i] == '\\' else 1
+        elif char in '{[':
+            depth += 1
+        elif char in '}]':
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise ValueError('unbalanced JSON')
 
 
 def run_new(name, options, out=None):

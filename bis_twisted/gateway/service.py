@@ -3,8 +3,9 @@
 Before anything starts, the cache folder is locked (``cachelock``: one gateway per folder) and
 the port is checked to be free, so a gateway that cannot serve exits at once (code 2, one
 line) having started no child. Its parts are services of one ``OrderedServices`` tree: they
-start in the order they were added (the supervisor spawns the children; the port opens at once
-with ``NO_STARTUP_WAIT``, otherwise when ``DEFAULT_SERVER`` is ready) and stop one after
+start in the order they were added (the supervisor spawns the children; the port opens at
+once, and the gateway says it serves at once with ``NO_STARTUP_WAIT``, otherwise when
+``DEFAULT_SERVER`` is ready: ``/health`` says "starting" meanwhile) and stop one after
 another in reverse: the loops, the port, the drain of requests in flight (bounded by
 ``drain_timeout``), the children (TERM, then KILL), the client pool, and last the start/stop
 history. A part added later is stopped with the rest without anyone listing it.
@@ -30,12 +31,14 @@ from ..shared.limits import MIB, Limits
 from ..shared.security import AdminGuard, admin_token
 from ..shared.stalls import StallWatch
 from ..shared.web import LISTEN_BACKLOG, make_site
+from .accesslog import AccessLog, Stamped
 from .apikeys import KeyStore, read_keys_file
 from .autoscale import Autoscaler
 from .cachelock import lock_cache
 from .config import load_config
 from .fleet import Fleet
 from .health import HealthMonitor
+from .loading import LoadProgress
 from .metrics import GatewayMetrics
 from .proxy import ChildClient
 from .routes import SUPPORT_KEY_ARG, Gateway
@@ -159,9 +162,10 @@ class _Steps(Service):
 
 
 class GatedPort(Service):
-    """The gateway's port: listens when ``opened`` fires (at once, or when DEFAULT_SERVER is
-    ready), closes first at stop. A port that cannot be listened on calls ``on_error`` with
-    the one-line reason."""
+    """The gateway's port: listens at once (``/health`` answers from the first second) and
+    says it serves when ``opened`` fires (at once, or when DEFAULT_SERVER is ready); closes
+    first at stop. A port that cannot be listened on calls ``on_error`` with the one-line
+    reason."""
 
     name = 'port'
     _log = Logger()
@@ -173,10 +177,13 @@ class GatedPort(Service):
         self._on_error = on_error
         self._reactor = reactor
         self.port = None
+        self._said_serving = False
 
     def startService(self):
         Service.startService(self)
-        self._opened.addCallback(lambda _: self._listen())
+        self._listen()
+        self._opened.addCallback(lambda _: self._serving())
+        self._opened.addErrback(lambda failure: failure.trap(defer.CancelledError))  # stopped first
 
     def _listen(self):
         if not self.running:
@@ -190,11 +197,18 @@ class GatedPort(Service):
         if not self.running:  # stopped while the listen was under way
             return port.stopListening()
         self.port = port
+        if self._opened.called:  # opened before the listen was done
+            self._serving()
+        return None
+
+    def _serving(self):
+        if self.port is None or self._said_serving:
+            return
+        self._said_serving = True
         frozen = freeze_startup_objects()  # start-up is done: spare it the full collections
-        address = port.getHost()
+        address = self.port.getHost()
         self._log.info('gateway serving on http://{host}:{port}', host=address.host, port=address.port)
         self._log.debug('{n} start-up objects exempt from garbage collection', n=frozen)
-        return None
 
     def stopService(self):
         Service.stopService(self)
@@ -229,6 +243,8 @@ class GatewayService(OrderedServices):
         self.history = StateHistory.in_cache(options.cache, clock=reactor)
         self.supervisor = Supervisor(reactor=reactor, log_dir=options.logs_dir, pid_dir=options.pids_dir,
                                      endpoints_dir=endpoints_dir)
+        # what /health and the log say while children load (it hears the supervisor's spawns)
+        self.progress = LoadProgress(self.supervisor, reactor=reactor)
         self.client = ChildClient(reactor=reactor, max_answer=int(self.config.max_answer_mb * MIB))
         self.fleet = Fleet(self.config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
                            execution_path=options.execution_path, remote_token=token,
@@ -255,10 +271,11 @@ class GatewayService(OrderedServices):
                                         if self.config.metrics else None),
                                metrics_guarded=self.config.metrics_require_token, support_key=support_key,
                                keys=KeyStore(self.config.api_keys, reactor) if self.config.api_keys else None,
-                               reload_config=self.reload_config)
-        self.site = make_site(self.gateway.resource(),
+                               reload_config=self.reload_config, progress=self.progress)
+        self.site = make_site(Stamped(self.gateway.resource(), reactor),
                               limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
                               answer_fields=self.gateway.fields)
+        self.site.log = self.access_log = AccessLog(reactor, enabled=self.config.access_log)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.endpoints_dir = endpoints_dir
         self._config_reload = None  # the reload under way: a second one waits for it
@@ -268,7 +285,7 @@ class GatewayService(OrderedServices):
         self.listening = GatedPort(endpoint, self.site, defer.Deferred(), self._cannot_serve, reactor)
         # start order; each stops after those added after it
         parts = [_Steps('history', self.history.startup, self._last_step), _Steps('client', stop=self.client.close),
-                 self.supervisor, _Steps('drain', stop=self._drain), self.listening, self.health,
+                 self.supervisor, _Steps('drain', stop=self._drain), self.listening, self.progress, self.health,
                  self.autoscaler, self.spreader, self.stalls] + self.supports + ([self.watcher] if self.watcher else [])
         for part in parts:
             part.setServiceParent(self)
@@ -319,12 +336,15 @@ class GatewayService(OrderedServices):
             opened.callback(None)
             return
         children = [t.child_name for t in self.fleet.servers[default].targets]
-        self._log.info('waiting for DEFAULT_SERVER {name} before serving', name=default)
+        self.progress.waiting_for = default  # /health: "starting" until then
+        self._log.info('waiting for DEFAULT_SERVER {name} before serving; /health says "starting" meanwhile',
+                       name=default)
         d = defer.DeferredList([self.supervisor.when_ready(c) for c in children], fireOnOneCallback=True)
         # a DEFAULT_SERVER that never loads must not keep /list_servers from saying why
         d.addTimeout(self.startup_wait_max, self._reactor)
         d.addErrback(lambda _: self._log.warn('DEFAULT_SERVER {name} not ready after {t}s; serving anyway',
                                               name=default, t=self.startup_wait_max))
+        d.addCallback(lambda _: setattr(self.progress, 'waiting_for', None))
         d.addCallback(lambda _: None if opened.called else opened.callback(None))
 
     def _exit_at_once(self, message):
@@ -375,6 +395,7 @@ class GatewayService(OrderedServices):
             self.gateway.keys.reload(config.api_keys)  # the buckets of unchanged keys are kept
         self.config = config
         self.gateway.refresh()
+        self.access_log.enabled = config.access_log
         self._log.info('config reloaded from {path}: {summary}', path=self.options.config, summary='; '.join(
             '{} {}'.format(k.lower(), ', '.join(v)) for k, v in done.items() if v and k != 'UNCHANGED') or 'no change')
         for name, error in done['FAILED'].items():

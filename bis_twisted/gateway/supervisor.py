@@ -93,7 +93,7 @@ class Supervisor(Service):
         self._killpg = killpg or getattr(reactor, 'killpg', None) or os.killpg
         self._pid_files = PidFiles(pid_dir, self._killpg)
         self._children = collections.OrderedDict()
-        self.listeners = []  # callables(name, event) for 'ready' / 'exited'
+        self.listeners = []  # callables(name, event) for 'started' / 'ready' / 'exited'
 
     def shown(self, text):
         """``text`` with the endpoint files named relative to the endpoints folder."""
@@ -264,6 +264,7 @@ class Supervisor(Service):
         if spec.load_timeout:
             child.load_call = self._reactor.callLater(spec.load_timeout, self._load_timed_out, child, proto)
         self._log.info('started server {name} (pid {pid})', name=spec.name, pid=transport.pid)
+        self._notify(spec.name, 'started')
 
     def _spawn_failed(self, child, exc):
         reason = 'could not start the process: {}'.format(exc)

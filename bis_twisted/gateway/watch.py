@@ -3,11 +3,14 @@ endpoint files once a second (a ``TimerService``; no new dependency) and reloads
 
 A changed config file is a ``/reload_config``; a changed endpoint file reloads the servers
 whose ``SERVER_CLASS`` it is (``/reload_server``); another changed ``.py`` under the endpoints
-folder (a helper module they import) reloads every spawned server. One log line per reload;
+folder (a helper module) reloads the servers whose files import it, directly or through other
+files of the folder (read from their syntax trees); a new file nobody imports reloads
+nothing. One log line per reload;
 a reload that fails (bad config, code that does not load) is logged and the old processes keep
 serving. Changes seen while a reload runs are taken on the next round.
 """
 
+import ast
 import os
 
 from twisted.application.internet import TimerService
@@ -29,6 +32,50 @@ def snapshot(config_path, endpoints_dir):
             continue
         found[path] = (stat.st_mtime_ns, stat.st_size)
     return found
+
+
+def _module_paths(endpoints_dir, name):
+    """The files under ``endpoints_dir`` that ``import name`` may load."""
+    base = os.path.join(endpoints_dir, *name.split('.'))
+    return [base + '.py', os.path.join(base, '__init__.py')]
+
+
+def imported_files(path, endpoints_dir, seen=None):
+    """The files of the endpoints folder ``path`` imports, directly or through another of
+    them (each file's imports read from its syntax tree; a file that cannot be read imports
+    nothing here)."""
+    seen = set() if seen is None else seen
+    try:
+        with open(path, encoding='utf-8') as fh:
+            tree = ast.parse(fh.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return seen
+    here = os.path.dirname(path)
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from the importing file's folder
+                folder = here
+                for _ in range(node.level - 1):
+                    folder = os.path.dirname(folder)
+                prefix = os.path.relpath(folder, endpoints_dir).replace(os.sep, '.')
+                prefix = '' if prefix == '.' else prefix + '.'
+            else:
+                prefix = ''
+            module = prefix + (node.module or '')
+            names = [module.rstrip('.')] if node.module else []
+            names += ['{}{}'.format(prefix if not node.module else module + '.', alias.name) for alias in node.names]
+        for name in names:
+            if not name:
+                continue
+            for candidate in _module_paths(endpoints_dir, name):
+                if candidate not in seen:
+                    seen.add(candidate)
+                    if os.path.exists(candidate):
+                        imported_files(candidate, endpoints_dir, seen)
+    return seen
 
 
 class ReloadWatcher(TimerService):
@@ -68,11 +115,11 @@ class ReloadWatcher(TimerService):
                 done.update((summary or {}).get(key, ()))
         fleet = self.service.fleet
         spawned = [s for s in fleet.servers.values() if s.config.is_spawned and s.name not in done]
-        own = {os.path.join(self._endpoints_dir, s.config.server_class + '.py'): s for s in spawned}
-        if any(path not in own for path in changed):
-            targets = spawned  # a helper module: any server may import it
-        else:
-            targets = [s for s in spawned if any(own.get(p) is s for p in changed)]
+        targets = []
+        for server in spawned:
+            own = os.path.join(self._endpoints_dir, server.config.server_class + '.py')
+            if own in changed or changed & imported_files(own, self._endpoints_dir):
+                targets.append(server)
         for server in targets:
             if server.name in fleet.servers and not fleet.is_stopped(server):
                 await self._reload('server {}'.format(server.name),

@@ -268,7 +268,9 @@ def _fail(message: str, code: int) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     from twisted.internet import reactor
-    from twisted.logger import FileLogObserver, formatEvent, globalLogBeginner, textFileLogObserver
+    from twisted.logger import FileLogObserver, globalLogBeginner, textFileLogObserver
+
+    from ..shared.logfilter import child_line, quiet
 
     args = parse_child_args(sys.argv[1:] if argv is None else argv)
     prefix = 'bis-server {}: '.format(args.name)
@@ -305,11 +307,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         observer = logformat.file_observer(sys.stdout)
     elif args.exit_with_parent:
         # the gateway reads these lines and stamps them itself
-        observer = FileLogObserver(sys.stdout, lambda event: '[{}] {}\n'.format(
-            event.get('log_namespace', '-'), formatEvent(event)))
+        observer = FileLogObserver(sys.stdout, child_line(args.name))
     else:
         observer = textFileLogObserver(sys.stdout)
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([quiet(observer)], redirectStandardIO=False)
     stalls = StallWatch(reactor)
     server = ModelServer(args.name, endpoint.worker_class, endpoint.default_config, config, reactor=reactor,
                          execution_path=args.path, schemas=endpoint.schemas, guard=guard, stalls=stalls)

@@ -21,7 +21,8 @@ from twisted.logger import FileLogObserver, ILogObserver, formatEvent, textFileL
 from ..protocol import LOG_FORMAT_VARIABLE, LOG_FORMATS
 
 TEXT, JSON = LOG_FORMATS
-CONTEXT_FIELDS = ('endpoint', 'request_id', 'trace_id', 'span_id', 'worker_id')
+# access: the facts of an access-log line (gateway/accesslog.py)
+CONTEXT_FIELDS = ('endpoint', 'request_id', 'trace_id', 'span_id', 'worker_id', 'access')
 _FIELD_ALIASES = {'rid': 'request_id'}
 
 _format = TEXT

@@ -1,6 +1,7 @@
 """``Client`` and ``AsyncClient``: the gateway's routes as Python calls, on ``httpx``.
 
-Install with ``pip install 'bis_twisted[client]'``. Every error answer of the gateway is raised
+Install alone with ``pip install ./bis_twisted/client`` from a clone (httpx is its only
+dependency; the full server includes it too). Every error answer of the gateway is raised
 as a typed exception carrying the HTTP status and the gateway's ``ERROR`` text::
 
     from bis_twisted.client import Client, BadInput, Overloaded
@@ -26,7 +27,7 @@ except ImportError as exc:  # the [client] extra
 __all__ = [
     'Client', 'AsyncClient', 'BisClientError', 'BadInput', 'Unauthorized', 'Forbidden', 'UnknownSignature',
     'NotFound', 'PayloadTooLarge', 'RateLimited', 'EndpointError', 'BadGateway', 'Overloaded', 'GatewayTimeout',
-    'GatewayUnreachable',
+    'GatewayUnreachable', 'StreamingAnswer',
 ]
 
 DEFAULT_TIMEOUT = 60.0
@@ -102,6 +103,12 @@ class GatewayUnreachable(BisClientError):
     """No HTTP answer at all: connection refused, reset, or the client's own timeout."""
 
 
+class StreamingAnswer(BisClientError):
+    """``run`` was called on an endpoint that streams its answer (NDJSON or SSE): read it with
+    ``stream``, which yields each chunk as it comes. The connection was closed unread, which
+    stops the endpoint's generator."""
+
+
 _BY_STATUS: Dict[int, Type[BisClientError]] = {
     400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 413: PayloadTooLarge, 429: RateLimited,
     500: EndpointError, 502: BadGateway, 503: Overloaded, 504: GatewayTimeout,
@@ -171,7 +178,16 @@ def _stream_line(line: str) -> Optional[Answer]:
 
 def _is_stream(response: 'httpx.Response') -> bool:
     kind: str = response.headers.get('content-type', '')
-    return kind.startswith('application/x-ndjson')
+    return kind.startswith(('application/x-ndjson', 'text/event-stream'))
+
+
+def _refuse_stream(response: 'httpx.Response', path: str, body: Optional[Answer]) -> StreamingAnswer:
+    signature = body.get('SIGNATURE') if body else None
+    name = repr(signature) if isinstance(signature, str) else 'this endpoint'
+    kind = response.headers.get('content-type', '').split(';')[0]
+    return StreamingAnswer(response.status_code, '{} streams its answer ({}); read it with Client.stream({}, ...) '
+                                                 '(AsyncClient.stream), which yields each chunk as it comes'.format(
+                                                     name, kind, name if signature else 'signature'))
 
 
 class _Calls:
@@ -248,8 +264,17 @@ class Client(_Calls):
 
     def _call(self, method: str, path: str, body: Optional[Answer] = None,
               request_id: Optional[str] = None) -> 'httpx.Response':
+        """The whole answer; a streaming one is refused unread (``StreamingAnswer``)."""
         try:
-            return self._http.request(method, path, json=body, headers=self.headers(request_id))
+            request = self._http.build_request(method, path, json=body, headers=self.headers(request_id))
+            response = self._http.send(request, stream=True)
+            try:
+                if _is_stream(response):
+                    raise _refuse_stream(response, path, body)
+                response.read()
+            finally:
+                response.close()
+            return response
         except httpx.TransportError as exc:
             raise _unreachable(exc, self.base_url + path) from exc
 
@@ -269,7 +294,8 @@ class Client(_Calls):
     def run(self, signature: str, inputs: Optional[Mapping[str, Any]] = None, /,
             request_id: Optional[str] = None, **fields: Any) -> Answer:
         """``POST /run``: the answer (``predict_result``, ``call_id``, ``signature`` and the
-        gateway's fields). Inputs as keywords (``FEATURES=[...]``) or as a dict."""
+        gateway's fields). Inputs as keywords (``FEATURES=[...]``) or as a dict. A streaming
+        endpoint raises ``StreamingAnswer``: read it with ``stream``."""
         return self._json('POST', '/run', self.run_payload(signature, inputs, fields), request_id)
 
     def stream(self, signature: str, inputs: Optional[Mapping[str, Any]] = None, /,
@@ -371,8 +397,17 @@ class AsyncClient(_Calls):
 
     async def _call(self, method: str, path: str, body: Optional[Answer] = None,
                     request_id: Optional[str] = None) -> 'httpx.Response':
+        """The whole answer; a streaming one is refused unread (``StreamingAnswer``)."""
         try:
-            return await self._http.request(method, path, json=body, headers=self.headers(request_id))
+            request = self._http.build_request(method, path, json=body, headers=self.headers(request_id))
+            response = await self._http.send(request, stream=True)
+            try:
+                if _is_stream(response):
+                    raise _refuse_stream(response, path, body)
+                await response.aread()
+            finally:
+                await response.aclose()
+            return response
         except httpx.TransportError as exc:
             raise _unreachable(exc, self.base_url + path) from exc
 

@@ -1,0 +1,86 @@
+"""The gateway's access log: one line per request, written when its answer is done.
+
+``AccessLog`` is the site's ``log`` (twisted.web calls it as each request finishes); each
+line is a ``twisted.logger`` event in the ``bis_twisted.access`` namespace whose fields are
+the request's facts (``client``, ``method``, ``path``, ``signature``, ``status``, ``bytes``,
+``elapsed_ms``, ``request_id``; all but the id also together as ``access``), so a JSON
+observer writes them as fields and the text one as::
+
+    access 127.0.0.1 POST /run iris_classifier 200 412B 3.1ms rid=5f0c...
+
+``ACCESS_LOG: false`` in the config turns it off (``enabled``). The path is logged without
+its query string: a query may carry a key. ``Stamped`` marks when the request reached the
+gateway's routes, for ``elapsed_ms``.
+"""
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from ..protocol import REQUEST_ID_HEADER
+
+_STARTED = '_bis_started'
+_SIGNATURE = '_bis_signature'
+
+
+def remember_signature(request, signature):
+    """Note the ``SIGNATURE`` a request named, for its access-log line."""
+    setattr(request, _SIGNATURE, signature)
+
+
+class Stamped(Resource):
+    """Wraps the gateway's resource: notes the time each request is handed to it."""
+
+    isLeaf = True
+
+    def __init__(self, wrapped, clock):
+        Resource.__init__(self)
+        self._wrapped = wrapped
+        self._clock = clock
+
+    def render(self, request):
+        setattr(request, _STARTED, self._clock.seconds())
+        return self._wrapped.render(request)
+
+
+class AccessLog:
+    """Callable as ``site.log``: one event per finished request (when ``enabled``)."""
+
+    _log = Logger(namespace='bis_twisted.access')
+
+    def __init__(self, clock, enabled=True):
+        self._clock = clock
+        self.enabled = enabled
+        self.lines = 0
+
+    def __call__(self, request):
+        if not self.enabled:
+            return
+        started = getattr(request, _STARTED, None)
+        elapsed_ms = None if started is None else (self._clock.seconds() - started) * 1000.0
+        address = request.getClientAddress()
+        client = getattr(address, 'host', None) or 'unix'
+        rid = getattr(request, '_bis_request_id', None) or _header(request.responseHeaders, REQUEST_ID_HEADER) or '-'
+        method, path = _text(request.method), _text(request.path)
+        signature = getattr(request, _SIGNATURE, None) or '-'
+        self.lines += 1
+        # the text is made here, with str.format, and the event's format is that one field:
+        # twisted.logger's own formatting of nine fields cost ~10 us more per observer
+        line = 'access {} {} {} {} {} {}B {}ms rid={}'.format(
+            client, method, path, signature, request.code, request.sentLength,
+            '-' if elapsed_ms is None else '{:.1f}'.format(elapsed_ms), rid)
+        facts = {'client': client, 'method': method, 'path': path, 'signature': signature, 'status': request.code,
+                 'bytes': request.sentLength, 'elapsed_ms': elapsed_ms}
+        # the facts one by one (a JSON observer that writes every field), together under
+        # "access" (one that writes named fields), and the request id and endpoint under the
+        # names the other log lines use
+        self._log.info('{access_line}', access_line=line, access=facts, request_id=rid,
+                       endpoint=signature if signature != '-' else None, **facts)
+
+
+def _header(headers, name):
+    values = headers.getRawHeaders(name)
+    return _text(values[0]) if values else None
+
+
+def _text(value):
+    return value.decode('utf-8', 'replace') if isinstance(value, bytes) else str(value)

@@ -1,0 +1,44 @@
+"""Log lines a reader can use: Twisted's own port chatter left out, and no prefix said twice.
+
+``quiet(observer)`` drops the lines Twisted writes for every port it opens and closes
+(``GuardedSite starting on '\\x00bis-1234-...'``, ``(TCP Port 5003 Closed)``): the gateway
+and the model server say where they serve in lines of their own. ``child_line(name)`` is the
+model server's line format when the gateway reads its output (the gateway stamps the time and
+puts ``[name]`` in front): the event's namespace, unless it is that name again (a worker's
+``log.P``) or Twisted's ``log_legacy``.
+"""
+
+import re
+
+from twisted.logger import FilteringLogObserver, LogLevel, PredicateResult, formatEvent
+
+_PORT_CHATTER = re.compile(r"^(\S+ starting on \S+|\((TCP|UNIX|UDP) Port \S* ?\S+ Closed\))$")
+
+
+def is_port_chatter(event):
+    """True for Twisted's "<factory> starting on <port>" and "(TCP Port <n> Closed)" lines."""
+    if event.get('log_level', LogLevel.info) > LogLevel.info:
+        return False
+    if event.get('log_namespace') not in ('log_legacy', 'twisted.internet.tcp', 'twisted.internet.unix'):
+        return False
+    return bool(_PORT_CHATTER.match(formatEvent(event)))
+
+
+def _predicate(event):
+    return PredicateResult.no if is_port_chatter(event) else PredicateResult.maybe
+
+
+def quiet(observer):
+    """``observer`` without Twisted's per-port lines."""
+    return FilteringLogObserver(observer, [_predicate])
+
+
+def child_line(name):
+    """The line format of a model server ``name`` whose output the gateway reads."""
+    def line(event):
+        namespace = event.get('log_namespace', '-')
+        text = formatEvent(event)
+        if namespace in (name, 'log_legacy', '-'):
+            return text + '\n'
+        return '[{}] {}\n'.format(namespace, text)
+    return line
