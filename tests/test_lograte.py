@@ -26,6 +26,17 @@ def test_a_flood_of_one_cause_writes_one_line_then_the_count(log_events):
     assert log_events[-1]['log_level'].name == 'warn'
 
 
+def test_a_count_whose_timer_runs_late_is_written_before_the_next_period_starts(log_events):
+    clock, repeats = limiter(log_events)
+    for i in range(100):
+        repeats.emit('warn', 'cause', 'call {n}', n=i, described='calls')
+    # the reactor is busy: the period ends at 1.0, its timer has not run when the next call comes
+    clock.rightNow = 1.2
+    repeats.emit('warn', 'cause', 'call {n}', n=100, described='calls')
+    clock.advance(2)
+    assert lines(log_events) == ['call 0', '99 more like this in the last 1s: calls', 'call 100']
+
+
 def test_each_cause_has_its_own_window_and_a_quiet_cause_writes_every_line(log_events):
     clock, repeats = limiter(log_events)
     repeats.emit('warn', 'a', 'a 1')

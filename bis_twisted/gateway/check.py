@@ -82,7 +82,7 @@ def port_in_use(host, port):
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             return 'port {} is in use by another process{}'.format(port, _holder(port))
-        return 'cannot listen on {}:{}: {}'.format(host, port, exc.strerror)
+        return exc.strerror or str(exc)
     finally:
         sock.close()
     return None

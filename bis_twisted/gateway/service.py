@@ -11,12 +11,10 @@ another in reverse: the loops, the port, the drain of requests in flight (bounde
 history. A part added later is stopped with the rest without anyone listing it.
 """
 
-import errno
 import os
 import resource
 import secrets
 import signal
-import socket
 import sys
 
 import attr
@@ -35,6 +33,7 @@ from .accesslog import AccessLog, Stamped
 from .apikeys import KeyStore, read_keys_file
 from .autoscale import Autoscaler
 from .cachelock import lock_cache
+from .check import port_in_use
 from .config import load_config
 from .fleet import Fleet
 from .health import HealthMonitor
@@ -104,22 +103,12 @@ class PortInUse(Exception):
 
 
 def check_port_free(host, port):
-    """Raise ``PortInUse`` when ``host:port`` cannot be bound now (another process listens
-    there), as the listening socket would find later; binds nothing when it can."""
-    if not port:
-        return
-    family = socket.AF_INET6 if ':' in host else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # what Twisted's listening port sets: a port in TIME_WAIT is free, a listening one is not
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-    except OSError as exc:
-        reason = 'address already in use' if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
-        raise PortInUse('cannot listen on {}:{}: {}; stop what uses it or give another --port / '
-                        'BIS_PORT'.format(host, port, reason)) from None
-    finally:
-        probe.close()
+    """Raise ``PortInUse`` when ``host:port`` cannot be listened on now (``check``'s own probe:
+    another process holds it), as the listening socket would find later."""
+    reason = port_in_use(host, port) if port else None
+    if reason is not None:
+        raise PortInUse('cannot listen on {}:{}: {}; stop it or give another --port / BIS_PORT'.format(
+            host, port, reason))
 
 
 class OrderedServices(MultiService):

@@ -41,6 +41,12 @@ class RepeatLimiter:
             if window.call is None:
                 window.call = self._clock.callLater(window.until - now, self._summarize, cause)
             return
+        if window is not None and window.call is not None:
+            # its period is over but its timer has not run yet (a busy reactor runs it late):
+            # its count goes out now, or the new period would take its place and lose it
+            if window.call.active():
+                window.call.cancel()
+            self._summarize(cause)
         if len(self._windows) >= self.max_causes:
             self._windows = {k: w for k, w in self._windows.items() if w.call is not None or now < w.until}
         described = fields.pop('described', None) or format
