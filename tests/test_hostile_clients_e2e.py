@@ -9,7 +9,6 @@ socket client, the browser cases send what a browser sends (``Origin``, ``Sec-Fe
 import http.client as http_client
 import io
 import json
-import os
 import socket
 import time
 

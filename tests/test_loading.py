@@ -2,7 +2,6 @@
 goes on (elapsed, RSS), one when it ends; ``/health`` answers "starting" from the first second
 while the gateway waits for ``DEFAULT_SERVER``, and ``/ready`` 503."""
 
-import json
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from bis_twisted.gateway.childspec import ChildSpec
 from bis_twisted.gateway.supervisor import Supervisor
 from fakes import ProcessReactor
 from gateway_process import GATEWAY_READY, start_gateway
-from procs import get, wait_until
+from procs import wait_until
 
 SLOW_LOADER = '''
 import os

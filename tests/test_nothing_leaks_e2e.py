@@ -10,7 +10,6 @@ import re
 import shutil
 import textwrap
 
-import pytest
 
 from gateway_process import start_gateway
 from procs import ENDPOINTS_DIR, wait_until
