@@ -46,7 +46,7 @@ class Autoscaler(TimerService):
         name, config = server.name, server.config
         active = [t for t in server.targets if t.active]
         ready = [t for t in active if self.fleet.target_ready(t)]
-        if not ready or self.fleet.is_stopped(server) or name in self.fleet._reloading:
+        if not ready or self.fleet.is_stopped(server) or self.fleet.busy(name):
             self._above.pop(name, None)
             self._below.pop(name, None)
             return

@@ -153,7 +153,7 @@ class HealthMonitor(TimerService):
         if len(target.sides) > 1:
             # a new process beside it (its slot's spare port), as /reload_server starts one:
             # no request waits, lone or not; for a while both processes hold memory
-            if server.name in self.fleet._reloading:
+            if self.fleet.busy(server.name):
                 return
             self.over.pop(name, None)
             self._recycling.add(name)

@@ -70,6 +70,11 @@ class Operations:
                     self.supervisor.replace_spec(self.child_spec(endpoint, target, side))
 
     # -- reloads: new processes beside the old ones --------------------------------------------
+    def busy(self, name):
+        """Whether server ``name`` has its processes being replaced now (a reload or a
+        recycle): the autoscaler and the memory check leave it alone until that is over."""
+        return name in self._reloading
+
     async def reload(self, server):
         """Start new processes for ``server`` (its file read again), one replica at a time:
         each new one on its slot's other port; once it is ready new requests go to it, the
