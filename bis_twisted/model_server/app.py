@@ -54,7 +54,7 @@ class ModelServer:
         self.ready = False
         self.load_error = None
         # INPUT_SCHEMA / OUTPUT_SCHEMA of the endpoint file, when it declares them
-        check = SchemaCheck(schemas) if schemas is not None else None
+        check = SchemaCheck(schemas, reactor=reactor) if schemas is not None else None
         self.schema_check = check if check is not None and check.active else None
         # no token, no control: a model server may listen beyond loopback
         self.guard = guard or AdminGuard(require_token=True)
@@ -107,10 +107,7 @@ class ModelServer:
             raise ServiceUnavailable('server {!r} is still loading its workers; retry shortly'.format(self.name))
         inputs.pop(SIGNATURE, None)
         if self.schema_check is not None:
-            try:
-                self.schema_check.check_input(inputs)
-            except SchemaViolation as exc:
-                raise BadRequest('INPUT_SCHEMA: ' + exc.message, INPUT_ERROR=exc.details()) from None
+            await self.checked_input(inputs, _body_size(request))
         rid = request_id_of(request)
         v2 = take_v2(inputs, self.streaming)  # a V2 infer: its inputs typed, its answer shaped at the end
         if self.streaming:
@@ -123,7 +120,7 @@ class ModelServer:
         status = outcome.status
         if status == 200 and self.schema_check is not None:
             try:
-                self.schema_check.check_output(body.get('predict_result'))
+                await self.schema_check.output_checked(body.get('predict_result'))
             except SchemaViolation as exc:
                 self._log.warn('request {rid}: the answer breaks OUTPUT_SCHEMA: {error}', rid=rid, error=exc.message)
                 status = 500
@@ -148,6 +145,14 @@ class ModelServer:
         if encoded_status == status:  # else it could not be encoded: the gateway completes that error itself
             request.setHeader(ANSWER_COMPLETE_HEADER, b'1')
         return write_encoded_json(request, encoded_status, data)
+
+    async def checked_input(self, inputs, size):
+        """``inputs`` against INPUT_SCHEMA (off the reactor thread when the body of ``size``
+        bytes is large); BadRequest naming the field when they break it."""
+        try:
+            await self.schema_check.input_checked(inputs, size)
+        except SchemaViolation as exc:
+            raise BadRequest('INPUT_SCHEMA: ' + exc.message, INPUT_ERROR=exc.details()) from None
 
     def _gateway_fields(self, value):
         # the gateway sends the same header for a whole second of its uptime: decoded once
@@ -244,6 +249,14 @@ class ModelServer:
 
     def _error(self, request, failure):
         return error_answer(request, failure)
+
+
+def _body_size(request):
+    # what the inputs were read from: the body, or the query of a request without one
+    length = request.getHeader(b'content-length')
+    if length is None:
+        return len(request.uri) if request.getHeader(b'transfer-encoding') is None else None
+    return int(length) + len(request.uri) if length.isdigit() else None
 
 
 @implementer(IPushProducer)
