@@ -206,6 +206,13 @@ def demo2_targets(workdir, args, processes):
     floor = floor_server()
     processes.append(floor)
     targets.append(Target('twisted.web floor', floor.url, BODY, other_pids=floor.pids()))
+    if args.inner_ab:
+        over_http = rb.Gateway(CONFIG, os.path.join(rb.REPO, 'endpoints'), workdir,
+                               env=dict(os.environ, BIS_INNER_FRAMES='0'))
+        processes.append(over_http)
+        (http_pid, _), = replicas(over_http, 'dummy_model_demo2')
+        targets.append(Target('gateway, inner leg over HTTP', over_http.url + '/run', BODY, [over_http.proc.pid],
+                              [http_pid]))
     if args.gc_ab:
         unfrozen = rb.Gateway(CONFIG, os.path.join(rb.REPO, 'endpoints'), workdir,
                               env=dict(os.environ, BIS_GC_FREEZE='0'))
@@ -223,12 +230,21 @@ def iris_targets(workdir, args, processes):
     gateway = rb.Gateway(IRIS_CONFIG, rb.batching_endpoints(workdir), workdir, env=dict(os.environ, **rb.BLAS_ENV))
     processes.append(gateway)
     b32, b1 = replicas(gateway, 'iris_b32'), replicas(gateway, 'iris_b1')
-    targets = [Target('gateway b=32', gateway.url + '/run', dict(rb.IRIS_BODY, SIGNATURE='iris_b32'),
-                      [gateway.proc.pid], [p for p, _ in b32], batch_urls=[u for _, u in b32]),
-               Target('gateway b=1', gateway.url + '/run', dict(rb.IRIS_BODY, SIGNATURE='iris_b1'),
-                      [gateway.proc.pid], [p for p, _ in b1]),
-               Target('direct b=32 (1 replica)', b32[0][1] + '/run', rb.IRIS_BODY, server_pids=[b32[0][0]],
-                      batch_urls=[b32[0][1]])]
+    targets = []
+    if args.inner_ab:
+        over_http = rb.Gateway(IRIS_CONFIG, rb.batching_endpoints(workdir), workdir,
+                               env=dict(os.environ, BIS_INNER_FRAMES='0', **rb.BLAS_ENV))
+        processes.append(over_http)
+        http32 = replicas(over_http, 'iris_b32')
+        targets.append(Target('gateway b=32, inner leg over HTTP', over_http.url + '/run',
+                              dict(rb.IRIS_BODY, SIGNATURE='iris_b32'), [over_http.proc.pid], [p for p, _ in http32],
+                              batch_urls=[u for _, u in http32]))
+    targets += [Target('gateway b=32', gateway.url + '/run', dict(rb.IRIS_BODY, SIGNATURE='iris_b32'),
+                       [gateway.proc.pid], [p for p, _ in b32], batch_urls=[u for _, u in b32]),
+                Target('gateway b=1', gateway.url + '/run', dict(rb.IRIS_BODY, SIGNATURE='iris_b1'),
+                       [gateway.proc.pid], [p for p, _ in b1]),
+                Target('direct b=32 (1 replica)', b32[0][1] + '/run', rb.IRIS_BODY, server_pids=[b32[0][0]],
+                       batch_urls=[b32[0][1]])]
     if args.peers:
         litserve = litserve_iris(rb.peers_python())
         processes.append(litserve)
@@ -306,6 +322,8 @@ def main():
     parser.add_argument('--case', choices=sorted(CASES) + ['both'], default='both')
     parser.add_argument('--duration', type=int, default=5)
     parser.add_argument('--rounds', type=int, default=2)
+    parser.add_argument('--inner-ab', action='store_true',
+                        help='also a gateway whose inner leg is HTTP (BIS_INNER_FRAMES=0), beside the framed one')
     parser.add_argument('--gc-ab', action='store_true', help='demo2: add a gateway whose processes do not gc.freeze()')
     parser.add_argument('--peers', action='store_true',
                         help='also LitServe (installed on first use into bench/.peers-venv, never the project\'s)')

@@ -24,7 +24,7 @@ from ..protocol import (ANSWER_COMPLETE_HEADER, ANSWER_FIELDS_HEADER, DEFAULT_BA
 from ..shared import tracing
 from ..shared.schemas import SchemaCheck, SchemaViolation
 from ..shared.security import AdminGuard
-from ..shared.web import (dumps, encode_answer, error_answer, now_text, request_id_of, request_inputs,
+from ..shared.web import (dumps, dumps_spaced, encode_answer, error_answer, now_text, request_id_of, request_inputs,
                           write_encoded_json, write_json)
 from .pool import PooledStream, WorkerLoadError, WorkerPool
 from .v2 import take_v2
@@ -116,6 +116,17 @@ class ModelServer:
                 return await self._stream(request, worker, call_id, outcome, rid)
         else:
             worker, call_id, outcome = await self.pool.run(inputs, rid)
+        gateway_fields = self._gateway_fields(request.getHeader(ANSWER_FIELDS_HEADER))
+        status, data, complete = await self.encoded_answer(worker, call_id, outcome, rid, gateway_fields, v2)
+        if complete:
+            request.setHeader(ANSWER_COMPLETE_HEADER, b'1')
+        return write_encoded_json(request, status, data)
+
+    async def encoded_answer(self, worker, call_id, outcome, rid, gateway_fields, v2=None):
+        """``(status, bytes, complete)`` of a call's answer, ``OUTPUT_SCHEMA`` checked, with
+        ``gateway_fields`` in it when given (``complete``: they are; False when the answer
+        could not be encoded, and its error is what is sent), shaped by ``v2`` (a V2 infer's
+        ``V2Call``) when given."""
         body = dict(outcome.body)
         status = outcome.status
         if status == 200 and self.schema_check is not None:
@@ -134,17 +145,12 @@ class ModelServer:
             'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id),
             'request_id': rid,
         })
-        gateway_fields = self._gateway_fields(request.getHeader(ANSWER_FIELDS_HEADER))
         if gateway_fields is not None:
             body.update(gateway_fields)
         if v2 is not None:
             status, body = v2.answer(status, body)
-        if gateway_fields is None:
-            return write_json(request, status, body)
         encoded_status, data = encode_answer(status, body)
-        if encoded_status == status:  # else it could not be encoded: the gateway completes that error itself
-            request.setHeader(ANSWER_COMPLETE_HEADER, b'1')
-        return write_encoded_json(request, encoded_status, data)
+        return encoded_status, data, gateway_fields is not None and encoded_status == status
 
     async def checked_input(self, inputs, size):
         """``inputs`` against INPUT_SCHEMA (off the reactor thread when the body of ``size``
@@ -180,7 +186,7 @@ class ModelServer:
                 if outcome is None:
                     break
                 try:
-                    line = dumps(outcome.body) + b'\n' if outcome.status == 200 else None
+                    line = dumps_spaced(outcome.body) + b'\n' if outcome.status == 200 else None
                 except (TypeError, ValueError) as exc:
                     outcome = attr.evolve(outcome, status=500, body={
                         'ERROR': 'chunk {} of the stream could not be encoded as JSON: {}'.format(sent + 1, exc)})

@@ -86,6 +86,12 @@ def dumps(body: Any) -> bytes:
     return data
 
 
+def dumps_spaced(body: Any) -> bytes:
+    """``body`` as the standard library writes it, ``": "`` and ``", "`` included: a stream's
+    chunks, which clients may read as text, keep the bytes they always had."""
+    return json.dumps(body, default=_json_default, allow_nan=False).encode('utf-8')
+
+
 def write_encoded_json(request, status, data, headers=None):
     """Like ``write_json`` for a body already encoded (a model server's complete answer)."""
     request.setResponseCode(status)
