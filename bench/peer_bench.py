@@ -5,6 +5,8 @@ and beside the floor of twisted.web itself, in one run:
     python bench/peer_bench.py --peers             # both cases, LitServe beside us
     python bench/peer_bench.py --case demo2        # ours only, the demo2 case
     python bench/peer_bench.py --case demo2 --gc-ab  # also a gateway with BIS_GC_FREEZE=0
+    python bench/peer_bench.py --inner-ab          # also a gateway whose inner leg is HTTP (BIS_INNER_FRAMES=0)
+    python bench/peer_bench.py --case demo2 --httptools  # also an httptools channel's floor (bench/floor_httptools.py)
     python bench/peer_bench.py --peers --case iris --duration 3 --rounds 3
 
 Two cases, each its own table:
@@ -96,10 +98,9 @@ def litserve_iris(python):
                    'http://127.0.0.1:{}/predict'.format(port), rb.IRIS_BODY, env=dict(os.environ, **rb.BLAS_ENV))
 
 
-def floor_server():
+def floor_server(script='floor_twisted.py'):
     port = rb.free_block(1)
-    return Spawned([sys.executable, os.path.join(HERE, 'floor_twisted.py'), str(port)],
-                   'http://127.0.0.1:{}/run'.format(port), {})
+    return Spawned([sys.executable, os.path.join(HERE, script), str(port)], 'http://127.0.0.1:{}/run'.format(port), {})
 
 
 def cpu_seconds(pids):
@@ -206,6 +207,10 @@ def demo2_targets(workdir, args, processes):
     floor = floor_server()
     processes.append(floor)
     targets.append(Target('twisted.web floor', floor.url, BODY, other_pids=floor.pids()))
+    if args.httptools:
+        parser_floor = floor_server('floor_httptools.py')
+        processes.append(parser_floor)
+        targets.append(Target('httptools-in-Twisted floor', parser_floor.url, BODY, other_pids=parser_floor.pids()))
     if args.inner_ab:
         over_http = rb.Gateway(CONFIG, os.path.join(rb.REPO, 'endpoints'), workdir,
                                env=dict(os.environ, BIS_INNER_FRAMES='0'))
@@ -324,6 +329,8 @@ def main():
     parser.add_argument('--rounds', type=int, default=2)
     parser.add_argument('--inner-ab', action='store_true',
                         help='also a gateway whose inner leg is HTTP (BIS_INNER_FRAMES=0), beside the framed one')
+    parser.add_argument('--httptools', action='store_true',
+                        help='demo2: also the floor of an httptools channel in a Twisted protocol (bench/floor_httptools.py)')
     parser.add_argument('--gc-ab', action='store_true', help='demo2: add a gateway whose processes do not gc.freeze()')
     parser.add_argument('--peers', action='store_true',
                         help='also LitServe (installed on first use into bench/.peers-venv, never the project\'s)')
