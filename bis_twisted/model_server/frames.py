@@ -20,6 +20,7 @@ from ..protocol import SIGNATURE
 from ..shared.frames import (ANSWER, CANCEL, CHUNK, END, FRAME_OVERHEAD, MAGIC, PAUSE, REQUEST, RESUME, STREAM,
                              TOO_LARGE, FrameError, FrameReceiver, answer_parts, split_request, status_part)
 from ..shared.web import dumps, dumps_spaced, encode_answer, parse_json_object
+from .pool import PooledStream
 from .v2 import take_v2
 
 FIRST_BYTES_SECONDS = 10.0  # a connection that says nothing for this long is dropped
@@ -193,7 +194,7 @@ class FrameServer(FrameReceiver):
             v2 = take_v2(inputs, server.streaming)  # a V2 infer: its inputs typed, its answer shaped at the end
             if server.streaming:
                 worker, call_id, outcome = await server.pool.run_stream(inputs, call.rid)
-                if hasattr(outcome, 'next'):
+                if isinstance(outcome, PooledStream):
                     await self._stream(call, worker, call_id, outcome)
                     return
             else:
