@@ -6,6 +6,7 @@ and beside the floor of twisted.web itself, in one run:
     python bench/peer_bench.py --case demo2        # ours only, the demo2 case
     python bench/peer_bench.py --case demo2 --gc-ab  # also a gateway with BIS_GC_FREEZE=0
     python bench/peer_bench.py --inner-ab          # also a gateway whose inner leg is HTTP (BIS_INNER_FRAMES=0)
+    python bench/peer_bench.py --before ../main    # also a gateway running another checkout's code
     python bench/peer_bench.py --case demo2 --httptools  # also an httptools channel's floor (bench/floor_httptools.py)
     python bench/peer_bench.py --peers --case iris --duration 3 --rounds 3
 
@@ -101,6 +102,17 @@ def litserve_iris(python):
 def floor_server(script='floor_twisted.py'):
     port = rb.free_block(1)
     return Spawned([sys.executable, os.path.join(HERE, script), str(port)], 'http://127.0.0.1:{}/run'.format(port), {})
+
+
+def gateway_of(checkout, config, endpoints, workdir, env=None):
+    """A gateway (and its children) running the code of another checkout of this repository
+    (``--before``), for before/after rows in one run."""
+    here = rb.REPO
+    rb.REPO = os.path.abspath(checkout)  # the PYTHONPATH the launcher gives the gateway and so its children
+    try:
+        return rb.Gateway(config, endpoints, workdir, env=env)
+    finally:
+        rb.REPO = here
 
 
 def cpu_seconds(pids):
@@ -211,6 +223,11 @@ def demo2_targets(workdir, args, processes):
         parser_floor = floor_server('floor_httptools.py')
         processes.append(parser_floor)
         targets.append(Target('httptools-in-Twisted floor', parser_floor.url, BODY, other_pids=parser_floor.pids()))
+    if args.before:
+        before = gateway_of(args.before, CONFIG, os.path.join(rb.REPO, 'endpoints'), workdir)
+        processes.append(before)
+        (before_pid, _), = replicas(before, 'dummy_model_demo2')
+        targets.append(Target('gateway before (--before)', before.url + '/run', BODY, [before.proc.pid], [before_pid]))
     if args.inner_ab:
         over_http = rb.Gateway(CONFIG, os.path.join(rb.REPO, 'endpoints'), workdir,
                                env=dict(os.environ, BIS_INNER_FRAMES='0'))
@@ -236,6 +253,14 @@ def iris_targets(workdir, args, processes):
     processes.append(gateway)
     b32, b1 = replicas(gateway, 'iris_b32'), replicas(gateway, 'iris_b1')
     targets = []
+    if args.before:
+        before = gateway_of(args.before, IRIS_CONFIG, rb.batching_endpoints(workdir), workdir,
+                            env=dict(os.environ, **rb.BLAS_ENV))
+        processes.append(before)
+        before32 = replicas(before, 'iris_b32')
+        targets.append(Target('gateway b=32 before (--before)', before.url + '/run',
+                              dict(rb.IRIS_BODY, SIGNATURE='iris_b32'), [before.proc.pid], [p for p, _ in before32],
+                              batch_urls=[u for _, u in before32]))
     if args.inner_ab:
         over_http = rb.Gateway(IRIS_CONFIG, rb.batching_endpoints(workdir), workdir,
                                env=dict(os.environ, BIS_INNER_FRAMES='0', **rb.BLAS_ENV))
@@ -303,7 +328,16 @@ def goals_demo2(table):
         goals.append(('gateway / LitServe req/s at c=64 >= 2.0', gw[64]['rps'] / lit[64]['rps'], lambda v: v >= 2.0))
         goals.extend(('gateway p99 / LitServe p99 at c={} < 1'.format(c), gw[c]['p99_ms'] / lit[c]['p99_ms'],
                       lambda v: v < 1) for c in CONCURRENCY)
-    return goals
+    return goals + cpu_goals(table, 'gateway', 'gateway before (--before)')
+
+
+def cpu_goals(table, after, before):
+    """Each process's CPU per request at c=64, after / before: at most half is the goal."""
+    if before not in table:
+        return []
+    return [('{} CPU per request at c=64, after / before <= 0.5'.format(who), table[after][64][key] /
+             table[before][64][key], lambda v: v <= 0.5)
+            for who, key in (('gateway', 'gateway_cpu_us'), ('model server', 'server_cpu_us'))]
 
 
 def goals_iris(table):
@@ -316,7 +350,7 @@ def goals_iris(table):
                       lambda v: v >= 1.5))
         goals.append(('gateway b=32 p50 / LitServe b=32 p50 at c=1 < 1', b32[1]['p50_ms'] / lit[1]['p50_ms'],
                       lambda v: v < 1))
-    return goals
+    return goals + cpu_goals(table, 'gateway b=32', 'gateway b=32 before (--before)')
 
 
 CASES = {'demo2': (demo2_targets, goals_demo2), 'iris': (iris_targets, goals_iris)}
@@ -327,6 +361,9 @@ def main():
     parser.add_argument('--case', choices=sorted(CASES) + ['both'], default='both')
     parser.add_argument('--duration', type=int, default=5)
     parser.add_argument('--rounds', type=int, default=2)
+    parser.add_argument('--before', metavar='CHECKOUT',
+                        help='also a gateway running the code of another checkout (git worktree add ... main): '
+                             'before/after rows in one run')
     parser.add_argument('--inner-ab', action='store_true',
                         help='also a gateway whose inner leg is HTTP (BIS_INNER_FRAMES=0), beside the framed one')
     parser.add_argument('--httptools', action='store_true',

@@ -72,9 +72,6 @@ async def serve(worker_class, config=None):
 async def close(server, port, client):
     GATE.set()
     await client.close()
-    for leg in client._inner.values():
-        if leg._protocol is not None and leg._protocol.transport is not None:
-            leg._protocol.transport.loseConnection()
     await port.stopListening()
     server.pool.stop()
     GATE.clear()

@@ -59,6 +59,11 @@ class InnerLeg:
                 waiting.callback(result) if made else waiting.errback(result)
         return None
 
+    def close(self):
+        """Drop the connection (the gateway is stopping): what is still in flight on it fails."""
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.loseConnection()
+
     def _lost(self, protocol):
         if self._protocol is protocol:
             self._protocol = None

@@ -224,6 +224,8 @@ class ChildClient:
         return Answer(response.code, body if isinstance(body, dict) else {'VALUE': body})
 
     def close(self):
+        for leg in (self._inner or {}).values():
+            leg.close()
         return self.pool.closeCachedConnections()
 
 
