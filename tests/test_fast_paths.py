@@ -83,3 +83,30 @@ def test_encoding_matches_the_standard_library_and_refuses_what_it_refused():
         status, data = encode_answer(200, refused)
         assert status == 500 and json.loads(data)['ERROR'].startswith('the answer could not be encoded as JSON')
     assert json.loads(encode_answer(200, {'x': '\ud800'})[1]) == {'x': '\ud800'}  # escaped, as json did
+
+
+@pytest.mark.parametrize('raw', [b'{"a": 1, "b": [1.5, -0.0, "x"]}', b'{"big": 99999999999999999999999}',
+                                 b'{"s": "\\ud800"}', b'{"a": NaN}', b'{"a": 1e400}', b'{"a": -Infinity}',
+                                 b'{"a":\x01}', b'[1]', b'{"a": 1,}', b'{"deep": ' + b'[' * 5000 + b']' * 5000 + b'}'])
+def test_request_bodies_decode_and_are_refused_as_with_the_standard_library(raw):
+    from bis_twisted.errors import BadRequest
+    from bis_twisted.shared import web
+
+    def outcome(parse):
+        try:
+            return ('ok', parse(raw))
+        except BadRequest as exc:
+            return ('refused', exc.message)
+
+    def standard_library_only(data):
+        original = web._fast_loads
+        web._fast_loads = lambda _raw: web._SLOW
+        try:
+            return web.parse_json_object(data)
+        finally:
+            web._fast_loads = original
+
+    fast, slow = outcome(web.parse_json_object), outcome(standard_library_only)
+    assert fast == slow
+    if fast[0] == 'ok':
+        assert [type(v) for v in fast[1].values()] == [type(v) for v in slow[1].values()]

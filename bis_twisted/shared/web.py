@@ -10,10 +10,10 @@ import email.utils
 import io
 import json
 import math
+import os
 import re
 import sys
 import time
-import uuid
 from typing import Any, Dict, Optional
 from urllib.parse import parse_qsl, unquote_to_bytes
 
@@ -145,13 +145,37 @@ def parse_json_object(raw):
         text = raw.decode('utf-8')
     except UnicodeDecodeError:
         raise BadRequest('request body is not UTF-8 text; send a JSON object') from None
+    value = _fast_loads(raw)
+    if value is _SLOW:
+        value = _slow_loads(text)
+    if not isinstance(value, dict):
+        raise BadRequest('request body must be a JSON object, not {}'.format(type(value).__name__))
+    return value
+
+
+_SLOW = object()
+_LONG_NUMBER = re.compile(rb'\d{19}')
+
+
+def _fast_loads(raw):
+    """``raw`` decoded by ``orjson``, or ``_SLOW`` where ``json`` must decide: a body it
+    refuses (the error message is ``json``'s), and one with a run of 19 digits or more
+    (``orjson`` reads an integer past 64 bits as a float; ``json`` keeps it exact). ``orjson``
+    refuses NaN, Infinity and numbers out of a double's range, as ``_slow_loads`` does."""
+    if _LONG_NUMBER.search(raw) is not None:
+        return _SLOW
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _SLOW
+
+
+def _slow_loads(text):
     try:
         value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise BadRequest('request body is not valid JSON ({}); send a JSON object like '
                          '{{"SIGNATURE": "<endpoint>", ...}}'.format(str(exc)[:120])) from None
-    if not isinstance(value, dict):
-        raise BadRequest('request body must be a JSON object, not {}'.format(type(value).__name__))
     return value
 
 
@@ -284,13 +308,21 @@ def forget_body(request):
 _REQUEST_ID_OK = re.compile(rb'^[A-Za-z0-9._:-]{1,128}$')
 
 
+def _random_id():
+    """A version-4 UUID's hex, as ``uuid.uuid4().hex`` (a tenth of its time)."""
+    data = bytearray(os.urandom(16))
+    data[6] = (data[6] & 0x0F) | 0x40
+    data[8] = (data[8] & 0x3F) | 0x80
+    return data.hex()
+
+
 def request_id_of(request):
     """The request's id: the client's ``X-Request-Id`` when it is a sane token, else one
     made here; set once, sent back as a header."""
     rid = getattr(request, '_bis_request_id', None)
     if rid is None:
         given = request.getHeader(REQUEST_ID_HEADER)
-        rid = given.decode('ascii') if given and _REQUEST_ID_OK.match(given) else uuid.uuid4().hex
+        rid = given.decode('ascii') if given and _REQUEST_ID_OK.match(given) else _random_id()
         request._bis_request_id = rid
         request.setHeader(REQUEST_ID_HEADER, rid.encode('ascii'))
     return rid
