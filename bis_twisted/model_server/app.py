@@ -24,7 +24,7 @@ from ..protocol import (ANSWER_COMPLETE_HEADER, ANSWER_FIELDS_HEADER, DEFAULT_BA
 from ..shared import tracing
 from ..shared.schemas import SchemaCheck, SchemaViolation
 from ..shared.security import AdminGuard
-from ..shared.web import (dumps, dumps_spaced, encode_answer, error_answer, now_text, request_id_of, request_inputs,
+from ..shared.web import (dumps_spaced, encode_answer, error_answer, now_text, request_id_of, request_inputs,
                           write_encoded_json, write_json)
 from .pool import PooledStream, WorkerLoadError, WorkerPool
 from .v2 import take_v2
@@ -216,11 +216,11 @@ class ModelServer:
             if not summary['chunks']:  # nothing sent yet: an ordinary error answer
                 return write_json(request, ended.status, body)
             body['status'] = ended.status  # what the HTTP status would have said
-            return dumps(body) + b'\n'
+            return dumps_spaced(body) + b'\n'
         if not summary['chunks']:
             request.setResponseCode(200)
             request.setHeader(b'Content-Type', NDJSON_TYPE)
-        return dumps(summary) + b'\n'
+        return dumps_spaced(summary) + b'\n'
 
     def _notifications(self, request):
         return write_json(request, 200, self.notifications.snapshot())

@@ -19,7 +19,7 @@ from ..errors import BisError, ServiceUnavailable
 from ..protocol import SIGNATURE
 from ..shared.frames import (ANSWER, CANCEL, CHUNK, END, FRAME_OVERHEAD, MAGIC, PAUSE, REQUEST, RESUME, STREAM,
                              TOO_LARGE, FrameError, FrameReceiver, answer_parts, split_request, status_part)
-from ..shared.web import dumps, dumps_spaced, encode_answer, parse_json_object
+from ..shared.web import dumps_spaced, encode_answer, parse_json_object
 from .pool import PooledStream
 from .v2 import take_v2
 
@@ -262,7 +262,7 @@ class FrameServer(FrameReceiver):
             body = summary
         if not sent:
             self._send(call, STREAM, status_part(200))
-        self._send(call, END, dumps(body))
+        self._send(call, END, dumps_spaced(body))
         self._finished(call)
 
     def connectionLost(self, reason):
