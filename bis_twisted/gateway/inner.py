@@ -44,7 +44,9 @@ class InnerLeg:
         waiting = defer.Deferred()
         self._waiters.append(waiting)
         if self._connecting is None:
-            self._connecting = self._endpoint.connect(Factory.forProtocol(lambda: _InnerProtocol(self)))
+            factory = Factory.forProtocol(lambda: _InnerProtocol(self))
+            factory.noisy = False  # no "Starting factory" line per connection
+            self._connecting = self._endpoint.connect(factory)
             self._connecting.addBoth(self._made)
         return waiting
 

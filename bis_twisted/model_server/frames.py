@@ -29,6 +29,8 @@ FIRST_BYTES_SECONDS = 10.0  # a connection that says nothing for this long is dr
 class InnerOrHTTP(Factory):
     """Builds, for each connection, the frame server or the HTTP site's channel, by its first bytes."""
 
+    noisy = False  # the server says where it serves in lines of its own
+
     def __init__(self, site, server, drain=None, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
