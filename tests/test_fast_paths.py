@@ -87,7 +87,8 @@ def test_encoding_matches_the_standard_library_and_refuses_what_it_refused():
 
 @pytest.mark.parametrize('raw', [b'{"a": 1, "b": [1.5, -0.0, "x"]}', b'{"big": 99999999999999999999999}',
                                  b'{"s": "\\ud800"}', b'{"a": NaN}', b'{"a": 1e400}', b'{"a": -Infinity}',
-                                 b'{"a":\x01}', b'[1]', b'{"a": 1,}', b'{"deep": ' + b'[' * 5000 + b']' * 5000 + b'}'])
+                                 b'{"a":\x01}', b'[1]', b'{"a": 1,}', b'{"deep": ' + b'[' * 5000 + b']' * 5000 + b'}',
+                                 b'{"a":' * 1010 + b'1' + b'}' * 1010])
 def test_request_bodies_decode_and_are_refused_as_with_the_standard_library(raw):
     from bis_twisted.errors import BadRequest
     from bis_twisted.shared import web

@@ -155,14 +155,18 @@ def parse_json_object(raw):
 
 _SLOW = object()
 _LONG_NUMBER = re.compile(rb'\d{19}')
+# orjson reads nesting ~1000 deep, deeper than json (and what handles the value after it) can
+# go: a body that may nest that deep is json's, which refuses it with 400 as it always did
+_FAST_BRACKETS = 512
 
 
 def _fast_loads(raw):
     """``raw`` decoded by ``orjson``, or ``_SLOW`` where ``json`` must decide: a body it
-    refuses (the error message is ``json``'s), and one with a run of 19 digits or more
-    (``orjson`` reads an integer past 64 bits as a float; ``json`` keeps it exact). ``orjson``
+    refuses (the error message is ``json``'s), one with a run of 19 digits or more (``orjson``
+    reads an integer past 64 bits as a float; ``json`` keeps it exact) and one with more than
+    ``_FAST_BRACKETS`` brackets (it may nest deeper than ``json`` reads). ``orjson``
     refuses NaN, Infinity and numbers out of a double's range, as ``_slow_loads`` does."""
-    if _LONG_NUMBER.search(raw) is not None:
+    if _LONG_NUMBER.search(raw) is not None or raw.count(b'[') + raw.count(b'{') > _FAST_BRACKETS:
         return _SLOW
     try:
         return orjson.loads(raw)
