@@ -66,7 +66,8 @@ def test_the_model_server_writes_the_gateway_fields_in_and_the_gateway_passes_it
     # the order a client sees: the model server's keys, then the gateway's
     assert list(body) == ['predict_result', 'worker_id', 'call_id', 'batch_size', 'time', 'signature', 'request_id',
                           'ver-app', 'ver-lib', 'hostname', 'gw-uptime']
-    assert answer.body == json.dumps(body).encode('utf-8')  # one plain JSON encoding, no duplicate keys
+    # one plain JSON encoding (compact, as answers are written), no duplicate keys
+    assert answer.body == json.dumps(body, separators=(',', ':'), ensure_ascii=False).encode('utf-8')
     assert body['request_id'] == answer.headers['X-Request-Id']
     assert not any(name.lower().startswith('x-bis-') for name in answer.headers)
 
@@ -90,7 +91,7 @@ def test_an_error_of_the_endpoint_is_passed_through_with_the_gateway_fields(gate
     assert answer.status == 400
     body = answer.json()
     assert GATEWAY_FIELDS <= set(body) and 'INPUT_VALUE should be defined in inputs' in body['ERROR']
-    assert answer.body == json.dumps(body).encode('utf-8')
+    assert answer.body == json.dumps(body, separators=(',', ':'), ensure_ascii=False).encode('utf-8')
 
 
 def test_get_with_query_args_and_form_post_are_served(gateway):

@@ -19,7 +19,9 @@ with the child's connection paused while the caller's client cannot take more.
 """
 
 import json
+import os
 import sys
+from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet import defer, error as net_error
@@ -99,7 +101,8 @@ class BytesProducer:
 class ChildClient:
     """One connection pool for all children; ``max_per_host`` idle connections each."""
 
-    def __init__(self, reactor=None, max_per_host=64, pool=None, agent=None, max_answer=DEFAULT_MAX_ANSWER):
+    def __init__(self, reactor=None, max_per_host=64, pool=None, agent=None, max_answer=DEFAULT_MAX_ANSWER,
+                 inner_frames=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -111,13 +114,35 @@ class ChildClient:
             pool.retryAutomatically = False  # a POST the child may have run is never replayed
         self.pool = pool
         self._endpoints = _LoopbackEndpoints(reactor)
+        # /run to a child of ours goes in frames over its Unix socket (gateway.inner), unless
+        # BIS_INNER_FRAMES=0 keeps it on HTTP (to compare the two)
+        if inner_frames is None:
+            inner_frames = os.environ.get('BIS_INNER_FRAMES', '1') != '0'
+        self._inner = {} if inner_frames else None  # (host, port) -> InnerLeg
+        self._inner_by_url = {}
         self.agent = agent or web_client.Agent.usingEndpointFactory(reactor, self._endpoints, pool=pool)
         self.http = HTTPClient(self.agent)
 
     def use_unix_socket(self, host, port, path):
         """Reach ``http://host:port`` through the Unix socket at ``path`` (a child of ours
-        that listens on both)."""
+        that listens on both), and send it ``/run`` in frames there."""
         self._endpoints.use_unix_socket(host, port, path)
+        if self._inner is not None:
+            from .inner import InnerLeg
+            self._inner[(host.encode('ascii'), port)] = InnerLeg(self._reactor, path, self.max_answer)
+            self._inner_by_url.clear()
+
+    def _inner_leg(self, url):
+        if self._inner is None:
+            return None
+        try:
+            return self._inner_by_url[url]
+        except KeyError:
+            parts = urlsplit(url)
+            leg = self._inner_by_url[url] = self._inner.get((parts.hostname, parts.port))
+            if leg is not None:
+                leg.max_answer = self.max_answer
+            return leg
 
     async def post_json(self, url, payload, timeout, what, request_id=None, answer_fields=None):
         """POST ``payload`` (bytes) to ``url`` (bytes); ``what`` names the server in errors.
@@ -125,6 +150,9 @@ class ChildClient:
         Raises ``NotConnected`` when the request never reached the child (the caller may try
         another replica), ``GatewayTimeout``, ``BadGateway`` (``ChildConnectionLost`` when the
         child dropped the connection), or ``CancelledError`` when our own caller gave up."""
+        leg = self._inner_leg(url)
+        if leg is not None and not tracing.enabled():  # frames carry no trace context: a traced hop is HTTP
+            return await leg.post(payload, timeout, what, request_id, answer_fields)
         response_holder = []
 
         def keep_response(response):
@@ -175,19 +203,7 @@ class ChildClient:
             return ChildStream(self._reactor, response_holder[0], timeout, what, max_line=self.max_answer)
         if answer_fields is not None and response_holder[0].headers.hasHeader(ANSWER_COMPLETE_HEADER):
             return Answer(status, {}, raw=raw)  # the fields are in: passed through as it is
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        except RecursionError:
-            raise BadGateway('server {} answered JSON nested deeper than the gateway decodes (about {} levels); '
-                             'return a flatter structure'.format(what, sys.getrecursionlimit())) from None
-        finally:
-            del raw  # the decoded body is what lives on
-        if not isinstance(body, dict):
-            raise BadGateway('server {} answered HTTP {} with something that is not a JSON object'.format(
-                what, status))
-        return Answer(status, body)
+        return decoded_answer(status, raw, what)
 
     async def get_json(self, url, timeout):
         """GET for the non-hot routes (health pings, notifications)."""
@@ -208,7 +224,26 @@ class ChildClient:
         return Answer(response.code, body if isinstance(body, dict) else {'VALUE': body})
 
     def close(self):
+        for leg in (self._inner or {}).values():
+            leg.close()
         return self.pool.closeCachedConnections()
+
+
+def decoded_answer(status, raw, what):
+    """The ``Answer`` of a child's body ``raw``, or ``BadGateway`` when it is not a JSON object."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    except RecursionError:
+        raise BadGateway('server {} answered JSON nested deeper than the gateway decodes (about {} levels); '
+                         'return a flatter structure'.format(what, sys.getrecursionlimit())) from None
+    finally:
+        del raw  # the decoded body is what lives on
+    if not isinstance(body, dict):
+        raise BadGateway('server {} answered HTTP {} with something that is not a JSON object'.format(
+            what, status))
+    return Answer(status, body)
 
 
 class AnswerTooLarge(BadGateway):

@@ -24,7 +24,7 @@ from ..shared.lograte import RepeatLimiter
 from ..shared.schemas import declared_schemas
 from ..shared.security import AdminGuard
 from ..shared import tracing
-from ..shared.web import (SSE_TYPE, dumps, error_answer, forget_body, forward_body, now_text, request_id_of,
+from ..shared.web import (SSE_TYPE, dumps_spaced, error_answer, forget_body, forward_body, now_text, request_id_of,
                           request_inputs, write_encoded_json, write_json)
 from . import readiness
 from .accesslog import remember_signature
@@ -225,7 +225,7 @@ class Gateway:
             body.update(self.fields(request, body.get('worker_id', 'unknown')))
             body.setdefault('chunks', counts['chunks'])
             counts['ended'] = True
-            line = dumps(body)
+            line = dumps_spaced(body)
             request.write(b'event: ' + event + b'\ndata: ' + line + b'\n\n' if sse else line + b'\n')
 
         def on_line(line):

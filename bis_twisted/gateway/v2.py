@@ -23,7 +23,7 @@ from .._version import __version__ as LIB_VER
 from ..errors import BadRequest, BisError, NotFound, ServiceUnavailable
 from ..protocol import CHUNK_PREFIX, SIGNATURE, endpoint_file
 from ..shared.tensors import V2_MARKER
-from ..shared.web import SSE_TYPE, dumps, forward_payload, parse_json_object, write_encoded_json, write_json
+from ..shared.web import SSE_TYPE, dumps_spaced, forward_payload, parse_json_object, write_encoded_json, write_json
 from .proxy import ChildStream
 from .v2_models import ModelSpec, infer_payload, model_spec
 
@@ -261,7 +261,7 @@ class GenerateCall:
 
 
 def _event(body):
-    return b'data: ' + dumps(body) + b'\n\n'
+    return b'data: ' + dumps_spaced(body) + b'\n\n'
 
 
 def _segment(raw):

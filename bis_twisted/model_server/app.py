@@ -24,7 +24,7 @@ from ..protocol import (ANSWER_COMPLETE_HEADER, ANSWER_FIELDS_HEADER, DEFAULT_BA
 from ..shared import tracing
 from ..shared.schemas import SchemaCheck, SchemaViolation
 from ..shared.security import AdminGuard
-from ..shared.web import (dumps, encode_answer, error_answer, now_text, request_id_of, request_inputs,
+from ..shared.web import (dumps_spaced, encode_answer, error_answer, now_text, request_id_of, request_inputs,
                           write_encoded_json, write_json)
 from .pool import PooledStream, WorkerLoadError, WorkerPool
 from .v2 import take_v2
@@ -54,7 +54,7 @@ class ModelServer:
         self.ready = False
         self.load_error = None
         # INPUT_SCHEMA / OUTPUT_SCHEMA of the endpoint file, when it declares them
-        check = SchemaCheck(schemas) if schemas is not None else None
+        check = SchemaCheck(schemas, reactor=reactor) if schemas is not None else None
         self.schema_check = check if check is not None and check.active else None
         # no token, no control: a model server may listen beyond loopback
         self.guard = guard or AdminGuard(require_token=True)
@@ -107,10 +107,7 @@ class ModelServer:
             raise ServiceUnavailable('server {!r} is still loading its workers; retry shortly'.format(self.name))
         inputs.pop(SIGNATURE, None)
         if self.schema_check is not None:
-            try:
-                self.schema_check.check_input(inputs)
-            except SchemaViolation as exc:
-                raise BadRequest('INPUT_SCHEMA: ' + exc.message, INPUT_ERROR=exc.details()) from None
+            await self.checked_input(inputs, _body_size(request))
         rid = request_id_of(request)
         v2 = take_v2(inputs, self.streaming)  # a V2 infer: its inputs typed, its answer shaped at the end
         if self.streaming:
@@ -119,11 +116,22 @@ class ModelServer:
                 return await self._stream(request, worker, call_id, outcome, rid)
         else:
             worker, call_id, outcome = await self.pool.run(inputs, rid)
+        gateway_fields = self._gateway_fields(request.getHeader(ANSWER_FIELDS_HEADER))
+        status, data, complete = await self.encoded_answer(worker, call_id, outcome, rid, gateway_fields, v2)
+        if complete:
+            request.setHeader(ANSWER_COMPLETE_HEADER, b'1')
+        return write_encoded_json(request, status, data)
+
+    async def encoded_answer(self, worker, call_id, outcome, rid, gateway_fields, v2=None):
+        """``(status, bytes, complete)`` of a call's answer, ``OUTPUT_SCHEMA`` checked, with
+        ``gateway_fields`` in it when given (``complete``: they are; False when the answer
+        could not be encoded, and its error is what is sent), shaped by ``v2`` (a V2 infer's
+        ``V2Call``) when given."""
         body = dict(outcome.body)
         status = outcome.status
         if status == 200 and self.schema_check is not None:
             try:
-                self.schema_check.check_output(body.get('predict_result'))
+                await self.schema_check.output_checked(body.get('predict_result'))
             except SchemaViolation as exc:
                 self._log.warn('request {rid}: the answer breaks OUTPUT_SCHEMA: {error}', rid=rid, error=exc.message)
                 status = 500
@@ -137,17 +145,20 @@ class ModelServer:
             'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id),
             'request_id': rid,
         })
-        gateway_fields = self._gateway_fields(request.getHeader(ANSWER_FIELDS_HEADER))
         if gateway_fields is not None:
             body.update(gateway_fields)
         if v2 is not None:
             status, body = v2.answer(status, body)
-        if gateway_fields is None:
-            return write_json(request, status, body)
         encoded_status, data = encode_answer(status, body)
-        if encoded_status == status:  # else it could not be encoded: the gateway completes that error itself
-            request.setHeader(ANSWER_COMPLETE_HEADER, b'1')
-        return write_encoded_json(request, encoded_status, data)
+        return encoded_status, data, gateway_fields is not None and encoded_status == status
+
+    async def checked_input(self, inputs, size):
+        """``inputs`` against INPUT_SCHEMA (off the reactor thread when the body of ``size``
+        bytes is large); BadRequest naming the field when they break it."""
+        try:
+            await self.schema_check.input_checked(inputs, size)
+        except SchemaViolation as exc:
+            raise BadRequest('INPUT_SCHEMA: ' + exc.message, INPUT_ERROR=exc.details()) from None
 
     def _gateway_fields(self, value):
         # the gateway sends the same header for a whole second of its uptime: decoded once
@@ -175,7 +186,7 @@ class ModelServer:
                 if outcome is None:
                     break
                 try:
-                    line = dumps(outcome.body) + b'\n' if outcome.status == 200 else None
+                    line = dumps_spaced(outcome.body) + b'\n' if outcome.status == 200 else None
                 except (TypeError, ValueError) as exc:
                     outcome = attr.evolve(outcome, status=500, body={
                         'ERROR': 'chunk {} of the stream could not be encoded as JSON: {}'.format(sent + 1, exc)})
@@ -205,11 +216,11 @@ class ModelServer:
             if not summary['chunks']:  # nothing sent yet: an ordinary error answer
                 return write_json(request, ended.status, body)
             body['status'] = ended.status  # what the HTTP status would have said
-            return dumps(body) + b'\n'
+            return dumps_spaced(body) + b'\n'
         if not summary['chunks']:
             request.setResponseCode(200)
             request.setHeader(b'Content-Type', NDJSON_TYPE)
-        return dumps(summary) + b'\n'
+        return dumps_spaced(summary) + b'\n'
 
     def _notifications(self, request):
         return write_json(request, 200, self.notifications.snapshot())
@@ -244,6 +255,14 @@ class ModelServer:
 
     def _error(self, request, failure):
         return error_answer(request, failure)
+
+
+def _body_size(request):
+    # what the inputs were read from: the body, or the query of a request without one
+    length = request.getHeader(b'content-length')
+    if length is None:
+        return len(request.uri) if request.getHeader(b'transfer-encoding') is None else None
+    return int(length) + len(request.uri) if length.isdigit() else None
 
 
 @implementer(IPushProducer)

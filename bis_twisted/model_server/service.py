@@ -44,6 +44,7 @@ from ..shared.security import AdminGuard
 from ..shared.stalls import StallWatch
 from ..shared.web import LISTEN_BACKLOG, make_site
 from .app import ModelServer
+from .frames import InnerOrHTTP
 from .loader import load_endpoint
 from .pool import WorkerLoadError
 
@@ -203,7 +204,10 @@ class ModelServerService(MultiService):
         self.workers = WorkersService(args, server, listening, connections, reactor)
         self.workers.setServiceParent(self)
         for endpoint in listening:
-            StreamServerEndpointService(endpoint, site).setServiceParent(self)
+            # the Unix socket is the gateway's: it also takes the inner leg's frames there
+            factory = site if endpoint is not listening[-1] or not args.unix_socket else InnerOrHTTP(
+                site, server, connections, reactor)
+            StreamServerEndpointService(endpoint, factory).setServiceParent(self)
         if args.exit_with_parent:
             ParentWatchService(reactor, lambda: self.stopping).setServiceParent(self)
         if stalls is not None:

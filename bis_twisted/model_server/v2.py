@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BadRequest
 from ..shared.tensors import DATATYPES, V2_MARKER
-from ..shared.web import dumps
+from ..shared.web import dumps_spaced
 
 PREDICT_RESULT = 'predict_result'
 MODEL_VERSION = '1'
@@ -215,7 +215,7 @@ def _element_text(value: Any) -> str:
             return bytes(value).decode('utf-8')
         except UnicodeDecodeError:
             return base64.b64encode(value).decode('ascii')
-    return dumps(value).decode('utf-8')
+    return dumps_spaced(value).decode('utf-8')
 
 
 def _as_declared(datatype: str, data: List[Any], declared: Any) -> Tuple[str, List[Any]]:

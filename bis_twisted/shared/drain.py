@@ -30,6 +30,11 @@ class ConnectionDrain:
 
         site.buildProtocol = buildProtocol
 
+    def track(self, channel):
+        """Track a connection the site did not build (a framed one): it needs ``requests``,
+        and closes itself once they are answered when its ``persistent`` is set False."""
+        self._track(channel)
+
     def _track(self, channel):
         lost = defer.Deferred()
         self._open[channel] = lost

@@ -10,14 +10,15 @@ import email.utils
 import io
 import json
 import math
+import os
 import re
 import sys
 import time
-import uuid
 from typing import Any, Dict, Optional
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import attr
+import orjson
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException
@@ -63,8 +64,31 @@ def _json_default(value):
     raise TypeError('{} is not JSON serializable'.format(type(value).__name__))
 
 
+# numpy arrays and scalars natively; what orjson would write otherwise than json does
+# (datetimes, dataclasses) goes through _json_default, which refuses it as json does
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def dumps(body: Any) -> bytes:
-    """``body`` as compact-enough JSON bytes; numpy values, sets and bytes included, NaN refused."""
+    """``body`` as compact JSON bytes; numpy values, sets and bytes included, NaN refused.
+
+    ``orjson`` writes it (about a tenth of the time of the standard library); what it cannot
+    write as ``json`` would (keys that are not strings, integers past 64 bits, nesting past
+    its limit) and any answer holding ``null`` (orjson writes NaN and infinities as null,
+    where they must be refused) go through ``json``, so the answers and the errors are the
+    same as with ``json`` alone."""
+    try:
+        data = orjson.dumps(body, default=_json_default, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError: json decides, and says why
+        data = None
+    if data is None or b'null' in data:
+        data = json.dumps(body, default=_json_default, allow_nan=False, separators=(',', ':')).encode('utf-8')
+    return data
+
+
+def dumps_spaced(body: Any) -> bytes:
+    """``body`` as the standard library writes it, ``": "`` and ``", "`` included: a stream's
+    chunks, which clients may read as text, keep the bytes they always had."""
     return json.dumps(body, default=_json_default, allow_nan=False).encode('utf-8')
 
 
@@ -121,13 +145,41 @@ def parse_json_object(raw):
         text = raw.decode('utf-8')
     except UnicodeDecodeError:
         raise BadRequest('request body is not UTF-8 text; send a JSON object') from None
+    value = _fast_loads(raw)
+    if value is _SLOW:
+        value = _slow_loads(text)
+    if not isinstance(value, dict):
+        raise BadRequest('request body must be a JSON object, not {}'.format(type(value).__name__))
+    return value
+
+
+_SLOW = object()
+_LONG_NUMBER = re.compile(rb'\d{19}')
+# orjson reads nesting ~1000 deep, deeper than json (and what handles the value after it) can
+# go: a body that may nest that deep is json's, which refuses it with 400 as it always did
+_FAST_BRACKETS = 512
+
+
+def _fast_loads(raw):
+    """``raw`` decoded by ``orjson``, or ``_SLOW`` where ``json`` must decide: a body it
+    refuses (the error message is ``json``'s), one with a run of 19 digits or more (``orjson``
+    reads an integer past 64 bits as a float; ``json`` keeps it exact) and one with more than
+    ``_FAST_BRACKETS`` brackets (it may nest deeper than ``json`` reads). ``orjson``
+    refuses NaN, Infinity and numbers out of a double's range, as ``_slow_loads`` does."""
+    if _LONG_NUMBER.search(raw) is not None or raw.count(b'[') + raw.count(b'{') > _FAST_BRACKETS:
+        return _SLOW
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _SLOW
+
+
+def _slow_loads(text):
     try:
         value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise BadRequest('request body is not valid JSON ({}); send a JSON object like '
                          '{{"SIGNATURE": "<endpoint>", ...}}'.format(str(exc)[:120])) from None
-    if not isinstance(value, dict):
-        raise BadRequest('request body must be a JSON object, not {}'.format(type(value).__name__))
     return value
 
 
@@ -260,13 +312,21 @@ def forget_body(request):
 _REQUEST_ID_OK = re.compile(rb'^[A-Za-z0-9._:-]{1,128}$')
 
 
+def _random_id():
+    """A version-4 UUID's hex, as ``uuid.uuid4().hex`` (a tenth of its time)."""
+    data = bytearray(os.urandom(16))
+    data[6] = (data[6] & 0x0F) | 0x40
+    data[8] = (data[8] & 0x3F) | 0x80
+    return data.hex()
+
+
 def request_id_of(request):
     """The request's id: the client's ``X-Request-Id`` when it is a sane token, else one
     made here; set once, sent back as a header."""
     rid = getattr(request, '_bis_request_id', None)
     if rid is None:
         given = request.getHeader(REQUEST_ID_HEADER)
-        rid = given.decode('ascii') if given and _REQUEST_ID_OK.match(given) else uuid.uuid4().hex
+        rid = given.decode('ascii') if given and _REQUEST_ID_OK.match(given) else _random_id()
         request._bis_request_id = rid
         request.setHeader(REQUEST_ID_HEADER, rid.encode('ascii'))
     return rid

@@ -1,0 +1,306 @@
+"""The gateway's end of the inner leg: ``/run`` to a child of its own in frames (see
+``shared.frames``), over the Unix socket the child also takes HTTP on.
+
+``InnerLeg`` is one child's connection, made when first needed and again after it was lost;
+every request to that child rides on it at once. It answers as ``ChildClient.post_json``
+does over HTTP (an ``Answer``, or a ``ChildStream`` to relay) and fails the same ways
+(``NotConnected`` when the request never reached the child, ``ChildConnectionLost``,
+``GatewayTimeout``, ``AnswerTooLarge``, ``CancelledError`` when our caller gave up), so the
+routing above it does not know which leg carried a request.
+"""
+
+import itertools
+
+import orjson
+from twisted.internet import defer, error as net_error
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from ..errors import GatewayTimeout
+from ..shared.frames import (ANSWER, CANCEL, CHUNK, END, FRAME_OVERHEAD, MAGIC, PAUSE, REQUEST, RESUME, STREAM,
+                             TOO_LARGE, FrameError, FrameReceiver, request_parts, split_answer, split_status)
+from ..shared.web import Answer
+from .proxy import AnswerTooLarge, ChildConnectionLost, ChildStream, NotConnected, decoded_answer
+
+
+class InnerLeg:
+    """The framed connection to the child listening at the Unix socket ``path``."""
+
+    _log = Logger()
+
+    def __init__(self, reactor, path, max_answer, connect_timeout=5):
+        self._reactor = reactor
+        self._endpoint = UNIXClientEndpoint(reactor, path, timeout=connect_timeout)
+        self.max_answer = max_answer
+        self._protocol = None
+        self._connecting = None  # a Deferred of the protocol, while connecting
+        self._waiters = []  # the callers waiting for it
+
+    def _connected(self):
+        if self._protocol is not None and self._protocol.transport is not None:
+            return defer.succeed(self._protocol)
+        # each caller waits on its own Deferred: one giving up does not cancel the others'
+        waiting = defer.Deferred()
+        self._waiters.append(waiting)
+        if self._connecting is None:
+            factory = Factory.forProtocol(lambda: _InnerProtocol(self))
+            factory.noisy = False  # no "Starting factory" line per connection
+            self._connecting = self._endpoint.connect(factory)
+            self._connecting.addBoth(self._made)
+        return waiting
+
+    def _made(self, result):
+        self._connecting = None
+        waiters, self._waiters = self._waiters, []
+        made = isinstance(result, _InnerProtocol)
+        if made:
+            self._protocol = result
+        for waiting in waiters:
+            if not waiting.called:  # called: cancelled, its caller gave up
+                waiting.callback(result) if made else waiting.errback(result)
+        return None
+
+    def close(self):
+        """Drop the connection (the gateway is stopping): what is still in flight on it fails."""
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.loseConnection()
+
+    def _lost(self, protocol):
+        if self._protocol is protocol:
+            self._protocol = None
+
+    async def post(self, payload, timeout, what, request_id=None, answer_fields=None):
+        """``payload`` (the inputs' JSON) to the child; see the module's docstring."""
+        try:
+            protocol = await self._connected()
+        except (net_error.ConnectError, net_error.ConnectionRefusedError, net_error.ConnectionLost,
+                net_error.ConnectionDone, OSError) as exc:
+            raise NotConnected(type(exc).__name__) from None
+        # the fields are JSON already (encoded once a second): put in as they are
+        header = b'{"rid":%s,"fields":%s,"max":%d}' % (orjson.dumps(request_id), answer_fields or b'null',
+                                                        self.max_answer)
+        call = protocol.start(header, payload, timeout, what, answer_fields is not None)
+        timed_out = []
+
+        def expire():
+            timed_out.append(True)
+            call.answer.cancel()
+
+        timer = self._reactor.callLater(timeout, expire)
+        try:
+            return await call.answer
+        except defer.CancelledError:
+            if timed_out:
+                raise GatewayTimeout('server {} did not answer within its TIMEOUT of {:g}s'.format(
+                    what, timeout)) from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+
+
+class _InnerProtocol(FrameReceiver):
+    def __init__(self, leg):
+        self._leg = leg
+        self.MAX_LENGTH = leg.max_answer + FRAME_OVERHEAD
+        self._numbers = itertools.count(1)
+        self._calls = {}
+
+    def connectionMade(self):
+        self.transport.write(MAGIC)
+
+    def start(self, header, payload, timeout, what, completes):
+        number = next(self._numbers) & 0xFFFFFFFF
+        call = _Call(self, number, timeout, what, completes)
+        self._calls[number] = call
+        self.send_frame(REQUEST, number, *request_parts(header, payload))
+        return call
+
+    def forget(self, call, tell_child):
+        if self._calls.get(call.number) is call:
+            del self._calls[call.number]
+            if tell_child and self.transport is not None:
+                self.send_frame(CANCEL, call.number)
+
+    def send_control(self, call, kind):
+        if self._calls.get(call.number) is call and self.transport is not None:
+            self.send_frame(kind, call.number)
+
+    def frame_received(self, kind, number, payload):
+        call = self._calls.get(number)
+        if call is None:
+            return  # a request we gave up on: its late frames are dropped
+        try:
+            if kind == ANSWER:
+                self.forget(call, False)
+                call.answered(*split_answer(payload))
+            elif kind == STREAM:
+                call.stream_began(split_status(payload))
+            elif kind == CHUNK:
+                call.stream.line(bytes(payload))
+            elif kind == END:
+                self.forget(call, False)
+                call.stream.line(bytes(payload))
+                call.stream.finish(None)
+            elif kind == TOO_LARGE:
+                self.forget(call, False)
+                call.too_large()
+            else:
+                raise FrameError('a frame of kind {}'.format(kind))
+        except (FrameError, AttributeError) as exc:  # AttributeError: a stream frame of no stream
+            self._leg._log.warn('server {what}: a frame that does not parse ({error}); closing the connection',
+                                what=call.what, error=exc)
+            self.transport.abortConnection()
+
+    def lengthLimitExceeded(self, length):
+        # its frame is never buffered: the connection goes, and each request on it with it
+        self._leg._log.warn('a child sent a frame of {n} bytes, over MAX_ANSWER_MB: closing the connection', n=length)
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self._leg._lost(self)
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            call.lost(reason)
+        self.transport = None
+
+
+class _Call:
+    """One request on the connection: its answer, or its stream once it began."""
+
+    def __init__(self, protocol, number, timeout, what, completes):
+        self.protocol = protocol
+        self.number = number
+        self.timeout = timeout
+        self.what = what
+        self.completes = completes
+        self.stream = None
+        self.answer = defer.Deferred(lambda _d: protocol.forget(self, True))
+
+    def answered(self, status, complete, raw):
+        if self.answer.called:
+            return
+        if complete and self.completes:
+            self.answer.callback(Answer(status, {}, raw=raw))  # the fields are in: passed through as it is
+            return
+        try:
+            answer = decoded_answer(status, raw, self.what)
+        except Exception as exc:  # BadGateway: the child's answer is not a JSON object
+            self.answer.errback(exc)
+            return
+        self.answer.callback(answer)
+
+    def stream_began(self, status):
+        self.stream = FrameStream(self, status)
+        if not self.answer.called:
+            self.answer.callback(self.stream)
+
+    def too_large(self):
+        error = AnswerTooLarge('server {} answered more than MAX_ANSWER_MB ({:g} MiB); return less, or raise '
+                               'MAX_ANSWER_MB in the config'.format(self.what, self.protocol._leg.max_answer / 2 ** 20))
+        if self.stream is not None:
+            self.stream.finish(AnswerTooLarge('server {} sent a chunk of its stream over MAX_ANSWER_MB ({:g} '
+                                              'MiB)'.format(self.what, self.protocol._leg.max_answer / 2 ** 20)))
+        elif not self.answer.called:
+            self.answer.errback(error)
+
+    def lost(self, reason):
+        if self.stream is not None:
+            self.stream.finish(ChildConnectionLost('server {} closed the connection in the middle of its stream '
+                                                   '({}); it may have crashed'.format(self.what,
+                                                                                      reason.getErrorMessage())))
+        elif not self.answer.called:
+            self.answer.errback(ChildConnectionLost('server {} closed the connection before answering ({}); it may '
+                                                    'have crashed'.format(self.what, reason.getErrorMessage())))
+
+
+class FrameStream(ChildStream):
+    """A child's streaming answer in frames, with ``ChildStream``'s promises: ``relay(on_line)``,
+    ``TIMEOUT`` between two pieces, pausing it pauses the child's generator (``PAUSE``)."""
+
+    def __init__(self, call, status):
+        self._call = call
+        self._reactor = call.protocol._leg._reactor
+        self.status = status
+        self.timeout = call.timeout
+        self.what = call.what
+        self.max_line = call.protocol._leg.max_answer
+        self.ended = defer.Deferred()
+        self._on_line = None
+        self._early = []  # lines before relay() was called
+        self._done = None
+        self._result = None  # (error or None) once finished before relay()
+        self._paused = False
+        self._timer = None
+        self._arm()
+
+    def relay(self, on_line):
+        self._on_line = on_line
+        self._done = defer.Deferred(lambda _d: self.stopProducing())
+        early, self._early = self._early, []
+        for line in early:
+            on_line(line)
+        if self._result is not None:
+            self._settle(*self._result)
+        return self._done
+
+    def line(self, data):
+        self._arm()
+        if self._on_line is None:
+            self._early.append(data)
+        else:
+            self._on_line(data)
+
+    def finish(self, error):
+        self._disarm()
+        self._call.protocol.forget(self._call, False)
+        if self._done is None:
+            self._result = (error,)
+            if not self.ended.called:
+                self.ended.callback(None)
+            return
+        self._settle(error)
+
+    def _settle(self, error):
+        if not self.ended.called:
+            self.ended.callback(None)
+        if self._done is not None and not self._done.called:
+            if error is None:
+                self._done.callback(None)
+            else:
+                self._done.errback(error)
+
+    def _arm(self):
+        self._disarm()
+        if not self._paused:
+            self._timer = self._reactor.callLater(self.timeout, self._expired)
+
+    def _disarm(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _expired(self):
+        self._timer = None
+        self._call.protocol.forget(self._call, True)
+        self.finish(GatewayTimeout('server {} sent nothing more of its stream within its TIMEOUT of {:g}s'.format(
+            self.what, self.timeout)))
+
+    def pauseProducing(self):
+        # a client that reads slowly is not the child's fault: no gap timer while paused
+        self._paused = True
+        self._disarm()
+        self._call.protocol.send_control(self._call, PAUSE)
+
+    def resumeProducing(self):
+        self._paused = False
+        self._arm()
+        self._call.protocol.send_control(self._call, RESUME)
+
+    def stopProducing(self):
+        """The gateway's client went away: the child closes the generator."""
+        self._disarm()
+        self._call.protocol.forget(self._call, True)
+        if not self.ended.called:
+            self.ended.callback(None)

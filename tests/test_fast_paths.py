@@ -1,0 +1,113 @@
+"""The compiled schema checks and the C-speed JSON encoding answer exactly as the slower
+code they stand in for: same values accepted, same errors, same bytes refused."""
+
+import datetime
+import json
+import threading
+
+import numpy as np
+import pytest
+import pytest_twisted
+
+from procs import ENDPOINTS_DIR
+
+from bis_twisted.model_server.loader import load_endpoint
+from bis_twisted.shared.schemas import EndpointSchemas, SchemaCheck, SchemaViolation
+from bis_twisted.shared.web import dumps, encode_answer
+
+
+def _refusal(check, inputs):
+    with pytest.raises(SchemaViolation) as refused:
+        check.check_input(inputs)
+    return refused.value
+
+
+def test_compiled_iris_check_accepts_and_refuses_as_before():
+    check = SchemaCheck(load_endpoint(ENDPOINTS_DIR, 'iris_classifier').schemas)
+    assert check._input.fast is not None  # the compiled path is the one taken
+    check.check_input({'FEATURES': [5.1, 3.5, 1.4, 0.2]})
+    check.check_input({'FEATURES': [[5.1, 3.5, 1.4, 0.2]] * 40})
+    for bad in ({'FEATURES': [1, 2]}, {'FEATURES': [1, 2, 3, True]}, {'FEATURES': 'x'}, {}):
+        assert _refusal(check, bad).field == 'FEATURES'
+
+
+@pytest.mark.parametrize('schema, value', [
+    ({'type': 'array', 'prefixItems': [{'type': 'string'}]}, [1]),  # 2020-12: fastjsonschema ignores it
+    ({'type': 'number', 'multipleOf': 0.1}, 0.3),  # the two round floats differently
+    ({'$defs': {'n': {'type': 'number'}}, 'properties': {'A': {'$ref': '#/$defs/n', 'minimum': 5}}}, {'A': 1}),
+])
+def test_schemas_the_compiled_path_could_misread_are_checked_by_jsonschema_alone(schema, value):
+    check = SchemaCheck(EndpointSchemas(input=dict(schema, type='object') if 'properties' in schema else {
+        'type': 'object', 'properties': {'X': schema}}))
+    assert check._input.fast is None
+    inputs = value if 'properties' in schema else {'X': value}
+    with pytest.raises(SchemaViolation):
+        check.check_input(inputs)
+
+
+def test_formats_are_not_checked_and_inputs_are_not_filled_with_defaults():
+    check = SchemaCheck(EndpointSchemas(input={'type': 'object', 'properties': {
+        'MAIL': {'type': 'string', 'format': 'email'}, 'N': {'type': 'integer', 'default': 3}}}))
+    inputs = {'MAIL': 'not a mail address'}
+    check.check_input(inputs)
+    assert inputs == {'MAIL': 'not a mail address'}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_input_is_checked_off_the_reactor_thread_and_refused_the_same():
+    seen = []
+    check = SchemaCheck(EndpointSchemas(input={'type': 'object', 'properties': {'X': {'type': 'integer'}}}),
+                        inline_bytes=10)
+    original = check.check_input
+
+    def spy(inputs):
+        seen.append(threading.current_thread() is threading.main_thread())
+        return original(inputs)
+
+    check.check_input = spy
+    await check.input_checked({'X': 1}, 5)
+    await check.input_checked({'X': 1}, 500)
+    with pytest.raises(SchemaViolation) as refused:
+        await check.input_checked({'X': 'one'}, 500)
+    assert seen == [True, False, False]
+    assert refused.value.field == 'X' and refused.value.rule == 'type: integer'
+
+
+def test_encoding_matches_the_standard_library_and_refuses_what_it_refused():
+    body = {'a': np.array([[1.5, 2.0]]), 'b': b'\x00\xff', 'c': (1, 2), 'd': np.int64(7), 'e': None,
+            'f': 'é', 'g': {1: 'int key'}, 'h': 2 ** 70, 'i': np.float64(0.25)}
+    assert json.loads(dumps(body)) == {'a': [[1.5, 2.0]], 'b': 'AP8=', 'c': [1, 2], 'd': 7, 'e': None, 'f': 'é',
+                                       'g': {'1': 'int key'}, 'h': 2 ** 70, 'i': 0.25}
+    for refused in ({'x': float('nan')}, {'x': np.array([np.inf])}, {'x': datetime.date(2026, 1, 1)},
+                    {'x': object()}):
+        status, data = encode_answer(200, refused)
+        assert status == 500 and json.loads(data)['ERROR'].startswith('the answer could not be encoded as JSON')
+    assert json.loads(encode_answer(200, {'x': '\ud800'})[1]) == {'x': '\ud800'}  # escaped, as json did
+
+
+@pytest.mark.parametrize('raw', [b'{"a": 1, "b": [1.5, -0.0, "x"]}', b'{"big": 99999999999999999999999}',
+                                 b'{"s": "\\ud800"}', b'{"a": NaN}', b'{"a": 1e400}', b'{"a": -Infinity}',
+                                 b'{"a":\x01}', b'[1]', b'{"a": 1,}', b'{"deep": ' + b'[' * 5000 + b']' * 5000 + b'}',
+                                 b'{"a":' * 1010 + b'1' + b'}' * 1010])
+def test_request_bodies_decode_and_are_refused_as_with_the_standard_library(raw):
+    from bis_twisted.errors import BadRequest
+    from bis_twisted.shared import web
+
+    def outcome(parse):
+        try:
+            return ('ok', parse(raw))
+        except BadRequest as exc:
+            return ('refused', exc.message)
+
+    def standard_library_only(data):
+        original = web._fast_loads
+        web._fast_loads = lambda _raw: web._SLOW
+        try:
+            return web.parse_json_object(data)
+        finally:
+            web._fast_loads = original
+
+    fast, slow = outcome(web.parse_json_object), outcome(standard_library_only)
+    assert fast == slow
+    if fast[0] == 'ok':
+        assert [type(v) for v in fast[1].values()] == [type(v) for v in slow[1].values()]

@@ -1,0 +1,204 @@
+"""The inner leg in one process, on a real Unix socket and the real reactor: the gateway's
+``ChildClient`` (frames through ``gateway.inner``) against a model server's ``InnerOrHTTP``
+factory, which also still answers HTTP on the same socket."""
+
+import json
+import os
+import threading
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import UNIXServerEndpoint
+
+from bis_twisted import FlaskWorker
+from bis_twisted.gateway.inner import FrameStream
+from bis_twisted.gateway.proxy import AnswerTooLarge, ChildClient, ChildConnectionLost, NotConnected
+from bis_twisted.errors import GatewayTimeout
+from bis_twisted.model_server.app import ModelServer
+from bis_twisted.model_server.frames import InnerOrHTTP
+from bis_twisted.protocol import encode_answer_fields
+from bis_twisted.shared.drain import ConnectionDrain
+from bis_twisted.shared.web import make_site
+
+GATE = threading.Event()
+
+
+class EchoWorker(FlaskWorker):
+    def _pre_process(self, inputs):
+        if inputs.get('WAIT'):
+            GATE.wait(10)
+        return inputs
+
+    def _predict(self, inputs):
+        return {'echo': inputs.get('X'), 'big': 'y' * inputs.get('BIG', 0)}
+
+    def _post_process(self, pred):
+        return pred
+
+
+class WordsWorker(FlaskWorker):
+    events = []
+
+    def _pre_process(self, inputs):
+        return inputs.get('WORDS', ['a', 'b'])
+
+    def _predict(self, words):
+        try:
+            for word in words:
+                if word == 'wait':
+                    GATE.wait(10)
+                yield word
+        except GeneratorExit:
+            WordsWorker.events.append('GeneratorExit')
+            raise
+
+    def _post_process(self, pred):
+        return pred
+
+
+async def serve(worker_class, config=None):
+    server = ModelServer('subject', worker_class, {}, dict(config or {}), reactor=reactor)
+    await server.start()
+    site = make_site(server.resource())
+    factory = InnerOrHTTP(site, server, ConnectionDrain(site, reactor=reactor), reactor=reactor)
+    address = '\0bis-test-frames-{}-{}'.format(os.getpid(), id(server))
+    port = await UNIXServerEndpoint(reactor, address).listen(factory)
+    client = ChildClient(reactor=reactor, inner_frames=True)
+    client.use_unix_socket('127.0.0.1', 1, address)
+    return server, port, client
+
+
+async def close(server, port, client):
+    GATE.set()
+    await client.close()
+    await port.stopListening()
+    server.pool.stop()
+    GATE.clear()
+
+
+URL = b'http://127.0.0.1:1/run'
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_come_back_in_frames_complete_with_the_gateway_fields_and_many_share_one_connection():
+    server, port, client = await serve(EchoWorker, {'NR_WORKERS': 2})
+    try:
+        fields = encode_answer_fields({'hostname': 'gw'})
+        answers = await defer.gatherResults([defer.Deferred.fromCoroutine(client.post_json(
+            URL, json.dumps({'X': i}).encode(), 5, "'subject'", request_id='r{}'.format(i), answer_fields=fields))
+            for i in range(20)])
+        bodies = [json.loads(a.raw) for a in answers]
+        assert [b['predict_result']['echo'] for b in bodies] == list(range(20))
+        assert {b['hostname'] for b in bodies} == {'gw'} and bodies[3]['request_id'] == 'r3'
+        assert len(client._inner) == 1 and len(server.pool.batch_sizes) >= 1
+        plain = await client.post_json(URL, b'{"X": 7}', 5, "'subject'")  # no fields: decoded here
+        assert plain.status == 200 and plain.body['predict_result']['echo'] == 7
+        refused = await client.post_json(URL, b'[1]', 5, "'subject'")
+        assert refused.status == 400 and 'JSON object' in refused.body['ERROR']
+    finally:
+        await close(server, port, client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_socket_still_answers_http():
+    server, port, client = await serve(EchoWorker)
+    try:
+        http = ChildClient(reactor=reactor, inner_frames=False)
+        http.use_unix_socket('127.0.0.1', 1, client._inner[(b'127.0.0.1', 1)]._endpoint._path)
+        answer = await http.post_json(URL, b'{"X": "http"}', 5, "'subject'")
+        assert answer.status == 200 and answer.body['predict_result']['echo'] == 'http'
+        await http.close()
+    finally:
+        await close(server, port, client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_caller_that_gives_up_drops_its_queued_request_in_the_child():
+    server, port, client = await serve(EchoWorker)
+    try:
+        running = defer.Deferred.fromCoroutine(client.post_json(URL, b'{"WAIT": 1, "X": 1}', 5, "'subject'"))
+        queued = defer.Deferred.fromCoroutine(client.post_json(URL, b'{"X": 2}', 5, "'subject'"))
+        await _until(lambda: server.pool.queued == 1)
+        queued.cancel()
+        with pytest.raises(defer.CancelledError):
+            await queued
+        await _until(lambda: server.pool.queued == 0)
+        GATE.set()
+        assert (await running).body['predict_result']['echo'] == 1
+        assert server.pool.batch_sizes[1] == 1  # the cancelled request never ran
+    finally:
+        await close(server, port, client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_deadline_answer_cap_and_a_child_that_is_not_there():
+    server, port, client = await serve(EchoWorker)
+    try:
+        with pytest.raises(GatewayTimeout, match='did not answer within its TIMEOUT of 0.2s'):
+            await client.post_json(URL, b'{"WAIT": 1}', 0.2, "'subject'")
+        await _until(lambda: not server.pool.busy or GATE.set())
+        client.max_answer = 1000
+        for leg in client._inner.values():
+            leg.max_answer = 1000
+        with pytest.raises(AnswerTooLarge, match='more than MAX_ANSWER_MB'):
+            await client.post_json(URL, b'{"BIG": 5000}', 5, "'subject'")
+        assert (await client.post_json(URL, b'{"X": 3}', 5, "'subject'")).status == 200  # the connection stays
+    finally:
+        await close(server, port, client)
+    gone = ChildClient(reactor=reactor, inner_frames=True)
+    gone.use_unix_socket('127.0.0.1', 2, '\0bis-test-frames-nobody-{}'.format(os.getpid()))
+    with pytest.raises(NotConnected):
+        await gone.post_json(b'http://127.0.0.1:2/run', b'{}', 5, "'nobody'")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_relays_its_lines_and_a_client_gone_closes_the_generator():
+    server, port, client = await serve(WordsWorker)
+    try:
+        stream = await client.post_json(URL, b'{"WORDS": ["x", "y"]}', 5, "'subject'")
+        assert isinstance(stream, FrameStream) and stream.status == 200
+        lines = []
+        await stream.relay(lines.append)
+        assert [json.loads(line).get('predict_result') for line in lines] == ['x', 'y', None]
+        assert json.loads(lines[-1])['chunks'] == 2
+        WordsWorker.events.clear()
+        stream = await client.post_json(URL, b'{"WORDS": ["x", "wait", "z"]}', 5, "'subject'")
+        done = stream.relay(lambda line: None)
+        stream.stopProducing()  # what the gateway does when its client went away
+        GATE.set()
+        await _until(lambda: WordsWorker.events == ['GeneratorExit'])
+        await _until(lambda: not server.pool.busy)
+        assert stream.ended.called and not done.called
+    finally:
+        await close(server, port, client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_child_that_drops_the_connection_fails_what_was_in_flight():
+    server, port, client = await serve(EchoWorker)
+    try:
+        waiting = defer.Deferred.fromCoroutine(client.post_json(URL, b'{"WAIT": 1}', 5, "'subject'"))
+        await _until(lambda: server.pool.busy == 1)
+        leg = client._inner[(b'127.0.0.1', 1)]
+        leg._protocol.transport.abortConnection()
+        with pytest.raises(ChildConnectionLost, match='closed the connection before answering'):
+            await waiting
+        GATE.set()
+        assert (await client.post_json(URL, b'{"X": 4}', 5, "'subject'")).status == 200  # connects again
+    finally:
+        await close(server, port, client)
+
+
+async def _until(condition, timeout=10.0):
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError('condition not met within {}s'.format(timeout))
+        await _sleep(0.01)
+
+
+def _sleep(seconds):
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
