@@ -13,14 +13,16 @@ from procs import Processes, http, process_gone, wait_until
 GATEWAY_FIELDS = {'ver-app', 'ver-lib', 'hostname', 'worker_id', 'time', 'gw-uptime'}
 
 
+def wait_ready(gateway):
+    return wait_until(lambda: gateway.get('/ready'), lambda r: r.status == 200, what='/ready 200')
+
+
 @pytest.fixture(scope='module')
 def gateway(tmp_path_factory):
     with Processes() as group:
-        yield start_gateway(group, tmp_path_factory.mktemp('gw'))
-
-
-def wait_ready(gateway):
-    return wait_until(lambda: gateway.get('/ready'), lambda r: r.status == 200, what='/ready 200')
+        gw = start_gateway(group, tmp_path_factory.mktemp('gw'))
+        wait_ready(gw)  # every endpoint loaded: a test may run first and call any of them
+        yield gw
 
 
 def test_run_each_example_endpoint_through_the_gateway(gateway):
