@@ -162,7 +162,7 @@ class GatedPort(Service):
     def __init__(self, endpoint, site, opened, on_error, reactor):
         self._endpoint = endpoint
         self._site = site
-        self._opened = opened
+        self.opened = opened
         self._on_error = on_error
         self._reactor = reactor
         self.port = None
@@ -171,8 +171,8 @@ class GatedPort(Service):
     def startService(self):
         Service.startService(self)
         self._listen()
-        self._opened.addCallback(lambda _: self._serving())
-        self._opened.addErrback(lambda failure: failure.trap(defer.CancelledError))  # stopped first
+        self.opened.addCallback(lambda _: self._serving())
+        self.opened.addErrback(lambda failure: failure.trap(defer.CancelledError))  # stopped first
 
     def _listen(self):
         if not self.running:
@@ -186,7 +186,7 @@ class GatedPort(Service):
         if not self.running:  # stopped while the listen was under way
             return port.stopListening()
         self.port = port
-        if self._opened.called:  # opened before the listen was done
+        if self.opened.called:  # opened before the listen was done
             self._serving()
         return None
 
@@ -201,7 +201,7 @@ class GatedPort(Service):
 
     def stopService(self):
         Service.stopService(self)
-        self._opened.cancel()
+        self.opened.cancel()
         if self.port is None:
             return None
         port, self.port = self.port, None
@@ -320,7 +320,7 @@ class GatewayService(OrderedServices):
     def _open_port_when_ready(self):
         default = self.config.default_server
         endpoint = self.config.endpoint(default) if default else None
-        opened = self.listening._opened
+        opened = self.listening.opened
         if self.config.no_startup_wait or endpoint is None or not endpoint.is_spawned or endpoint.disabled:
             opened.callback(None)
             return
