@@ -173,20 +173,20 @@ class FlaskWorker:
                     ready.append((index,) + self._prepare(inputs))
                 except _Refused as refused:
                     answers[index] = refused.answer
-            if ready:
+            if not ready:
+                return cast(List[Answer], answers)
+            try:
+                preds = predict([calls[index] for index, _, _ in ready], [prep for _, _, prep in ready])
+            except _Refused as refused:  # the batch's own stage failed: each of its calls says so
+                for index, _decoded, _prep in ready:
+                    answers[index] = refused.answer
+                return cast(List[Answer], answers)
+            for (index, decoded, _prep), pred in zip(ready, preds):
+                self._counter, self._request_id = calls[index][1], calls[index][2]
                 try:
-                    preds = predict([calls[index] for index, _, _ in ready], [prep for _, _, prep in ready])
+                    answers[index] = self._finish(pred, decoded)
                 except _Refused as refused:
-                    preds = [refused] * len(ready)
-                for (index, decoded, _prep), pred in zip(ready, preds):
-                    if isinstance(pred, _Refused):
-                        answers[index] = pred.answer
-                        continue
-                    self._counter, self._request_id = calls[index][1], calls[index][2]
-                    try:
-                        answers[index] = self._finish(pred, decoded)
-                    except _Refused as refused:
-                        answers[index] = refused.answer
+                    answers[index] = refused.answer
             return cast(List[Answer], answers)  # every call has its Answer by now
         finally:
             self._counter = None

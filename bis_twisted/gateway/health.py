@@ -77,7 +77,6 @@ class HealthMonitor(TimerService):
             target, min(self.ping_timeout, target.server.config.health_interval)))
 
         def answered(health):
-            del self._pinging[target]
             ok = health is not None
             if ok != target.remote_ok:
                 self._log.info('remote server {url} of {name} is {state}', url=target.base_url,
@@ -86,6 +85,7 @@ class HealthMonitor(TimerService):
 
         ping.addCallback(answered)
         ping.addErrback(lambda f: self._log.failure('pinging {url}', f, url=target.base_url))
+        ping.addBoth(lambda _: self._pinging.pop(target, None))  # the next beat pings it again
 
     def _check_child(self, target):
         name = target.child_name
