@@ -185,15 +185,10 @@ class ModelServer:
                 outcome = await stream.next()
                 if outcome is None:
                     break
-                try:
-                    line = dumps_spaced(outcome.body) + b'\n' if outcome.status == 200 else None
-                except (TypeError, ValueError) as exc:
-                    outcome = attr.evolve(outcome, status=500, body={
-                        'ERROR': 'chunk {} of the stream could not be encoded as JSON: {}'.format(sent + 1, exc)})
-                    line = None
+                line, ended = chunk_line(outcome, sent + 1)
                 if line is None:
-                    ended = outcome
                     break
+                line += b'\n'
                 if not sent:
                     request.setResponseCode(200)
                     request.setHeader(b'Content-Type', NDJSON_TYPE)
@@ -263,6 +258,18 @@ def _body_size(request):
     if length is None:
         return len(request.uri) if request.getHeader(b'transfer-encoding') is None else None
     return int(length) + len(request.uri) if length.isdigit() else None
+
+
+def chunk_line(outcome, number):
+    """``(line, None)`` for chunk ``number`` of a stream, its JSON ready to send; or ``(None,
+    the error Answer that ends the stream)``: the chunk is an error, or JSON cannot encode it."""
+    if outcome.status != 200:
+        return None, outcome
+    try:
+        return dumps_spaced(outcome.body), None
+    except (TypeError, ValueError) as exc:
+        return None, attr.evolve(outcome, status=500, body={
+            'ERROR': 'chunk {} of the stream could not be encoded as JSON: {}'.format(number, exc)})
 
 
 @implementer(IPushProducer)

@@ -20,6 +20,7 @@ from ..protocol import SIGNATURE
 from ..shared.frames import (ANSWER, CANCEL, CHUNK, END, FRAME_OVERHEAD, MAGIC, PAUSE, REQUEST, RESUME, STREAM,
                              TOO_LARGE, FrameError, FrameReceiver, answer_parts, split_request, status_part)
 from ..shared.web import dumps_spaced, encode_answer, parse_json_object
+from .app import chunk_line
 from .pool import PooledStream
 from .v2 import take_v2
 
@@ -228,14 +229,8 @@ class FrameServer(FrameReceiver):
                 outcome = await stream.next()
                 if outcome is None:
                     break
-                try:
-                    line = dumps_spaced(outcome.body) if outcome.status == 200 else None
-                except (TypeError, ValueError) as exc:
-                    outcome = attr.evolve(outcome, status=500, body={
-                        'ERROR': 'chunk {} of the stream could not be encoded as JSON: {}'.format(sent + 1, exc)})
-                    line = None
+                line, ended = chunk_line(outcome, sent + 1)
                 if line is None:
-                    ended = outcome
                     break
                 if len(line) > call.max_answer:  # the gateway would drop it: it says so itself
                     self._send(call, TOO_LARGE)
