@@ -18,6 +18,7 @@ from bis_twisted.errors import GatewayTimeout
 from bis_twisted.model_server.app import ModelServer
 from bis_twisted.model_server.frames import InnerOrHTTP
 from bis_twisted.protocol import encode_answer_fields
+from bis_twisted.shared.frames import STREAM_WINDOW
 from bis_twisted.shared.drain import ConnectionDrain
 from bis_twisted.shared.web import make_site
 
@@ -52,6 +53,21 @@ class WordsWorker(FlaskWorker):
         except GeneratorExit:
             WordsWorker.events.append('GeneratorExit')
             raise
+
+    def _post_process(self, pred):
+        return pred
+
+
+class BigChunksWorker(FlaskWorker):
+    made = 0
+
+    def _pre_process(self, inputs):
+        return inputs['COUNT']
+
+    def _predict(self, count):
+        for _ in range(count):
+            BigChunksWorker.made += 1
+            yield 'z' * 32 * 1024
 
     def _post_process(self, pred):
         return pred
@@ -175,6 +191,40 @@ async def test_a_stream_relays_its_lines_and_a_client_gone_closes_the_generator(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_stream_no_one_reads_waits_in_the_child_not_in_the_gateway():
+    # A stream the gateway has not begun to relay, or whose client's connection is full
+    # (the stream paused), holds at most STREAM_WINDOW bytes of its chunks here: the child's
+    # generator waits for credit, however long the gateway takes.
+    server, port, client = await serve(BigChunksWorker, {'NR_WORKERS': 2})
+    line = len(json.dumps({'predict_result': 'z' * 32 * 1024}))
+    window_lines = STREAM_WINDOW // line + 1  # a chunk goes while any credit is left
+    try:
+        BigChunksWorker.made = 0
+        stream = await client.post_json(URL, b'{"COUNT": 100}', 5, "'subject'")
+        await _until(lambda: BigChunksWorker.made >= window_lines)
+        await _round_trips(client)  # on the same connection: the child had its turns
+        assert BigChunksWorker.made == window_lines
+        lines = []
+
+        def on_line(data):
+            lines.append(data)
+            if len(lines) == 20:
+                stream.pauseProducing()  # what the client's full connection does
+
+        done = stream.relay(on_line)
+        # credit goes back a quarter window at a time: at least 18 of the 20 had theirs
+        await _until(lambda: len(lines) >= 18 + window_lines, what=lambda: (len(lines), BigChunksWorker.made, window_lines))
+        await _round_trips(client)
+        assert BigChunksWorker.made <= 20 + window_lines  # 20 passed on, then a window at most
+        assert len(lines) == BigChunksWorker.made  # what the child made is here, not on its way
+        stream.resumeProducing()
+        await done
+        assert len(lines) == 101 and json.loads(lines[-1])['chunks'] == 100
+    finally:
+        await close(server, port, client)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_child_that_drops_the_connection_fails_what_was_in_flight():
     server, port, client = await serve(EchoWorker)
     try:
@@ -190,11 +240,19 @@ async def test_a_child_that_drops_the_connection_fails_what_was_in_flight():
         await close(server, port, client)
 
 
-async def _until(condition, timeout=10.0):
+async def _round_trips(client, count=3):
+    for _ in range(count):
+        empty = await client.post_json(URL, b'{"COUNT": 0}', 5, "'subject'")
+        lines = []
+        await empty.relay(lines.append)
+        assert json.loads(lines[-1])['chunks'] == 0
+
+
+async def _until(condition, timeout=10.0, what=None):
     deadline = reactor.seconds() + timeout
     while not condition():
         if reactor.seconds() > deadline:
-            raise AssertionError('condition not met within {}s'.format(timeout))
+            raise AssertionError('condition not met within {}s{}'.format(timeout, '' if what is None else what()))
         await _sleep(0.01)
 
 

@@ -18,8 +18,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ..errors import GatewayTimeout
-from ..shared.frames import (ANSWER, CANCEL, CHUNK, END, FRAME_OVERHEAD, MAGIC, PAUSE, REQUEST, RESUME, STREAM,
-                             TOO_LARGE, FrameError, FrameReceiver, request_parts, split_answer, split_status)
+from ..shared.frames import (ANSWER, CANCEL, CHUNK, CREDIT, END, FRAME_OVERHEAD, MAGIC, REQUEST, STREAM,
+                             STREAM_WINDOW, TOO_LARGE, FrameError, FrameReceiver, credit_part, request_parts,
+                             split_answer, split_status)
 from ..shared.web import Answer
 from .proxy import AnswerTooLarge, ChildConnectionLost, ChildStream, NotConnected, decoded_answer
 
@@ -123,9 +124,9 @@ class _InnerProtocol(FrameReceiver):
             if tell_child and self.transport is not None:
                 self.send_frame(CANCEL, call.number)
 
-    def send_control(self, call, kind):
+    def send_credit(self, call, size):
         if self._calls.get(call.number) is call and self.transport is not None:
-            self.send_frame(kind, call.number)
+            self.send_frame(CREDIT, call.number, credit_part(size))
 
     def frame_received(self, kind, number, payload):
         call = self._calls.get(number)
@@ -217,7 +218,9 @@ class _Call:
 
 class FrameStream(ChildStream):
     """A child's streaming answer in frames, with ``ChildStream``'s promises: ``relay(on_line)``,
-    ``TIMEOUT`` between two pieces, pausing it pauses the child's generator (``PAUSE``)."""
+    ``TIMEOUT`` between two pieces, pausing it pauses the child's generator: the child's credit
+    (``CREDIT``) is given back only for lines passed on while not paused, so at most
+    ``STREAM_WINDOW`` bytes of it wait here, before ``relay`` as while paused."""
 
     def __init__(self, call, status):
         self._call = call
@@ -232,6 +235,7 @@ class FrameStream(ChildStream):
         self._done = None
         self._result = None  # (error or None) once finished before relay()
         self._paused = False
+        self._owed = 0  # bytes passed on whose credit the child has not had back yet
         self._timer = None
         self._arm()
 
@@ -240,7 +244,7 @@ class FrameStream(ChildStream):
         self._done = defer.Deferred(lambda _d: self.stopProducing())
         early, self._early = self._early, []
         for line in early:
-            on_line(line)
+            self._pass_on(line)
         if self._result is not None:
             self._settle(*self._result)
         return self._done
@@ -250,7 +254,18 @@ class FrameStream(ChildStream):
         if self._on_line is None:
             self._early.append(data)
         else:
-            self._on_line(data)
+            self._pass_on(data)
+
+    def _pass_on(self, data):
+        self._on_line(data)  # may pause this stream: the client's connection is full
+        self._owed += len(data)
+        self._give_credit()
+
+    def _give_credit(self):
+        # a frame per quarter window, not per line: a stream of small tokens costs few frames
+        if not self._paused and self._owed >= STREAM_WINDOW // 4:
+            owed, self._owed = self._owed, 0
+            self._call.protocol.send_credit(self._call, owed)
 
     def finish(self, error):
         self._disarm()
@@ -291,12 +306,11 @@ class FrameStream(ChildStream):
         # a client that reads slowly is not the child's fault: no gap timer while paused
         self._paused = True
         self._disarm()
-        self._call.protocol.send_control(self._call, PAUSE)
 
     def resumeProducing(self):
         self._paused = False
         self._arm()
-        self._call.protocol.send_control(self._call, RESUME)
+        self._give_credit()
 
     def stopProducing(self):
         """The gateway's client went away: the child closes the generator."""

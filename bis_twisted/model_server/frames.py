@@ -17,8 +17,9 @@ from zope.interface import implementer
 
 from ..errors import BisError, ServiceUnavailable
 from ..protocol import SIGNATURE
-from ..shared.frames import (ANSWER, CANCEL, CHUNK, END, FRAME_OVERHEAD, MAGIC, PAUSE, REQUEST, RESUME, STREAM,
-                             TOO_LARGE, FrameError, FrameReceiver, answer_parts, split_request, status_part)
+from ..shared.frames import (ANSWER, CANCEL, CHUNK, CREDIT, END, FRAME_OVERHEAD, MAGIC, REQUEST, STREAM,
+                             STREAM_WINDOW, TOO_LARGE, FrameError, FrameReceiver, answer_parts, split_credit,
+                             split_request, status_part)
 from ..shared.web import dumps_spaced, encode_answer, parse_json_object
 from .app import chunk_line
 from .pool import PooledStream
@@ -137,11 +138,11 @@ class FrameServer(FrameReceiver):
                 call = self.calls.pop(number, None)
                 if call is not None:
                     call.running.cancel()
-            elif kind in (PAUSE, RESUME):
+            elif kind == CREDIT:
+                size = split_credit(payload)
                 call = self.calls.get(number)
                 if call is not None:
-                    call.flow.asked_pause = kind == PAUSE
-                    call.flow.wake()
+                    call.flow.granted(size)
             else:
                 raise FrameError('a frame of kind {}'.format(kind))
         except FrameError as exc:
@@ -218,7 +219,7 @@ class FrameServer(FrameReceiver):
         self._answer(call, status, data, complete)
 
     async def _stream(self, call, worker, call_id, stream):
-        """The chunks as ``CHUNK`` frames, paced by the gateway (``PAUSE``) and by the connection;
+        """The chunks as ``CHUNK`` frames, paced by the gateway's credit and by the connection;
         the last frame is ``END`` (the summary, or the error that ended the stream)."""
         server = self._server
         ended = None
@@ -239,6 +240,7 @@ class FrameServer(FrameReceiver):
                 if not sent:
                     self._send(call, STREAM, status_part(200))
                 self._send(call, CHUNK, line)
+                call.flow.spent(len(line))
                 sent += 1
         finally:
             # at the end, after an error, or cancelled (the gateway's client went away): the
@@ -279,23 +281,32 @@ class _Call:
 
 
 class _Flow:
-    """A stream's pace: ``writable()`` fires unless the gateway asked for a pause or the
-    connection's buffer is full, else when neither holds any more."""
+    """A stream's pace: ``writable()`` fires while the gateway's credit lasts and the
+    connection's buffer is not full, else when both hold again. A chunk goes when any credit
+    is left, so one larger than the window still goes (the credit is then below zero until
+    the gateway has passed it on)."""
 
     def __init__(self, connection):
         self._connection = connection
-        self.asked_pause = False
+        self.credit = STREAM_WINDOW
         self._waiting = None
 
     def writable(self):
-        if not self.asked_pause and not self._connection.paused:
+        if self.credit > 0 and not self._connection.paused:
             return defer.succeed(None)
         if self._waiting is None:
             self._waiting = defer.Deferred()
         return self._waiting
 
+    def spent(self, size):
+        self.credit -= size
+
+    def granted(self, size):
+        self.credit += size
+        self.wake()
+
     def wake(self):
-        if self.asked_pause or self._connection.paused:
+        if self.credit <= 0 or self._connection.paused:
             return
         waiting, self._waiting = self._waiting, None
         if waiting is not None and not waiting.called:

@@ -13,7 +13,11 @@ Gateway to model server:
   answer or stream chunk the gateway takes) and the inputs' JSON body;
 - ``CANCEL``: the gateway's client went away, or the deadline passed: a queued request is
   dropped, a running stream's generator closed;
-- ``PAUSE`` / ``RESUME``: the gateway's client of a stream cannot take more / can again.
+- ``CREDIT``: the bytes more of a stream's chunks the gateway takes. A stream may send
+  ``STREAM_WINDOW`` bytes of chunks before its first credit; the gateway gives credit back
+  only for what it has passed on to its client while that client's connection takes more,
+  so a slow client holds at most a window (and the client connection's buffer) of a stream
+  in the gateway, however late a reactor turn comes.
 
 Model server to gateway:
 
@@ -29,14 +33,16 @@ from twisted.protocols.basic import Int32StringReceiver
 
 MAGIC = b'BIS-FRAMES/1\n'
 
-REQUEST, CANCEL, PAUSE, RESUME = 1, 2, 3, 4
+REQUEST, CANCEL, CREDIT = 1, 2, 5
 ANSWER, STREAM, CHUNK, END, TOO_LARGE = 10, 11, 12, 13, 14
 
 _HEAD = struct.Struct('!BI')  # kind, request number
 _REQUEST = struct.Struct('!H')  # header length
 _ANSWER = struct.Struct('!HB')  # status, complete
 _STATUS = struct.Struct('!H')
+_CREDIT = struct.Struct('!I')
 FRAME_OVERHEAD = 64 * 1024  # a frame's bytes besides its body: header fields, its head
+STREAM_WINDOW = 256 * 1024  # the bytes of chunks a stream may send ahead of the gateway's credit
 
 
 class FrameError(ValueError):
@@ -98,3 +104,13 @@ def split_status(payload):
     if len(payload) < _STATUS.size:
         raise FrameError('a frame without its status')
     return _STATUS.unpack_from(payload)[0]
+
+
+def credit_part(size):
+    return _CREDIT.pack(size)
+
+
+def split_credit(payload):
+    if len(payload) < _CREDIT.size:
+        raise FrameError('a credit frame without its size')
+    return _CREDIT.unpack_from(payload)[0]
