@@ -270,7 +270,7 @@ def still_serves(gateway):
 
 
 def test_slowloris_head_is_cut_at_the_head_deadline_with_408(strict_gateway):
-    started = time.monotonic()
+    # when the deadline fires (however often bytes come) is test_limits' Clock test
     with socket.create_connection(('127.0.0.1', strict_gateway.port), timeout=10) as sock:
         sock.sendall(b'POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\n')
         answer = b''
@@ -281,29 +281,23 @@ def test_slowloris_head_is_cut_at_the_head_deadline_with_408(strict_gateway):
         except (BrokenPipeError, ConnectionResetError):
             pass
         answer = read_all(sock)
-    elapsed = time.monotonic() - started
     assert status_of(answer) == 408, answer
     assert 'HEAD_TIMEOUT' in body_of(answer)['ERROR']
-    assert elapsed < 3.5, elapsed
     still_serves(strict_gateway)
 
 
 def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline(strict_gateway):
-    started = time.monotonic()
     with socket.create_connection(('127.0.0.1', strict_gateway.port), timeout=10) as sock:
-        assert read_all(sock) == b''
-    assert time.monotonic() - started < 3.5
+        assert read_all(sock) == b''  # closed, not left open: the socket's timeout would raise
 
 
 def test_a_body_shorter_than_its_content_length_gets_408_at_the_body_deadline(strict_gateway):
-    started = time.monotonic()
     with socket.create_connection(('127.0.0.1', strict_gateway.port), timeout=10) as sock:
         sock.sendall(b'POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n'
                      b'Content-Length: 100\r\n\r\n{"SIGNATURE": "odd_answers"')
         answer = read_all(sock)
     assert status_of(answer) == 408, answer
     assert 'BODY_TIMEOUT' in body_of(answer)['ERROR']
-    assert time.monotonic() - started < 4
 
 
 def test_kept_alive_connections_serve_several_requests_and_pipelining(strict_gateway):
@@ -417,10 +411,8 @@ def test_past_max_connections_new_ones_get_503_at_once_and_health_still_answers(
     try:
         for sock in idle:
             sock.sendall(b'G')  # a head begun, never finished
-        started = time.monotonic()
         refused = wait_until(lambda: raw(capped_gateway.port, run_request(b'{"SIGNATURE": "odd_answers"}')),
                              lambda answer: status_of(answer) == 503, timeout=5, what='503 past MAX_CONNECTIONS')
-        assert time.monotonic() - started < 2
         assert 'MAX_CONNECTIONS 8' in body_of(refused)['ERROR']
         assert parsed(refused).getheader('Retry-After') == '1'
         health = raw(capped_gateway.port, b'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')

