@@ -38,6 +38,7 @@ class GatedWorker(FlaskWorker):
             for index in range(int(inputs.get('NR_CHUNKS', 3))):
                 if index:
                     wait_for(os.path.join(folder, 'go{}'.format(index)))
+                    open(os.path.join(folder, 'made{}'.format(index)), 'w').close()
                 yield {'index': index, 'pid': os.getpid()}
         finally:
             # GeneratorExit (client gone) or the end: either way the user's cleanup runs
@@ -238,10 +239,22 @@ def test_client_gone_mid_stream_stops_the_generator_and_frees_the_worker(gateway
         with client.stream('POST', gateway.url('/run'), json=body) as answer:
             first = json.loads(next(answer.iter_lines()))
             assert first['predict_result']['index'] == 0
-    # the client is gone; the generator wakes up, reaches its next yield and is closed there
+    # the client is gone; the generator wakes up, reaches its next yield and is closed there.
+    # The child hears of it a moment later: until then the generator may make a chunk or two
+    # more, so the gates open one at a time, each once the chunk before it was made.
     assert not (tmp_path / 'finally').exists()
-    (tmp_path / 'go1').write_text('')
-    wait_until(lambda: (tmp_path / 'finally').exists(), timeout=10, what="the endpoint's finally after the client left")
+    closed = tmp_path / 'finally'
+    for index in range(1, 100):
+        (tmp_path / 'go{}'.format(index)).write_text('')
+        made = tmp_path / 'made{}'.format(index)
+        wait_until(lambda: closed.exists() or made.exists(), timeout=10,
+                   what='chunk {} made or the generator closed'.format(index))
+        if closed.exists():
+            break
+    wait_until(closed.exists, timeout=10, what="the endpoint's finally after the client left")
+    made = len(list(tmp_path.glob('made*')))
+    print('the generator made {} chunk(s) after the client left'.format(made))
+    assert made < 99  # closed at a yield, not run to its end
     # its only worker serves the next request, to the end
     other = tmp_path / 'next'
     other.mkdir()
