@@ -38,8 +38,6 @@ from .v2 import V2Routes
 SUPPORT_KEY_ARG = 'SUPPORT_KEY'
 STATUS_PAGE = importlib.resources.files(__package__).joinpath('static/status.html').read_bytes()
 SHUTDOWN_SIGNATURE = 'SAFE_KILL_SERVER_CMD'
-HTTP_TIMEOUT = 5.0
-UPDATE_WORKERS_TIMEOUT = 120.0  # growing loads models
 METRICS_PING_TIMEOUT = 1.0
 
 
@@ -398,8 +396,7 @@ class Gateway:
     @app.route('/notifications', methods=['GET', 'POST'])
     async def notifications(self, request):
         server = self.fleet.server(self.signature_of(request_inputs(request)))
-        answers = await self.fleet.each_ready_target(server, lambda t: self.fleet.client.get_json(
-            t.url('/notifications'), HTTP_TIMEOUT))
+        answers = await self.fleet.notifications(server)
         if len(server.targets) == 1:
             return self.answer(request, 200, dict(answers[0].body))
         return self.answer(request, 200, {'REPLICAS': [a.body for a in answers]})
@@ -435,20 +432,10 @@ class Gateway:
         size = inputs.get('NR_WORKERS')
         if not valid_nr_workers(size):
             raise BadRequest('NR_WORKERS must be {}, got {!r}'.format(NR_WORKERS_RULE, size))
-        failed = await self.resize(server, size)
+        failed = await self.fleet.resize(server, size)
         if failed is not None:
             return self.answer(request, failed.status, dict(failed.body))
         return self.answer(request, 200, {'MESSAGE': 'OK', 'NR_WORKERS': size, 'SIGNATURE': server.name})
-
-    async def resize(self, server, size):
-        """NR_WORKERS of every ready replica to ``size``, in place; the first failed answer or None."""
-        answers = await self.fleet.each_ready_target(server, lambda t: self.fleet.client.send_json(
-            t.url('/update_workers'), {'NR_WORKERS': size}, UPDATE_WORKERS_TIMEOUT, self.fleet.control_headers(t)))
-        failed = [a for a in answers if a.status != 200]
-        if failed:
-            return failed[0]
-        self.fleet.remember_workers(server, size)
-        return None
 
     def refresh(self):
         """Re-read what is built from the config (after a config reload)."""
