@@ -1,6 +1,11 @@
 """``Gateway``: the Klein routes of the gateway (``/run``, ``/list_servers``, ``/health``,
 ``/ready``, status and admin routes). Routes raise our errors; ``error`` answers them.
-``RunFirst``, the resource the site serves, sends ``/run`` past Klein's routing."""
+``GatewayRoot``, the resource the site serves, sends ``/run`` past Klein's routing.
+
+Fields, by name: the *gateway fields* (``gateway_fields``) are what every answer of the
+gateway carries (versions, host, worker, time, uptime, request id); the *answer fields*
+(``answer_fields``) are the part of them a model server writes into its own answer, sent to
+it encoded in a header (``protocol.encode_answer_fields``)."""
 
 import hmac
 import importlib.resources
@@ -104,12 +109,12 @@ class Gateway:
             'ver-lib': LIB_VER,
             'hostname': socket.gethostname(),
         }
-        self._answer_fields = (None, b'')
+        self._encoded_answer_fields = (None, b'')  # (uptime second, header value)
 
     def resource(self):
-        return RunFirst(self, self.app.resource(), self.v2)
+        return GatewayRoot(self, self.app.resource(), self.v2)
 
-    def fields(self, request, worker_id='unknown'):
+    def gateway_fields(self, request, worker_id='unknown'):
         """What every answer of the gateway carries."""
         fields = dict(self._static_fields)
         fields['worker_id'] = worker_id
@@ -122,13 +127,13 @@ class Gateway:
         """The gateway's fields a model server adds to its answer itself (the rest, ``time``,
         ``worker_id`` and ``request_id``, it has), encoded once per second of uptime."""
         uptime = int(self._reactor.seconds() - self.started_at)
-        if self._answer_fields[0] != uptime:
+        if self._encoded_answer_fields[0] != uptime:
             fields = dict(self._static_fields, **{'gw-uptime': hms(uptime)})
-            self._answer_fields = (uptime, encode_answer_fields(fields))
-        return self._answer_fields[1]
+            self._encoded_answer_fields = (uptime, encode_answer_fields(fields))
+        return self._encoded_answer_fields[1]
 
     def answer(self, request, status, body, headers=None):
-        body.update(self.fields(request, body.get('worker_id', 'unknown')))
+        body.update(self.gateway_fields(request, body.get('worker_id', 'unknown')))
         return write_json(request, status, body, headers)
 
     @staticmethod
@@ -220,7 +225,7 @@ class Gateway:
         counts = {'chunks': 0, 'first': None, 'ended': False}
 
         def write_last(body, event):
-            body.update(self.fields(request, body.get('worker_id', 'unknown')))
+            body.update(self.gateway_fields(request, body.get('worker_id', 'unknown')))
             body.setdefault('chunks', counts['chunks'])
             counts['ended'] = True
             line = dumps_spaced(body)
@@ -481,10 +486,10 @@ class Gateway:
 
     def error(self, request, failure):
         """The JSON answer of a failed route: its status, ``ERROR`` and the gateway's fields."""
-        return error_answer(request, failure, extra_fields=lambda: self.fields(request))
+        return error_answer(request, failure, extra_fields=lambda: self.gateway_fields(request))
 
 
-class RunFirst(Resource):
+class GatewayRoot(Resource):
     """The gateway's resource: ``POST`` / ``GET /run``, the hot path, goes straight to
     ``Gateway.run``, and V2's infer (``v2``, a ``V2Routes``) straight to its route; the
     other ``/v2`` routes through V2's own Klein app (the protocol's error answers), every

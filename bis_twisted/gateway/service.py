@@ -264,7 +264,7 @@ class GatewayService(OrderedServices):
                                reload_config=self.reload_config, progress=self.progress)
         self.site = make_site(Stamped(self.gateway.resource(), reactor),
                               limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
-                              answer_fields=self.gateway.fields)
+                              gateway_fields=self.gateway.gateway_fields)
         self.site.log = self.access_log = AccessLog(reactor, enabled=self.config.access_log)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.endpoints_dir = endpoints_dir
