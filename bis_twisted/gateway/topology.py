@@ -25,7 +25,7 @@ BLUE, GREEN = 0, 1  # a target's two slots: the config's own port, and its spare
 class Target:
     """One replica of a server: a child of ours, or a remote model server.
 
-    A child's replica has two slots (blue/green), each a child name and a port: the config's
+    A replica of ours has two slots (blue/green), each a child name and a port: the config's
     port and the spare port a reload or a recycle starts the new process on. ``slot`` says
     which of the two is in service now."""
 
