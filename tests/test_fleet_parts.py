@@ -245,6 +245,22 @@ def test_a_child_exit_is_reported_once_to_the_restart_with_its_late_stderr_line(
     assert supervisor.status('a').restarts == 1 and len(reactor.spawned) == 2
 
 
+def test_a_start_on_trial_names_the_traceback_s_last_line_even_when_it_is_read_after_the_exit(tmp_path):
+    # the exit is seen with the traceback's first line read and its last one still in the pipe
+    reactor = ProcessReactor()
+    supervisor = Supervisor(reactor=reactor)
+    supervisor.add(ChildSpec(name='a+', argv=['python']), start=False)
+    supervisor.startService()
+    trial = supervisor.start_trial('a+')
+    process = reactor.child('a+')
+    process.proto.childDataReceived(2, b'Traceback (most recent call last):\n')
+    process.exit(ProcessTerminated(exitCode=3), pipes_closed=False)
+    assert not trial.called
+    process.proto.childDataReceived(2, b'  File "endpoints/a.py", line 9, in _load_model\nOSError: no GPU\n')
+    process.close_pipes()
+    assert str(failure_of(trial, Exception)) == 'exit code 3: OSError: no GPU'
+
+
 # -- the shape -------------------------------------------------------------------------------------------
 def _sources():
     for folder, _, files in os.walk(PACKAGE):
