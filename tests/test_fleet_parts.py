@@ -25,6 +25,7 @@ from bis_twisted.gateway.routing import Router
 from bis_twisted.gateway.supervisor import Supervisor
 from bis_twisted.gateway.topology import BLUE, GREEN, Topology
 from bis_twisted.protocol import expected_class_name
+from bis_twisted.shared.web import Answer
 from fakes import ProcessReactor
 from test_fleet import FakeChildren, failure_of, result_of
 
@@ -32,21 +33,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'bis_twisted')
 
 
+class ControlledChildren(FakeChildren):
+    """``FakeChildren`` that also take control calls (``/update_workers``): each is recorded
+    and answered with ``control_answer``."""
+
+    def __init__(self):
+        super().__init__()
+        self.control_calls = []
+        self.control_answer = Answer(200, {'MESSAGE': 'OK'})
+
+    async def send_json(self, url, data, timeout, headers=None):
+        self.control_calls.append((url, data, headers))
+        return self.control_answer
+
+
 class Parts:
     """The fleet's parts wired as ``Fleet`` wires them, over fakes."""
 
     def __init__(self, tmp_path, endpoints):
-        folder = tmp_path / 'endpoints'
-        folder.mkdir()
+        self.folder = tmp_path / 'endpoints'
+        self.folder.mkdir()
         for name, entry in endpoints.items():
             if not entry.get('URLS'):
-                (folder / (name + '.py')).write_text('class {}:\n    pass\n'.format(expected_class_name(name)))
-        config = parse_config({'CONFIG_ENDPOINTS': endpoints}, 'config_gateway.txt', str(folder), gateway_port=5002)
+                (self.folder / (name + '.py')).write_text('class {}:\n    pass\n'.format(expected_class_name(name)))
+        config = self.config(endpoints)
         self.reactor = ProcessReactor()
         self.reactor.obey_signals = False
-        self.children = FakeChildren()
+        self.children = ControlledChildren()
         self.supervisor = Supervisor(reactor=self.reactor)
-        self.topology = Topology(config, self.supervisor, self.children, str(folder), 'python3', '/run')
+        self.topology = Topology(config, self.supervisor, self.children, str(self.folder), 'python3', '/run')
         self.in_flight = InFlight(self.reactor)
         self.router = Router(self.topology, self.supervisor, self.children, self.in_flight, self.reactor)
         self.operations = Operations(self.topology, self.supervisor, self.router, self.in_flight, self.children)
@@ -54,6 +69,10 @@ class Parts:
         self.supervisor.listeners.append(self.router.child_event)
         self.topology.register_all()
         self.supervisor.startService()
+
+    def config(self, endpoints, keep=None):
+        return parse_config({'CONFIG_ENDPOINTS': endpoints}, 'config_gateway.txt', str(self.folder),
+                            gateway_port=5002, keep_ports=keep)
 
     def send(self, name='demo'):
         return defer.Deferred.fromCoroutine(self.router.run(name, b'{}'))
@@ -192,6 +211,50 @@ def test_the_memory_check_leaves_a_server_alone_while_it_is_reloaded(tmp_path):
         assert [p.proto.name for p in parts.reactor.spawned][-1] == 'demo#0'
     finally:
         monitor.stopService()
+
+
+# -- a new config goes one way: the operations resize, reload, add and remove themselves ----------------
+def test_a_config_that_changes_only_nr_workers_resizes_each_ready_replica_in_place_with_its_key(tmp_path):
+    parts = Parts(tmp_path, {'demo': {'REPLICAS': 2}})
+    parts.reactor.ready('demo#0', 'demo#1')
+    server = parts.topology.server('demo')
+    keep = {'demo': (server.config.ports, server.config.spare_ports)}
+    done = result_of(defer.Deferred.fromCoroutine(parts.operations.apply_config(
+        parts.config({'demo': {'REPLICAS': 2, 'NR_WORKERS': 3}}, keep))))
+    assert done['RESIZED'] == ['demo'] and done['RELOADED'] == [] and len(parts.reactor.spawned) == 2
+    assert [(url, data) for url, data, _ in parts.children.control_calls] == [
+        (b'http://127.0.0.1:5003/update_workers', {'NR_WORKERS': 3}),
+        (b'http://127.0.0.1:5004/update_workers', {'NR_WORKERS': 3})]
+    assert [headers for _, _, headers in parts.children.control_calls] == [
+        {'Authorization': 'Bearer {}'.format(t.admin_key)} for t in server.targets]
+    assert server.config.nr_workers == 3
+    # kept for the next start of either slot
+    assert '"NR_WORKERS": 3' in parts.topology.child_spec(server.config, server.targets[0], GREEN).env[
+        'BIS_SERVER_CONFIG']
+    parts.children.control_answer = Answer(400, {'ERROR': 'NR_WORKERS too large'})
+    failed = failure_of(defer.Deferred.fromCoroutine(parts.operations.apply_config(
+        parts.config({'demo': {'REPLICAS': 2, 'NR_WORKERS': 99}}, keep))), ServiceUnavailable)
+    assert failed.message == "server 'demo': NR_WORKERS 99 not applied: NR_WORKERS too large"
+    assert server.config.nr_workers == 3
+
+
+def test_a_config_that_adds_and_removes_servers_starts_and_drains_them_in_the_file_s_order(tmp_path):
+    parts = Parts(tmp_path, {'demo': {}, 'old': {}})
+    parts.reactor.obey_signals = True
+    parts.reactor.ready('demo', 'old')
+    busy = parts.send('old')
+    (parts.folder / 'new.py').write_text('class {}:\n    pass\n'.format(expected_class_name('new')))
+    keep = {name: (s.config.ports, s.config.spare_ports) for name, s in parts.topology.servers.items()}
+    applying = defer.Deferred.fromCoroutine(parts.operations.apply_config(
+        parts.config({'new': {}, 'demo': {}}, keep)))
+    assert not applying.called and parts.reactor.child('old').signals == []  # it owes an answer
+    assert list(parts.topology.servers) == ['demo']  # out of the rotation meanwhile
+    parts.children.calls[0].answer()
+    assert result_of(busy).status == 200 and parts.reactor.child('old').signals[0] == 'TERM'
+    done = result_of(applying)
+    assert (done['ADDED'], done['REMOVED'], done['UNCHANGED']) == (['new'], ['old'], ['demo'])
+    assert list(parts.topology.servers) == ['new', 'demo']
+    assert [p.proto.name for p in parts.reactor.spawned][-1] == 'new'
 
 
 # -- the exit report ------------------------------------------------------------------------------------
