@@ -238,6 +238,20 @@ def test_a_config_that_changes_only_nr_workers_resizes_each_ready_replica_in_pla
     assert server.config.nr_workers == 3
 
 
+def test_a_fleet_given_its_own_resize_uses_it_instead_of_asking_the_replicas(tmp_path):
+    parts = Parts(tmp_path, {'demo': {}})
+    parts.reactor.ready('demo')
+    server = parts.topology.server('demo')
+    keep = {'demo': (server.config.ports, server.config.spare_ports)}
+
+    async def never(server, size):
+        raise BadRequest('{} is never resized in place'.format(server.name))
+
+    refused = failure_of(defer.Deferred.fromCoroutine(parts.operations.apply_config(
+        parts.config({'demo': {'NR_WORKERS': 2}}, keep), never)), BadRequest)
+    assert refused.message == 'demo is never resized in place' and parts.children.control_calls == []
+
+
 def test_a_config_that_adds_and_removes_servers_starts_and_drains_them_in_the_file_s_order(tmp_path):
     parts = Parts(tmp_path, {'demo': {}, 'old': {}})
     parts.reactor.obey_signals = True

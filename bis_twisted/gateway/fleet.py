@@ -75,6 +75,9 @@ class Fleet:
     def pids(self, name):
         return self.topology.pids(name)
 
+    def socket_path(self, port):
+        return self.topology.socket_path(port)
+
     # -- in flight -----------------------------------------------------------------------------------
     @property
     def in_flight(self):
@@ -134,8 +137,8 @@ class Fleet:
     def remove_server(self, name):
         return self.operations.remove_server(name)
 
-    def apply_config(self, config):
-        return self.operations.apply_config(config)
+    def apply_config(self, config, resize=None):
+        return self.operations.apply_config(config, resize)
 
     # -- the probe -----------------------------------------------------------------------------------
     def ping(self, target, timeout=HEALTH_TIMEOUT):

@@ -182,12 +182,13 @@ class Operations:
             await self._in_flight.when_child_idle(name, server.config.timeout)
         await defer.DeferredList([self._supervisor.remove(name) for name in names])
 
-    async def apply_config(self, config):
+    async def apply_config(self, config, resize=None):
         """Make the fleet serve ``config``: added servers start, removed ones are drained and
-        stopped, changed ones reloaded (``NR_WORKERS``-only changes resized in place),
-        unchanged ones are left alone. Returns ``{action: [names]}``, and ``FAILED``:
-        ``{name: error}`` of changed servers whose new processes did not start (the old ones
-        keep serving)."""
+        stopped, changed ones reloaded (``NR_WORKERS``-only changes resized in place, or
+        ``await resize(server, size)`` when given: a fleet whose servers are never resized
+        refuses it there), unchanged ones are left alone. Returns ``{action: [names]}``, and
+        ``FAILED``: ``{name: error}`` of changed servers whose new processes did not start (the
+        old ones keep serving)."""
         done = {'ADDED': [], 'REMOVED': [], 'RELOADED': [], 'RESIZED': [], 'UNCHANGED': [], 'FAILED': {}}
         new = {e.name: e for e in config.endpoints if not e.is_support}
         for name in [n for n in self._topology.servers if n not in new]:
@@ -206,7 +207,11 @@ class Operations:
                 continue
             if _without(old.entry, 'NR_WORKERS') == _without(endpoint.entry, 'NR_WORKERS') and \
                     attr.evolve(old, nr_workers=endpoint.nr_workers, entry=endpoint.entry) == endpoint:
-                failed = await self.resize(server, endpoint.nr_workers)
+                if resize is not None:
+                    await resize(server, endpoint.nr_workers)
+                    failed = None
+                else:
+                    failed = await self.resize(server, endpoint.nr_workers)
                 if failed is not None:
                     raise ServiceUnavailable('server {!r}: NR_WORKERS {} not applied: {}'.format(
                         name, endpoint.nr_workers, failed.body.get('ERROR', failed.status)))
