@@ -28,7 +28,7 @@ def world(tmp_path):
         fleet = Fleet(config, supervisor, children, str(folder), reactor=reactor)
         fleet.register_children()
         supervisor.startService()
-        scaler = Autoscaler(fleet, reactor=reactor)
+        scaler = Autoscaler(fleet.topology, fleet.router, fleet.operations, reactor=reactor)
         scaler.startService()
         return fleet, scaler
 

@@ -141,7 +141,7 @@ def failure_of(d, *types):
 
 def described(fleet, name='demo'):
     """What /list_servers shows of server ``name``."""
-    return result_of(defer.Deferred.fromCoroutine(fleet.describe(fleet.servers[name], fleet._reactor.seconds())))
+    return result_of(defer.Deferred.fromCoroutine(fleet.describe(fleet.servers[name])))
 
 
 def in_flight(fleet, name='demo'):
@@ -335,7 +335,8 @@ REMOTES = {'far': {'URLS': ['http://10.9.0.1:7000/run', 'http://10.9.0.2:7000/ru
 
 
 def start_health(fleet, reactor, rss_of=None):
-    monitor = HealthMonitor(fleet, reactor=reactor, rss_of=rss_of)
+    monitor = HealthMonitor(fleet.topology, fleet.supervisor, fleet.probe, fleet.operations, reactor=reactor,
+                            rss_of=rss_of)
     monitor.startService()  # the first round runs at once
     return monitor
 

@@ -232,23 +232,6 @@ def test_child_failing_before_ready_five_times_is_failed_and_still_retried(react
     assert not supervisor.status('a').failed and supervisor.status('a').state == 'ready'
 
 
-def test_recycle_drains_with_term_and_starts_again_at_once_counted_apart(reactor):
-    reactor.obey_signals = False
-    supervisor = make_supervisor(reactor, 'a')
-    supervisor.startService()
-    reactor.ready('a')
-    old = last_process(reactor)
-    done = supervisor.recycle_child('a', 'RSS 900 MB over MAX_RSS_MB 500')
-    assert old.signals == ['TERM', signal.SIGCONT]
-    assert not supervisor.is_ready('a') and supervisor.status('a').state == 'recycling'
-    old.exit(ProcessDone(0))
-    assert done.called
-    reactor.advance(0)
-    status = supervisor.status('a')
-    assert len(reactor.spawned) == 2 and status.recycles == 1 and status.restarts == 0
-    assert status.last_error is None
-
-
 def test_last_error_is_short_and_on_one_line(reactor):
     supervisor = make_supervisor(reactor, 'a')
     supervisor.startService()

@@ -100,7 +100,7 @@ def _holder(port):
 
 
 def shared_port_problems(label, data):
-    """Every pair of entries whose ``PORT`` ranges (one port per replica slot) overlap, one
+    """Every pair of entries whose ``PORT`` ranges (one port per replica) overlap, one
     line each, in the words ``config.py`` uses for the first one."""
     entries = data.get('CONFIG_ENDPOINTS') if isinstance(data, dict) else None
     taken, problems = {}, []

@@ -1,6 +1,7 @@
 """A model-server child as the gateway sees its process: its output split into bounded lines
-(``OutputLines``), the process protocol that forwards them and spots the ready line
-(``ChildProtocol``), and how an exit is described. The ``Supervisor`` decides what to do.
+(``OutputLines``) and the process protocol that forwards them, spots the ready line and keeps
+the last stderr lines (``ChildProtocol``). The ``Supervisor`` decides what to do; ``exits``
+says what an exit was.
 
 Output is split into bounded lines: a progress bar that never writes a newline costs
 constant memory and time per byte (the shape of ``LineReceiver`` with its ``MAX_LENGTH``).
@@ -12,6 +13,7 @@ import time
 
 from twisted.internet import protocol
 from twisted.logger import Logger
+from twisted.python.logfile import LogFile
 
 from ..protocol import READY_LINE
 from . import child_output
@@ -19,6 +21,20 @@ from . import child_output
 MAX_LINE_BYTES = 8192      # a longer line is cut and marked
 MAX_ERROR_CHARS = 300      # last_error as shown by /list_servers
 PROGRESS_LOG_INTERVAL = 1.0  # seconds between two logged '\r' progress updates of one stream
+
+_log = Logger()
+
+
+def open_log_file(log_dir, name):
+    """The child's own log file, ``<log_dir>/<name>.log`` (rotated), or None without a
+    folder or when it cannot be opened (out of file descriptors, say: served without it)."""
+    if not log_dir:
+        return None
+    try:
+        return LogFile(name + '.log', log_dir, rotateLength=10_000_000, maxRotatedFiles=5)
+    except OSError as exc:
+        _log.warn('server {name}: no log file: {err}', name=name, err=exc)
+        return None
 
 
 def short_error(text, limit=MAX_ERROR_CHARS):
@@ -147,11 +163,3 @@ class ChildProtocol(protocol.ProcessProtocol):
         else:
             self._supervisor.child_output_closed(self.name, self)
 
-
-def describe_exit(reason):
-    value = reason.value
-    if getattr(value, 'signal', None):
-        return 'killed by signal {}'.format(value.signal)
-    if getattr(value, 'exitCode', None) is not None:
-        return 'exit code {}'.format(value.exitCode)
-    return str(value)

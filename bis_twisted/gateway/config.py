@@ -47,7 +47,7 @@ class EndpointConfig:
     health_interval = attr.ib(default=DEFAULT_HEALTH_INTERVAL)  # seconds between /health pings
     retry_on_crash = attr.ib(default=True)  # a request a dying replica dropped goes to another once
     max_rss_mb = attr.ib(default=None)  # a child over it is recycled
-    spare_ports = attr.ib(default=())  # one per slot: where a reload starts the new process
+    spare_ports = attr.ib(default=())  # one per replica: where a reload starts the new process
     min_replicas = attr.ib(default=None)  # autoscaling bounds (None: no autoscaling)
     max_replicas = attr.ib(default=None)
     target_in_flight = attr.ib(default=None)  # requests in flight per ready replica the scaler aims at
@@ -56,8 +56,8 @@ class EndpointConfig:
     devices = attr.ib(default=())  # CUDA device numbers, given to replicas round robin
 
     @property
-    def slots(self):
-        """Replica slots with a port reserved: REPLICAS, or MAX_REPLICAS when it scales."""
+    def reserved_replicas(self):
+        """Replicas with a port reserved: REPLICAS, or MAX_REPLICAS when it scales."""
         return len(self.ports)
 
     @property
@@ -327,13 +327,13 @@ def _check_endpoint_file(where, endpoints_dir, server_class, required, by_key):
     return True
 
 
-def _slots(entry):
+def _reserved_replicas(entry):
     return max(entry.get('REPLICAS', 1), entry.get('MAX_REPLICAS', 1))
 
 
 def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host, keep_ports=None):
-    """Live ports first, in the file's order (as without reloads), then a spare port per slot
-    for each spawned endpoint (where a reload starts the new process). ``keep_ports``
+    """Live ports first, in the file's order (as without reloads), then a spare port per
+    replica of each spawned endpoint (where a reload starts the new process). ``keep_ports``
     (``{name: (ports, spare_ports)}`` of the config being replaced) keeps a running
     endpoint's ports when its entry still fits them, and keeps new ones off them."""
     keep_ports = keep_ports or {}
@@ -341,7 +341,7 @@ def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host, kee
     for name, entry, where in entries:
         if 'PORT' in entry and entry.get('HOST') != NO_HOST and not entry.get('URLS'):
             port = entry['PORT']
-            for p in range(port, port + _slots(entry)):
+            for p in range(port, port + _reserved_replicas(entry)):
                 if p in taken:
                     raise ConfigError("{}: key 'PORT': port {} is already used by {}".format(where, p, taken[p]))
                 taken[p] = 'endpoint {!r}'.format(name)
@@ -349,7 +349,7 @@ def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host, kee
     kept = {}
     for name, entry in spawned:
         old = keep_ports.get(name)
-        if old and len(old[0]) == _slots(entry) and ('PORT' not in entry or old[0][0] == entry['PORT']):
+        if old and len(old[0]) == _reserved_replicas(entry) and ('PORT' not in entry or old[0][0] == entry['PORT']):
             kept[name] = old
     for ports, spares in keep_ports.values():
         for p in tuple(ports) + tuple(spares):
@@ -373,9 +373,9 @@ def _assign_ports(entries, label, endpoints_dir, gateway_port, default_host, kee
         elif name in kept:
             ports[name] = tuple(kept[name][0])
         elif 'PORT' in entry:
-            ports[name] = tuple(range(entry['PORT'], entry['PORT'] + _slots(entry)))
+            ports[name] = tuple(range(entry['PORT'], entry['PORT'] + _reserved_replicas(entry)))
         else:
-            ports[name] = tuple(free_port() for _ in range(_slots(entry)))
+            ports[name] = tuple(free_port() for _ in range(_reserved_replicas(entry)))
     spare_ports = {}
     for name, entry in spawned:
         spare_ports[name] = tuple(kept[name][1]) if name in kept else tuple(free_port() for _ in ports[name])

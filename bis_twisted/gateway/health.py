@@ -8,11 +8,11 @@ a row (a deadlocked or SIGSTOP-ed process, a C call holding the GIL) replace the
 (3 s by default), and a child whose workers are all busy is not: its reactor still answers.
 A child still loading is not asked: its ``LOAD_TIMEOUT`` bounds that (the supervisor's timer).
 With ``MAX_RSS_MB``, the child's resident memory is sampled on the same beat; over the limit on
-``rss_samples_over`` samples in a row, it is recycled as a reload does it: a new process starts
-on the slot's spare port, takes the new requests once ready, and the old one answers what it
-has and stops, one replica of an endpoint at a time. (A slot without a spare port stops taking
-requests, drains and starts again in place; a lone child only once nothing is in flight to
-it.) Remote servers (``URLS``) are pinged too: out of the rotation while they do not answer.
+``rss_samples_over`` samples in a row, it is recycled (``Operations.recycle``) as a reload does
+it: a new process starts on the replica's other slot (its spare port), takes the new requests
+once ready, and the old one answers what it has and stops, one replica of an endpoint at a
+time and never during a reload. Remote servers (``URLS``) are pinged too: out of the rotation
+while they do not answer.
 """
 
 import psutil
@@ -32,12 +32,18 @@ class HealthMonitor(TimerService):
 
     _log = Logger()
 
-    def __init__(self, fleet, reactor=None, rss_of=None):
+    def __init__(self, topology, supervisor, probe, operations, reactor=None, rss_of=None):
+        """Watches ``topology``'s targets: children through ``supervisor`` (their state, and
+        a restart of a hung one), every one through ``probe`` (``/health``); recycles through
+        ``operations``."""
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
-        self.fleet = fleet
-        intervals = [s.config.health_interval for s in fleet.servers.values()] or [DEFAULT_HEALTH_INTERVAL]
+        self._topology = topology
+        self._supervisor = supervisor
+        self._probe = probe
+        self._operations = operations
+        intervals = [s.config.health_interval for s in topology.servers.values()] or [DEFAULT_HEALTH_INTERVAL]
         self.tick_interval = min(intervals)
         TimerService.__init__(self, self.tick_interval, self.tick)
         self.clock = reactor  # TimerService's LoopingCall uses it: a Clock in tests
@@ -46,7 +52,6 @@ class HealthMonitor(TimerService):
         self.over = {}         # child name -> consecutive RSS samples over MAX_RSS_MB
         self._next_due = {}    # target -> time of its next ping
         self._pinging = {}     # target -> pid (or None, remote) its ping in flight was sent to
-        self._recycling = set()  # child names being recycled
         self.rounds = 0
 
     def tick(self):
@@ -59,7 +64,7 @@ class HealthMonitor(TimerService):
 
     def check_all(self):
         now = self._reactor.seconds()
-        for server in self.fleet.servers.values():
+        for server in self._topology.servers.values():
             interval = server.config.health_interval
             for target in server.targets:
                 if self._next_due.get(target, 0.0) <= now + 1e-9:
@@ -73,7 +78,7 @@ class HealthMonitor(TimerService):
         if target in self._pinging:
             return  # its ping has a timeout of its own
         self._pinging[target] = None
-        ping = defer.Deferred.fromCoroutine(self.fleet.ping(
+        ping = defer.Deferred.fromCoroutine(self._probe.ping(
             target, min(self.ping_timeout, target.server.config.health_interval)))
 
         def answered(health):
@@ -89,7 +94,7 @@ class HealthMonitor(TimerService):
 
     def _check_child(self, target):
         name = target.child_name
-        status = self.fleet.supervisor.status(name)
+        status = self._supervisor.status(name)
         if not (status.running and status.ready) or status.stopping:
             self.misses.pop(name, None)
             self.over.pop(name, None)
@@ -100,13 +105,12 @@ class HealthMonitor(TimerService):
         interval = target.server.config.health_interval
         self._pinging[target] = status.pid
         # its own timeout only bounds the connection: the beats count the misses
-        ping = self.fleet.client.get_json(target.url('/health'), interval * (self.misses_allowed + 1))
-        ping = defer.ensureDeferred(ping)
+        ping = self._probe.health(target, interval * (self.misses_allowed + 1))
 
         def answered(_result):
             if self._pinging.pop(target, None) == status.pid and self._same(name, status.pid):
                 self.misses.pop(name, None)
-                self._check_memory(target, self.fleet.supervisor.status(name))
+                self._check_memory(target, self._supervisor.status(name))
 
         def failed(failure):
             if self._pinging.pop(target, None) != status.pid or not self._same(name, status.pid):
@@ -118,7 +122,7 @@ class HealthMonitor(TimerService):
         ping.addErrback(lambda f: self._log.failure('health check of {name}', f, name=name))
 
     def _same(self, name, pid):
-        status = self.fleet.supervisor.status(name)
+        status = self._supervisor.status(name)
         return status.running and status.ready and not status.stopping and status.pid == pid
 
     def _missed(self, target, pid):
@@ -129,8 +133,8 @@ class HealthMonitor(TimerService):
         if self.misses[name] >= self.misses_allowed:
             self.misses.pop(name)
             interval = target.server.config.health_interval
-            self.fleet.supervisor.restart_child(name, 'did not answer {} health checks in a row ({:g}s apart); '
-                                                      'replaced'.format(self.misses_allowed, interval))
+            self._supervisor.restart_child(name, 'did not answer {} health checks in a row ({:g}s apart); '
+                                                 'replaced'.format(self.misses_allowed, interval))
 
     # -- memory recycling ------------------------------------------------------------------------
     def _check_memory(self, target, status):
@@ -143,31 +147,15 @@ class HealthMonitor(TimerService):
             self.over.pop(name, None)
             return
         self.over[name] = self.over.get(name, 0) + 1
-        if self.over[name] < self.rss_samples_over or name in self._recycling:
-            return
         server = target.server
-        others = [t for t in server.targets if t is not target and t.child_name is not None]
-        if any(t.child_name in self._recycling for t in others):
-            return  # one replica of an endpoint at a time
-        reason = 'RSS {:.0f} MB over MAX_RSS_MB {:g}'.format(rss / MB, limit)
-        if len(target.sides) > 1:
-            # a new process beside it (its slot's spare port), as /reload_server starts one:
-            # no request waits, lone or not; for a while both processes hold memory
-            if self.fleet.busy(server.name):
-                return
-            self.over.pop(name, None)
-            self._recycling.add(name)
-            d = defer.Deferred.fromCoroutine(self.fleet.recycle(server, target, reason))
-            d.addBoth(lambda _: self._recycling.discard(name))
-            return
-        if others and not any(self.fleet.target_ready(t) for t in others):
-            return  # the others are down: recycling this one now would leave none
-        if not others and target.in_flight:
-            return  # alone: only once it is idle (checked again next beat)
+        if self.over[name] < self.rss_samples_over or self._operations.busy(server.name):
+            return  # one replacement of an endpoint's processes at a time: sampled again next beat
         self.over.pop(name, None)
-        self._recycling.add(name)
-        d = self.fleet.supervisor.recycle_child(name, reason)
-        d.addBoth(lambda _: self._recycling.discard(name))
+        reason = 'RSS {:.0f} MB over MAX_RSS_MB {:g}'.format(rss / MB, limit)
+        # a new process beside it (the replica's other slot), as /reload_server starts one:
+        # no request waits, lone or not; for a while both processes hold memory
+        d = defer.Deferred.fromCoroutine(self._operations.recycle(server, target, reason))
+        d.addErrback(lambda f: self._log.failure('recycling {name}', f, name=name))
 
 
 def _rss_of_pid(pid):

@@ -1,6 +1,11 @@
 """``Gateway``: the Klein routes of the gateway (``/run``, ``/list_servers``, ``/health``,
 ``/ready``, status and admin routes). Routes raise our errors; ``error`` answers them.
-``RunFirst``, the resource the site serves, sends ``/run`` past Klein's routing."""
+``GatewayRoot``, the resource the site serves, sends ``/run`` past Klein's routing.
+
+Fields, by name: the *gateway fields* (``gateway_fields``) are what every answer of the
+gateway carries (versions, host, worker, time, uptime, request id); the *answer fields*
+(``answer_fields``) are the part of them a model server writes into its own answer, sent to
+it encoded in a header (``protocol.encode_answer_fields``)."""
 
 import hmac
 import importlib.resources
@@ -38,8 +43,6 @@ from .v2 import V2Routes
 SUPPORT_KEY_ARG = 'SUPPORT_KEY'
 STATUS_PAGE = importlib.resources.files(__package__).joinpath('static/status.html').read_bytes()
 SHUTDOWN_SIGNATURE = 'SAFE_KILL_SERVER_CMD'
-HTTP_TIMEOUT = 5.0
-UPDATE_WORKERS_TIMEOUT = 120.0  # growing loads models
 METRICS_PING_TIMEOUT = 1.0
 
 
@@ -106,12 +109,12 @@ class Gateway:
             'ver-lib': LIB_VER,
             'hostname': socket.gethostname(),
         }
-        self._answer_fields = (None, b'')
+        self._encoded_answer_fields = (None, b'')  # (uptime second, header value)
 
     def resource(self):
-        return RunFirst(self, self.app.resource(), self.v2)
+        return GatewayRoot(self, self.app.resource(), self.v2)
 
-    def fields(self, request, worker_id='unknown'):
+    def gateway_fields(self, request, worker_id='unknown'):
         """What every answer of the gateway carries."""
         fields = dict(self._static_fields)
         fields['worker_id'] = worker_id
@@ -124,13 +127,13 @@ class Gateway:
         """The gateway's fields a model server adds to its answer itself (the rest, ``time``,
         ``worker_id`` and ``request_id``, it has), encoded once per second of uptime."""
         uptime = int(self._reactor.seconds() - self.started_at)
-        if self._answer_fields[0] != uptime:
+        if self._encoded_answer_fields[0] != uptime:
             fields = dict(self._static_fields, **{'gw-uptime': hms(uptime)})
-            self._answer_fields = (uptime, encode_answer_fields(fields))
-        return self._answer_fields[1]
+            self._encoded_answer_fields = (uptime, encode_answer_fields(fields))
+        return self._encoded_answer_fields[1]
 
     def answer(self, request, status, body, headers=None):
-        body.update(self.fields(request, body.get('worker_id', 'unknown')))
+        body.update(self.gateway_fields(request, body.get('worker_id', 'unknown')))
         return write_json(request, status, body, headers)
 
     @staticmethod
@@ -222,7 +225,7 @@ class Gateway:
         counts = {'chunks': 0, 'first': None, 'ended': False}
 
         def write_last(body, event):
-            body.update(self.fields(request, body.get('worker_id', 'unknown')))
+            body.update(self.gateway_fields(request, body.get('worker_id', 'unknown')))
             body.setdefault('chunks', counts['chunks'])
             counts['ended'] = True
             line = dumps_spaced(body)
@@ -398,8 +401,7 @@ class Gateway:
     @app.route('/notifications', methods=['GET', 'POST'])
     async def notifications(self, request):
         server = self.fleet.server(self.signature_of(request_inputs(request)))
-        answers = await self.fleet.each_ready_target(server, lambda t: self.fleet.client.get_json(
-            t.url('/notifications'), HTTP_TIMEOUT))
+        answers = await self.fleet.notifications(server)
         if len(server.targets) == 1:
             return self.answer(request, 200, dict(answers[0].body))
         return self.answer(request, 200, {'REPLICAS': [a.body for a in answers]})
@@ -435,20 +437,10 @@ class Gateway:
         size = inputs.get('NR_WORKERS')
         if not valid_nr_workers(size):
             raise BadRequest('NR_WORKERS must be {}, got {!r}'.format(NR_WORKERS_RULE, size))
-        failed = await self.resize(server, size)
+        failed = await self.fleet.resize(server, size)
         if failed is not None:
             return self.answer(request, failed.status, dict(failed.body))
         return self.answer(request, 200, {'MESSAGE': 'OK', 'NR_WORKERS': size, 'SIGNATURE': server.name})
-
-    async def resize(self, server, size):
-        """NR_WORKERS of every ready replica to ``size``, in place; the first failed answer or None."""
-        answers = await self.fleet.each_ready_target(server, lambda t: self.fleet.client.send_json(
-            t.url('/update_workers'), {'NR_WORKERS': size}, UPDATE_WORKERS_TIMEOUT, self.fleet.control_headers(t)))
-        failed = [a for a in answers if a.status != 200]
-        if failed:
-            return failed[0]
-        self.fleet.remember_workers(server, size)
-        return None
 
     def refresh(self):
         """Re-read what is built from the config (after a config reload)."""
@@ -494,10 +486,10 @@ class Gateway:
 
     def error(self, request, failure):
         """The JSON answer of a failed route: its status, ``ERROR`` and the gateway's fields."""
-        return error_answer(request, failure, extra_fields=lambda: self.fields(request))
+        return error_answer(request, failure, extra_fields=lambda: self.gateway_fields(request))
 
 
-class RunFirst(Resource):
+class GatewayRoot(Resource):
     """The gateway's resource: ``POST`` / ``GET /run``, the hot path, goes straight to
     ``Gateway.run``, and V2's infer (``v2``, a ``V2Routes``) straight to its route; the
     other ``/v2`` routes through V2's own Klein app (the protocol's error answers), every

@@ -1,53 +1,46 @@
-"""Where a request goes: ``Routing`` picks the ready target with the fewest requests in
+"""Where a request goes: ``Router`` picks the ready target with the fewest requests in
 flight, sends the request there (once more to another replica when the first dropped it),
-says why with a 503 when no target can take it, and counts what is in flight per process,
-so that a drain knows when a process has answered everything sent to it.
+counts it in flight (``inflight``) while it is, and says why with a 503 when no target can
+take it.
 """
-
-import difflib
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ..errors import ServerFailed, ServerStopped, ServiceUnavailable, UnknownSignature
+from ..errors import ServerFailed, ServerStopped, ServiceUnavailable
 from ..shared import tracing
-from ..shared.waiters import Waiters
 from . import spread
 from .proxy import ChildConnectionLost, ChildStream, NotConnected
 
 SUSPECT_SECONDS = 2.0  # how long a target that dropped a request is skipped, at most
 
 
-class Routing:
-    """The part of ``Fleet`` on every request's path."""
+class Router:
+    """Picks a target of ``topology``'s servers for each request and sends it with ``client``,
+    counted in ``in_flight``; ``supervisor`` says which children are ready."""
 
     _log = Logger()
 
-    def server(self, name):
-        server = self.servers.get(name)
-        if server is None:
-            raise UnknownSignature(self._unknown(name))
-        return server
-
-    def _unknown(self, name):
-        """The 404's message: the endpoints one can call now (not the DISABLED or killed ones),
-        and the closest name when the asked one looks like a typo of it."""
-        available = sorted(n for n, s in self.servers.items() if not self.is_stopped(s))
-        close = difflib.get_close_matches(name, list(self.servers), n=1, cutoff=0.75) if isinstance(name, str) else []
-        return 'unknown SIGNATURE {!r}{}; available: {}'.format(
-            name, "; did you mean {!r}?".format(close[0]) if close else '', ', '.join(available) or 'none')
+    def __init__(self, topology, supervisor, client, in_flight, clock):
+        self._topology = topology
+        self._supervisor = supervisor
+        self._client = client
+        self._in_flight = in_flight
+        self._clock = clock
 
     def target_ready(self, target):
-        if target.suspect_until and target.suspect_until > self._reactor.seconds():
+        """Whether ``target`` can take a request now."""
+        if target.suspect_until and target.suspect_until > self._clock.seconds():
             return False
         if target.child_name is None:
             return target.remote_ok
-        return self.supervisor.is_ready(target.child_name)
+        return self._supervisor.is_ready(target.child_name)
 
-    def _child_event(self, name, event):
-        # a replica that dropped a request and was then restarted is trusted again
+    def child_event(self, name, event):
+        """The supervisor's news of child ``name``: a replica that dropped a request and was
+        then restarted is trusted again once it is ready."""
         if event == 'ready':
-            for server in self.servers.values():
+            for server in self._topology.servers.values():
                 for target in server.targets:
                     if target.child_name == name:
                         target.suspect_until = 0.0
@@ -72,14 +65,14 @@ class Routing:
         if server.config.is_remote:
             return ServiceUnavailable('server {!r} is not answering at {}; retry shortly'.format(
                 name, ', '.join(server.config.urls)))
-        states = [self.supervisor.status(t.child_name) for t in server.targets if t.active]
+        states = [self._supervisor.status(t.child_name) for t in server.targets if t.active]
         wanted = [s for s in states if s.wanted]
         if not wanted:
             return ServerStopped('server {!r} is stopped (disabled or killed); POST /start_server to start it'.format(
                 name))
         if all(s.failed for s in wanted):
             return ServerFailed('server {!r} failed {} times in a row before it was ready: {}; it is still retried, '
-                                'but needs a fix (see its log)'.format(name, self.supervisor.crash_loop_after,
+                                'but needs a fix (see its log)'.format(name, self._supervisor.crash_loop_after,
                                                                        wanted[0].last_error))
         if any(s.running and s.ready and not s.stopping for s in wanted):
             return ServiceUnavailable('server {!r} is not answering; retry shortly'.format(name))
@@ -98,7 +91,7 @@ class Routing:
         one. A target that dropped the connection before answering (it crashed) has the
         request sent once more, to another ready target, unless the endpoint says
         ``RETRY_ON_CRASH: false`` (a ``_predict`` not safe to run twice)."""
-        server = self.server(name)
+        server = self._topology.server(name)
         tried = []
         crashed = None
         while True:
@@ -128,55 +121,35 @@ class Routing:
                                name=name)
 
     async def _send(self, server, target, payload, request_id, answer_fields=None):
-        target.in_flight += 1
-        self.in_flight += 1
-        child = target.child_name
-        self._child_in_flight[child] = self._child_in_flight.get(child, 0) + 1
+        child = self._in_flight.started(target)
         streaming = False
         try:
             with tracing.hop_span(server.name, target):  # OpenTelemetry's client span, when on
-                result = await self.client.post_json(target.run_url, payload, server.config.timeout,
-                                                     repr(server.name), request_id=request_id,
-                                                     answer_fields=answer_fields)
+                result = await self._client.post_json(target.run_url, payload, server.config.timeout,
+                                                      repr(server.name), request_id=request_id,
+                                                      answer_fields=answer_fields)
             if isinstance(result, ChildStream):
                 # in flight until its last line: its first bytes are on their way, so a
                 # failure from here on is never sent to another target
                 streaming = True
-                result.ended.addBoth(lambda _r: self._done(target, child))
+                result.ended.addBoth(lambda _r: self._in_flight.done(target, child))
             return result
         except ChildConnectionLost:
             # Its connections close a few ms before its exit is seen, and its port may still
             # accept: without this the next request would go to the dying process too.
-            target.suspect_until = self._reactor.seconds() + SUSPECT_SECONDS
+            target.suspect_until = self._clock.seconds() + SUSPECT_SECONDS
             raise
         finally:
             if not streaming:
-                self._done(target, child)
+                self._in_flight.done(target, child)
 
-    def _done(self, target, child):
-        target.in_flight -= 1
-        self.in_flight -= 1
-        left = self._child_in_flight[child] = self._child_in_flight[child] - 1
-        if not left:
-            del self._child_in_flight[child]
-            waiters = self._child_idle.pop(child, None)
-            if waiters is not None:
-                waiters.fire(None)
-        if not self.in_flight:
-            self._idle_waiters.fire(None)
-
-    def when_idle(self):
-        """Fires when no request is in flight to any server (at once if none is)."""
-        if not self.in_flight:
-            return defer.succeed(None)
-        return self._idle_waiters.wait()
-
-    def when_child_idle(self, child, timeout):
-        """Fires when no request sent to process ``child`` is waiting for its answer (at
-        once if none is), or after ``timeout`` seconds anyway."""
-        if not self._child_in_flight.get(child):
-            return defer.succeed(None)
-        d = self._child_idle.setdefault(child, Waiters()).wait()
-        d.addTimeout(timeout, self._reactor)
-        d.addErrback(lambda f: f.trap(defer.TimeoutError) and None)
-        return d
+    async def each_ready_target(self, server, call):
+        """``await call(target)`` on every ready target; 503 when none is ready."""
+        targets = [t for t in server.targets if t.active and self.target_ready(t)]
+        if not targets:
+            raise self.unavailable(server)
+        try:
+            return await defer.gatherResults([defer.Deferred.fromCoroutine(call(t)) for t in targets])
+        except defer.FirstError as exc:
+            raise ServiceUnavailable('server {!r} did not answer: {}'.format(
+                server.name, exc.subFailure.getErrorMessage())) from None

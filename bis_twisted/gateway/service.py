@@ -22,7 +22,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger, LogLevel
 
-from ..errors import BadRequest, ConfigError, ServiceUnavailable
+from ..errors import BadRequest, ConfigError
 from ..shared.drain import ConnectionDrain
 from ..shared.gctune import freeze_startup_objects
 from ..shared.limits import MIB, Limits
@@ -241,8 +241,9 @@ class GatewayService(OrderedServices):
         self.fleet.register_children()
         supports = [e for e in self.config.endpoints if e.is_support and not e.disabled]
         # every spawned child and remote server is watched, with or without support entries
-        self.health = HealthMonitor(self.fleet, reactor=reactor)
-        self.autoscaler = Autoscaler(self.fleet, reactor=reactor)
+        self.health = HealthMonitor(self.fleet.topology, self.supervisor, self.fleet.probe, self.fleet.operations,
+                                    reactor=reactor)
+        self.autoscaler = Autoscaler(self.fleet.topology, self.fleet.router, self.fleet.operations, reactor=reactor)
         self.spreader = AddressSpreader(self.fleet, reactor=reactor)  # a URLS host -> all its addresses
         self.stalls = StallWatch(reactor)  # reactor lag and collection pauses, on /metrics
         # a per-start key lets the gateway's own support processes post their status
@@ -263,7 +264,7 @@ class GatewayService(OrderedServices):
                                reload_config=self.reload_config, progress=self.progress)
         self.site = make_site(Stamped(self.gateway.resource(), reactor),
                               limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
-                              answer_fields=self.gateway.fields)
+                              gateway_fields=self.gateway.gateway_fields)
         self.site.log = self.access_log = AccessLog(reactor, enabled=self.config.access_log)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.endpoints_dir = endpoints_dir
@@ -375,7 +376,7 @@ class GatewayService(OrderedServices):
             raise BadRequest(str(exc)) from None
         for warning in config.warnings:
             self._log.warn('{warning}', warning=warning)
-        done = await self.fleet.apply_config(config, self._resize)
+        done = await self.fleet.apply_config(config)
         if keys is None:
             self.gateway.keys = None
         elif self.gateway.keys is None:
@@ -390,12 +391,6 @@ class GatewayService(OrderedServices):
         for name, error in done['FAILED'].items():
             self._log.warn('config reload: {error}', error=error)
         return done
-
-    async def _resize(self, server, size):
-        failed = await self.gateway.resize(server, size)
-        if failed is not None:
-            raise ServiceUnavailable('server {!r}: NR_WORKERS {} not applied: {}'.format(
-                server.name, size, failed.body.get('ERROR', failed.status)))
 
     def _on_sighup(self, signum, frame):
         self._reactor.callFromThread(self._reload_from_signal)

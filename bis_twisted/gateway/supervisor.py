@@ -15,6 +15,8 @@ What real endpoints do that this class is built for:
   failing before it is ready is ``failed`` (still retried at the capped delay);
 - output is split into bounded lines (``child_process``): a progress bar that never writes a
   newline costs constant memory and time per byte;
+- an exit is told once (``exits.ExitReport``), with the last stderr line even when it is read
+  after the exit was seen;
 - a pid file per child (``pidfiles``) lets the next gateway end a child that outlived this one.
 
 A child's stdin is a pipe the gateway keeps open: the model server exits when it closes, so a
@@ -30,45 +32,14 @@ import signal
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.logfile import LogFile
 
 from ..protocol import TOKEN_VARIABLE
-from ..shared.waiters import Waiters
-from .child_process import ChildProtocol, describe_exit, short_error
-from .childspec import ChildStatus
+from .child_process import ChildProtocol, open_log_file
+from .childspec import ChildRecord
+from .exits import ExitReport, describe_exit
 from .pidfiles import PidFiles
 
-TRIAL_STDERR_WAIT = 1.0    # seconds a failed trial start waits for the child's last stderr line
 _SETSID = shutil.which('setsid')  # util-linux: puts the exec'd child in a new session/group
-
-
-class _Child:
-    """The supervisor's mutable record of one child."""
-
-    def __init__(self, spec):
-        self.spec = spec
-        self.protocol = None
-        self.pid = None
-        self.started_at = None
-        self.ready = False
-        self.port = None
-        self.wanted = False
-        self.restarts = 0
-        self.recycles = 0
-        self.failures = 0  # exits before ready, in a row
-        self.delay = 0.0
-        self.last_error = None
-        self.kill_reason = None  # why we killed it ourselves, shown instead of 'signal 9'
-        self.recycle_reason = None  # set while a recycle's TERM is pending
-        self.stopping = False
-        self.restart_call = None
-        self.kill_call = None
-        self.load_call = None
-        self.exit_info = None  # (protocol, exit text without stderr, error shown) of the last exit
-        self.ready_waiters = Waiters()
-        self.exit_waiters = Waiters()
-        self.trial = None  # start_trial's Deferred while the start is on trial
-        self.trial_output = None  # a failed trial waiting for the child's last stderr line
 
 
 class Supervisor(Service):
@@ -102,8 +73,7 @@ class Supervisor(Service):
     # -- registry ------------------------------------------------------------------------------
     def add(self, spec, start=True):
         """Register a child; ``start`` says whether it runs when the service starts."""
-        child = _Child(spec)
-        child.wanted = start
+        child = ChildRecord(spec, wanted=start)
         self._children[spec.name] = child
         if self.running and start:
             self._spawn(child)
@@ -119,15 +89,7 @@ class Supervisor(Service):
         return d
 
     def status(self, name):
-        child = self._children[name]
-        next_in = None
-        if child.restart_call is not None and child.restart_call.active():
-            next_in = max(0.0, child.restart_call.getTime() - self._reactor.seconds())
-        return ChildStatus(name=name, running=child.protocol is not None, ready=child.ready,
-                           wanted=child.wanted, pid=child.pid, port=child.port, started_at=child.started_at,
-                           restarts=child.restarts, last_error=child.last_error, next_restart_in=next_in,
-                           failed=child.failures >= self.crash_loop_after, recycles=child.recycles,
-                           stopping=child.stopping)
+        return self._children[name].status(self._reactor.seconds(), self.crash_loop_after)
 
     def is_ready(self, name):
         child = self._children[name]
@@ -192,17 +154,6 @@ class Supervisor(Service):
         self._log.warn('restarting server {name}: {reason}', name=name, reason=reason)
         return self._terminate(child, kill_now=True)
 
-    def recycle_child(self, name, reason):
-        """Replace a healthy child on purpose (it grew too large): it stops taking requests,
-        finishes those it has (TERM, then KILL after ``killTime``) and starts again at once.
-        Counted in ``recycles``, not in ``restarts``. Fires when the old process has exited."""
-        child = self._children[name]
-        if child.protocol is None or child.stopping:
-            return defer.succeed(None)
-        child.recycle_reason = reason
-        self._log.info('recycling server {name}: {reason}', name=name, reason=reason)
-        return self._terminate(child)
-
     def _terminate(self, child, kill_now=False):
         if child.protocol is None:
             return defer.succeed(None)
@@ -241,7 +192,7 @@ class Supervisor(Service):
     # -- spawning and exits --------------------------------------------------------------------
     def _spawn(self, child):
         spec = child.spec
-        proto = ChildProtocol(self, spec.name, self._open_log(spec.name), clock=self._reactor)
+        proto = ChildProtocol(self, spec.name, open_log_file(self._log_dir, spec.name), clock=self._reactor)
         env = dict(os.environ if spec.env is None else spec.env)
         # the admin token is the gateway's secret: endpoint code has no use for it
         env.pop(TOKEN_VARIABLE, None)
@@ -267,24 +218,15 @@ class Supervisor(Service):
         self._notify(spec.name, 'started')
 
     def _spawn_failed(self, child, exc):
-        reason = 'could not start the process: {}'.format(exc)
-        self._log.error('server {name}: {reason}', name=child.spec.name, reason=reason)
+        report = ExitReport('could not start the process: {}'.format(exc))
+        self._log.error('server {name}: {reason}', name=child.spec.name, reason=report.exit_text)
         child.protocol = None
         child.pid = None
         if child.trial is not None:
-            self._trial_failed(child, None, reason)
+            self._trial_failed(child, report)
             return
         child.failures += 1
-        self._schedule_restart(child, short_error(reason), lived=0.0)
-
-    def _open_log(self, name):
-        if not self._log_dir:
-            return None
-        try:
-            return LogFile(name + '.log', self._log_dir, rotateLength=10_000_000, maxRotatedFiles=5)
-        except OSError as exc:  # out of file descriptors, say: serve without the per-child file
-            self._log.warn('server {name}: no log file: {err}', name=name, err=exc)
-            return None
+        self._schedule_restart(child, report.error(), lived=0.0)
 
     def _load_timed_out(self, child, proto):
         child.load_call = None
@@ -322,77 +264,52 @@ class Supervisor(Service):
         child.pid = None
         child.ready = False
         child.stopping = False
-        for call in (child.kill_call, child.load_call):
-            if call is not None and call.active():
-                call.cancel()
-        child.kill_call = child.load_call = None
+        child.cancel_timers()
         if pid is not None:
             # helpers it started go with it: they would hold its pipes and its memory
             self._signal_group(pid, signal.SIGKILL)
             self._pid_files.remove(name)
         lived = self._reactor.seconds() - (child.started_at or 0)
-        exit_text = describe_exit(reason)
-        child.exit_info = (proto, exit_text, child.kill_reason is None)
-        if proto.stderr_tail:
-            exit_text = '{}: {}'.format(exit_text, proto.stderr_tail[-1])
+        report = child.report = ExitReport(describe_exit(reason), proto, child.kill_reason, self._reactor)
+        child.kill_reason = None
         child.exit_waiters.fire(None)
         self._notify(name, 'exited')
         if child.trial is not None and not was_ready:
-            self._trial_failed(child, proto, child.kill_reason or exit_text)
+            self._trial_failed(child, report)
             return
-        recycle, child.recycle_reason = child.recycle_reason, None
         if not child.wanted or not self.running:
-            child.kill_reason = None
-            self._log.info('server {name} stopped ({reason})', name=name, reason=exit_text)
-            return
-        if recycle is not None:
-            child.recycles += 1
-            self._log.info('server {name} recycled ({reason}); starting a new one', name=name, reason=recycle)
-            child.restart_call = self._reactor.callLater(0, self._restart, child)
+            self._log.info('server {name} stopped ({reason})', name=name, reason=report.text)
             return
         if not was_ready:
             child.failures += 1
-        error_text = child.kill_reason or exit_text
-        child.kill_reason = None
-        self._schedule_restart(child, short_error(error_text), lived)
+        error = report.error()
+        self._schedule_restart(child, error, lived)
 
-    def _trial_failed(self, child, proto, reason):
+        def told(report):
+            # the last stderr line read after the exit names the error better (a traceback's end)
+            if child.last_error == error:
+                child.last_error = report.error()
+
+        report.told.addCallback(told)
+
+    def _trial_failed(self, child, report):
         trial, child.trial = child.trial, None
         child.wanted = False
-        child.kill_reason = None
-        child.recycle_reason = None
 
-        def fire():
-            child.trial_output = None
+        def told(report):
             if trial.called:
                 return
-            text = reason
-            if proto is not None and proto.stderr_tail and proto.stderr_tail[-1] not in reason:
-                text = '{}: {}'.format(reason, proto.stderr_tail[-1])
-            child.last_error = short_error(text)
+            child.last_error = report.start_error()
             self._log.warn('server {name} did not start: {reason}', name=child.spec.name, reason=child.last_error)
             trial.errback(TrialFailed(child.last_error))
 
-        if proto is not None and not proto.stderr_tail and not proto.closed:
-            # the load error is the child's last stderr line, which may be read after the exit
-            child.trial_output = fire
-            self._reactor.callLater(TRIAL_STDERR_WAIT, fire)
-        else:
-            fire()
+        report.told.addCallback(told)
 
     def child_output_closed(self, name, proto):
-        # stderr read after the exit was seen (its last lines often are the traceback)
+        """Every line of ``proto``'s process has been read (after its exit was seen)."""
         child = self._children.get(name)
-        if child is None:
-            return
-        if child.trial_output is not None:
-            child.trial_output()
-        if child.exit_info is None or child.exit_info[0] is not proto or not proto.stderr_tail:
-            return
-        _, exit_text, from_exit = child.exit_info
-        child.exit_info = None
-        if from_exit and child.last_error is not None and child.last_error.startswith(exit_text):
-            child.last_error = short_error('{}: {}'.format(exit_text, proto.stderr_tail[-1]))
+        if child is not None and child.report is not None and child.report.proto is proto:
+            child.report.output_closed()
 
     def _schedule_restart(self, child, error_text, lived):
         child.last_error = error_text

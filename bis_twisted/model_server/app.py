@@ -116,15 +116,15 @@ class ModelServer:
                 return await self._stream(request, worker, call_id, outcome, rid)
         else:
             worker, call_id, outcome = await self.pool.run(inputs, rid)
-        gateway_fields = self._gateway_fields(request.getHeader(ANSWER_FIELDS_HEADER))
-        status, data, complete = await self.encoded_answer(worker, call_id, outcome, rid, gateway_fields, v2)
+        answer_fields = self._decoded_answer_fields(request.getHeader(ANSWER_FIELDS_HEADER))
+        status, data, complete = await self.encoded_answer(worker, call_id, outcome, rid, answer_fields, v2)
         if complete:
             request.setHeader(ANSWER_COMPLETE_HEADER, b'1')
         return write_encoded_json(request, status, data)
 
-    async def encoded_answer(self, worker, call_id, outcome, rid, gateway_fields, v2=None):
+    async def encoded_answer(self, worker, call_id, outcome, rid, answer_fields, v2=None):
         """``(status, bytes, complete)`` of a call's answer, ``OUTPUT_SCHEMA`` checked, with
-        ``gateway_fields`` in it when given (``complete``: they are; False when the answer
+        the gateway's ``answer_fields`` in it when given (``complete``: they are; False when the answer
         could not be encoded, and its error is what is sent), shaped by ``v2`` (a V2 infer's
         ``V2Call``) when given."""
         body = dict(outcome.body)
@@ -145,12 +145,12 @@ class ModelServer:
             'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id),
             'request_id': rid,
         })
-        if gateway_fields is not None:
-            body.update(gateway_fields)
+        if answer_fields is not None:
+            body.update(answer_fields)
         if v2 is not None:
             status, body = v2.answer(status, body)
         encoded_status, data = encode_answer(status, body)
-        return encoded_status, data, gateway_fields is not None and encoded_status == status
+        return encoded_status, data, answer_fields is not None and encoded_status == status
 
     async def checked_input(self, inputs, size):
         """``inputs`` against INPUT_SCHEMA (off the reactor thread when the body of ``size``
@@ -160,15 +160,18 @@ class ModelServer:
         except SchemaViolation as exc:
             raise BadRequest('INPUT_SCHEMA: ' + exc.message, INPUT_ERROR=exc.details()) from None
 
-    def _gateway_fields(self, value):
+    def _decoded_answer_fields(self, value):
         # the gateway sends the same header for a whole second of its uptime: decoded once
         if value != self._fields_seen[0]:
             self._fields_seen = (value, decode_answer_fields(value))
         return self._fields_seen[1]
 
-    def _answer_fields(self, worker, call_id, rid):
+    def call_fields(self, worker, call_id, rid):
+        """This server's fields of a call's answer: who answered it, when, and to which request."""
         return {'worker_id': worker.worker_id, 'call_id': call_id, 'time': now_text(),
                 'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id), 'request_id': rid}
+
+    _answer_fields = call_fields  # the framed leg's (frames.py) name for it, until it calls call_fields
 
     async def _stream(self, request, worker, call_id, stream, rid):
         """Write each chunk as a line as soon as it is made, paced by the connection (a
@@ -202,7 +205,7 @@ class ModelServer:
             tracing.end_stream(stream_span, sent, ended.body.get('ERROR') if ended is not None else None)
             if request.channel is not None:  # None: the connection is gone, and its producer with it
                 request.unregisterProducer()
-        summary = self._answer_fields(worker, call_id, rid)
+        summary = self.call_fields(worker, call_id, rid)
         summary['chunks'] = sent
         if ended is not None:
             self._log.warn('request {rid}: the stream ended with an error after {n} chunks: {error}', rid=rid,

@@ -51,10 +51,6 @@ class ConnectionDrain:
         if self.closing:  # accepted after the listening port closed: nothing is owed to it
             self._reactor.callLater(0, self._close, channel)
 
-    @property
-    def open_connections(self):
-        return len(self._open)
-
     def _close(self, channel):
         if getattr(channel, 'requests', None):
             channel.persistent = False  # HTTPChannel closes it when the request is done

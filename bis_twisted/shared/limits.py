@@ -330,15 +330,15 @@ class GuardedChannel(BadRequestHookChannel):
     def refuse(self, status_line, message, headers=(), request=None):
         """Answer ``status_line`` with ``{"ERROR": message}`` and close, without reading the
         rest of the request. With the ``request`` (its head is in), the answer carries the
-        site's ``answer_fields(request)`` as every other answer does, request id included."""
+        site's ``gateway_fields(request)`` as every other answer does, request id included."""
         if self._closing or self.transport is None:
             return
         self._closing = True
         self._disarm()
         fields = None
-        answer_fields = getattr(self.site, 'answer_fields', None)
-        if request is not None and answer_fields is not None:
-            fields = answer_fields(request)
+        gateway_fields = getattr(self.site, 'gateway_fields', None)
+        if request is not None and gateway_fields is not None:
+            fields = gateway_fields(request)
             if 'request_id' in fields:
                 headers = tuple(headers) + ((REQUEST_ID_HEADER.decode('ascii'), fields['request_id']),)
         self.transport.write(raw_answer(status_line, message, headers, fields))
@@ -404,7 +404,7 @@ class GuardedSite(Site):
     ``OverflowProtocol``."""
 
     protocol = GuardedChannel
-    answer_fields = None  # request -> the fields every answer carries (the gateway's), or None
+    gateway_fields = None  # request -> the fields every answer carries (the gateway's), or None
 
     def __init__(self, resource, limits=None, **kwargs):
         self.limits = limits or Limits()

@@ -19,7 +19,6 @@ Two readers, one per process:
 
 import ast
 import json
-import os
 
 import attr
 from twisted.internet import defer, threads
@@ -316,10 +315,3 @@ def describe(error, root='inputs'):
     message = error.message if len(error.message) <= 200 else error.message[:200] + '...'
     text = '{}: {}{} (rule {})'.format(field, 'expected {}; '.format(expected) if expected else '', message, rule)
     return SchemaViolation(text, field, rule)
-
-
-def schema_check_for(endpoints_dir, server_class, module):
-    """The ``SchemaCheck`` of an imported endpoint module (``None`` when it declares none)."""
-    path = os.path.join(endpoints_dir, server_class + '.py')
-    check = SchemaCheck(module_schemas(module, path), path)
-    return check if check.active else None

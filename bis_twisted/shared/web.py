@@ -379,15 +379,15 @@ class Utf8PathGuard(Resource):
         return self._wrapped.render(request)
 
 
-def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False, limits=None, answer_fields=None):
+def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False, limits=None, gateway_fields=None):
     """A ``GuardedSite`` (deadlines, connection and body caps: see limits.py) and, by
     default, no access log: one log line per request costs more than routing it. HTTP/1.1
-    only: no HTTP/2 negotiation on plain TCP anyway. ``answer_fields(request)``: the fields
+    only: no HTTP/2 negotiation on plain TCP anyway. ``gateway_fields(request)``: the fields
     the answers the site writes itself (413, 503 for bodies) carry."""
     if limits is None:
         limits = Limits(max_body=int(max_body_mb * MIB))
     site = GuardedSite(Utf8PathGuard(resource), limits, parsePOSTFormSubmission=False)
-    site.answer_fields = answer_fields
+    site.gateway_fields = gateway_fields
     site.noisy = False
     if not access_log:
         site.log = lambda request: None

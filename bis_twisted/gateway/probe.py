@@ -1,5 +1,6 @@
-"""The fleet's measured state: ``/health`` pings of the targets (never cached) and the
-``/list_servers`` entry of a server, with its uptimes in ``H:MM:SS``.
+"""``Probe``: asks the fleet's targets how they are, now (never cached): ``/health`` pings,
+the servers that do not answer (``/ready``), each replica's notifications, and the
+``/list_servers`` entry of a server, measured, with its uptimes in ``H:MM:SS``.
 """
 
 from twisted.internet import defer
@@ -8,10 +9,26 @@ from ..protocol import SERVER_PATHS
 from .status import hms
 
 HEALTH_TIMEOUT = 2.0
+NOTIFICATIONS_TIMEOUT = 5.0
 
 
-class Views:
-    """The part of ``Fleet`` that asks the targets how they are and describes them."""
+class Probe:
+    """Asks ``topology``'s targets with ``client``; ``supervisor`` says which children are
+    ready and how they run, ``router`` which targets can be asked, ``operations`` which
+    servers are being replaced; times come from ``clock``."""
+
+    def __init__(self, topology, supervisor, client, router, operations, clock):
+        self._topology = topology
+        self._supervisor = supervisor
+        self._client = client
+        self._router = router
+        self._operations = operations
+        self._clock = clock
+
+    def health(self, target, timeout):
+        """The target's raw ``/health`` call: a Deferred ``Answer``, failing as the call does
+        (the health monitor tells a refused connection from one that timed out)."""
+        return defer.ensureDeferred(self._client.get_json(target.url('/health'), timeout))
 
     async def ping(self, target, timeout=HEALTH_TIMEOUT):
         """The target's /health answer (a dict), or None when it does not answer 200 in time.
@@ -19,10 +36,10 @@ class Views:
         A child that has not said it is ready is not asked: it cannot answer 200 yet, and a
         connection to a port nobody listens on yet can, in the ephemeral range, connect to
         itself and keep the port from the child for a minute."""
-        if target.child_name is not None and not self.supervisor.is_ready(target.child_name):
+        if target.child_name is not None and not self._supervisor.is_ready(target.child_name):
             return None
         try:
-            result = await self.client.get_json(target.url('/health'), timeout)
+            result = await self.health(target, timeout)
         except Exception:  # any failure to answer means "not online"; the cause is not needed here
             return None
         return result.body if result.status == 200 else None
@@ -38,13 +55,19 @@ class Views:
 
     async def unready(self):
         """Names of the servers that should run and do not answer now."""
-        wanted = [s for s in self.servers.values()
-                  if s.config.is_remote or any(self.supervisor.status(t.child_name).wanted for t in s.targets)]
+        wanted = [s for s in self._topology.servers.values() if not self._topology.is_stopped(s)]
         health = await self.ping_servers(wanted)
         return [name for name, answers in health.items() if all(a is None for a in answers)]
 
-    async def describe(self, server, now):
-        """The ``AVAIL_SERVERS`` entry of one server, ONLINE measured now."""
+    async def notifications(self, server):
+        """The ``/notifications`` answers of the server's ready replicas; 503 when none is."""
+        return await self._router.each_ready_target(server, lambda t: self._client.get_json(
+            t.url('/notifications'), NOTIFICATIONS_TIMEOUT))
+
+    async def describe(self, server, now=None):
+        """The ``AVAIL_SERVERS`` entry of one server, ONLINE measured now (``now``: the
+        clock's time by default)."""
+        now = self._clock.seconds() if now is None else now
         health = await self.ping_server(server)
         replicas = []
         for target, answer in zip(server.targets, health):
@@ -52,10 +75,10 @@ class Views:
                 continue
             entry = {'URL': target.base_url, 'ONLINE': answer is not None, 'IN_FLIGHT': target.in_flight}
             if target.child_name is not None:
-                status = self.supervisor.status(target.child_name)
+                status = self._supervisor.status(target.child_name)
                 entry.update({'PORT': target.port, 'PID': status.pid,
                               'UPTIME': hms(now - status.started_at) if status.running and status.started_at else None,
-                              'RESTARTS': status.restarts, 'RECYCLES': status.recycles + target.recycles,
+                              'RESTARTS': status.restarts, 'RECYCLES': target.recycles,
                               'ERROR': status.last_error, 'STATE': _state(status, answer)})
             else:
                 entry['STATE'] = 'online' if answer is not None else 'offline'
@@ -84,7 +107,7 @@ class Views:
             result['REPLICAS_TARGET'] = len(replicas)
             result['MIN_REPLICAS'] = server.config.min_replicas or 1
             result['MAX_REPLICAS'] = server.config.max_replicas
-        if server.name in self._reloading:
+        if self._operations.busy(server.name):
             result['RELOADING'] = True
         return result
 
