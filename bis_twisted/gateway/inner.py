@@ -28,10 +28,10 @@ from .proxy import AnswerTooLarge, ChildConnectionLost, ChildStream, NotConnecte
 class InnerLeg:
     """The framed connection to the child listening at the Unix socket ``path``."""
 
-    _log = Logger()
+    log = Logger()
 
     def __init__(self, reactor, path, max_answer, connect_timeout=5):
-        self._reactor = reactor
+        self.reactor = reactor
         self._endpoint = UNIXClientEndpoint(reactor, path, timeout=connect_timeout)
         self.max_answer = max_answer
         self._protocol = None
@@ -67,7 +67,8 @@ class InnerLeg:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.loseConnection()
 
-    def _lost(self, protocol):
+    def lost(self, protocol):
+        """``protocol``'s connection is gone: the next request connects again."""
         if self._protocol is protocol:
             self._protocol = None
 
@@ -88,7 +89,7 @@ class InnerLeg:
             timed_out.append(True)
             call.answer.cancel()
 
-        timer = self._reactor.callLater(timeout, expire)
+        timer = self.reactor.callLater(timeout, expire)
         try:
             return await call.answer
         except defer.CancelledError:
@@ -103,7 +104,7 @@ class InnerLeg:
 
 class _InnerProtocol(FrameReceiver):
     def __init__(self, leg):
-        self._leg = leg
+        self.leg = leg
         self.MAX_LENGTH = leg.max_answer + FRAME_OVERHEAD
         self._numbers = itertools.count(1)
         self._calls = {}
@@ -150,17 +151,17 @@ class _InnerProtocol(FrameReceiver):
             else:
                 raise FrameError('a frame of kind {}'.format(kind))
         except (FrameError, AttributeError) as exc:  # AttributeError: a stream frame of no stream
-            self._leg._log.warn('server {what}: a frame that does not parse ({error}); closing the connection',
+            self.leg.log.warn('server {what}: a frame that does not parse ({error}); closing the connection',
                                 what=call.what, error=exc)
             self.transport.abortConnection()
 
     def lengthLimitExceeded(self, length):
         # its frame is never buffered: the connection goes, and each request on it with it
-        self._leg._log.warn('a child sent a frame of {n} bytes, over MAX_ANSWER_MB: closing the connection', n=length)
+        self.leg.log.warn('a child sent a frame of {n} bytes, over MAX_ANSWER_MB: closing the connection', n=length)
         self.transport.abortConnection()
 
     def connectionLost(self, reason):
-        self._leg._lost(self)
+        self.leg.lost(self)
         calls, self._calls = self._calls, {}
         for call in calls.values():
             call.lost(reason)
@@ -199,10 +200,10 @@ class _Call:
 
     def too_large(self):
         error = AnswerTooLarge('server {} answered more than MAX_ANSWER_MB ({:g} MiB); return less, or raise '
-                               'MAX_ANSWER_MB in the config'.format(self.what, self.protocol._leg.max_answer / 2 ** 20))
+                               'MAX_ANSWER_MB in the config'.format(self.what, self.protocol.leg.max_answer / 2 ** 20))
         if self.stream is not None:
             self.stream.finish(AnswerTooLarge('server {} sent a chunk of its stream over MAX_ANSWER_MB ({:g} '
-                                              'MiB)'.format(self.what, self.protocol._leg.max_answer / 2 ** 20)))
+                                              'MiB)'.format(self.what, self.protocol.leg.max_answer / 2 ** 20)))
         elif not self.answer.called:
             self.answer.errback(error)
 
@@ -224,11 +225,11 @@ class FrameStream(ChildStream):
 
     def __init__(self, call, status):
         self._call = call
-        self._reactor = call.protocol._leg._reactor
+        self._reactor = call.protocol.leg.reactor
         self.status = status
         self.timeout = call.timeout
         self.what = call.what
-        self.max_line = call.protocol._leg.max_answer
+        self.max_line = call.protocol.leg.max_answer
         self.ended = defer.Deferred()
         self._on_line = None
         self._early = []  # lines before relay() was called

@@ -171,7 +171,6 @@ class ModelServer:
         return {'worker_id': worker.worker_id, 'call_id': call_id, 'time': now_text(),
                 'signature': '{}.{}'.format(self._signature_prefix, worker.worker_id), 'request_id': rid}
 
-    _answer_fields = call_fields  # the framed leg's (frames.py) name for it, until it calls call_fields
 
     async def _stream(self, request, worker, call_id, stream, rid):
         """Write each chunk as a line as soon as it is made, paced by the connection (a

@@ -246,7 +246,7 @@ class FrameServer(FrameReceiver):
             # at the end, after an error, or cancelled (the gateway's client went away): the
             # generator stops at its next yield and the worker goes back to the pool
             stream.close().addErrback(lambda failure: self._log.failure('closing a stream', failure))
-        summary = server._answer_fields(worker, call_id, call.rid)
+        summary = server.call_fields(worker, call_id, call.rid)
         summary['chunks'] = sent
         if ended is not None:
             self._log.warn('request {rid}: the stream ended with an error after {n} chunks: {error}', rid=call.rid,
