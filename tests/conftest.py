@@ -9,6 +9,7 @@ import textwrap
 import pytest
 from twisted.logger import globalLogPublisher
 
+from fakes import children, make_fleet, reactor  # noqa: F401 (the unit tests' fleet fixtures, from fakes)
 from procs import Processes
 
 # A test starts real processes (a gateway, a model server, a browser, mypy) when it or one of

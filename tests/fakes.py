@@ -1,16 +1,35 @@
-"""A reactor for supervision tests (the idea of Twisted's test_procmon): ``MemoryReactor`` +
-``Clock`` whose ``spawnProcess`` records fake processes; a test makes them print, become ready
-and exit, and advances time by hand."""
+"""The fakes of the unit tests, in one place.
+
+- ``ProcessReactor``: a reactor for supervision tests (the idea of Twisted's test_procmon):
+  ``MemoryReactor`` + ``Clock`` whose ``spawnProcess`` records fake processes; a test makes
+  them print, become ready and exit, and advances time by hand.
+- ``FakeChildren``: the fleet's client to its children, answering with Deferreds the test
+  fires; the ``reactor``, ``children`` and ``make_fleet`` fixtures build a real ``Fleet`` on
+  them (a module imports the fixtures it uses from here).
+- ``FakeFleet``: what the routes, the metrics and the reload watcher use of a ``Fleet``.
+"""
 
 import errno
+import json
 import signal
+from types import SimpleNamespace
 
-from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
+import pytest
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
-from bis_twisted.protocol import READY_LINE
+from bis_twisted.errors import ServiceUnavailable
+from bis_twisted.gateway.config import parse_config
+from bis_twisted.gateway.fleet import Fleet
+from bis_twisted.gateway.proxy import NotConnected
+from bis_twisted.gateway.supervisor import Supervisor
+from bis_twisted.protocol import READY_LINE, expected_class_name
+from bis_twisted.shared.web import Answer
+
+GATEWAY_PORT = 5002
 
 _SIGNAL_NAMES = {signal.SIGTERM: 'TERM', signal.SIGKILL: 'KILL'}
 
@@ -92,3 +111,165 @@ class ProcessReactor(MemoryReactor, Clock):
     def ready(self, *names):
         for name in names:
             self.child(name).proto.childDataReceived(1, '{} 0\n'.format(READY_LINE).encode())
+
+
+# -- a real Fleet on fake children ----------------------------------------------------------------------------
+class Call:
+    def __init__(self, url, payload):
+        self.url = url
+        self.payload = payload
+        self.cancelled = False
+        self.deferred = defer.Deferred(canceller=self._cancel)
+
+    def _cancel(self, d):
+        self.cancelled = True  # the real client aborts its connection here
+
+    @property
+    def port(self):
+        return int(self.url.rsplit(b':', 1)[1].split(b'/')[0])
+
+    def answer(self, status=200, **body):
+        self.deferred.callback(Answer(status, dict({'predict_result': 'ok'}, **body)))
+
+
+class FakeChildren:
+    """The fleet's HTTP client. ``post_json`` records each call and answers with a Deferred the
+    test fires (or at once with ``answer_at_once``); URLs in ``refusing`` fail with
+    ``NotConnected`` (the request never reached them); bases in ``down`` fail ``/health``."""
+
+    def __init__(self):
+        self.calls = []      # requests that reached a child
+        self.refused = []    # urls that refused a request
+        self.refusing = set()
+        self.down = set()
+        self.hung = set()       # bases whose /health never answers
+        self.unanswered = []    # the pings sent to them
+        self.answer_at_once = None
+
+    def post_json(self, url, payload, timeout, what, **kwargs):
+        if url in self.refusing:
+            self.refused.append(url)
+            return defer.fail(NotConnected('ConnectionRefusedError'))
+        call = Call(url, payload)
+        self.calls.append(call)
+        if self.answer_at_once is not None:
+            call.deferred.callback(Answer(200, dict(self.answer_at_once, port=call.port)))
+        return call.deferred
+
+    def get_json(self, url, timeout):
+        base = url.rsplit(b'/', 1)[0]
+        if base in self.down:
+            return defer.fail(ConnectionRefusedError())
+        if base in self.hung:  # connected, never answered (SIGSTOP-ed): the test may fail it later
+            self.unanswered.append(defer.Deferred())
+            return self.unanswered[-1]
+        return defer.succeed(Answer(200, {'STATUS': 'OK', 'NR_WORKERS': 1}))
+
+    @property
+    def ports(self):
+        return [call.port for call in self.calls]
+
+
+@pytest.fixture
+def reactor():
+    return ProcessReactor()
+
+
+@pytest.fixture
+def children():
+    return FakeChildren()
+
+
+@pytest.fixture
+def make_fleet(tmp_path, reactor, children):
+    """``make_fleet(CONFIG_ENDPOINTS)``: the fleet of that config, children spawned (not ready)."""
+    folder = tmp_path / 'endpoints'
+    folder.mkdir()
+
+    def make(endpoints):
+        for name, entry in endpoints.items():
+            if entry.get('HOST') != 'NO_HOST' and not entry.get('URLS'):
+                server_class = entry.get('SERVER_CLASS', name)
+                (folder / (server_class + '.py')).write_text(
+                    'class {}:\n    pass\n'.format(expected_class_name(server_class)))
+        config = parse_config({'CONFIG_ENDPOINTS': endpoints}, 'config_gateway.txt', str(folder),
+                              gateway_port=GATEWAY_PORT)
+        supervisor = Supervisor(reactor=reactor)
+        fleet = Fleet(config, supervisor, children, str(folder), reactor=reactor)
+        fleet.register_children()
+        supervisor.startService()
+        return fleet
+
+    return make
+
+
+def send(fleet, name='demo', payload=b'{"INPUT_VALUE": 1}'):
+    return defer.Deferred.fromCoroutine(fleet.run(name, payload))
+
+
+def result_of(d):
+    results = []
+    d.addBoth(results.append)
+    assert results, 'the Deferred has not fired'
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def failure_of(d, *types):
+    results = []
+    d.addBoth(results.append)
+    assert results, 'the Deferred has not fired'
+    assert isinstance(results[0], Failure), 'expected a failure, got {!r}'.format(results[0])
+    assert results[0].check(*types), results[0]
+    return results[0].value
+
+
+def described(fleet, name='demo'):
+    """What /list_servers shows of server ``name``."""
+    return result_of(defer.Deferred.fromCoroutine(fleet.describe(fleet.servers[name])))
+
+
+def in_flight(fleet, name='demo'):
+    return [replica['IN_FLIGHT'] for replica in described(fleet, name)['REPLICAS']]
+
+
+# -- a fake Fleet --------------------------------------------------------------------------------
+class FakeFleet:
+    """What the routes, the metrics and the reload watcher use of a ``Fleet``: servers named
+    ``names`` (a file each in ``endpoints_dir`` when given), ``run`` answering ``answers`` in
+    order (an Answer, or an error it raises), ``reload`` recorded."""
+
+    def __init__(self, names=(), endpoints_dir=None):
+        self.endpoints_dir = endpoints_dir
+        self.servers = {name: SimpleNamespace(
+            name=name, targets=[SimpleNamespace(active=True)],
+            config=SimpleNamespace(has_file=True, is_remote=False, is_spawned=True, server_class=name, entry={}))
+            for name in names}
+        self.sent = []
+        self.answers = []
+        self.ready = True
+        self.reloaded = []
+
+    async def run(self, name, payload, request_id=None, answer_fields=None):
+        self.sent.append((name, json.loads(payload)))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def unready(self):
+        return [] if self.ready else sorted(self.servers)
+
+    def target_ready(self, target):
+        return self.ready
+
+    def unavailable(self, server):
+        return ServiceUnavailable('server {!r} is starting (loading its workers); retry shortly'.format(server.name))
+
+    def is_stopped(self, server):
+        return False
+
+    async def reload(self, server):
+        self.reloaded.append(server.name)
+        return 1

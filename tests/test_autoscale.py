@@ -2,7 +2,6 @@
 fake children, a fake HTTP client whose answers the test fires, time moved by ``advance``."""
 
 import pytest
-from twisted.internet import defer
 
 from bis_twisted.gateway.autoscale import Autoscaler
 from bis_twisted.gateway.config import parse_config
@@ -10,8 +9,7 @@ from bis_twisted.errors import ConfigError
 from bis_twisted.gateway.fleet import Fleet
 from bis_twisted.protocol import expected_class_name
 from bis_twisted.gateway.supervisor import Supervisor
-from fakes import ProcessReactor
-from test_fleet import FakeChildren, described, send
+from fakes import FakeChildren, ProcessReactor, described, send
 
 
 @pytest.fixture

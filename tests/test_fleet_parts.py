@@ -26,8 +26,7 @@ from bis_twisted.gateway.supervisor import Supervisor
 from bis_twisted.gateway.topology import BLUE, GREEN, Topology
 from bis_twisted.protocol import expected_class_name
 from bis_twisted.shared.web import Answer
-from fakes import ProcessReactor
-from test_fleet import FakeChildren, failure_of, result_of
+from fakes import FakeChildren, ProcessReactor, failure_of, result_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'bis_twisted')

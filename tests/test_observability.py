@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
 from bis_twisted.gateway.metrics import UNKNOWN, GatewayMetrics, RecentStats
+from fakes import FakeFleet
 from gateway_process import start_gateway
 from procs import REPO_ROOT, Processes, http, wait_until
 
@@ -24,10 +25,6 @@ def samples(text):
         for sample in family.samples:
             out[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return out
-
-
-class FakeFleet:
-    servers = {'a': SimpleNamespace(targets=[])}  # an endpoint with no process to measure
 
 
 def test_recent_stats_closes_windows_with_rate_and_p99():
@@ -47,7 +44,9 @@ def test_recent_stats_closes_windows_with_rate_and_p99():
 
 
 def test_gateway_metrics_count_exactly_and_fold_unknown_signatures():
-    metrics = GatewayMetrics(FakeFleet(), supervisor=None, clock=Clock())
+    fleet = FakeFleet(['a'])
+    fleet.servers['a'].targets = []  # an endpoint with no process to measure
+    metrics = GatewayMetrics(fleet, supervisor=None, clock=Clock())
     for _ in range(3):
         metrics.observe('a', 200, 0.01)
     metrics.observe('a', 400, 0.002)

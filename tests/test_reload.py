@@ -5,7 +5,7 @@ from twisted.internet import defer
 from twisted.internet.error import ProcessTerminated
 
 from bis_twisted.errors import Conflict, ReloadFailed
-from test_fleet import children, failure_of, make_fleet, reactor, result_of, send  # noqa: F401 (fixtures)
+from fakes import failure_of, result_of, send
 
 
 def reload(fleet, name='demo'):

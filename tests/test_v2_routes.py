@@ -3,7 +3,6 @@ fleet that records what would go to a model server and answers what the test say
 process, no socket."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import treq
@@ -14,6 +13,7 @@ from bis_twisted.errors import ServiceUnavailable
 from bis_twisted.gateway.routes import Gateway
 from bis_twisted.shared.tensors import V2_MARKER
 from bis_twisted.shared.web import Answer
+from fakes import FakeFleet
 
 MODEL_FILE = '''
 V2_INPUTS = [{"name": "X", "datatype": "FP32", "shape": [-1, 2]}]
@@ -23,40 +23,10 @@ INFER = {'id': 'r1', 'inputs': [{'name': 'X', 'datatype': 'FP32', 'shape': [2, 2
 COMPLETE = b'{"model_name": "m", "model_version": "1", "outputs": [], "parameters": {"batch_size": 3}}'
 
 
-class FakeFleet:
-    """What the V2 routes and ``serve_inference`` use of a ``Fleet``; ``answers`` are what
-    ``run`` answers next (an Answer, or an error it raises)."""
-
-    def __init__(self, endpoints_dir, names):
-        self.endpoints_dir = endpoints_dir
-        self.servers = {name: SimpleNamespace(
-            name=name, targets=[SimpleNamespace(active=True)],
-            config=SimpleNamespace(has_file=True, is_remote=False, server_class=name, entry={})) for name in names}
-        self.sent = []
-        self.answers = []
-        self.ready = True
-
-    async def run(self, name, payload, request_id=None, answer_fields=None):
-        self.sent.append((name, json.loads(payload)))
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    async def unready(self):
-        return [] if self.ready else sorted(self.servers)
-
-    def target_ready(self, target):
-        return self.ready
-
-    def unavailable(self, server):
-        return ServiceUnavailable('server {!r} is starting (loading its workers); retry shortly'.format(server.name))
-
-
 @pytest.fixture
 def fleet(tmp_path):
     (tmp_path / 'm.py').write_text(MODEL_FILE)
-    return FakeFleet(str(tmp_path), ['m'])
+    return FakeFleet(['m'], endpoints_dir=str(tmp_path))
 
 
 @pytest.fixture

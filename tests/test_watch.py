@@ -8,20 +8,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from bis_twisted.gateway.watch import ReloadWatcher, imported_files
-
-
-class FakeFleet:
-    def __init__(self, names):
-        self.servers = {name: types.SimpleNamespace(name=name, config=types.SimpleNamespace(
-            is_spawned=True, server_class=name)) for name in names}
-        self.reloaded = []
-
-    def is_stopped(self, server):
-        return False
-
-    async def reload(self, server):
-        self.reloaded.append(server.name)
-        return 1
+from fakes import FakeFleet
 
 
 def project(tmp_path, files):
