@@ -250,3 +250,69 @@ def test_the_ready_line_waits_for_the_unix_socket_too(capsys):
     assert [entry[0] for entry in reactor.unixServers] == ['\0bis-1-5003']
     server.loaded.callback(None)
     assert '{} 5003'.format(protocol.READY_LINE) in capsys.readouterr().out
+
+
+# -- the house drawn from the imports ---------------------------------------------------------------
+def _layer(module):
+    if module.startswith('bis_twisted.client'):
+        return 'client'
+    if module.startswith('bis_twisted.shared') or module in ('bis_twisted.protocol', 'bis_twisted.errors',
+                                                               'bis_twisted._version'):
+        return 'shared'
+    if module.startswith('bis_twisted.gateway'):
+        return 'gateway'
+    if module.startswith('bis_twisted.model_server'):
+        return 'model_server'
+    if module in ('bis_twisted', 'bis_twisted.compat'):
+        return 'face'
+    return 'endpoint_api'  # worker, logger, notifications
+
+
+def _imports():
+    """``{(module, imported bis_twisted module)}`` of every import statement in the package,
+    those inside functions too."""
+    import ast
+    found = set()
+    for folder, _dirs, files in os.walk(os.path.join(ROOT, 'bis_twisted')):
+        for name in files:
+            if not name.endswith('.py'):
+                continue
+            path = os.path.join(folder, name)
+            module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
+            package = module.rsplit('.', 1)[0]
+            if module.endswith('.__init__'):
+                module = package = module[:-len('.__init__')]
+            with open(path, encoding='utf-8') as fh:
+                tree = ast.parse(fh.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom):
+                    if node.level:
+                        parts = package.split('.')
+                        parts = parts[:len(parts) - node.level + 1]
+                        targets = ['.'.join(parts + ([node.module] if node.module else []))]
+                    else:
+                        targets = [node.module or '']
+                elif isinstance(node, ast.Import):
+                    targets = [alias.name for alias in node.names]
+                else:
+                    continue
+                found.update((module, target) for target in targets if target.startswith('bis_twisted'))
+    return found
+
+
+# what each part may import besides itself: face -> gateway -> shared/protocol, and
+# model server -> endpoint API -> shared/protocol; the light client imports nothing of the rest
+HOUSE = {'face': {'gateway', 'endpoint_api', 'shared'}, 'gateway': {'shared'}, 'model_server': {'endpoint_api', 'shared'},
+         'endpoint_api': {'shared'}, 'shared': set(), 'client': set()}
+# the user's code that runs in the gateway: a support process's class logs with the endpoint
+# API's Logger; ``check --load`` imports an endpoint as its model server would, in its own process
+CROSSINGS = {('bis_twisted.gateway.support', 'bis_twisted.logger'), ('bis_twisted.gateway.check', 'bis_twisted.logger'),
+             ('bis_twisted.gateway.check', 'bis_twisted.model_server.loader')}
+
+
+def test_the_house_drawn_from_the_imports_reads_top_to_bottom():
+    wrong = sorted((module, target) for module, target in _imports()
+                   if _layer(target) != _layer(module) and _layer(target) not in HOUSE[_layer(module)]
+                   and (module, target) not in CROSSINGS)
+    assert wrong == []
+    assert CROSSINGS <= _imports()  # each crossing named is still there (else it goes from the list)
