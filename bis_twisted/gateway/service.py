@@ -22,7 +22,6 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger, LogLevel
 
-from ..errors import BadRequest, ConfigError
 from ..shared.drain import ConnectionDrain
 from ..shared.gctune import freeze_startup_objects
 from ..shared.limits import MIB, Limits
@@ -30,11 +29,12 @@ from ..shared.security import AdminGuard, admin_token
 from ..shared.stalls import StallWatch
 from ..shared.web import LISTEN_BACKLOG, make_site
 from .accesslog import AccessLog, Stamped
-from .apikeys import KeyStore, read_keys_file
+from .apikeys import KeyStore
 from .autoscale import Autoscaler
 from .cachelock import lock_cache
 from .check import port_in_use
 from .config import load_config
+from .config_reload import ConfigReloader
 from .fleet import Fleet
 from .health import HealthMonitor
 from .loading import LoadProgress
@@ -226,7 +226,7 @@ class GatewayService(OrderedServices):
         self.cache_lock = lock_cache(options.cache)
         endpoints_dir = os.path.abspath(options.endpoints)
         # validated before anything starts: ConfigError names file, endpoint and key
-        self.config = load_config(options.config, endpoints_dir, options.port)
+        config = load_config(options.config, endpoints_dir, options.port)
         token = admin_token(options.admin_token)  # stripped; ConfigError when too short
         os.makedirs(options.logs_dir, exist_ok=True)
         self.history = StateHistory.in_cache(options.cache, clock=reactor)
@@ -234,12 +234,12 @@ class GatewayService(OrderedServices):
                                      endpoints_dir=endpoints_dir)
         # what /health and the log say while children load (it hears the supervisor's spawns)
         self.progress = LoadProgress(self.supervisor, reactor=reactor)
-        self.client = ChildClient(reactor=reactor, max_answer=int(self.config.max_answer_mb * MIB))
-        self.fleet = Fleet(self.config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
+        self.client = ChildClient(reactor=reactor, max_answer=int(config.max_answer_mb * MIB))
+        self.fleet = Fleet(config, self.supervisor, self.client, endpoints_dir, reactor=reactor,
                            execution_path=options.execution_path, remote_token=token,
                            socket_names=unix_socket_names())
         self.fleet.register_children()
-        supports = [e for e in self.config.endpoints if e.is_support and not e.disabled]
+        supports = [e for e in config.endpoints if e.is_support and not e.disabled]
         # every spawned child and remote server is watched, with or without support entries
         self.health = HealthMonitor(self.fleet.topology, self.supervisor, self.fleet.probe, self.fleet.operations,
                                     reactor=reactor)
@@ -254,21 +254,22 @@ class GatewayService(OrderedServices):
                          for e in supports]
         self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(token),
                                history=self.history, shutdown=self.stop_reactor, cache_dir=options.cache,
-                               server_name=self.config.server_name,
-                               support_names=[e.name for e in self.config.endpoints if e.is_support],
+                               server_name=config.server_name,
+                               support_names=[e.name for e in config.endpoints if e.is_support],
                                metrics=(GatewayMetrics(self.fleet, self.supervisor, reactor,
                                                        scaling=self.autoscaler.decisions, stalls=self.stalls)
-                                        if self.config.metrics else None),
-                               metrics_guarded=self.config.metrics_require_token, support_key=support_key,
-                               keys=KeyStore(self.config.api_keys, reactor) if self.config.api_keys else None,
+                                        if config.metrics else None),
+                               metrics_guarded=config.metrics_require_token, support_key=support_key,
+                               keys=KeyStore(config.api_keys, reactor) if config.api_keys else None,
                                reload_config=self.reload_config, progress=self.progress)
         self.site = make_site(Stamped(self.gateway.resource(), reactor),
-                              limits=Limits.from_config(self.config.http_limits, self.config.max_body_mb),
+                              limits=Limits.from_config(config.http_limits, config.max_body_mb),
                               gateway_fields=self.gateway.gateway_fields)
-        self.site.log = self.access_log = AccessLog(reactor, enabled=self.config.access_log)
+        self.site.log = self.access_log = AccessLog(reactor, enabled=config.access_log)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.endpoints_dir = endpoints_dir
-        self._config_reload = None  # the reload under way: a second one waits for it
+        self.reloader = ConfigReloader(options.config, endpoints_dir, options.port, config, self.fleet, self.gateway,
+                                       self.access_log, reactor)
         self.watcher = ReloadWatcher(self, reactor=reactor) if options.reload else None
         endpoint = endpoints.TCP4ServerEndpoint(reactor, options.port, backlog=LISTEN_BACKLOG,
                                                 interface=options.host)
@@ -292,10 +293,7 @@ class GatewayService(OrderedServices):
             # the original image's switch: the installed packages at start, for the record
             self._log.info('installed packages:\n{packages}', packages='\n'.join(get_packages()))
         MultiService.startService(self)
-        try:
-            signal.signal(signal.SIGHUP, self._on_sighup)
-        except ValueError:  # not the main thread (a test's reactor in a thread)
-            pass
+        self.reloader.listen_for_sighup()
         self._reactor.callWhenRunning(self._install_stop_signals)
         self._open_port_when_ready()
 
@@ -352,53 +350,14 @@ class GatewayService(OrderedServices):
         self._reactor.addSystemEventTrigger('after', 'shutdown', _exit_now, 2)
         self.stop_reactor()
 
+    @property
+    def config(self):
+        """The config in force (the reloader's, since a reload replaces it)."""
+        return self.reloader.config
+
     def reload_config(self):
-        """Read and validate the config file again and apply it (``Fleet.apply_config``);
-        fires with ``{action: [names]}``, or fails with ``BadRequest`` (the one-line error)
-        when the file cannot be used, and then nothing changes. One reload at a time."""
-        previous = self._config_reload or defer.succeed(None)
-        d = defer.Deferred()
-        previous.addBoth(lambda _: defer.Deferred.fromCoroutine(self._reload_config()).chainDeferred(d))
-        self._config_reload = d
-        return d
-
-    async def _reload_config(self):
-        keep = {e.name: (e.ports, e.spare_ports) for e in self.config.endpoints if e.is_spawned}
-        try:
-            config = load_config(self.options.config, self.endpoints_dir, self.options.port, keep_ports=keep)
-        except ConfigError as exc:
-            self._log.warn('config reload refused, nothing changed: {err}', err=exc)
-            raise BadRequest(str(exc)) from None
-        try:  # the API_KEYS file too: an invalid one refuses the whole reload
-            keys = read_keys_file(config.api_keys) if config.api_keys else None
-        except ConfigError as exc:
-            self._log.warn('config reload refused, nothing changed: {err}', err=exc)
-            raise BadRequest(str(exc)) from None
-        for warning in config.warnings:
-            self._log.warn('{warning}', warning=warning)
-        done = await self.fleet.apply_config(config)
-        if keys is None:
-            self.gateway.keys = None
-        elif self.gateway.keys is None:
-            self.gateway.keys = KeyStore(config.api_keys, self._reactor)
-        else:
-            self.gateway.keys.reload(config.api_keys)  # the buckets of unchanged keys are kept
-        self.config = config
-        self.gateway.refresh()
-        self.access_log.enabled = config.access_log
-        self._log.info('config reloaded from {path}: {summary}', path=self.options.config, summary='; '.join(
-            '{} {}'.format(k.lower(), ', '.join(v)) for k, v in done.items() if v and k != 'UNCHANGED') or 'no change')
-        for name, error in done['FAILED'].items():
-            self._log.warn('config reload: {error}', error=error)
-        return done
-
-    def _on_sighup(self, signum, frame):
-        self._reactor.callFromThread(self._reload_from_signal)
-
-    def _reload_from_signal(self):
-        self._log.info('SIGHUP: reloading the config')
-        d = self.reload_config()
-        d.addErrback(lambda f: self._log.warn('config reload on SIGHUP failed: {err}', err=f.getErrorMessage()))
+        """``ConfigReloader.reload``: read the config file again and put it in force."""
+        return self.reloader.reload()
 
     @property
     def port(self):
