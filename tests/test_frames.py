@@ -20,6 +20,7 @@ from bis_twisted.model_server.frames import InnerOrHTTP
 from bis_twisted.protocol import encode_answer_fields
 from bis_twisted.shared.frames import STREAM_WINDOW
 from bis_twisted.shared.drain import ConnectionDrain
+from bis_twisted.shared.limits import MIB, Limits
 from bis_twisted.shared.web import make_site
 
 GATE = threading.Event()
@@ -73,15 +74,16 @@ class BigChunksWorker(FlaskWorker):
         return pred
 
 
-async def serve(worker_class, config=None):
+async def serve(worker_class, config=None, limits=None):
     server = ModelServer('subject', worker_class, {}, dict(config or {}), reactor=reactor)
     await server.start()
-    site = make_site(server.resource())
+    site = make_site(server.resource(), limits=limits)
     factory = InnerOrHTTP(site, server, ConnectionDrain(site, reactor=reactor), reactor=reactor)
     address = '\0bis-test-frames-{}-{}'.format(os.getpid(), id(server))
     port = await UNIXServerEndpoint(reactor, address).listen(factory)
     client = ChildClient(reactor=reactor, inner_frames=True)
     client.use_unix_socket('127.0.0.1', 1, address)
+    server.site = site
     return server, port, client
 
 
@@ -220,6 +222,28 @@ async def test_a_stream_no_one_reads_waits_in_the_child_not_in_the_gateway():
         stream.resumeProducing()
         await done
         assert len(lines) == 101 and json.loads(lines[-1])['chunks'] == 100
+    finally:
+        await close(server, port, client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_framed_bodies_share_the_max_bodies_mb_budget_of_http_ones():
+    # 1 MiB of bodies at once: one request of 600 KiB waits in the pool holding its body, a
+    # second one gets the 503 an HTTP request would, and the budget is whole again after
+    server, port, client = await serve(EchoWorker, {'NR_WORKERS': 2}, limits=Limits(max_bodies_in_flight=MIB))
+    body = json.dumps({'WAIT': 1, 'PAD': 'p' * 600 * 1024}).encode()
+    try:
+        waiting = defer.Deferred.fromCoroutine(client.post_json(URL, body, 5, "'subject'"))
+        await _until(lambda: server.pool.busy == 1)
+        assert server.site.bodies_in_flight == len(body)
+        refused = await client.post_json(URL, json.dumps({'PAD': 'q' * 600 * 1024}).encode(), 5, "'subject'")
+        assert refused.status == 503 and 'MAX_BODIES_MB' in refused.body['ERROR']
+        GATE.set()
+        assert (await waiting).status == 200
+        assert server.site.bodies_in_flight == 0
+        again = await client.post_json(URL, json.dumps({'X': 1, 'PAD': 'r' * 600 * 1024}).encode(), 5, "'subject'")
+        assert again.status == 200 and again.body['predict_result']['echo'] == 1
+        assert server.site.bodies_in_flight == 0
     finally:
         await close(server, port, client)
 

@@ -46,7 +46,7 @@ class InnerOrHTTP(Factory):
         return _FirstBytes(self, addr)
 
     def build_frames(self):
-        protocol = FrameServer(self.server, self.max_frame)
+        protocol = FrameServer(self.server, self.max_frame, self.site)
         if self.drain is not None:
             self.drain.track(protocol)
         return protocol
@@ -99,9 +99,10 @@ class FrameServer(FrameReceiver):
 
     _log = Logger()
 
-    def __init__(self, server, max_frame):
+    def __init__(self, server, max_frame, bodies):
         self.MAX_LENGTH = max_frame
         self._server = server
+        self._bodies = bodies  # the site whose MAX_BODIES_MB budget framed bodies share with HTTP's
         self.calls = {}  # number -> _Call, while it runs
         self.paused = False  # the transport's buffer is full: streams wait
         self.persistent = True  # set False by a drain: close once the last call is answered
@@ -159,6 +160,11 @@ class FrameServer(FrameReceiver):
             gateway_fields = None  # as over HTTP: an answer without them, completed by the gateway
         call = _Call(number, rid, max_answer, _Flow(self), size_hint=len(body))
         self.calls[number] = call
+        if body and not self._bodies.reserve_body(len(body)):
+            status, data = encode_answer(503, {'ERROR': self._bodies.bodies_busy_message()})
+            self._answer(call, status, data, False)
+            return
+        call.reserved = len(body)
         call.running = defer.Deferred.fromCoroutine(self._serve(call, gateway_fields, body))
         call.running.addErrback(self._failed, call)
 
@@ -168,6 +174,9 @@ class FrameServer(FrameReceiver):
         self._finished(call)
 
     def _finished(self, call):
+        if call.reserved:
+            self._bodies.release_body(call.reserved)
+            call.reserved = 0
         if self.calls.get(call.number) is call:
             del self.calls[call.number]
         if not self.calls and not self.persistent and self.transport is not None:
@@ -278,6 +287,7 @@ class _Call:
     flow = attr.ib()
     running = attr.ib(default=None)
     size_hint = attr.ib(default=None)
+    reserved = attr.ib(default=0)  # bytes of its body counted against MAX_BODIES_MB until it ends
 
 
 class _Flow:

@@ -131,16 +131,13 @@ class LimitedRequest(Request):
         return None
 
     def _busy(self):
-        limits = self.channel.site.limits
-        return ('503 Service Unavailable', 'the server holds {:g} MiB of request bodies already (MAX_BODIES_MB); '
-                'retry shortly'.format(limits.max_bodies_in_flight / MIB), (('Retry-After', '1'),))
+        return ('503 Service Unavailable', self.channel.site.bodies_busy_message(), (('Retry-After', '1'),))
 
     def _reserve(self, size):
         site = self.channel.site
-        if site.bodies_in_flight + size > site.limits.max_bodies_in_flight:
+        if not site.reserve_body(size):
             return False
         self._site = site  # the channel is gone by the time the request ends
-        site.bodies_in_flight += size
         self._reserved += size
         return True
 
@@ -153,13 +150,9 @@ class LimitedRequest(Request):
         self._release()
 
     def _release(self):
-        if not self._reserved:
-            return
-        site = self._site
-        site.bodies_in_flight -= self._reserved
-        if self._reserved >= MIB:
-            site.large_body_released()
-        self._reserved = 0
+        if self._reserved:
+            self._site.release_body(self._reserved)
+            self._reserved = 0
 
     def handleContentChunk(self, data):
         if self._refused:
@@ -415,6 +408,22 @@ class GuardedSite(Site):
         self._trim_wanted = False
         self._trim_call = None
         self._trimmed_at = float('-inf')
+
+    def reserve_body(self, size):
+        """Count ``size`` bytes of a body held, unless that goes over ``MAX_BODIES_MB`` (False)."""
+        if self.bodies_in_flight + size > self.limits.max_bodies_in_flight:
+            return False
+        self.bodies_in_flight += size
+        return True
+
+    def release_body(self, size):
+        self.bodies_in_flight -= size
+        if size >= MIB:
+            self.large_body_released()
+
+    def bodies_busy_message(self):
+        return 'the server holds {:g} MiB of request bodies already (MAX_BODIES_MB); retry shortly'.format(
+            self.limits.max_bodies_in_flight / MIB)
 
     def large_body_released(self):
         """Once no body is held, hand the freed heap back to the system (at most once a
