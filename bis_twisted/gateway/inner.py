@@ -18,6 +18,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ..errors import GatewayTimeout
+from ..shared import tracing
 from ..shared.frames import (ANSWER, CANCEL, CHUNK, CREDIT, END, FRAME_OVERHEAD, MAGIC, REQUEST, STREAM,
                              STREAM_WINDOW, TOO_LARGE, FrameError, FrameReceiver, credit_part, request_parts,
                              split_answer, split_status)
@@ -74,14 +75,15 @@ class InnerLeg:
 
     async def post(self, payload, timeout, what, request_id=None, answer_fields=None):
         """``payload`` (the inputs' JSON) to the child; see the module's docstring."""
+        parent = tracing.traceparent()  # the hop's span, when tracing is on: the child's spans go under it
         try:
             protocol = await self._connected()
         except (net_error.ConnectError, net_error.ConnectionRefusedError, net_error.ConnectionLost,
                 net_error.ConnectionDone, OSError) as exc:
             raise NotConnected(type(exc).__name__) from None
         # the fields are JSON already (encoded once a second): put in as they are
-        header = b'{"rid":%s,"fields":%s,"max":%d}' % (orjson.dumps(request_id), answer_fields or b'null',
-                                                        self.max_answer)
+        header = b'{"rid":%s,"fields":%s,"max":%d%s}' % (orjson.dumps(request_id), answer_fields or b'null',
+                                                          self.max_answer, b',"tp":"%s"' % parent if parent else b'')
         call = protocol.start(header, payload, timeout, what, answer_fields is not None)
         timed_out = []
 

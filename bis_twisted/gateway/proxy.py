@@ -151,7 +151,7 @@ class ChildClient:
         another replica), ``GatewayTimeout``, ``BadGateway`` (``ChildConnectionLost`` when the
         child dropped the connection), or ``CancelledError`` when our own caller gave up."""
         leg = self._inner_leg(url)
-        if leg is not None and not tracing.enabled():  # frames carry no trace context: a traced hop is HTTP
+        if leg is not None:
             return await leg.post(payload, timeout, what, request_id, answer_fields)
         response_holder = []
 

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from ..errors import BisError, ServiceUnavailable
 from ..protocol import SIGNATURE
+from ..shared import tracing
 from ..shared.frames import (ANSWER, CANCEL, CHUNK, CREDIT, END, FRAME_OVERHEAD, MAGIC, REQUEST, STREAM,
                              STREAM_WINDOW, TOO_LARGE, FrameError, FrameReceiver, answer_parts, split_credit,
                              split_request, status_part)
@@ -154,12 +155,14 @@ class FrameServer(FrameReceiver):
         try:
             fields = orjson.loads(header)
             rid, gateway_fields, max_answer = fields['rid'], fields.get('fields'), int(fields['max'])
+            parent = fields.get('tp')  # the gateway's hop span, when tracing is on
         except (ValueError, KeyError, TypeError) as exc:
             raise FrameError('a request header that does not parse: {}'.format(exc)) from None
         if not isinstance(gateway_fields, dict) or not all(isinstance(v, str) for v in gateway_fields.values()):
             gateway_fields = None  # as over HTTP: an answer without them, completed by the gateway
         call = _Call(number, rid, max_answer, _Flow(self), size_hint=len(body))
         self.calls[number] = call
+        call.traced = tracing.start_framed(parent if isinstance(parent, str) else None, rid, self._server.name)
         if body and not self._bodies.reserve_body(len(body)):
             status, data = encode_answer(503, {'ERROR': self._bodies.bodies_busy_message()})
             self._answer(call, status, data, False)
@@ -171,9 +174,13 @@ class FrameServer(FrameReceiver):
     def _failed(self, failure, call):
         if not failure.check(defer.CancelledError):
             self._log.failure('serving a framed request', failure)
-        self._finished(call)
+            self._finished(call, 500)
+        else:
+            self._finished(call, 499)  # the gateway's client went away (nginx's code for it)
 
-    def _finished(self, call):
+    def _finished(self, call, status):
+        tracing.end_framed(call.traced, status)
+        call.traced = None
         if call.reserved:
             self._bodies.release_body(call.reserved)
             call.reserved = 0
@@ -191,7 +198,7 @@ class FrameServer(FrameReceiver):
             self._send(call, TOO_LARGE)
         else:
             self._send(call, ANSWER, *answer_parts(status, complete, data))
-        self._finished(call)
+        self._finished(call, status)
 
     async def _serve(self, call, gateway_fields, body):
         server = self._server
@@ -233,6 +240,7 @@ class FrameServer(FrameReceiver):
         server = self._server
         ended = None
         sent = 0
+        span = tracing.start_stream(call.rid)
         try:
             while True:
                 await call.flow.writable()
@@ -244,7 +252,8 @@ class FrameServer(FrameReceiver):
                     break
                 if len(line) > call.max_answer:  # the gateway would drop it: it says so itself
                     self._send(call, TOO_LARGE)
-                    self._finished(call)
+                    tracing.end_stream(span, sent, 'a chunk over MAX_ANSWER_MB')
+                    self._finished(call, 502)
                     return
                 if not sent:
                     self._send(call, STREAM, status_part(200))
@@ -255,6 +264,7 @@ class FrameServer(FrameReceiver):
             # at the end, after an error, or cancelled (the gateway's client went away): the
             # generator stops at its next yield and the worker goes back to the pool
             stream.close().addErrback(lambda failure: self._log.failure('closing a stream', failure))
+        tracing.end_stream(span, sent, ended.body.get('ERROR') if ended is not None else None)
         summary = server.call_fields(worker, call_id, call.rid)
         summary['chunks'] = sent
         if ended is not None:
@@ -271,7 +281,7 @@ class FrameServer(FrameReceiver):
         if not sent:
             self._send(call, STREAM, status_part(200))
         self._send(call, END, dumps_spaced(body))
-        self._finished(call)
+        self._finished(call, ended.status if ended is not None else 200)
 
     def connectionLost(self, reason):
         calls, self.calls = self.calls, {}
@@ -288,6 +298,7 @@ class _Call:
     running = attr.ib(default=None)
     size_hint = attr.ib(default=None)
     reserved = attr.ib(default=0)  # bytes of its body counted against MAX_BODIES_MB until it ends
+    traced = attr.ib(default=None)  # its span, when tracing is on (``tracing.start_framed``)
 
 
 class _Flow:

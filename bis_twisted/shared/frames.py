@@ -10,7 +10,8 @@ leave in one send (the transport's buffer is flushed when the reactor next waits
 Gateway to model server:
 
 - ``REQUEST``: ``header`` (JSON: the request id, the gateway's answer fields, the largest
-  answer or stream chunk the gateway takes) and the inputs' JSON body;
+  answer or stream chunk the gateway takes, and the hop span's ``traceparent`` when tracing
+  is on) and the inputs' JSON body;
 - ``CANCEL``: the gateway's client went away, or the deadline passed: a queued request is
   dropped, a running stream's generator closed;
 - ``CREDIT``: the bytes more of a stream's chunks the gateway takes. A stream may send

@@ -107,12 +107,16 @@ def _format(span_context) -> bytes:
 
 def _parent_of(request):
     """The context of the request's ``traceparent`` (an empty one when it has none)."""
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     carrier = {}
     for name in (b'traceparent', b'tracestate'):
         value = request.getHeader(name)
         if value:
             carrier[name.decode('ascii')] = value.decode('latin-1')
+    return _extracted(carrier)
+
+
+def _extracted(carrier):
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     return TraceContextTextMapPropagator().extract(carrier)
 
 
@@ -232,18 +236,35 @@ def start_request(request, request_id: str, endpoint: str) -> None:
     hooks of that request id put theirs."""
     if _tracer is None:
         return
+    entry = _begin(_parent_of(request), request_id, endpoint)
+    request.setHeader(TRACEPARENT, _format(entry.span.get_span_context()))
+    request.notifyFinish().addBoth(lambda _r: _request_done(request.code or 200, request_id, entry))
+
+
+def start_framed(parent: Optional[str], request_id: str, endpoint: str):
+    """``start_request`` for a request that came in a frame, ``parent`` its ``traceparent``;
+    ``end_framed`` ends it with the answer's status."""
+    if _tracer is None:
+        return None
+    return request_id, _begin(_extracted({'traceparent': parent} if parent else {}), request_id, endpoint)
+
+
+def end_framed(started, status: int) -> None:
+    if started is not None:
+        _request_done(status, *started)
+
+
+def _begin(parent, request_id, endpoint):
     from opentelemetry import trace
-    span = _tracer.start_span('POST /run', context=_parent_of(request), kind=trace.SpanKind.SERVER,
+    span = _tracer.start_span('POST /run', context=parent, kind=trace.SpanKind.SERVER,
                               attributes={'bis.endpoint': endpoint, 'bis.request_id': request_id})
     entry = _Request(span, trace.set_span_in_context(span), time.time_ns())
     _requests.setdefault(request_id, []).append(entry)
-    request.setHeader(TRACEPARENT, _format(span.get_span_context()))
-    request.notifyFinish().addBoth(_request_done, request, request_id, entry)
+    return entry
 
 
-def _request_done(result, request, request_id, entry):
+def _request_done(code, request_id, entry):
     from opentelemetry import trace
-    code = request.code or 200
     entry.span.set_attribute('http.response.status_code', code)
     if code >= 500:
         entry.span.set_status(trace.Status(trace.StatusCode.ERROR))
