@@ -7,12 +7,12 @@ from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import formatEvent
-from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
 from bis_twisted.errors import BisError, ConfigError, Forbidden, Unauthorized, UnsupportedMediaType
 from bis_twisted.shared.security import AdminGuard, admin_token, is_loopback
 from bis_twisted.shared.web import error_answer, write_json
+from fakes import result_of
 
 TOKEN = 's3cr3t-Admin-T0ken-value'
 
@@ -161,15 +161,6 @@ class AdminApp:
         self.shutdowns += 1
         return write_json(request, 200, {'MESSAGE': 'OK'})
 
-
-def result_of(deferred):
-    """StubTreq answers synchronously: the Deferred has fired by the time it is returned."""
-    results = []
-    deferred.addBoth(results.append)
-    assert results, 'the Deferred has not fired'
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def post_shutdown(service, headers=None):

@@ -13,7 +13,7 @@ from bis_twisted.errors import ServiceUnavailable
 from bis_twisted.gateway.routes import Gateway
 from bis_twisted.shared.tensors import V2_MARKER
 from bis_twisted.shared.web import Answer
-from fakes import FakeFleet
+from fakes import FakeFleet, result_of
 
 MODEL_FILE = '''
 V2_INPUTS = [{"name": "X", "datatype": "FP32", "shape": [-1, 2]}]
@@ -33,14 +33,6 @@ def fleet(tmp_path):
 def stub(fleet):
     return StubTreq(Gateway(fleet, reactor=Clock()).resource())
 
-
-def result_of(d):
-    results = []
-    d.addBoth(results.append)
-    assert results, 'the Deferred has not fired'
-    if hasattr(results[0], 'raiseException'):
-        results[0].raiseException()
-    return results[0]
 
 
 def call(stub, method, path, body=None, headers=None):
