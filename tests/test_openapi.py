@@ -16,7 +16,7 @@ from gateway_process import start_gateway
 from procs import ENDPOINTS_DIR
 
 NAMES = ['iris_classifier', 'dummy_model_demo1', 'dummy_model_demo2', 'text_streamer']
-ADMIN = {'/start_server', '/kill_server', '/update_workers', '/reload_server', '/reload_config', '/shutdown',
+ADMIN = {'/start_server', '/kill_server', '/update_workers', '/reload_server', '/reload_config', '/rollout', '/shutdown',
          '/support_update_status'}
 
 

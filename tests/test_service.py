@@ -141,7 +141,7 @@ def test_the_tree_stops_in_reverse_each_part_after_the_one_before_has_stopped(tm
 
     done = service.stopService()
     order = ['StallWatch', 'AddressSpreader', 'Autoscaler', 'HealthMonitor', 'LoadProgress', 'port', 'drain',
-             'Supervisor', 'client', 'history']
+             'rollouts', 'Supervisor', 'client', 'history']
     for index, name in enumerate(order):
         assert stops == order[:index + 1], 'stopped {} before {} had'.format(stops[-1], order[index - 1])
         pending[name].callback(None)

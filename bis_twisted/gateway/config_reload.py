@@ -21,11 +21,13 @@ class ConfigReloader:
     """Reloads ``path`` (its endpoint files in ``endpoints_dir``, the gateway on
     ``gateway_port``) over ``config``, the one in force, for ``fleet`` and ``gateway`` (the
     routes: their key store and what they show) and ``access_log``; ``after`` are called
-    (async) once a reload is in force."""
+    (async) once a reload is in force; ``held()`` names more ports no new endpoint may take
+    (``{name: (ports, spare ports)}``: a rollout's candidates)."""
 
     _log = Logger()
 
-    def __init__(self, path, endpoints_dir, gateway_port, config, fleet, gateway, access_log, reactor, after=()):
+    def __init__(self, path, endpoints_dir, gateway_port, config, fleet, gateway, access_log, reactor, after=(),
+                 held=dict):
         self.path = path
         self.endpoints_dir = endpoints_dir
         self.gateway_port = gateway_port
@@ -35,6 +37,7 @@ class ConfigReloader:
         self._access_log = access_log
         self._reactor = reactor
         self._after = list(after)
+        self._held = held
         self._under_way = None  # the reload under way: a second one waits for it
 
     def reload(self):
@@ -48,7 +51,7 @@ class ConfigReloader:
         return d
 
     async def _reload(self):
-        keep = {e.name: (e.ports, e.spare_ports) for e in self.config.endpoints if e.is_spawned}
+        keep = dict(self._held(), **{e.name: (e.ports, e.spare_ports) for e in self.config.endpoints if e.is_spawned})
         try:
             config = load_config(self.path, self.endpoints_dir, self.gateway_port, keep_ports=keep)
             # the API_KEYS file too: an invalid one refuses the whole reload

@@ -46,7 +46,13 @@ _FIELDS = {
     'time': {'type': 'string', 'description': 'YYYY-MM-DD HH:MM:SS'},
     'gw-uptime': {'type': 'string', 'description': 'H:MM:SS'},
     'request_id': {'type': 'string'},
+    'version': {'type': 'string', 'enum': ['stable', 'candidate'],
+                'description': 'the endpoint is under rollout (POST /rollout): which version answered'},
 }
+_VERSION_HEADER = {'name': 'X-Bis-Version', 'in': 'header', 'required': False,
+                   'schema': {'type': 'string', 'enum': ['stable', 'candidate']},
+                   'description': 'an endpoint under rollout: the version to answer (409 for "candidate" when '
+                                  'none serves)'}
 
 
 def _answer(properties=None, required=()):
@@ -71,6 +77,7 @@ _ERRORS = {
     '405': _json(_ERROR, 'method not allowed on this route'),
     '413': _json(_ERROR, 'request body over MAX_BODY_MB'),
     '415': _json(_ERROR, 'admin route: the body is not sent as Content-Type: application/json'),
+    '409': _json(_ERROR, 'a rollout of the endpoint is under way already (or none is, to PROMOTE / ABORT)'),
     '503': _json(_ERROR, 'the endpoint server is down, starting, restarting, stopped or its queue is full '
                          '(with Retry-After)'),
 }
@@ -263,7 +270,7 @@ def run_routes(endpoints, paths, schemas):
     names = list(endpoints.names) or ['<none configured>']
     run_body = _run_body(endpoints, schemas) if endpoints.names else _signature_body(names)
     answers = _run_answers(endpoints, schemas)
-    failures = dict(_errors('400', '404', '405', '413', '503'), **_RUN_KEY_ERRORS, **{
+    failures = dict(_errors('400', '404', '405', '409', '413', '503'), **_RUN_KEY_ERRORS, **{
         '500': _json('#/components/schemas/HookError', "the endpoint's _predict or _post_process raised"),
         '502': _json(_ERROR, 'the endpoint server closed the connection or answered garbage'),
         '504': _json(_ERROR, 'the endpoint server did not answer within its TIMEOUT')})
@@ -271,10 +278,10 @@ def run_routes(endpoints, paths, schemas):
         'post': _op(TAG_RUN, 'Run the endpoint named by SIGNATURE on the other fields', dict(answers, **failures),
                     description="The body is one of the endpoints' inputs (each endpoint's INPUT_SCHEMA, checked by "
                                 'its model server: 400 names the field and the rule).',
-                    requestBody=run_body, security=_RUN_SECURITY),
+                    requestBody=run_body, security=_RUN_SECURITY, parameters=[_VERSION_HEADER]),
         'get': _op(TAG_RUN, 'Run with the inputs as query arguments', dict(answers, **failures),
                    parameters=[{'name': SIGNATURE, 'in': 'query', 'required': True,
-                                'schema': {'type': 'string', 'enum': names}}],
+                                'schema': {'type': 'string', 'enum': names}}, _VERSION_HEADER],
                    security=_RUN_SECURITY),
     }
 
@@ -356,6 +363,24 @@ def admin_routes(endpoints, paths, schemas):
             'resized', **{'503': _ERRORS['503']}),
         '/reload_server': post("Replace a server's processes by new ones that read its file again (nothing "
                                'dropped)', _signature_body(names), 'replaced', **{'503': _ERRORS['503']}),
+        '/rollout': post('Canary or shadow rollout of a new version of an endpoint: start a candidate beside the '
+                         'serving version, or PROMOTE / ABORT it (409 while one runs; 500 names the load error '
+                         'of a candidate that does not start)', _signature_body(names, {
+                             'SERVER_CLASS': {'type': 'string', 'description': 'the endpoint file of the candidate '
+                                                                                '(default: the endpoint\'s own, read again)'},
+                             'PERCENT': {'type': 'number', 'minimum': 0, 'maximum': 100,
+                                         'description': 'share of the requests the candidate serves (a shadow: '
+                                                        'gets a copy of); default 10, a shadow 100'},
+                             'SHADOW': {'type': 'boolean', 'description': 'copies only: clients get the stable answer'},
+                             'TOLERANCE': {'type': 'number', 'minimum': 0,
+                                           'description': 'a shadow: how far apart two numbers may be and agree'},
+                             'CONFIG': {'type': 'object', 'description': 'config keys of the candidate (REPLICAS '
+                                                                         'default 1)'},
+                             'ROLLBACK_ON': {'description': 'false, or {ERROR_RATE, P99_RATIO, MIN_REQUESTS} '
+                                                            '(default 0.05, 2.0, 50)'},
+                             'PROMOTE': {'type': 'boolean'}, 'ABORT': {'type': 'boolean'}}),
+                         'the rollout (ROLLOUT: its state and figures)', codes=admin + ('409',),
+                         **{'500': _json(_ERROR, 'the candidate did not start; the stable keeps serving')}),
         '/reload_config': post('Read the config file again and apply what changed (as SIGHUP)', {
             'required': False, 'content': {'application/json': {'schema': {'type': 'object'}}}},
             'what changed, by action', codes=('400', '401', '403', '404', '405', '413', '415')),

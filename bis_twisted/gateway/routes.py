@@ -37,6 +37,7 @@ from .assets import Assets
 from .devices import gpu_memory
 from .openapi import openapi_document, streams_declared
 from .proxy import ChildStream
+from .rollout import Rollouts, version_of
 from .status import hms, memory_gb, system_alerts, system_status
 from .v2 import V2Routes
 
@@ -79,13 +80,15 @@ class Gateway:
 
     def __init__(self, fleet, reactor=None, app_version=None, guard=None, history=None,
                  shutdown=None, cache_dir='.', server_name='', support_names=(), metrics=None,
-                 metrics_guarded=False, support_key=None, keys=None, reload_config=None, progress=None):
+                 metrics_guarded=False, support_key=None, keys=None, reload_config=None, progress=None,
+                 rollouts=None):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
         self.keys = keys  # an apikeys.KeyStore when the config has API_KEYS: /run needs a key
         self._repeats = RepeatLimiter(self._log, clock=reactor)
         self.fleet = fleet
+        self.rollouts = rollouts if rollouts is not None else Rollouts(fleet, reactor=reactor)  # POST /rollout
         self.guard = guard or AdminGuard()
         self.history = history
         self._shutdown = shutdown
@@ -121,6 +124,9 @@ class Gateway:
         fields['time'] = now_text()
         fields['gw-uptime'] = hms(self._reactor.seconds() - self.started_at)
         fields['request_id'] = request_id_of(request)
+        version = version_of(request)
+        if version is not None:  # the endpoint is under rollout: which version answered
+            fields['version'] = version
         return fields
 
     def answer_fields(self):
@@ -182,7 +188,8 @@ class Gateway:
             remember_signature(request, signature)  # for the access log
             if key is not None:
                 self.keys.admit(key, signature)  # 403 / 429
-            result = await self.fleet.run(signature, payload, rid, self.answer_fields())
+            # the fleet's run, or the rollout's choice of stable or candidate
+            result = await self.rollouts.run(request, signature, payload, rid, self.answer_fields())
             del payload  # the answer is all that needs to live from here on
             status = result.status
             return await write(request, signature, result, started)
@@ -307,7 +314,7 @@ class Gateway:
     def stats(self, request):
         if self.metrics is None:
             return self.answer(request, 200, {'WINDOW_SECONDS': None, 'POINTS': [], 'ENDPOINTS': {}})
-        return self.answer(request, 200, self.metrics.stats())
+        return self.answer(request, 200, dict(self.metrics.stats(), ROLLOUTS=self.rollouts.points()))
 
     @app.route('/openapi.json', methods=['GET'])
     def openapi(self, request):
@@ -336,6 +343,9 @@ class Gateway:
         # are listed apart, with the same fields, for the status page and operators
         active, stopped = {}, {}
         for name, entry in zip(names, described):
+            rollout = self.rollouts.describe(name)
+            if rollout is not None:
+                entry['ROLLOUT'] = rollout
             (stopped if self.fleet.is_stopped(self.fleet.servers[name]) else active)[name] = entry
         return self.answer(request, 200, {'AVAIL_SERVERS': active, 'STOPPED_SERVERS': stopped})
 
@@ -454,6 +464,14 @@ class Gateway:
         replaced = await self.fleet.reload(server)
         return self.answer(request, 200, {'MESSAGE': '{}: {} replica(s) replaced by new processes'.format(
             server.name, replaced), 'SIGNATURE': server.name, 'REPLACED': replaced})
+
+    @app.route('/rollout', methods=['POST'])
+    async def rollout(self, request):
+        """Start a canary or shadow candidate of an endpoint, promote it, or abort it."""
+        self.guard.check(request)
+        inputs = request_inputs(request)
+        self.signature_of(inputs)
+        return self.answer(request, 200, await self.rollouts.command(inputs))
 
     @app.route('/reload_config', methods=['POST'])
     async def reload_config(self, request):

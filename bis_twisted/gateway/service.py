@@ -40,6 +40,8 @@ from .health import HealthMonitor
 from .loading import LoadProgress
 from .metrics import GatewayMetrics
 from .proxy import ChildClient
+from .rollout import Rollouts
+from .rollout_metrics import RolloutCollector
 from .routes import SUPPORT_KEY_ARG, Gateway
 from .spread import AddressSpreader
 from .status import StateHistory, get_packages
@@ -252,6 +254,7 @@ class GatewayService(OrderedServices):
         self.supports = [SupportProcess(e, self.fleet, options.port, endpoints_dir, reactor=reactor,
                                         status_path=status_path, secret=support_key)
                          for e in supports]
+        self.rollouts = Rollouts(self.fleet, reactor=reactor, history=self.history, gateway_port=options.port)
         self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(token),
                                history=self.history, shutdown=self.stop_reactor, cache_dir=options.cache,
                                server_name=config.server_name,
@@ -261,7 +264,9 @@ class GatewayService(OrderedServices):
                                         if config.metrics else None),
                                metrics_guarded=config.metrics_require_token, support_key=support_key,
                                keys=KeyStore(config.api_keys, reactor) if config.api_keys else None,
-                               reload_config=self.reload_config, progress=self.progress)
+                               reload_config=self.reload_config, progress=self.progress, rollouts=self.rollouts)
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.registry.register(RolloutCollector(self.rollouts))
         self.site = make_site(Stamped(self.gateway.resource(), reactor),
                               limits=Limits.from_config(config.http_limits, config.max_body_mb),
                               gateway_fields=self.gateway.gateway_fields)
@@ -269,14 +274,15 @@ class GatewayService(OrderedServices):
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.endpoints_dir = endpoints_dir
         self.reloader = ConfigReloader(options.config, endpoints_dir, options.port, config, self.fleet, self.gateway,
-                                       self.access_log, reactor)
+                                       self.access_log, reactor, after=[self.rollouts.after_config_reload],
+                                       held=self.rollouts.ports_held)
         self.watcher = ReloadWatcher(self, reactor=reactor) if options.reload else None
         endpoint = endpoints.TCP4ServerEndpoint(reactor, options.port, backlog=LISTEN_BACKLOG,
                                                 interface=options.host)
         self.listening = GatedPort(endpoint, self.site, defer.Deferred(), self._cannot_serve, reactor)
         # start order; each stops after those added after it
         parts = [_Steps('history', self.history.startup, self._last_step), _Steps('client', stop=self.client.close),
-                 self.supervisor, _Steps('drain', stop=self._drain), self.listening, self.progress, self.health,
+                 self.supervisor, self.rollouts, _Steps('drain', stop=self._drain), self.listening, self.progress, self.health,
                  self.autoscaler, self.spreader, self.stalls] + self.supports + ([self.watcher] if self.watcher else [])
         for part in parts:
             part.setServiceParent(self)

@@ -13,6 +13,8 @@ import tempfile
 import time
 
 import psutil
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from .._version import __version__ as LIB_VER
@@ -178,6 +180,7 @@ class StateHistory:
 
     FILE_NAME = 'gw_state_history.json'
     KEYS = ('CURRENT_STARTUP', 'PREVIOUS_STARTUP', 'LAST_SHUTDOWN', 'LAST_RUNTIME_HOURS')
+    EVENTS_KEPT = 20  # the latest notes (a rollout rolled back, say) kept in EVENTS
 
     _log = Logger()
 
@@ -188,6 +191,7 @@ class StateHistory:
         self._clock = clock
         self._history = dict.fromkeys(self.KEYS)
         self._started_at = None
+        self._saving = defer.succeed(None)
 
     @classmethod
     def in_cache(cls, cache_dir, clock=None):
@@ -196,6 +200,28 @@ class StateHistory:
 
     def snapshot(self):
         return dict(self._history)
+
+    def note(self, text):
+        """Add a line to the history's ``EVENTS`` (the latest ``EVENTS_KEPT``), saved now."""
+        events = list(self._history.get('EVENTS') or [])[-(self.EVENTS_KEPT - 1):]
+        events.append({'time': _wall_text(self._clock.seconds()), 'EVENT': text})
+        self._history['EVENTS'] = events
+        self._save_soon()
+
+    def set_rollouts_under_way(self, rollouts):
+        """Keep ``{endpoint: summary}`` of the rollouts under way, for the next start to tell."""
+        if rollouts:
+            self._history['ROLLOUTS_UNDER_WAY'] = dict(rollouts)
+        else:
+            self._history.pop('ROLLOUTS_UNDER_WAY', None)
+        self._save_soon()
+
+    def take_rollouts_under_way(self):
+        """The rollouts the last run had under way when it stopped (forgotten from now on)."""
+        rollouts = self._history.pop('ROLLOUTS_UNDER_WAY', None) or {}
+        if rollouts:
+            self._write()
+        return rollouts
 
     def startup(self):
         """Continue the saved history: the last start becomes ``PREVIOUS_STARTUP``."""
@@ -240,18 +266,39 @@ class StateHistory:
             else:
                 self._log.warn('gateway history {path}: ignoring {key}={value!r} (not a string)',
                                path=self.path, key=key, value=value)
+        events = saved.get('EVENTS')
+        if isinstance(events, list):
+            history['EVENTS'] = [e for e in events if isinstance(e, dict)][-self.EVENTS_KEPT:]
+        under_way = saved.get('ROLLOUTS_UNDER_WAY')
+        if isinstance(under_way, dict) and under_way:
+            history['ROLLOUTS_UNDER_WAY'] = {str(k): str(v) for k, v in under_way.items()}
         return history
 
     def _warn_unusable(self, reason):
         self._log.warn('gateway history {path} is unreadable ({reason}); starting a new history, '
                        'which replaces it at the next save', path=self.path, reason=reason)
 
-    def _write(self):
+    def _save_soon(self):
+        """``_write`` off the reactor thread (a sync can take a while), one save after another
+        so that the last one written is the latest; at once on a clock without threads (tests)."""
+        payload = self._payload()
+        pool = getattr(self._clock, 'getThreadPool', None)
+        if pool is None:
+            self._write(payload)
+            return
+        previous = self._saving
+        self._saving = d = defer.Deferred()
+        previous.addBoth(lambda _: deferToThreadPool(self._clock, pool(), self._write, payload).chainDeferred(d))
+
+    def _payload(self):
+        return json.dumps(self._history, indent=2, sort_keys=True).encode('utf-8')
+
+    def _write(self, payload=None):
         """Save atomically: a temporary file in the same folder, synced, then renamed over the
         old one. A failure is logged and the in-memory history kept: a full or read-only
         volume must not stop the gateway."""
         folder = os.path.dirname(os.path.abspath(self.path))
-        payload = json.dumps(self._history, indent=2, sort_keys=True).encode('utf-8')
+        payload = self._payload() if payload is None else payload
         temp_path = None
         try:
             os.makedirs(folder, exist_ok=True)
