@@ -103,3 +103,33 @@ def test_async_client_retries_the_same_way_and_reads_ready_503_as_an_answer(monk
     assert answer['predict_result'] == 'ok' and waits == [0.2]
     assert ready == {'READY': False, 'NOT_READY': ['m'], 'ERROR': 'not answering: m'}
     assert len(transport.seen) == 3  # /ready's 503 was not retried
+
+
+def test_rollout_sends_the_body_of_a_start_a_promote_and_an_abort_and_409_is_a_conflict():
+    import asyncio
+
+    from bis_twisted.client import AsyncClient, Conflict
+
+    started = {'ROLLOUT': {'STATE': 'canary'}}
+    transport = scripted((200, {}, started), (200, {}, {'ROLLOUT': {'STATE': 'promoted'}}),
+                         (409, {}, {'ERROR': 'no rollout of m is under way'}), (200, {}, started))
+    with Client('http://gw', transport=transport) as bis:
+        assert bis.rollout('m', 'm_v2', 20, config={'REPLICAS': 2}, rollback_on={'ERROR_RATE': 0.1},
+                           timeout=300) == started
+        assert bis.rollout('m', promote=True)['ROLLOUT']['STATE'] == 'promoted'
+        with pytest.raises(Conflict) as raised:
+            bis.rollout('m', abort=True)
+    assert raised.value.status == 409
+    bodies = [json.loads(r.content) for r in transport.seen]
+    assert bodies == [{'SIGNATURE': 'm', 'SERVER_CLASS': 'm_v2', 'PERCENT': 20, 'CONFIG': {'REPLICAS': 2},
+                       'ROLLBACK_ON': {'ERROR_RATE': 0.1}},
+                      {'SIGNATURE': 'm', 'PROMOTE': True}, {'SIGNATURE': 'm', 'ABORT': True}]
+    assert transport.seen[0].extensions['timeout']['read'] == 300
+    assert all(r.url.path == '/rollout' for r in transport.seen)
+
+    async def shadow():
+        async with AsyncClient('http://gw', transport=transport) as bis:
+            return await bis.rollout('m', shadow=True, tolerance=0.01)
+
+    assert asyncio.run(shadow()) == started
+    assert json.loads(transport.seen[-1].content) == {'SIGNATURE': 'm', 'TOLERANCE': 0.01, 'SHADOW': True}

@@ -27,7 +27,7 @@ except ImportError as exc:  # the [client] extra
 __all__ = [
     'Client', 'AsyncClient', 'BisClientError', 'BadInput', 'Unauthorized', 'Forbidden', 'UnknownSignature',
     'NotFound', 'PayloadTooLarge', 'RateLimited', 'EndpointError', 'BadGateway', 'Overloaded', 'GatewayTimeout',
-    'GatewayUnreachable', 'StreamingAnswer',
+    'GatewayUnreachable', 'StreamingAnswer', 'Conflict',
 ]
 
 DEFAULT_TIMEOUT = 60.0
@@ -77,6 +77,11 @@ class UnknownSignature(NotFound):
     """404: no endpoint of that name; ``error`` lists the available ones."""
 
 
+class Conflict(BisClientError):
+    """409: a rollout of that endpoint is under way already (or none is, to promote or abort),
+    or a request pinned to a candidate (``X-Bis-Version``) that no longer serves."""
+
+
 class PayloadTooLarge(BisClientError):
     """413: the body is over the gateway's ``MAX_BODY_MB``."""
 
@@ -110,7 +115,7 @@ class StreamingAnswer(BisClientError):
 
 
 _BY_STATUS: Dict[int, Type[BisClientError]] = {
-    400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 413: PayloadTooLarge, 429: RateLimited,
+    400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: PayloadTooLarge, 429: RateLimited,
     500: EndpointError, 502: BadGateway, 503: Overloaded, 504: GatewayTimeout,
 }
 
@@ -139,7 +144,7 @@ def _decode(response: 'httpx.Response', path: str) -> Answer:
     error = str(body.get('ERROR', 'HTTP {}'.format(response.status_code)))
     cls = _BY_STATUS.get(response.status_code, BisClientError)
     if cls is NotFound and path in ('/run', '/notifications', '/start_server', '/kill_server', '/update_workers',
-                                    '/reload_server'):
+                                    '/reload_server', '/rollout'):
         cls = UnknownSignature
     raise cls(response.status_code, error, body, _retry_after(response))
 
@@ -230,6 +235,22 @@ class _Calls:
         payload['SIGNATURE'] = signature
         return payload
 
+    @staticmethod
+    def rollout_payload(signature: str, server_class: Optional[str], percent: Optional[float], shadow: bool,
+                        config: Optional[Mapping[str, Any]], rollback_on: Any, tolerance: Optional[float],
+                        promote: bool, abort: bool) -> Answer:
+        payload: Answer = {'SIGNATURE': signature}
+        if promote or abort:
+            payload['PROMOTE' if promote else 'ABORT'] = True
+            return payload
+        for key, value in (('SERVER_CLASS', server_class), ('PERCENT', percent), ('CONFIG', config),
+                           ('ROLLBACK_ON', rollback_on), ('TOLERANCE', tolerance)):
+            if value is not None:
+                payload[key] = dict(value) if isinstance(value, Mapping) else value
+        if shadow:
+            payload['SHADOW'] = True
+        return payload
+
 
 def _unreachable(exc: Exception, url: str) -> GatewayUnreachable:
     return GatewayUnreachable(None, 'no answer from {}: {}: {}'.format(url, type(exc).__name__, exc))
@@ -263,10 +284,11 @@ class Client(_Calls):
         self._http.close()
 
     def _call(self, method: str, path: str, body: Optional[Answer] = None,
-              request_id: Optional[str] = None) -> 'httpx.Response':
+              request_id: Optional[str] = None, timeout: Any = httpx.USE_CLIENT_DEFAULT) -> 'httpx.Response':
         """The whole answer; a streaming one is refused unread (``StreamingAnswer``)."""
         try:
-            request = self._http.build_request(method, path, json=body, headers=self.headers(request_id))
+            request = self._http.build_request(method, path, json=body, headers=self.headers(request_id),
+                                               timeout=timeout)
             response = self._http.send(request, stream=True)
             try:
                 if _is_stream(response):
@@ -279,11 +301,11 @@ class Client(_Calls):
             raise _unreachable(exc, self.base_url + path) from exc
 
     def _json(self, method: str, path: str, body: Optional[Answer] = None,
-              request_id: Optional[str] = None) -> Answer:
+              request_id: Optional[str] = None, timeout: Any = httpx.USE_CLIENT_DEFAULT) -> Answer:
         attempt = 0
         while True:
             try:
-                return _decode(self._call(method, path, body, request_id), path)
+                return _decode(self._call(method, path, body, request_id, timeout), path)
             except BisClientError as error:
                 wait = self.wait_before_retry(error, attempt)
                 if wait is None:
@@ -370,6 +392,18 @@ class Client(_Calls):
         """The gateway reads its config file again and applies what changed."""
         return self._json('POST', '/reload_config', {})
 
+    def rollout(self, signature: str, server_class: Optional[str] = None, percent: Optional[float] = None, *,
+                shadow: bool = False, config: Optional[Mapping[str, Any]] = None, rollback_on: Any = None,
+                tolerance: Optional[float] = None, promote: bool = False, abort: bool = False,
+                timeout: Optional[float] = None) -> Answer:
+        """``POST /rollout``: start a canary (``percent`` of the requests go to the candidate
+        ``server_class``) or a shadow (``shadow=True``: it gets copies), or ``promote`` /
+        ``abort`` the one under way. Starting waits for the candidate to load: ``timeout``
+        (seconds, None: wait for ever) is this call's own. The answer's ``ROLLOUT`` is the
+        rollout's state and figures; ``Conflict`` (409) when one runs already."""
+        return self._json('POST', '/rollout', self.rollout_payload(
+            signature, server_class, percent, shadow, config, rollback_on, tolerance, promote, abort), timeout=timeout)
+
     def shutdown(self) -> Answer:
         return self._json('POST', '/shutdown', {'SIGNATURE': SHUTDOWN_SIGNATURE})
 
@@ -396,10 +430,11 @@ class AsyncClient(_Calls):
         await self._http.aclose()
 
     async def _call(self, method: str, path: str, body: Optional[Answer] = None,
-                    request_id: Optional[str] = None) -> 'httpx.Response':
+                    request_id: Optional[str] = None, timeout: Any = httpx.USE_CLIENT_DEFAULT) -> 'httpx.Response':
         """The whole answer; a streaming one is refused unread (``StreamingAnswer``)."""
         try:
-            request = self._http.build_request(method, path, json=body, headers=self.headers(request_id))
+            request = self._http.build_request(method, path, json=body, headers=self.headers(request_id),
+                                               timeout=timeout)
             response = await self._http.send(request, stream=True)
             try:
                 if _is_stream(response):
@@ -412,11 +447,11 @@ class AsyncClient(_Calls):
             raise _unreachable(exc, self.base_url + path) from exc
 
     async def _json(self, method: str, path: str, body: Optional[Answer] = None,
-                    request_id: Optional[str] = None) -> Answer:
+                    request_id: Optional[str] = None, timeout: Any = httpx.USE_CLIENT_DEFAULT) -> Answer:
         attempt = 0
         while True:
             try:
-                return _decode(await self._call(method, path, body, request_id), path)
+                return _decode(await self._call(method, path, body, request_id, timeout), path)
             except BisClientError as error:
                 wait = self.wait_before_retry(error, attempt)
                 if wait is None:
@@ -489,6 +524,14 @@ class AsyncClient(_Calls):
 
     async def reload_config(self) -> Answer:
         return await self._json('POST', '/reload_config', {})
+
+    async def rollout(self, signature: str, server_class: Optional[str] = None, percent: Optional[float] = None, *,
+                      shadow: bool = False, config: Optional[Mapping[str, Any]] = None, rollback_on: Any = None,
+                      tolerance: Optional[float] = None, promote: bool = False, abort: bool = False,
+                      timeout: Optional[float] = None) -> Answer:
+        """``Client.rollout``'s call as a coroutine."""
+        return await self._json('POST', '/rollout', self.rollout_payload(
+            signature, server_class, percent, shadow, config, rollback_on, tolerance, promote, abort), timeout=timeout)
 
     async def shutdown(self) -> Answer:
         return await self._json('POST', '/shutdown', {'SIGNATURE': SHUTDOWN_SIGNATURE})
