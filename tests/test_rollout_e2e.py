@@ -7,6 +7,7 @@ import concurrent.futures
 import json
 import os
 import random
+import signal
 import textwrap
 import threading
 import time
@@ -310,3 +311,26 @@ def test_promote_under_steady_load_drops_nothing_and_drains_the_old_version(gate
     wait_until(lambda: old_pids, lambda pids: all(process_gone(p) for p in pids), what='the old processes gone')
     listed = gateway.server('scorer')
     assert listed['ROLLOUT']['STATE'] == 'promoted' and len(listed['REPLICAS']) == 2
+
+
+def test_a_gateway_restarted_during_a_rollout_comes_back_on_the_stable_version_and_says_so(processes, tmp_path):
+    config = {'CONFIG_ENDPOINTS': {'dummy_model_demo2': {'WEIGHT': 2, 'BIAS': 1}}}
+    first = start_gateway(processes, tmp_path, config=config)
+    first.wait_online('dummy_model_demo2')
+    started = rollout(first, SIGNATURE='dummy_model_demo2', PERCENT=50, CONFIG={'BIAS': 5})
+    assert started.status == 200, started
+    candidate_pids = [c.pid for c in first.children()]
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait_exit(timeout=30) == 0, first.proc.describe()
+    wait_until(lambda: candidate_pids, lambda pids: all(process_gone(p) for p in pids), what='every child gone')
+
+    second = start_gateway(processes, tmp_path, config=config)  # the same cache
+    second.proc.wait_for_line(r'restarted during the rollout of dummy_model_demo2 \(dummy_model_demo2 50%\): '
+                              r'serving the stable version only', timeout=10)
+    second.wait_online('dummy_model_demo2')
+    answers = [second.run('dummy_model_demo2', INPUT_VALUE=3) for _ in range(20)]
+    assert all(a.status == 200 and 'version' not in a.json() and
+               a.json()['predict_result'] == {'dummy_model_predict': '3*2 + 1 = 7 PREDICTED'} for a in answers)
+    assert 'ROLLOUT' not in second.server('dummy_model_demo2')
+    events = second.get('/system_status').json()['SYSTEM_HISTORY']['EVENTS']
+    assert 'ended by a gateway restart' in events[-1]['EVENT']
