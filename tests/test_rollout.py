@@ -334,3 +334,17 @@ def test_the_candidates_entry_is_the_stables_with_its_file_and_config(tmp_path):
                                                                  candidate, task.Clock(), 'now'))
     assert promoted.ports == (5003, 5004) and promoted.replicas == 2 and promoted.server_class == 'iris_v2'
     assert promoted.entry['WEIGHT'] == 2
+
+
+def test_no_copy_is_made_while_the_stable_has_a_request_per_worker_in_flight():
+    target = attr.make_class('T', {'active': attr.ib(default=True), 'in_flight': attr.ib(default=0)})()
+    server = attr.make_class('S', ['config', 'targets'])(EndpointConfig(name='iris', server_class='iris', entry={},
+                                                                        nr_workers=2), [target])
+    clock, rollouts, rollout, stable, candidate = make_rollouts(plan(shadow=True, percent=100.0), workers=4)
+    stable.servers = {'iris': server}
+    target.in_flight = 2  # two other requests of clients: both workers busy
+    answer_of(rollouts)
+    target.in_flight = 1
+    answer_of(rollouts)
+    clock.advance(0)
+    assert rollout.shadow_dropped == 1 and len(candidate.sent) == 1

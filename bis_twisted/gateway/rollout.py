@@ -267,8 +267,20 @@ class Rollouts(Service):
             result = Answer(result.status, dict(result.body, version=version), result.batch_size)
         if rollout.plan.shadow and version == STABLE and rollout.serving and \
                 self._random() * 100 < rollout.plan.percent:
-            self._send_copy(rollout, payload, request_id, result)
+            if self._stable_busy(name):
+                rollout.shadow_dropped += 1  # under load: the stable's requests come first
+            else:
+                self._send_copy(rollout, payload, request_id, result)
         return result
+
+    def _stable_busy(self, name):
+        """Whether the stable has as many requests in flight as it has workers: a copy's
+        work would then slow the stable's own answers (on the same cores), so it is dropped."""
+        server = self.fleet.servers.get(name)
+        if server is None:
+            return False
+        targets = [t for t in server.targets if t.active]
+        return sum(t.in_flight for t in targets) >= server.config.nr_workers * len(targets)
 
     def _with_version(self, fields, version):
         """The gateway's encoded fields for the model server to write in, with ``version``."""
@@ -298,7 +310,7 @@ class Rollouts(Service):
     # -- shadows -----------------------------------------------------------------------------
     def _send_copy(self, rollout, payload, request_id, stable_result):
         if rollout.shadow_in_flight >= rollout.shadow_cap:
-            rollout.shadow_dropped += 1  # the candidate is busy: the copy is not worth a wait
+            rollout.shadow_dropped += 1  # the candidate is busy: a copy never waits in its queue
             return
         rollout.shadow_in_flight += 1
         # after this turn of the reactor, in which the stable answer is written
