@@ -481,3 +481,31 @@ def test_a_pasted_api_key_runs_an_endpoint_of_a_gateway_with_api_keys(browser, g
         assert '3*2 + 1 = 7 PREDICTED' in answer.text
     console_errors(browser)  # the 401 is in the console as a failed fetch: read it away
     browser.get(gateway.url('/'))
+
+
+def test_an_endpoint_under_rollout_has_both_versions_on_one_chart(browser, gateway):
+    admin = {'Authorization': 'Bearer ' + TOKEN}
+    started = gateway.post('/rollout', {'SIGNATURE': KILLED, 'PERCENT': 50}, headers=admin, timeout=60)
+    assert started.status == 200, started
+    try:
+        def both_versions(stats):
+            versions = stats.get('ROLLOUTS', {}).get(KILLED, {}).get('VERSIONS', {})
+            return all(any(p['rps'] > 0 for p in versions.get(v, [])) for v in ('stable', 'candidate'))
+
+        wait_until(lambda: gateway.get('/stats').json(), both_versions, timeout=30,
+                   what='/stats with a window of both versions\' requests')
+        browser.get(gateway.url('/'))
+        chart = wait_for(browser, lambda d: d.execute_script('''
+            const u = (window.rolloutCharts || {})[arguments[0]];
+            return u ? {labels: u.series.map(s => s.label), data: u.data,
+                        title: u.root.parentNode.querySelector('h3').textContent} : null;''', KILLED),
+                         'the rollout chart')
+        assert chart['labels'][1:] == ['{} {}'.format(v, s) for v in ('stable', 'candidate')
+                                       for s in ('requests/s', '5xx/s', 'p50 ms', 'p99 ms')]
+        stable_rps, candidate_rps = chart['data'][1], chart['data'][5]
+        assert any(stable_rps) and any(candidate_rps), chart['data']
+        assert chart['title'] == KILLED + ' rollout: canary', chart
+        assert 'canary 50' in state_cell(browser, KILLED).text, page_summary(browser)
+        assert console_errors(browser) == []
+    finally:
+        gateway.post('/rollout', {'SIGNATURE': KILLED, 'ABORT': True}, headers=admin, timeout=60)
