@@ -319,6 +319,11 @@ def test_a_gateway_restarted_during_a_rollout_comes_back_on_the_stable_version_a
     first.wait_online('dummy_model_demo2')
     started = rollout(first, SIGNATURE='dummy_model_demo2', PERCENT=50, CONFIG={'BIAS': 5})
     assert started.status == 200, started
+    # V2 infer takes the same way as /run: pinned to the candidate, its config answers
+    v2_body = {'inputs': [{'name': 'INPUT_VALUE', 'datatype': 'INT64', 'shape': [1], 'data': [3]}]}
+    for pin, expected in (('candidate', '3*2 + 5 = 11 PREDICTED'), ('stable', '3*2 + 1 = 7 PREDICTED')):
+        infer = http('POST', first.url('/v2/models/dummy_model_demo2/infer'), v2_body, headers={'X-Bis-Version': pin})
+        assert infer.status == 200 and infer.json()['outputs'][0]['data'] == [expected], infer
     candidate_pids = [c.pid for c in first.children()]
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait_exit(timeout=30) == 0, first.proc.describe()
