@@ -9,8 +9,10 @@ import pytest
 from twisted.internet import defer, task
 
 from bis_twisted.errors import BadRequest, Conflict, GatewayTimeout
+from bis_twisted.gateway.candidates import Candidates
 from bis_twisted.gateway.config import EndpointConfig
-from bis_twisted.gateway.rollout import CANDIDATE, STABLE, Plan, Rollout, Rollouts, read_plan, version_of
+from bis_twisted.gateway.rollout import CANDIDATE, STABLE, Rollout, Rollouts, version_of
+from bis_twisted.gateway.rollout_plan import Plan, read_plan
 from bis_twisted.gateway.rollout_metrics import RolloutCollector
 from bis_twisted.gateway.rollout_stats import AgreementWindow, AnswerWindow, RollbackRule, same_result
 from bis_twisted.shared.web import Answer
@@ -158,12 +160,13 @@ class FakeRequest:
 def make_rollouts(plan, stable=None, candidate=None, workers=1, seed=1):
     clock = task.Clock()
     stable, candidate = stable or FakeFleet(), candidate or FakeFleet()
-    rollouts = Rollouts(stable, reactor=clock, candidates=candidate, rng=random.Random(seed))
+    rollouts = Rollouts(stable, reactor=clock, candidates=Candidates(stable, clock, fleet=candidate),
+                        rng=random.Random(seed))
     config = EndpointConfig(name='iris@candidate', server_class='iris_v2', entry={}, nr_workers=workers)
     rollout = Rollout(plan, config, clock, '2026-01-01 00:00:00')
     rollout.to('shadow' if plan.shadow else 'canary', 'now')
     rollouts.live['iris'] = rollouts.last['iris'] = rollout
-    rollouts._members['iris'] = config
+    rollouts.candidates._members['iris'] = config
     return clock, rollouts, rollout, stable, candidate
 
 
@@ -224,7 +227,7 @@ def test_a_candidate_over_the_error_rate_is_rolled_back_and_the_next_requests_go
     clock, rollouts, rollout, stable, candidate = make_rollouts(
         plan(percent=50.0, rule=RollbackRule(min_requests=10)), candidate=failing)
     removed = []
-    rollouts._remove_candidate = lambda name: removed.append(name) or defer.succeed(None)
+    rollouts.candidates.remove = lambda name: removed.append(name) or defer.succeed(None)
     while rollout.state == 'canary':
         answer_of(rollouts)
     assert rollout.state == 'rolled_back' and removed == ['iris']
@@ -325,13 +328,12 @@ def test_the_candidates_entry_is_the_stables_with_its_file_and_config(tmp_path):
     fleet = Fleet()
     fleet.servers = {'iris': attr.make_class('S', ['config'])(stable_config)}
     rollouts = Rollouts(fleet, reactor=task.Clock(), gateway_port=5002)
-    candidate = rollouts.candidate_endpoint(stable_config, plan(overrides={'WEIGHT': 2}))
+    candidate = rollouts.candidates.endpoint(stable_config, plan(overrides={'WEIGHT': 2}))
     assert candidate.name == 'iris@candidate' and candidate.server_class == 'iris_v2'
     assert candidate.replicas == 1 and candidate.nr_workers == 3 and candidate.entry['WEIGHT'] == 2
     assert not set(candidate.ports + candidate.spare_ports) & {5002, 5003, 5004, 5005, 5006}
     assert candidate.disabled  # registered stopped: it starts on trial
-    promoted = rollouts.promoted_endpoint(stable_config, Rollout(plan(overrides={'WEIGHT': 2, 'REPLICAS': 1}),
-                                                                 candidate, task.Clock(), 'now'))
+    promoted = rollouts.candidates.promoted(stable_config, plan(overrides={'WEIGHT': 2, 'REPLICAS': 1}))
     assert promoted.ports == (5003, 5004) and promoted.replicas == 2 and promoted.server_class == 'iris_v2'
     assert promoted.entry['WEIGHT'] == 2
 

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 
+import psutil
 import pytest
 
 from bis_twisted.gateway.apikeys import hash_key
@@ -283,6 +284,32 @@ def test_batching_and_streaming_endpoints_roll_out_too(gateway):
         assert lines[-1]['version'] == 'candidate' and lines[-1]['chunks'] == 3
     finally:
         end_rollout(gateway, 'text_streamer')
+
+
+def candidate_pids(gateway, name='scorer@candidate'):
+    found = []
+    for child in gateway.children():
+        try:
+            if name in child.cmdline():
+                found.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_a_hung_candidate_is_replaced_as_a_hung_stable_would_be(gateway):
+    started = rollout(gateway, SIGNATURE='scorer', SERVER_CLASS='scorer_v2', PERCENT=0, ROLLBACK_ON=False)
+    assert started.status == 200, started
+    try:
+        [hung] = candidate_pids(gateway)
+        os.kill(hung, signal.SIGSTOP)
+        wait_until(lambda: candidate_pids(gateway), lambda pids: pids and hung not in pids, timeout=30,
+                   what='a new candidate process')
+        answer = wait_until(lambda: run(gateway, 8, pin='candidate'), lambda a: a.status == 200, timeout=30,
+                            what='the candidate answering again')
+        assert answer.json()['predict_result'] == {'RESULT': 16, 'CODE': 'v2'}
+    finally:
+        end_rollout(gateway)
 
 
 def test_promote_under_steady_load_drops_nothing_and_drains_the_old_version(gateway):

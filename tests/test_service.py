@@ -140,8 +140,8 @@ def test_the_tree_stops_in_reverse_each_part_after_the_one_before_has_stopped(tm
         part.stopService = stop
 
     done = service.stopService()
-    order = ['StallWatch', 'AddressSpreader', 'Autoscaler', 'HealthMonitor', 'LoadProgress', 'port', 'drain',
-             'rollouts', 'Supervisor', 'client', 'history']
+    order = ['StallWatch', 'AddressSpreader', 'Autoscaler', 'candidate health', 'HealthMonitor', 'LoadProgress',
+             'port', 'drain', 'rollouts', 'Supervisor', 'client', 'history']
     for index, name in enumerate(order):
         assert stops == order[:index + 1], 'stopped {} before {} had'.format(stops[-1], order[index - 1])
         pending[name].callback(None)

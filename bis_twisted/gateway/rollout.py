@@ -24,85 +24,25 @@ one comes back on the stable version and says so in its log.
 
 import random
 
-import attr
 import orjson
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from ..errors import BadRequest, BisError, ConfigError, Conflict, NotFound, ReloadFailed
+from ..errors import BadRequest, BisError, Conflict, ReloadFailed
 from ..shared.web import Answer, now_text
-from .config import parse_config
+from .candidates import Candidates
 from .metrics import RecentStats
 from .proxy import ChildStream
-from .rollout_stats import AgreementWindow, AnswerWindow, RollbackRule, same_result
+from .rollout_plan import read_plan
+from .rollout_stats import AgreementWindow, AnswerWindow, same_result
 from .supervisor import TrialFailed
 
 VERSION_HEADER = b'x-bis-version'
 STABLE, CANDIDATE = 'stable', 'candidate'
-CANDIDATE_SUFFIX = '@candidate'
-DEFAULT_CANARY_PERCENT = 10.0
 P99_CHECK_SECONDS = 1.0  # the latency rule sorts the window: not on every answer
 
 LIVE_STATES = ('starting', 'canary', 'shadow', 'promoting')
-ROLLOUT_KEYS = ('SIGNATURE', 'SERVER_CLASS', 'PERCENT', 'SHADOW', 'TOLERANCE', 'CONFIG', 'ROLLBACK_ON',
-                'PROMOTE', 'ABORT')
-# keys of CONFIG a candidate cannot have: where and how it runs is the rollout's to say
-REFUSED_CONFIG_KEYS = ('PORT', 'HOST', 'URLS', 'SERVER_CLASS', 'DISABLED', 'MIN_REPLICAS', 'MAX_REPLICAS',
-                       'TARGET_IN_FLIGHT')
-# keys of the stable's entry the candidate does not inherit (it runs its own REPLICAS, no autoscaling)
-STABLE_ONLY_KEYS = ('PORT', 'REPLICAS', 'MIN_REPLICAS', 'MAX_REPLICAS', 'TARGET_IN_FLIGHT', 'UPSCALE_DELAY',
-                    'DOWNSCALE_DELAY', 'DISABLED', 'DEVICES')
-# keys of CONFIG that stay the candidate's own when it is promoted
-CANDIDATE_ONLY_KEYS = ('REPLICAS',)
-
-
-@attr.s(frozen=True)
-class Plan:
-    """What a ``/rollout`` body that starts a rollout asks for."""
-
-    endpoint = attr.ib()
-    server_class = attr.ib()  # None: the stable's own file, read again
-    percent = attr.ib()
-    shadow = attr.ib()
-    tolerance = attr.ib()  # None: numbers must be equal
-    overrides = attr.ib()  # CONFIG
-    rule = attr.ib()  # a RollbackRule, or None: no automatic rollback
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def read_plan(inputs):
-    """The ``Plan`` of a ``/rollout`` body that starts one (``SIGNATURE`` checked already);
-    ``BadRequest`` naming the key that is wrong."""
-    unknown = [k for k in inputs if k not in ROLLOUT_KEYS]
-    if unknown:
-        raise BadRequest('/rollout: unknown key {!r}; known: {}'.format(unknown[0], ', '.join(ROLLOUT_KEYS)))
-    shadow = inputs.get('SHADOW', False)
-    if not isinstance(shadow, bool):
-        raise BadRequest('SHADOW must be true or false, got {!r}'.format(shadow))
-    percent = inputs.get('PERCENT', 100.0 if shadow else DEFAULT_CANARY_PERCENT)
-    if not _is_number(percent) or not 0 <= percent <= 100:
-        raise BadRequest('PERCENT must be a number from 0 to 100 (the share of requests the candidate {}), '
-                         'got {!r}'.format('gets a copy of' if shadow else 'serves', percent))
-    server_class = inputs.get('SERVER_CLASS')
-    if server_class is not None and (not isinstance(server_class, str) or not server_class.strip()):
-        raise BadRequest('SERVER_CLASS must name an endpoint file (without .py), got {!r}'.format(server_class))
-    tolerance = inputs.get('TOLERANCE')
-    if tolerance is not None and (not _is_number(tolerance) or tolerance < 0):
-        raise BadRequest('TOLERANCE must be a number >= 0 (how far apart two numbers may be and agree), '
-                         'got {!r}'.format(tolerance))
-    overrides = inputs.get('CONFIG', {})
-    if not isinstance(overrides, dict):
-        raise BadRequest('CONFIG must be an object of config keys for the candidate, got {!r}'.format(overrides))
-    refused = [k for k in overrides if k in REFUSED_CONFIG_KEYS]
-    if refused:
-        raise BadRequest('CONFIG cannot set {!r}: the candidate runs on ports of its own, beside the stable{}'.format(
-            refused[0], '; give SERVER_CLASS at the top of the body' if refused[0] == 'SERVER_CLASS' else ''))
-    return Plan(endpoint=inputs['SIGNATURE'], server_class=server_class, percent=float(percent), shadow=shadow,
-                tolerance=tolerance, overrides=dict(overrides), rule=RollbackRule.from_body(inputs.get('ROLLBACK_ON')))
 
 
 class Rollout:
@@ -182,8 +122,8 @@ class Rollout:
 class Rollouts(Service):
     """The rollouts of a gateway's ``fleet``: ``run`` is on every inference request's way
     (for an endpoint without a rollout it is the fleet's own ``run``), ``command`` does what a
-    ``/rollout`` body asks. ``candidates`` is the fleet the candidates run in (built from
-    ``fleet`` on first use); ``history`` (a ``StateHistory``) gets an entry when a rollout
+    ``/rollout`` body asks. ``candidates`` (a ``Candidates``) runs the candidates, beside
+    ``fleet``, on ports counted from ``gateway_port``; ``history`` (a ``StateHistory``) gets an entry when a rollout
     ends on its own and tells, at start, of rollouts a restart ended."""
 
     name = 'rollouts'
@@ -195,14 +135,11 @@ class Rollouts(Service):
         self._reactor = reactor
         self.fleet = fleet
         self.history = history
-        self._gateway_port = gateway_port
-        self._candidates = candidates
+        self.candidates = candidates or Candidates(fleet, self._reactor, gateway_port)
         self._random = (rng or random.Random()).random
         self._now_text = now_text
         self.live = {}  # endpoint -> its Rollout under way
         self.last = {}  # endpoint -> its latest Rollout, under way or ended
-        self._members = {}  # endpoint -> the candidate's EndpointConfig in the candidates' fleet
-        self._changes = defer.DeferredLock()  # the candidates' fleet changes one at a time
         self._fields = {}  # (the gateway's fields, version) -> them with "version"
 
     # -- the service -------------------------------------------------------------------------
@@ -255,7 +192,7 @@ class Rollouts(Service):
         version = self.choose(rollout, request.getHeader(VERSION_HEADER) if request is not None else None)
         if request is not None:
             mark_version(request, version)
-        fleet, server = (self._candidates, rollout.candidate.name) if version == CANDIDATE else (self.fleet, name)
+        fleet, server = (self.candidates, rollout.candidate.name) if version == CANDIDATE else (self.fleet, name)
         started = self._reactor.seconds()
         try:
             result = await fleet.run(server, payload, request_id, self._with_version(answer_fields, version))
@@ -324,7 +261,7 @@ class Rollouts(Service):
             if not rollout.serving:
                 return
             try:
-                result = await self._candidates.run(rollout.candidate.name, payload, request_id, None)
+                result = await self.candidates.run(rollout.candidate.name, payload, request_id, None)
             except BisError as exc:
                 self._observe(rollout, CANDIDATE, exc.status >= 500, started)
                 if _ok(stable_result):
@@ -372,16 +309,14 @@ class Rollouts(Service):
                                name, running.candidate.server_class, running.state, running.started, name))
         if self.fleet.busy(name):
             raise Conflict('server {!r} is being reloaded; start the rollout once that is over'.format(name))
-        candidate = self.candidate_endpoint(server.config, plan)
+        candidate = self.candidates.endpoint(server.config, plan)
         rollout = Rollout(plan, candidate, self._reactor, self._now_text())
         self.live[name] = self.last[name] = rollout
         self._log.info('rollout of {endpoint}: starting candidate {candidate} ({server_class}, {replicas} '
                        'replica(s))', endpoint=name, candidate=candidate.name, server_class=candidate.server_class,
                        replicas=candidate.replicas)
         try:
-            children = await self._add_candidate(name, candidate)
-            await defer.gatherResults([self._candidates.supervisor.start_trial(child) for child in children],
-                                      consumeErrors=True)
+            await self.candidates.start(await self.candidates.add(name, candidate))
         except (defer.FirstError, TrialFailed) as exc:
             failure = exc.subFailure.value if isinstance(exc, defer.FirstError) else exc
             if rollout.state == 'aborted':
@@ -406,7 +341,7 @@ class Rollouts(Service):
         before = rollout.state
         server = self.fleet.spawned_server(name)
         old = server.config
-        promoted = self.promoted_endpoint(old, rollout)
+        promoted = self.candidates.promoted(old, rollout.plan)
         rollout.to('promoting', self._now_text())
         server.config = promoted  # what the reload starts its new processes with
         try:
@@ -457,77 +392,11 @@ class Rollouts(Service):
         if self.history is not None:
             self.history.note('rollout of {} ({}) {}: {}'.format(name, rollout.candidate.server_class,
                                                                   state.replace('_', ' '), reason))
-        await self._remove_candidate(name)
-
-    # -- the candidates' fleet ---------------------------------------------------------------------
-    def candidates(self):
-        """The fleet the candidates run in (built on first use)."""
-        if self._candidates is None:
-            from .candidates import candidate_fleet
-            self._candidates = candidate_fleet(self.fleet, self._reactor)
-        return self._candidates
-
-    async def _add_candidate(self, name, candidate):
-        fleet = self.candidates()
-        await self._changes.acquire()
-        try:
-            self._members[name] = candidate
-            await fleet.apply_config(self._members_config(), _no_resize)
-        finally:
-            self._changes.release()
-        return [t.child_name for t in fleet.server(candidate.name).targets if t.active]
-
-    async def _remove_candidate(self, name):
-        if name not in self._members:
-            return
-        await self._changes.acquire()
-        try:
-            self._members.pop(name, None)
-            await self._candidates.apply_config(self._members_config(), _no_resize)
-        finally:
-            self._changes.release()
-
-    def _members_config(self):
-        return attr.evolve(self.fleet.config, endpoints=tuple(self._members.values()))
-
-    def candidate_endpoint(self, stable, plan):
-        """The candidate's ``EndpointConfig``: the stable's entry with ``SERVER_CLASS`` and
-        ``CONFIG`` applied, on ports no server uses, registered stopped (it starts on trial)."""
-        entry = {k: v for k, v in stable.entry.items() if k not in STABLE_ONLY_KEYS}
-        entry['SERVER_CLASS'] = plan.server_class or stable.server_class
-        entry.update(plan.overrides)
-        name = stable.name + CANDIDATE_SUFFIX
-        endpoint = self._parse(name, entry, {'': (tuple(self._ports_taken()), ())})
-        return attr.evolve(endpoint, disabled=True)
-
-    def promoted_endpoint(self, stable, rollout):
-        """The stable's ``EndpointConfig`` with the candidate's code and config, on the
-        stable's own ports and with its own replicas."""
-        entry = dict(stable.entry)
-        if rollout.plan.server_class is not None:
-            entry['SERVER_CLASS'] = rollout.plan.server_class
-        entry.update({k: v for k, v in rollout.plan.overrides.items() if k not in CANDIDATE_ONLY_KEYS})
-        endpoint = self._parse(stable.name, entry, {stable.name: (stable.ports, stable.spare_ports)})
-        return attr.evolve(endpoint, ports=stable.ports, spare_ports=stable.spare_ports, disabled=stable.disabled)
-
-    def _parse(self, name, entry, keep_ports):
-        try:
-            config = parse_config({'CONFIG_ENDPOINTS': {name: entry}}, '/rollout', self.fleet.endpoints_dir,
-                                  self._gateway_port or max(self._ports_taken() or [0]), keep_ports=keep_ports)
-        except ConfigError as exc:
-            raise BadRequest(str(exc)) from None
-        return config.endpoints[0]
-
-    def _ports_taken(self):
-        taken = set()
-        for endpoint in [s.config for s in self.fleet.servers.values()] + list(self._members.values()):
-            taken.update(endpoint.ports)
-            taken.update(endpoint.spare_ports)
-        return taken
+        await self.candidates.remove(name)
 
     def ports_held(self):
         """``{candidate name: (ports, spare ports)}``: for a config reload to keep off them."""
-        return {c.name: (c.ports, c.spare_ports) for c in self._members.values()}
+        return self.candidates.ports_held()
 
     async def after_config_reload(self):
         """A config reload removed or moved an endpoint under rollout: its rollout ends."""
@@ -557,10 +426,6 @@ def mark_version(request, version):
 def version_of(request):
     """The version that answered ``request`` (``mark_version``), or None."""
     return getattr(request, 'bis_version', None)
-
-
-def _no_resize(server, size):
-    raise NotFound('a candidate is never resized in place')  # its config never changes in place
 
 
 def _ok(result):

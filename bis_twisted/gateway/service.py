@@ -31,6 +31,7 @@ from ..shared.web import LISTEN_BACKLOG, make_site
 from .accesslog import AccessLog, Stamped
 from .apikeys import KeyStore
 from .autoscale import Autoscaler
+from .candidates import Candidates
 from .cachelock import lock_cache
 from .check import port_in_use
 from .config import load_config
@@ -254,7 +255,11 @@ class GatewayService(OrderedServices):
         self.supports = [SupportProcess(e, self.fleet, options.port, endpoints_dir, reactor=reactor,
                                         status_path=status_path, secret=support_key)
                          for e in supports]
-        self.rollouts = Rollouts(self.fleet, reactor=reactor, history=self.history, gateway_port=options.port)
+        # a rollout's candidates: a fleet of their own (in no list of endpoints), watched as the others
+        self.candidates = Candidates(self.fleet, reactor, gateway_port=options.port)
+        self.candidate_health = HealthMonitor(self.candidates.fleet(), reactor=reactor)
+        self.candidate_health.setName('candidate health')
+        self.rollouts = Rollouts(self.fleet, reactor=reactor, history=self.history, candidates=self.candidates)
         self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(token),
                                history=self.history, shutdown=self.stop_reactor, cache_dir=options.cache,
                                server_name=config.server_name,
@@ -282,8 +287,9 @@ class GatewayService(OrderedServices):
         self.listening = GatedPort(endpoint, self.site, defer.Deferred(), self._cannot_serve, reactor)
         # start order; each stops after those added after it
         parts = [_Steps('history', self.history.startup, self._last_step), _Steps('client', stop=self.client.close),
-                 self.supervisor, self.rollouts, _Steps('drain', stop=self._drain), self.listening, self.progress, self.health,
-                 self.autoscaler, self.spreader, self.stalls] + self.supports + ([self.watcher] if self.watcher else [])
+                 self.supervisor, self.rollouts, _Steps('drain', stop=self._drain), self.listening, self.progress,
+                 self.health, self.candidate_health, self.autoscaler, self.spreader, self.stalls] + self.supports + (
+                     [self.watcher] if self.watcher else [])
         for part in parts:
             part.setServiceParent(self)
 
