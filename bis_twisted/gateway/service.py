@@ -31,8 +31,8 @@ from ..shared.web import LISTEN_BACKLOG, make_site
 from .accesslog import AccessLog, Stamped
 from .apikeys import KeyStore
 from .autoscale import Autoscaler
-from .candidates import Candidates
 from .cachelock import lock_cache
+from .candidates import Candidates
 from .check import port_in_use
 from .config import load_config
 from .config_reload import ConfigReloader
