@@ -79,17 +79,19 @@ def test_the_rule_waits_for_min_requests_then_names_the_error_rate():
     assert rule.error_verdict(candidate).startswith('ERROR_RATE 0.500 over 10 candidate answers')
 
 
-def test_the_rule_compares_p99s_once_both_versions_have_min_requests():
+def test_the_rule_compares_p99s_once_both_versions_have_100_answers_and_min_requests():
     clock = task.Clock()
     rule = RollbackRule(min_requests=5)
     stable, candidate = AnswerWindow(clock), AnswerWindow(clock)
-    for _ in range(5):
+    for _ in range(100):
         candidate.observe(False, 0.3)
-    assert rule.latency_verdict(stable, candidate) is None
-    for _ in range(5):
+    for _ in range(99):
         stable.observe(False, 0.1)
+    assert rule.latency_verdict(stable, candidate) is None  # a p99 of 99 answers is their slowest
+    stable.observe(False, 0.1)
     assert rule.latency_verdict(stable, candidate).startswith('P99_RATIO 3.00 (candidate p99 300.0 ms, stable 100.0 ms')
     assert RollbackRule(p99_ratio=4.0, min_requests=5).latency_verdict(stable, candidate) is None
+    assert RollbackRule(min_requests=150).latency_verdict(stable, candidate) is None
 
 
 @pytest.mark.parametrize('value, message', [

@@ -143,7 +143,10 @@ def end_rollout(gateway, name='scorer'):
 
 
 def test_canary_20_percent_of_1000_requests_go_to_the_candidate_all_answered_and_marked(gateway):
-    started = rollout(gateway, SIGNATURE='scorer', SERVER_CLASS='scorer_v2', PERCENT=20)
+    # the latency rule off: on a machine shared with other work a few-ms p99 doubles now and
+    # then, and this test is about the share (the rule has its own tests)
+    started = rollout(gateway, SIGNATURE='scorer', SERVER_CLASS='scorer_v2', PERCENT=20,
+                      ROLLBACK_ON={'P99_RATIO': None})
     assert started.status == 200, started
     assert started.json()['ROLLOUT']['STATE'] == 'canary'
     try:
@@ -247,7 +250,8 @@ def test_a_candidate_failing_half_its_requests_is_rolled_back_and_no_request_is_
 
 def test_a_shadow_differing_on_30_percent_shows_agreement_near_070_and_clients_get_stable_answers(gateway):
     # the endpoint's own file again, with a config that changes 3 answers in 10
-    started = rollout(gateway, SIGNATURE='scorer', SHADOW=True, CONFIG={'DIFFER_UNDER': 3, 'NR_WORKERS': 4})
+    started = rollout(gateway, SIGNATURE='scorer', SHADOW=True, CONFIG={'DIFFER_UNDER': 3, 'NR_WORKERS': 4},
+                      ROLLBACK_ON={'P99_RATIO': None})  # about agreement: a busy machine's p99 is noise
     assert started.status == 200, started
     try:
         values = list(range(500))

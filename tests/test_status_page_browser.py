@@ -485,7 +485,9 @@ def test_a_pasted_api_key_runs_an_endpoint_of_a_gateway_with_api_keys(browser, g
 
 def test_an_endpoint_under_rollout_has_both_versions_on_one_chart(browser, gateway):
     admin = {'Authorization': 'Bearer ' + TOKEN}
-    started = gateway.post('/rollout', {'SIGNATURE': KILLED, 'PERCENT': 50}, headers=admin, timeout=60)
+    # no latency rule: a busy machine's few-ms p99 doubles now and then, and this is about the chart
+    started = gateway.post('/rollout', {'SIGNATURE': KILLED, 'PERCENT': 50, 'ROLLBACK_ON': {'P99_RATIO': None}},
+                           headers=admin, timeout=60)
     assert started.status == 200, started
     try:
         def both_versions(stats):

@@ -128,8 +128,11 @@ def _number(value):
 class RollbackRule:
     """``ROLLBACK_ON``: the candidate is rolled back when, over the window and with at least
     ``min_requests`` of its answers in it, its error rate is over ``error_rate``, or its p99
-    latency is over ``p99_ratio`` times the stable's (when the stable has ``min_requests``
-    answers in the window too)."""
+    latency is over ``p99_ratio`` times the stable's (when both versions have at least
+    ``min_requests`` and ``LATENCY_SAMPLES`` answers in the window: a p99 of fewer than 100
+    answers is their slowest one, a single pause)."""
+
+    LATENCY_SAMPLES = 100
 
     error_rate = attr.ib(default=DEFAULT_ERROR_RATE)
     p99_ratio = attr.ib(default=DEFAULT_P99_RATIO)
@@ -179,9 +182,10 @@ class RollbackRule:
         return None
 
     def latency_verdict(self, stable, candidate):
-        """The reason to roll back on latency, or None (also while either version has fewer
-        than ``min_requests`` answers in the window)."""
-        if self.p99_ratio is None or candidate.count() < self.min_requests or stable.count() < self.min_requests:
+        """The reason to roll back on latency, or None (also while either version has too few
+        answers in the window)."""
+        least = max(self.min_requests, self.LATENCY_SAMPLES)
+        if self.p99_ratio is None or candidate.count() < least or stable.count() < least:
             return None
         (stable_p99,), (candidate_p99,) = stable.quantiles(0.99), candidate.quantiles(0.99)
         if stable_p99 and candidate_p99 > self.p99_ratio * stable_p99:
