@@ -90,6 +90,22 @@ _STATS_POINT = {'type': 'object', 'properties': {
     'p50_ms': {'type': 'number', 'nullable': True}, 'p99_ms': {'type': 'number', 'nullable': True}}}
 
 
+_VERSION_FIGURES = {'type': 'object', 'properties': {
+    'REQUESTS': {'type': 'integer', 'description': 'since the rollout started'}, 'ERRORS': {'type': 'integer'},
+    'WINDOW_REQUESTS': {'type': 'integer'}, 'ERROR_RATE': {'type': 'number', 'nullable': True},
+    'P50_MS': {'type': 'number', 'nullable': True}, 'P99_MS': {'type': 'number', 'nullable': True}}}
+_ROLLOUT = {'type': 'object', 'description': 'the endpoint\'s latest rollout (POST /rollout); figures over a '
+            'sliding window', 'properties': {
+                'STATE': {'type': 'string', 'enum': ['starting', 'canary', 'shadow', 'promoting', 'rolled_back',
+                                                     'promoted', 'aborted']},
+                'CANDIDATE': {'type': 'string'}, 'SERVER_CLASS': {'type': 'string'}, 'PERCENT': {'type': 'number'},
+                'SHADOW': {'type': 'boolean'}, 'REASON': {'type': 'string', 'description': 'why it ended'},
+                'VERSIONS': {'type': 'object', 'properties': {'stable': _VERSION_FIGURES,
+                                                              'candidate': _VERSION_FIGURES}},
+                'AGREEMENT': {'type': 'number', 'nullable': True, 'minimum': 0, 'maximum': 1,
+                              'description': 'a shadow: the share of its answers equal to the stable ones'}}}
+
+
 # /run is open unless the gateway has API_KEYS: then a key (X-API-Key or Authorization: Bearer)
 _RUN_SECURITY = [{}, {'apiKey': []}]
 # /metrics is open unless the config says METRICS_REQUIRE_TOKEN
@@ -366,8 +382,8 @@ def admin_routes(endpoints, paths, schemas):
         '/rollout': post('Canary or shadow rollout of a new version of an endpoint: start a candidate beside the '
                          'serving version, or PROMOTE / ABORT it (409 while one runs; 500 names the load error '
                          'of a candidate that does not start)', _signature_body(names, {
-                             'SERVER_CLASS': {'type': 'string', 'description': 'the endpoint file of the candidate '
-                                                                                '(default: the endpoint\'s own, read again)'},
+                             'SERVER_CLASS': {'type': 'string', 'description': 'the endpoint file of the '
+                                              'candidate (default: the endpoint\'s own, read again)'},
                              'PERCENT': {'type': 'number', 'minimum': 0, 'maximum': 100,
                                          'description': 'share of the requests the candidate serves (a shadow: '
                                                         'gets a copy of); default 10, a shadow 100'},
@@ -412,7 +428,8 @@ def _base_schemas():
                                        'NR_WORKERS', 'DESCRIPTION'],
         'properties': {'ONLINE': {'type': 'boolean'}, 'RESTARTS': {'type': 'integer'},
                        'URLS': {'type': 'array', 'items': {'type': 'string'}},
-                       'PATHS': {'type': 'array', 'items': {'type': 'string'}}}}}
+                       'PATHS': {'type': 'array', 'items': {'type': 'string'}},
+                       'ROLLOUT': _ROLLOUT}}}
     any_object = {'type': 'object'}
     return {
         'Error': _answer({'ERROR': {'type': 'string'}}, required=['ERROR']),
@@ -433,7 +450,11 @@ def _base_schemas():
         'Stats': _answer({'WINDOW_SECONDS': {'type': 'number', 'nullable': True},
                           'POINTS': {'type': 'array', 'items': _STATS_POINT},
                           'ENDPOINTS': {'type': 'object', 'additionalProperties': {
-                              'type': 'array', 'items': _STATS_POINT}}},
+                              'type': 'array', 'items': _STATS_POINT}},
+                          'ROLLOUTS': {'type': 'object', 'description': 'per endpoint, its latest rollout: STATE '
+                                       'and VERSIONS {stable, candidate: [points]}', 'additionalProperties': {
+                                           'type': 'object', 'properties': {'STATE': {'type': 'string'},
+                                                                            'VERSIONS': {'type': 'object'}}}}},
                          required=['POINTS', 'ENDPOINTS']),
         'Ready': _answer({'READY': {'type': 'boolean'}, 'NOT_READY': {'type': 'array', 'items': {'type': 'string'}}},
                          required=['READY', 'NOT_READY']),
