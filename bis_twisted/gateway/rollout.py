@@ -123,8 +123,8 @@ class Rollouts(Service):
     """The rollouts of a gateway's ``fleet``: ``run`` is on every inference request's way
     (for an endpoint without a rollout it is the fleet's own ``run``), ``command`` does what a
     ``/rollout`` body asks. ``candidates`` (a ``Candidates``) runs the candidates, beside
-    ``fleet``, on ports counted from ``gateway_port``; ``history`` (a ``StateHistory``) gets an entry when a rollout
-    ends on its own and tells, at start, of rollouts a restart ended."""
+    ``fleet``, on ports counted from ``gateway_port``; ``history`` (a ``StateHistory``) gets
+    an entry when a rollout ends and tells, at start, of rollouts a restart ended."""
 
     name = 'rollouts'
     _log = Logger()
