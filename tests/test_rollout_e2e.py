@@ -110,6 +110,17 @@ def run_many(gateway, values, threads=8, signature='scorer'):
         return list(pool.map(lambda v: run(gateway, v, signature), values))
 
 
+def candidate_pids(gateway, name='scorer@candidate'):
+    found = []
+    for child in gateway.children():
+        try:
+            if name in child.cmdline():
+                found.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 class Load(threading.Thread):
     """One client sending requests one after another until stopped; keeps, per request,
     when it was sent and what came back (or the exception)."""
@@ -270,9 +281,11 @@ def test_a_shadow_differing_on_30_percent_shows_agreement_near_070_and_clients_g
 
 
 def test_batching_and_streaming_endpoints_roll_out_too(gateway):
-    started = rollout(gateway, SIGNATURE='tripler', PERCENT=100, CONFIG={'FACTOR': 4})
+    # a batched endpoint's candidate with replicas of its own
+    started = rollout(gateway, SIGNATURE='tripler', PERCENT=100, CONFIG={'FACTOR': 4, 'REPLICAS': 2})
     assert started.status == 200, started
     try:
+        assert len(candidate_pids(gateway, 'tripler@candidate')) == 2
         answers = run_many(gateway, range(40), signature='tripler')
         assert all(a.status == 200 and a.json()['version'] == 'candidate' and
                    a.json()['predict_result'] == {'tripled': v * 4, 'factor': 4} for v, a in zip(range(40), answers))
@@ -288,17 +301,6 @@ def test_batching_and_streaming_endpoints_roll_out_too(gateway):
         assert lines[-1]['version'] == 'candidate' and lines[-1]['chunks'] == 3
     finally:
         end_rollout(gateway, 'text_streamer')
-
-
-def candidate_pids(gateway, name='scorer@candidate'):
-    found = []
-    for child in gateway.children():
-        try:
-            if name in child.cmdline():
-                found.append(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def test_a_hung_candidate_is_replaced_as_a_hung_stable_would_be(gateway):
