@@ -8,7 +8,6 @@ on ports no other server uses."""
 import attr
 from twisted.internet import defer
 
-from ..errors import NotFound
 from .fleet import Fleet
 from .rollout_plan import CANDIDATE_SUFFIX, candidate_entry, endpoint_of, promoted_entry
 
@@ -35,7 +34,6 @@ class Candidates:
         self._gateway_port = gateway_port
         self._fleet = fleet
         self._members = {}  # endpoint -> its candidate's EndpointConfig
-        self._changes = defer.DeferredLock()  # the candidates' fleet changes one at a time
 
     def fleet(self):
         if self._fleet is None:
@@ -45,16 +43,11 @@ class Candidates:
     def run(self, name, payload, request_id=None, answer_fields=None):
         return self.fleet().run(name, payload, request_id, answer_fields)
 
-    async def add(self, endpoint, candidate):
+    def add(self, endpoint, candidate):
         """Register ``candidate`` (stopped) for ``endpoint``; the names of its children."""
-        fleet = self.fleet()
-        await self._changes.acquire()
-        try:
-            self._members[endpoint] = candidate
-            await fleet.apply_config(self._config(), _no_resize)
-        finally:
-            self._changes.release()
-        return [t.child_name for t in fleet.server(candidate.name).targets if t.active]
+        self._members[endpoint] = candidate
+        server = self.fleet().add_server(candidate)
+        return [t.child_name for t in server.targets if t.active]
 
     def start(self, children):
         """Start the children on trial: fires when all are ready, fails with the first one's
@@ -64,17 +57,9 @@ class Candidates:
 
     async def remove(self, endpoint):
         """Drain and stop the candidate of ``endpoint`` (its requests in flight answered first)."""
-        if endpoint not in self._members:
-            return
-        await self._changes.acquire()
-        try:
-            self._members.pop(endpoint, None)
-            await self.fleet().apply_config(self._config(), _no_resize)
-        finally:
-            self._changes.release()
-
-    def _config(self):
-        return attr.evolve(self._stable.config, endpoints=tuple(self._members.values()))
+        candidate = self._members.pop(endpoint, None)
+        if candidate is not None:
+            await self.fleet().remove_server(candidate.name)
 
     def endpoint(self, stable, plan):
         """The candidate's ``EndpointConfig``: the stable's entry with ``SERVER_CLASS`` and
@@ -104,7 +89,3 @@ class Candidates:
         """``{candidate name: (ports, spare ports)}``: for a config reload to keep off them."""
         return {c.name: (c.ports, c.spare_ports) for c in self._members.values()}
 
-
-def _no_resize(server, size):
-    # a candidate's entry never changes in place: a new one is a new candidate
-    raise NotFound('a candidate is never resized in place')

@@ -316,7 +316,7 @@ class Rollouts(Service):
                        'replica(s))', endpoint=name, candidate=candidate.name, server_class=candidate.server_class,
                        replicas=candidate.replicas)
         try:
-            await self.candidates.start(await self.candidates.add(name, candidate))
+            await self.candidates.start(self.candidates.add(name, candidate))
         except (defer.FirstError, TrialFailed) as exc:
             failure = exc.subFailure.value if isinstance(exc, defer.FirstError) else exc
             if rollout.state == 'aborted':

@@ -257,7 +257,9 @@ class GatewayService(OrderedServices):
                          for e in supports]
         # a rollout's candidates: a fleet of their own (in no list of endpoints), watched as the others
         self.candidates = Candidates(self.fleet, reactor, gateway_port=options.port)
-        self.candidate_health = HealthMonitor(self.candidates.fleet(), reactor=reactor)
+        candidates = self.candidates.fleet()
+        self.candidate_health = HealthMonitor(candidates.topology, self.supervisor, candidates.probe,
+                                              candidates.operations, reactor=reactor)
         self.candidate_health.setName('candidate health')
         self.rollouts = Rollouts(self.fleet, reactor=reactor, history=self.history, candidates=self.candidates)
         self.gateway = Gateway(self.fleet, reactor=reactor, guard=AdminGuard(token),
