@@ -15,6 +15,11 @@ the rounds, and the shadow / none ratio of p50 is also the median of each round'
 The calibration line is the model server's own ``/run`` (no gateway) at the lowest
 concurrency, in the same sitting. Copies sent, compared and dropped come from
 ``/list_servers``' ``ROLLOUT``. Writes the figures as JSON under bench/results/.
+
+``--overhead`` times instead, in this process, the gateway's own work per request in
+``Rollouts.run`` with fleets that answer at once (no network, no child): an endpoint without
+a rollout, under a canary, under a shadow (its copy answered too), beside the fleet's call
+alone; best of 5 loops, in microseconds per request, after a calibration line.
 """
 
 import argparse
@@ -59,12 +64,80 @@ def one_run(wrk_bin, gateway, name, concurrency, duration):
     return run
 
 
+def overhead(calls=20000, repeats=5):
+    """Microseconds per request of ``Rollouts.run`` against fleets answering at once."""
+    sys.path.insert(0, rb.REPO)
+    from twisted.internet import defer, task
+
+    from bis_twisted.gateway.candidates import Candidates
+    from bis_twisted.gateway.config import EndpointConfig
+    from bis_twisted.gateway.rollout import Rollout, Rollouts
+    from bis_twisted.gateway.rollout_plan import Plan
+    from bis_twisted.gateway.rollout_stats import RollbackRule
+    from bis_twisted.shared.web import Answer
+
+    answer = Answer(200, {}, raw=b'{"predict_result": 7, "worker_id": 0}')
+
+    class Fleet:
+        servers = {}
+
+        async def run(self, name, payload, request_id=None, answer_fields=None):
+            return answer
+
+    class Request:
+        def getHeader(self, name):
+            return None
+
+    def rollouts(shadow=None):
+        clock = task.Clock()
+        fleet = Fleet()
+        subject = Rollouts(fleet, reactor=clock, candidates=Candidates(fleet, clock, fleet=Fleet()))
+        if shadow is not None:
+            plan = Plan(endpoint='demo', server_class='demo', percent=100.0 if shadow else 20.0, shadow=shadow,
+                        tolerance=None, overrides={}, rule=RollbackRule())
+            candidate = EndpointConfig(name='demo@candidate', server_class='demo', entry={}, nr_workers=4)
+            rollout = Rollout(plan, candidate, clock, 'now')
+            rollout.to('shadow' if shadow else 'canary', 'now')
+            subject.live['demo'] = subject.last['demo'] = rollout
+        return clock, subject
+
+    def timed(call, clock):
+        best = None
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(calls):
+                defer.ensureDeferred(call())
+                clock.advance(0)  # a shadow's copy goes in the reactor's next turn
+            took = (time.perf_counter() - started) / calls * 1e6
+            best = took if best is None else min(best, took)
+        return best
+
+    started = time.perf_counter()
+    total = 0
+    for i in range(2000000):
+        total += i % 7
+    print('calibration: a fixed pure-Python loop took {:.3f} s'.format(time.perf_counter() - started))
+    request = Request()
+    rows = {}
+    clock, subject = rollouts()
+    rows['the fleet\'s call alone'] = timed(lambda: subject.fleet.run('demo', b'{}', 'r', b'{"a":"b"}'), clock)
+    for label, shadow in (('no rollout', None), ('canary 20%', False), ('shadow 100% (with its copy)', True)):
+        clock, subject = rollouts(shadow)
+        rows['Rollouts.run, ' + label] = timed(lambda: subject.run(request, 'demo', b'{}', 'r', b'{"a":"b"}'), clock)
+    for label, value in rows.items():
+        print('| {} | {:.1f} us |'.format(label, value))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--duration', type=int, default=5)
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--concurrency', type=int, nargs='+', default=[4, 32])
+    parser.add_argument('--overhead', action='store_true', help='time Rollouts.run alone, in this process')
     args = parser.parse_args()
+    if args.overhead:
+        overhead()
+        return
     wrk_bin = rb.ensure_wrk()
     workdir = tempfile.mkdtemp(prefix='bis-rollout-bench-')
     gateway = rb.Gateway(CONFIG, os.path.join(rb.REPO, 'endpoints'), workdir)
