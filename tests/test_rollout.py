@@ -352,3 +352,33 @@ def test_no_copy_is_made_while_the_stable_has_a_request_per_worker_in_flight():
     answer_of(rollouts)
     clock.advance(0)
     assert rollout.shadow_dropped == 1 and len(candidate.sent) == 1
+
+
+def test_a_config_reload_gives_a_new_endpoint_no_port_a_candidate_holds(tmp_path):
+    from types import SimpleNamespace
+
+    from bis_twisted.gateway.config import load_config
+    from bis_twisted.gateway.config_reload import ConfigReloader
+
+    folder = tmp_path / 'endpoints'
+    folder.mkdir()
+    for name in ('iris', 'late'):
+        (folder / '{}.py'.format(name)).write_text('class {}Worker:\n  pass\n'.format(name.capitalize()))
+    path = tmp_path / 'config_gateway.txt'
+    path.write_text('{"CONFIG_ENDPOINTS": {"iris": {}}}')
+    config = load_config(str(path), str(folder), 5002)
+    assert (config.endpoint('iris').ports, config.endpoint('iris').spare_ports) == ((5003,), (5004,))
+
+    class Applied:
+        async def apply_config(self, config):
+            self.config = config
+            return {'FAILED': {}}
+
+    fleet = Applied()
+    held = {'iris@candidate': ((5005,), (5006,))}  # what a rollout's candidate runs on
+    reloader = ConfigReloader(str(path), str(folder), 5002, config, fleet, SimpleNamespace(refresh=lambda: None),
+                              SimpleNamespace(enabled=True), task.Clock(), held=lambda: held)
+    path.write_text('{"CONFIG_ENDPOINTS": {"iris": {}, "late": {}}}')
+    defer.ensureDeferred(reloader.reload())
+    late = fleet.config.endpoint('late')
+    assert not set(late.ports + late.spare_ports) & {5003, 5004, 5005, 5006}, (late.ports, late.spare_ports)
