@@ -382,3 +382,37 @@ def test_a_config_reload_gives_a_new_endpoint_no_port_a_candidate_holds(tmp_path
     defer.ensureDeferred(reloader.reload())
     late = fleet.config.endpoint('late')
     assert not set(late.ports + late.spare_ports) & {5003, 5004, 5005, 5006}, (late.ports, late.spare_ports)
+
+
+def test_a_failed_promotion_puts_the_stable_config_back_and_the_canary_keeps_its_share():
+    from bis_twisted.errors import ReloadFailed
+
+    clock, rollouts, rollout, stable, candidate = make_rollouts(plan(percent=20.0))
+    server = attr.make_class('S', ['config', 'name'])('OLD', 'iris')
+    seen = []
+
+    async def reload(target):
+        seen.append(target.config)
+        raise ReloadFailed("server 'iris': the new process did not start, the old one keeps serving: exit code 3")
+
+    stable.spawned_server = stable.server = lambda name: server
+    stable.reload = reload
+    rollouts.candidates.promoted = lambda config, plan: 'NEW'
+    d = defer.ensureDeferred(rollouts.command({'SIGNATURE': 'iris', 'PROMOTE': True}))
+    failure = d.result
+    d.addErrback(lambda _: None)
+    assert failure.check(ReloadFailed) and 'promotion failed, the candidate keeps its share' in failure.getErrorMessage()
+    assert seen == ['NEW'] and server.config == 'OLD'
+    assert rollout.state == 'canary' and rollouts.live['iris'] is rollout
+    assert [h['STATE'] for h in rollout.history][-2:] == ['promoting', 'canary']
+
+
+def test_a_config_reload_that_removes_the_endpoint_aborts_its_rollout():
+    clock, rollouts, rollout, stable, candidate = make_rollouts(plan(percent=20.0))
+    removed = []
+    rollouts.candidates.remove = lambda name: removed.append(name) or defer.succeed(None)
+    defer.ensureDeferred(rollouts.after_config_reload())
+    assert rollout.state == 'aborted' and rollout.reason == 'the config reload removed the endpoint'
+    assert removed == ['iris'] and 'iris' not in rollouts.live
+    request, d = answer_of(rollouts)
+    assert version_of(request) is None and len(candidate.sent) == 0
