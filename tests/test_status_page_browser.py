@@ -197,9 +197,12 @@ def refreshed(driver):
 
 
 def wait_next_refresh(driver):
-    """Wait until the page has refreshed once more after now (it polls every 2 s)."""
-    driver.execute_script('delete document.body.dataset.refreshed')
-    return wait_for(driver, refreshed, 'the next refresh of the page')
+    """Wait until the page shows a refresh whose fetches began after now (it polls every 2 s):
+    one already under way may answer after now with what the gateway said before."""
+    started = driver.execute_script('return refreshesStarted')
+    return wait_for(driver, lambda d: d.execute_script(
+        'return Number(document.body.dataset.shownRefresh || 0) > arguments[0]', started) and refreshed(d),
+        'the next refresh of the page')
 
 
 def console_errors(driver):
