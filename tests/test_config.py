@@ -208,3 +208,10 @@ def test_http_limits_are_read(endpoints):
     assert config.http_limits == {'HEAD_TIMEOUT': 2, 'MAX_CONNECTIONS': 50}
     assert config.max_answer_mb == 5
     assert 'HEAD_TIMEOUT' not in config.extra
+
+
+@pytest.mark.parametrize('name', ['iris@candidate', 'demo#1', '../etc', 'a b', '', '.hidden'])
+def test_an_endpoint_name_that_would_collide_or_escape_is_refused_by_name(tmp_path, name):
+    with pytest.raises(ConfigError) as bad:
+        parse_config({'CONFIG_ENDPOINTS': {name: {'HOST': 'NO_HOST'}}}, 'config_gateway.txt', str(tmp_path))
+    assert str(bad.value).startswith("config_gateway.txt: endpoint {!r}: a name of letters, digits".format(name))

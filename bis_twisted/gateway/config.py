@@ -8,12 +8,15 @@ Everything is checked before anything starts. A config that cannot be used raise
 import ast
 import json
 import os
+import re
 
 import attr
 
 from ..errors import ConfigError
 from ..protocol import DEFAULT_MAX_BODY_MB, DEFAULT_MAX_QUEUE, endpoint_file, expected_class_name
 from .config_keys import ENDPOINT_KEYS, TOP_KEYS, suggestion
+
+ENDPOINT_NAME = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]*\Z')  # an endpoint's name in the config
 
 NO_HOST = 'NO_HOST'
 DEFAULT_TIMEOUT = 60.0
@@ -169,7 +172,7 @@ def _check_scaling(where, entry):
 
 
 def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, default_host='127.0.0.1',
-                 keep_ports=None):
+                 keep_ports=None, endpoint_name=ENDPOINT_NAME):
     if not isinstance(data, dict):
         raise ConfigError('{}: the top level must be a JSON object'.format(label))
     if 'CONFIG_ENDPOINTS' not in data:
@@ -182,6 +185,10 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
     entries = []
     for name, entry in data['CONFIG_ENDPOINTS'].items():
         where = '{}: endpoint {!r}'.format(label, name)
+        if not endpoint_name.match(name):
+            raise ConfigError('{}: a name of letters, digits, "_", "-" and "." only, please (it names files, '
+                              'processes, URLs and metrics; "#" and "@" mark replicas and rollout candidates)'
+                              .format(where))
         if not isinstance(entry, dict):
             raise ConfigError('{}: must be an object of settings, got {!r}'.format(where, entry))
         for key, rule in _ENDPOINT_KEYS.items():

@@ -4,13 +4,17 @@ stable's once the candidate is promoted (``BadRequest`` naming the file or key, 
 file's own check does).
 """
 
+import re
+
 import attr
 
 from ..errors import BadRequest, ConfigError
-from .config import parse_config
+from .config import ENDPOINT_NAME, parse_config
 from .rollout_stats import RollbackRule
 
 CANDIDATE_SUFFIX = '@candidate'
+# an endpoint's name, or its candidate's: the endpoint's and the suffix, which the config never allows
+ROLLOUT_NAME = re.compile(ENDPOINT_NAME.pattern[:-2] + '(?:' + re.escape(CANDIDATE_SUFFIX) + r')?\Z')
 DEFAULT_CANARY_PERCENT = 10.0
 
 ROLLOUT_KEYS = ('SIGNATURE', 'SERVER_CLASS', 'PERCENT', 'SHADOW', 'TOLERANCE', 'CONFIG', 'ROLLBACK_ON',
@@ -97,7 +101,7 @@ def endpoint_of(name, entry, endpoints_dir, gateway_port, keep_ports):
     from ``gateway_port`` + 1, off those ``keep_ports`` holds (see ``config.parse_config``)."""
     try:
         config = parse_config({'CONFIG_ENDPOINTS': {name: entry}}, '/rollout', endpoints_dir, gateway_port,
-                              keep_ports=keep_ports)
+                              keep_ports=keep_ports, endpoint_name=ROLLOUT_NAME)
     except ConfigError as exc:
         raise BadRequest(str(exc)) from None
     return config.endpoints[0]
