@@ -210,7 +210,7 @@ def test_http_limits_are_read(endpoints):
     assert 'HEAD_TIMEOUT' not in config.extra
 
 
-@pytest.mark.parametrize('name', ['iris@candidate', 'demo#1', '../etc', 'a b', '', '.hidden'])
+@pytest.mark.parametrize('name', ['iris@candidate', 'demo#1', '../etc', 'a b', '', '.hidden', 'new\nline'])
 def test_an_endpoint_name_that_would_collide_or_escape_is_refused_by_name(tmp_path, name):
     with pytest.raises(ConfigError) as bad:
         parse_config({'CONFIG_ENDPOINTS': {name: {'HOST': 'NO_HOST'}}}, 'config_gateway.txt', str(tmp_path))

@@ -14,9 +14,9 @@ import attr
 
 from ..errors import ConfigError
 from ..protocol import DEFAULT_MAX_BODY_MB, DEFAULT_MAX_QUEUE, endpoint_file, expected_class_name
-from .config_keys import ENDPOINT_KEYS, TOP_KEYS, suggestion
+from .config_keys import ENDPOINT_KEYS, ENDPOINT_NAME_PATTERN, TOP_KEYS, suggestion
 
-ENDPOINT_NAME = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]*\Z')  # an endpoint's name in the config
+ENDPOINT_NAME = re.compile(ENDPOINT_NAME_PATTERN)  # fullmatch: an endpoint's name in the config
 
 NO_HOST = 'NO_HOST'
 DEFAULT_TIMEOUT = 60.0
@@ -185,7 +185,7 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
     entries = []
     for name, entry in data['CONFIG_ENDPOINTS'].items():
         where = '{}: endpoint {!r}'.format(label, name)
-        if not endpoint_name.match(name):
+        if not endpoint_name.fullmatch(name):
             raise ConfigError('{}: a name of letters, digits, "_", "-" and "." only, please (it names files, '
                               'processes, URLs and metrics; "#" and "@" mark replicas and rollout candidates)'
                               .format(where))

@@ -133,6 +133,11 @@ def suggestion(key, known):
     return close[0] if close else None
 
 
+# an endpoint's name: it names files, processes, URLs and metrics ("#" and "@" are the gateway's
+# marks for replicas and rollout candidates)
+ENDPOINT_NAME_PATTERN = '[A-Za-z0-9_][A-Za-z0-9_.-]*'
+
+
 def config_schema():
     """The JSON Schema of ``config_gateway.txt``, from ``TOP_KEYS`` and ``ENDPOINT_KEYS``. An
     entry's other keys are the worker's own config, so an entry takes any key besides."""
@@ -141,7 +146,8 @@ def config_schema():
              'dependencies': {'MIN_REPLICAS': ['MAX_REPLICAS', 'TARGET_IN_FLIGHT'],
                               'MAX_REPLICAS': ['TARGET_IN_FLIGHT'], 'TARGET_IN_FLIGHT': ['MAX_REPLICAS']}}
     top = {name: key.published() for name, key in TOP_KEYS.items()}
-    top['CONFIG_ENDPOINTS'] = dict(top['CONFIG_ENDPOINTS'], additionalProperties=entry)
+    top['CONFIG_ENDPOINTS'] = dict(top['CONFIG_ENDPOINTS'], additionalProperties=entry,
+                                   propertyNames={'pattern': '^{}$'.format(ENDPOINT_NAME_PATTERN)})
     return {'$schema': 'http://json-schema.org/draft-07/schema#',
             'title': 'bis_twisted gateway config (config_gateway.txt)',
             'type': 'object', 'required': ['CONFIG_ENDPOINTS'], 'properties': top, 'additionalProperties': False}

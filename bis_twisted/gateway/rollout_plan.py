@@ -14,7 +14,7 @@ from .rollout_stats import RollbackRule
 
 CANDIDATE_SUFFIX = '@candidate'
 # an endpoint's name, or its candidate's: the endpoint's and the suffix, which the config never allows
-ROLLOUT_NAME = re.compile(ENDPOINT_NAME.pattern[:-2] + '(?:' + re.escape(CANDIDATE_SUFFIX) + r')?\Z')
+ROLLOUT_NAME = re.compile(ENDPOINT_NAME.pattern + '(?:' + re.escape(CANDIDATE_SUFFIX) + ')?')
 DEFAULT_CANARY_PERCENT = 10.0
 
 ROLLOUT_KEYS = ('SIGNATURE', 'SERVER_CLASS', 'PERCENT', 'SHADOW', 'TOLERANCE', 'CONFIG', 'ROLLBACK_ON',
