@@ -1,5 +1,6 @@
 """limits.py on a task.Clock with an in-memory transport: the head and body deadlines, the
-connection cap, and the twisted.web names the channel relies on."""
+connection cap, and the twisted.web names the channel relies on; on both fronts (twisted.web's
+``GuardedChannel`` and front.py's ``FrontChannel``), which keep the same limits."""
 
 import json
 
@@ -10,7 +11,8 @@ from twisted.internet.testing import StringTransport
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 
-from bis_twisted.shared.limits import GuardedChannel, Limits, OverflowProtocol
+from bis_twisted.shared.front import FRONTS
+from bis_twisted.shared.limits import Limits, OverflowProtocol
 from bis_twisted.shared.web import make_site
 
 
@@ -22,8 +24,13 @@ class Hello(Resource):
         return b'{"hello": 1}'
 
 
-def site_on(clock, **limits):
-    site = make_site(Hello(), limits=Limits(**limits))
+@pytest.fixture(params=sorted(FRONTS))
+def channel(request):
+    return FRONTS[request.param]
+
+
+def site_on(clock, channel, **limits):
+    site = make_site(Hello(), limits=Limits(**limits), channel=channel)
     site.reactor = clock
     return site
 
@@ -52,9 +59,9 @@ def test_twisted_web_still_has_the_hooks_the_channel_overrides():
     assert HTTPChannel.maxHeaders and HTTPChannel.totalHeadersSize and HTTPChannel.MAX_LENGTH
 
 
-def test_a_head_trickling_in_gets_408_at_the_head_deadline_however_often_bytes_come():
+def test_a_head_trickling_in_gets_408_at_the_head_deadline_however_often_bytes_come(channel):
     clock = task.Clock()
-    site = site_on(clock, head_timeout=10)
+    site = site_on(clock, channel, head_timeout=10)
     protocol, transport = connect(site, clock)
     protocol.dataReceived(b'GET / HTTP/1.1\r\nHost: x\r\n')
     for _ in range(99):
@@ -67,19 +74,19 @@ def test_a_head_trickling_in_gets_408_at_the_head_deadline_however_often_bytes_c
     assert transport.disconnecting
 
 
-def test_a_silent_connection_is_closed_without_an_answer():
+def test_a_silent_connection_is_closed_without_an_answer(channel):
     clock = task.Clock()
-    protocol, transport = connect(site_on(clock, head_timeout=10), clock)
+    protocol, transport = connect(site_on(clock, channel, head_timeout=10), clock)
     clock.advance(10)
     assert transport.value() == b'' and transport.disconnecting
 
 
-def test_the_body_deadline_grows_with_the_declared_length():
+def test_the_body_deadline_grows_with_the_declared_length(channel):
     limits = Limits(body_timeout=10, min_body_rate=1000)
     assert limits.body_deadline(5000) == 15
     assert limits.body_deadline(None) == 10 + limits.max_body / 1000
     clock = task.Clock()
-    protocol, transport = connect(site_on(clock, body_timeout=10, min_body_rate=1000), clock)
+    protocol, transport = connect(site_on(clock, channel, body_timeout=10, min_body_rate=1000), clock)
     protocol.dataReceived(b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nabc')
     clock.advance(14.9)
     assert transport.value() == b''
@@ -87,9 +94,9 @@ def test_the_body_deadline_grows_with_the_declared_length():
     assert status(transport) == 408 and 'BODY_TIMEOUT' in error(transport)
 
 
-def test_a_kept_alive_connection_idle_between_requests_is_not_cut_by_the_head_deadline():
+def test_a_kept_alive_connection_idle_between_requests_is_not_cut_by_the_head_deadline(channel):
     clock = task.Clock()
-    site = site_on(clock, head_timeout=10)
+    site = site_on(clock, channel, head_timeout=10)
     protocol, transport = connect(site, clock)
     protocol.dataReceived(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
     assert b'{"hello": 1}' in transport.value()
@@ -101,12 +108,12 @@ def test_a_kept_alive_connection_idle_between_requests_is_not_cut_by_the_head_de
     assert status(transport) == 408
 
 
-def test_past_max_connections_health_answers_and_the_rest_get_503():
+def test_past_max_connections_health_answers_and_the_rest_get_503(channel):
     clock = task.Clock()
-    site = site_on(clock, max_connections=2)
+    site = site_on(clock, channel, max_connections=2)
     held = [connect(site, clock) for _ in range(2)]
     assert site.open_connections == 2
-    assert all(isinstance(p, GuardedChannel) for p, _ in held)
+    assert all(isinstance(p, channel) for p, _ in held)
     for line, code in ((b'GET /health HTTP/1.1\r\n', 200), (b'POST /run HTTP/1.1\r\n', 503)):
         protocol, transport = connect(site, clock)
         assert isinstance(protocol, OverflowProtocol)
@@ -117,7 +124,7 @@ def test_past_max_connections_health_answers_and_the_rest_get_503():
     assert status(transport) == 503 and 'MAX_CONNECTIONS 2' in error(transport)
     held[0][0].connectionLost(None)
     assert site.open_connections == 1
-    assert isinstance(connect(site, clock)[0], GuardedChannel)
+    assert isinstance(connect(site, clock)[0], channel)
 
 
 @pytest.mark.parametrize('head, code', [
@@ -127,9 +134,9 @@ def test_past_max_connections_health_answers_and_the_rest_get_503():
     (b'GET / HTTP/1.1\r\n' + b''.join(b'X-%d: v\r\n' % i for i in range(501)) + b'\r\n', 431),
     (b'GET / HTTP/1.1\r\nBad Header\r\n\r\n', 400),
 ])
-def test_oversized_or_malformed_heads_answer_json_with_their_status(head, code):
+def test_oversized_or_malformed_heads_answer_json_with_their_status(channel, head, code):
     clock = task.Clock()
-    protocol, transport = connect(site_on(clock), clock)
+    protocol, transport = connect(site_on(clock, channel), clock)
     protocol.dataReceived(head)
     assert status(transport) == code, transport.value()[:200]
     assert error(transport)
@@ -140,7 +147,7 @@ def test_freed_memory_is_handed_back_once_no_large_body_is_held_at_most_once_a_s
     trims = []
     monkeypatch.setattr(limits_module, 'return_free_memory', lambda: trims.append(clock.seconds()))
     clock = task.Clock()
-    site = site_on(clock)
+    site = site_on(clock, FRONTS["twisted"])
     site.bodies_in_flight = 5
     site.large_body_released()  # another body is still held: not yet
     clock.advance(5)

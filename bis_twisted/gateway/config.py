@@ -104,6 +104,7 @@ class GatewayConfig:
     max_answer_mb = attr.ib(default=DEFAULT_MAX_ANSWER_MB)  # a model server's answer over it: 502
     api_keys = attr.ib(default=None)  # path of the API_KEYS file (absolute), or None: /run is open
     access_log = attr.ib(default=True)  # one log line per request (accesslog.py)
+    http_front = attr.ib(default=None)  # HTTP_FRONT: "twisted" or "httptools" (shared/front.py), None: the default
 
     def endpoint(self, name):
         for endpoint in self.endpoints:
@@ -219,7 +220,7 @@ def parse_config(data, label, endpoints_dir='endpoints', gateway_port=5002, defa
                          http_limits={k: data[k] for k in HTTP_LIMIT_KEYS if k in data},
                          max_answer_mb=data.get('MAX_ANSWER_MB', DEFAULT_MAX_ANSWER_MB),
                          api_keys=_beside(label, data.get('API_KEYS')),
-                         access_log=data.get('ACCESS_LOG', True))
+                         access_log=data.get('ACCESS_LOG', True), http_front=data.get('HTTP_FRONT'))
 
 
 def _beside(config_path, path):

@@ -23,6 +23,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger, LogLevel
 
 from ..shared.drain import ConnectionDrain
+from ..shared.front import front_channel
 from ..shared.gctune import freeze_startup_objects
 from ..shared.limits import MIB, Limits
 from ..shared.security import AdminGuard, admin_token
@@ -276,7 +277,7 @@ class GatewayService(OrderedServices):
             self.gateway.metrics.registry.register(RolloutCollector(self.rollouts))
         self.site = make_site(Stamped(self.gateway.resource(), reactor),
                               limits=Limits.from_config(config.http_limits, config.max_body_mb),
-                              gateway_fields=self.gateway.gateway_fields)
+                              gateway_fields=self.gateway.gateway_fields, channel=front_channel(config.http_front))
         self.site.log = self.access_log = AccessLog(reactor, enabled=config.access_log)
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.endpoints_dir = endpoints_dir

@@ -379,15 +379,19 @@ class Utf8PathGuard(Resource):
         return self._wrapped.render(request)
 
 
-def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False, limits=None, gateway_fields=None):
+def make_site(resource, max_body_mb=DEFAULT_MAX_BODY_MB, access_log=False, limits=None, gateway_fields=None,
+              channel=None):
     """A ``GuardedSite`` (deadlines, connection and body caps: see limits.py) and, by
     default, no access log: one log line per request costs more than routing it. HTTP/1.1
     only: no HTTP/2 negotiation on plain TCP anyway. ``gateway_fields(request)``: the fields
-    the answers the site writes itself (413, 503 for bodies) carry."""
+    the answers the site writes itself (413, 503 for bodies) carry. ``channel``: the class of its
+    connections (``GuardedChannel`` unless given: front.py's ``FRONTS``)."""
     if limits is None:
         limits = Limits(max_body=int(max_body_mb * MIB))
     site = GuardedSite(Utf8PathGuard(resource), limits, parsePOSTFormSubmission=False)
     site.gateway_fields = gateway_fields
+    if channel is not None:
+        site.protocol = channel
     site.noisy = False
     if not access_log:
         site.log = lambda request: None
