@@ -61,6 +61,13 @@ def processes():
         yield group
 
 
+@pytest.fixture(scope='module', params=('twisted', 'httptools'))
+def http_front(request):
+    """The HTTP front of the gateway's port (``BIS_HTTP_FRONT``): a module whose gateways take
+    it runs each of their tests on both fronts, twisted.web's and httptools'."""
+    return request.param
+
+
 @pytest.fixture(scope='module')
 def module_processes():
     """Like ``processes``, for servers that a whole test module shares."""

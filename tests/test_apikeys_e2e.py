@@ -19,14 +19,14 @@ TOKEN = 'api-keys-e2e-admin-token-secret'
 
 
 @pytest.fixture
-def gateway(processes, tmp_path):
+def gateway(processes, tmp_path, http_front):
     (tmp_path / 'keys.json').write_text(json.dumps({
         'team': {'key_sha256': hash_key(TEAM_KEY), 'endpoints': [DEMO], 'rate': 2, 'burst': 3},
         'ops': {'key_sha256': hash_key(OPS_KEY), 'endpoints': '*'},
     }))
     config = {'API_KEYS': 'keys.json', 'DEFAULT_SERVER': DEMO, 'CONFIG_ENDPOINTS': {
         DEMO: {'WEIGHT': 2, 'BIAS': 1}, 'dummy_model_demo1': {}}}
-    gateway = start_gateway(processes, tmp_path, config=config, env={'BIS_ADMIN_TOKEN': TOKEN})
+    gateway = start_gateway(processes, tmp_path, config=config, env={'BIS_ADMIN_TOKEN': TOKEN, 'BIS_HTTP_FRONT': http_front})
     gateway.wait_online('dummy_model_demo1')
     return gateway
 

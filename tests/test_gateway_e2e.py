@@ -18,9 +18,9 @@ def wait_ready(gateway):
 
 
 @pytest.fixture(scope='module')
-def gateway(tmp_path_factory):
+def gateway(tmp_path_factory, http_front):
     with Processes() as group:
-        gw = start_gateway(group, tmp_path_factory.mktemp('gw'))
+        gw = start_gateway(group, tmp_path_factory.mktemp('gw'), env={'BIS_HTTP_FRONT': http_front})
         wait_ready(gw)  # every endpoint loaded: a test may run first and call any of them
         yield gw
 

@@ -78,9 +78,10 @@ def body_of(answer):
 
 # -- the model servers' own control route ---------------------------------------------------------
 @pytest.fixture(scope='module')
-def token_gateway(module_processes, tmp_path_factory):
+def token_gateway(module_processes, tmp_path_factory, http_front):
     return start_gateway(module_processes, tmp_path_factory.mktemp('token_gw'), config=demo_config(),
-                         env={'BIS_ADMIN_TOKEN': TOKEN + '\n'})  # as read from a secret file
+                         env={'BIS_ADMIN_TOKEN': TOKEN + '\n',  # as read from a secret file
+                              'BIS_HTTP_FRONT': http_front})
 
 
 def child_port(gateway):
@@ -131,10 +132,11 @@ def test_a_short_token_stops_the_gateway_with_one_line(processes, tmp_path):
 
 # -- a web page in the user's browser, no token set (the quick start) -----------------------------
 @pytest.fixture(scope='module')
-def open_gateway(module_processes, tmp_path_factory):
+def open_gateway(module_processes, tmp_path_factory, http_front):
     config = demo_config()
     config['CONFIG_ENDPOINTS']['support_process'] = {'HOST': 'NO_HOST', 'PING_INTERVAL': 0.5}
-    return start_gateway(module_processes, tmp_path_factory.mktemp('open_gw'), config=config)
+    return start_gateway(module_processes, tmp_path_factory.mktemp('open_gw'), config=config,
+                         env={'BIS_HTTP_FRONT': http_front})
 
 
 def browser_post(gateway, path, body, content_type, **headers):
@@ -251,11 +253,11 @@ def odd_config(**top):
 
 
 @pytest.fixture(scope='module')
-def strict_gateway(module_processes, tmp_path_factory, odd_folder):
+def strict_gateway(module_processes, tmp_path_factory, odd_folder, http_front):
     """Deadlines of 1 s, bodies of 1 MiB, 2 MiB of bodies at once, answers of 1 MiB."""
     return start_gateway(module_processes, tmp_path_factory.mktemp('strict_gw'), endpoints=odd_folder,
                          config=odd_config(HEAD_TIMEOUT=1, BODY_TIMEOUT=1, MAX_BODY_MB=1, MAX_BODIES_MB=2,
-                                           MAX_ANSWER_MB=1))
+                                           MAX_ANSWER_MB=1), env={'BIS_HTTP_FRONT': http_front})
 
 
 def run_request(body, close=True):
@@ -401,9 +403,9 @@ def test_bodies_past_max_bodies_mb_get_503_before_they_are_read(strict_gateway):
 
 
 @pytest.fixture(scope='module')
-def capped_gateway(module_processes, tmp_path_factory, odd_folder):
+def capped_gateway(module_processes, tmp_path_factory, odd_folder, http_front):
     return start_gateway(module_processes, tmp_path_factory.mktemp('capped_gw'), endpoints=odd_folder,
-                         config=odd_config(MAX_CONNECTIONS=8))
+                         config=odd_config(MAX_CONNECTIONS=8), env={'BIS_HTTP_FRONT': http_front})
 
 
 def test_past_max_connections_new_ones_get_503_at_once_and_health_still_answers(capped_gateway):

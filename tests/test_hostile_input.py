@@ -49,9 +49,10 @@ HOSTILE = settings(max_examples=150, deadline=None, database=None,
 
 # -- the gateway ----------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
-def gateway(tmp_path_factory):
+def gateway(tmp_path_factory, http_front):
     with Processes() as group:
-        gateway = start_gateway(group, tmp_path_factory.mktemp('hostile'), config=CONFIG)
+        gateway = start_gateway(group, tmp_path_factory.mktemp('hostile'), config=CONFIG,
+                                env={'BIS_HTTP_FRONT': http_front})
         wait_until(lambda: gateway.get('/ready'), lambda r: r.status == 200, what='/ready 200')
         gateway.server_pid = gateway.server(SERVER)['PID']
         yield gateway

@@ -152,7 +152,7 @@ class PlainWorker(FlaskWorker):
 
 
 @pytest.fixture(scope='module')
-def gateway(tmp_path_factory):
+def gateway(tmp_path_factory, http_front):
     root = tmp_path_factory.mktemp('streaming')
     endpoints = root / 'endpoints'
     endpoints.mkdir()
@@ -174,7 +174,7 @@ def gateway(tmp_path_factory):
     }}
     with Processes() as group:
         gw = start_gateway(group, root, config=config, endpoints=endpoints, ports=16,
-                           env={'BIS_PORT': str(port)})
+                           env={'BIS_PORT': str(port), 'BIS_HTTP_FRONT': http_front})
         for name in ('gated', 'failing', 'big', 'stalling', 'plain', 'gated_replicas', 'gated_remote', 'crashy'):
             gw.wait_online(name, timeout=30)
         yield gw
