@@ -12,8 +12,9 @@ and beside the floor of twisted.web itself, in one run:
 
 Two cases, each its own table:
 
-- ``demo2``: the original's dummy_model_demo2, 2 workers. Rows: through our gateway, our
-  model server direct (HTTP to its TCP port), a bare twisted.web ``Resource`` answering a
+- ``demo2``: the original's dummy_model_demo2, 2 workers. Rows: through our gateway (on the
+  default HTTP front, or ``BIS_HTTP_FRONT``'s), the same gateway on the other front
+  (``gateway, httptools front`` or ``gateway, twisted front``), our model server direct (HTTP to its TCP port), a bare twisted.web ``Resource`` answering a
   constant (``bench/floor_twisted.py``: the floor of any twisted.web server here), and with
   ``--peers`` LitServe (``workers_per_device=2``).
 - ``iris``: the iris example batched (``MAX_BATCH_SIZE`` 32, ``BATCH_TIMEOUT`` 0.01,
@@ -210,12 +211,29 @@ def stalls_line(process, before, after):
                                              delta('>50ms', 'GC_PAUSES', g)) for g in gens) or 'none'))
 
 
+OTHER_FRONT = {'twisted': 'httptools', 'httptools': 'twisted'}
+
+
+def front_name():
+    """The HTTP front the row "gateway" runs on: BIS_HTTP_FRONT, else the default."""
+    from bis_twisted.shared.front import DEFAULT_FRONT, FRONT_VARIABLE
+    return os.environ.get(FRONT_VARIABLE) or DEFAULT_FRONT
+
+
 def demo2_targets(workdir, args, processes):
     gateway = rb.Gateway(CONFIG, os.path.join(rb.REPO, 'endpoints'), workdir)
     processes.append(gateway)
     (pid, base), = replicas(gateway, 'dummy_model_demo2')
     targets = [Target('gateway', gateway.url + '/run', BODY, [gateway.proc.pid], [pid]),
                Target('direct', rb.direct_url(gateway, 'dummy_model_demo2'), BODY, server_pids=[pid])]
+    # the same gateway on the other HTTP front (HTTP_FRONT / BIS_HTTP_FRONT), beside the default one
+    other = OTHER_FRONT[front_name()]
+    on_other = rb.Gateway(CONFIG, os.path.join(rb.REPO, 'endpoints'), workdir,
+                          env=dict(os.environ, BIS_HTTP_FRONT=other))
+    processes.append(on_other)
+    (other_pid, _), = replicas(on_other, 'dummy_model_demo2')
+    targets.append(Target('gateway, {} front'.format(other), on_other.url + '/run', BODY, [on_other.proc.pid],
+                          [other_pid]))
     floor = floor_server()
     processes.append(floor)
     targets.append(Target('twisted.web floor', floor.url, BODY, other_pids=floor.pids()))
@@ -328,6 +346,11 @@ def goals_demo2(table):
         goals.append(('gateway / LitServe req/s at c=64 >= 2.0', gw[64]['rps'] / lit[64]['rps'], lambda v: v >= 2.0))
         goals.extend(('gateway p99 / LitServe p99 at c={} < 1'.format(c), gw[c]['p99_ms'] / lit[c]['p99_ms'],
                       lambda v: v < 1) for c in CONCURRENCY)
+    other = 'gateway, {} front'.format(OTHER_FRONT[front_name()])
+    goals.append(('{} / gateway ({} front) req/s at c=64 (no goal: the fronts side by side)'.format(
+        other, front_name()), table[other][64]['rps'] / gw[64]['rps'], lambda v: True))
+    goals.append(('{} / twisted.web floor req/s at c=64 (no goal)'.format(other),
+                  table[other][64]['rps'] / floor[64]['rps'], lambda v: True))
     return goals + cpu_goals(table, 'gateway', 'gateway before (--before)')
 
 

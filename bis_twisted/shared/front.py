@@ -110,9 +110,6 @@ class FrontChannel(Protocol):
     def dataReceived(self, data):
         if self._closing or self._last and self._phase == 'idle':
             return  # refused and lingering, or past the last request: dropped
-        if self._phase == 'idle' and not self.requests and self._idle_call is not None:
-            self._idle_call.cancel()
-            self._idle_call = None
         phase = self._phase
         try:
             self._parser.feed_data(data)
@@ -181,7 +178,10 @@ class FrontChannel(Protocol):
             if lowered == b'content-length':
                 length = int(value)  # llhttp let one through, of digits only
             elif lowered == b'transfer-encoding':
-                length = None  # chunked: llhttp refuses any other, and a Content-Length beside it
+                length = None  # llhttp refuses a Content-Length beside it, and a last coding not chunked
+                if value.strip().lower() != b'chunked':  # "gzip, chunked": refused, as twisted.web does
+                    self.bad_request('Transfer-Encoding {!r}: only chunked is read'.format(value[:40].decode('latin-1')))
+                    raise _Stop()
             elif lowered == b'expect':
                 self._expect = value.lower() == b'100-continue'
             elif lowered == b'connection':
@@ -339,6 +339,8 @@ class FrontChannel(Protocol):
                     request=self._reading)
 
     def _idle_expired(self):
+        # left armed while requests come (moving it later is cheap, a new one is not): it
+        # closes only a connection that is idle when it fires
         self._idle_call = None
         if self._phase == 'idle' and not self.requests and self.transport is not None:
             self.transport.loseConnection()
