@@ -181,10 +181,11 @@ def raw_request(port, document):
     return sock
 
 
-def test_64_clients_that_go_away_cost_nothing_and_leave_no_traceback(processes, tmp_path):
+def test_64_clients_that_go_away_cost_nothing_and_leave_no_traceback(processes, tmp_path, http_front):
     endpoints = endpoints_with_faulty_models(tmp_path)
     config = {'NO_STARTUP_WAIT': True, 'CONFIG_ENDPOINTS': {'slow': {'NR_WORKERS': 2, 'TIMEOUT': 10}}}
-    gateway = start_gateway(processes, tmp_path, config=config, endpoints=endpoints)
+    gateway = start_gateway(processes, tmp_path, config=config, endpoints=endpoints,
+                            env={'BIS_HTTP_FRONT': http_front})
     wait_ready(gateway)
     child_port = gateway.server('slow')['PORT']
 

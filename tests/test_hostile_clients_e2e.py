@@ -352,6 +352,29 @@ def test_expect_100_continue_within_the_limit_still_gets_100(strict_gateway):
     assert b'"continued"' in answer
 
 
+@pytest.mark.parametrize('framing', [
+    b'Content-Length: 5\r\nTransfer-Encoding: chunked',
+    b'Transfer-Encoding: chunked\r\nContent-Length: 5',
+    b'Content-Length: 5\r\nContent-Length: 40',
+])
+def test_smuggling_framing_is_refused_with_400_and_the_hidden_request_never_runs(strict_gateway, framing):
+    hidden = run_request(b'{"SIGNATURE": "odd_answers", "WHAT": "smuggled"}')
+    answer = raw(strict_gateway.port, b'POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n' +
+                 framing + b'\r\n\r\n0\r\n\r\n' + hidden)
+    assert status_of(answer) == 400, answer
+    assert b'HTTP/1.1 200' not in answer and b'smuggled' not in answer
+    assert parsed(answer).getheader('Connection') == 'close' and body_of(answer)['ERROR']
+    still_serves(strict_gateway)
+
+
+def test_http_1_0_gets_an_http_1_0_answer_and_the_connection_closes(strict_gateway):
+    body = b'{"SIGNATURE": "odd_answers", "WHAT": "old"}'
+    answer = raw(strict_gateway.port, b'POST /run HTTP/1.0\r\nContent-Type: application/json\r\n'
+                 b'Content-Length: %d\r\n\r\n' % len(body) + body)  # raw() reads until the gateway closes
+    assert answer.startswith(b'HTTP/1.0 200 '), answer
+    assert json.loads(answer.split(b'\r\n\r\n', 1)[1])['predict_result'] == 'old'
+
+
 def test_system_exit_in_predict_answers_500_with_the_workers_error(strict_gateway):
     answer = strict_gateway.run(ODD, WHAT='exit')
     assert answer.status == 500, answer
