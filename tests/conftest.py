@@ -68,6 +68,18 @@ def http_front(request):
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def _hypothesis_test_unwrapped(request):
+    """pytest-twisted wraps a hypothesis test by replacing its ``inner_test`` in place, at each
+    run: the second run of the same test (its other ``http_front``) would nest the wrapper in
+    itself and fail. Each run gets the original back afterwards."""
+    handle = getattr(request.function, 'hypothesis', None)
+    original = getattr(handle, 'inner_test', None)
+    yield
+    if original is not None:
+        handle.inner_test = original
+
+
 @pytest.fixture(scope='module')
 def module_processes():
     """Like ``processes``, for servers that a whole test module shares."""
