@@ -27,7 +27,6 @@ import os
 
 import httptools
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
@@ -60,8 +59,6 @@ class FrontChannel(Protocol):
     requestFactory = None
     persistent = True
     length = 0  # the body length of the request being read: None when chunked (LimitedRequest reads it)
-
-    _log = Logger()
 
     def __init__(self):
         self.requests = []
@@ -101,7 +98,6 @@ class FrontChannel(Protocol):
             self.site.open_connections -= 1
             self._counted = False
         self._disarm()
-        self._parser = None
         requests, self.requests, self._ready = self.requests, [], []
         for request in requests:
             if not request.finished:
