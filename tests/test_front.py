@@ -9,10 +9,12 @@ import pytest
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 
 from bis_twisted.errors import ConfigError
 from bis_twisted.gateway.config_keys import TOP_KEYS
@@ -197,6 +199,23 @@ def test_an_upgrade_request_is_answered_as_any_other_and_closes_the_connection()
     protocol.dataReceived(b'GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
     [(status, _, _)] = answers(transport.value())
     assert status == 200 and transport.disconnecting
+
+
+@implementer(ITCPTransport)
+class TCPTransport(StringTransport):
+    nodelay = False
+
+    def setTcpNoDelay(self, enabled):
+        self.nodelay = enabled
+
+
+def test_answers_go_out_without_waiting_for_the_clients_delayed_ack(front):
+    site = make_site(Echo(), limits=Limits(), channel=FRONTS[front])
+    site.reactor = task.Clock()
+    protocol = site.buildProtocol(IPv4Address('TCP', '127.0.0.1', 40000))
+    transport = TCPTransport()
+    protocol.makeConnection(transport)
+    assert transport.nodelay is True  # Nagle off: a head and a body written apart go out at once
 
 
 def test_the_front_is_chosen_by_the_variable_then_the_config_then_the_default():

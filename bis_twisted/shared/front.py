@@ -26,6 +26,7 @@ keeps reading while its request is answered, so a client that goes away is seen 
 import os
 
 import httptools
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -89,6 +90,8 @@ class FrontChannel(Protocol):
 
     # -- the connection ----------------------------------------------------------------------------
     def connectionMade(self):
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)  # as HTTPChannel: no answer waits for the client's delayed ACK
         self.site.open_connections += 1
         self._counted = True
         self._begin_head(started=False)
