@@ -1,12 +1,12 @@
 """front.py's ``FrontChannel`` (httptools) beside twisted.web's ``GuardedChannel``, on a
 task.Clock with an in-memory transport: request smuggling refused, pipelining answered in
 order, HTTP/1.0, Expect: 100-continue, chunked bodies, a client that goes away, the idle
-timeout, and how the front is chosen (``HTTP_FRONT``, ``BIS_HTTP_FRONT``)."""
+timeout, a stopping server's drain, and how the front is chosen (``HTTP_FRONT``, ``BIS_HTTP_FRONT``)."""
 
 import json
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from bis_twisted.errors import ConfigError
 from bis_twisted.gateway.config_keys import TOP_KEYS
+from bis_twisted.shared.drain import ConnectionDrain
 from bis_twisted.shared.front import FRONTS, FrontChannel, front_channel
 from bis_twisted.shared.limits import GuardedChannel, Limits
 from bis_twisted.shared.web import make_site
@@ -199,6 +200,33 @@ def test_an_upgrade_request_is_answered_as_any_other_and_closes_the_connection()
     protocol.dataReceived(b'GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
     [(status, _, _)] = answers(transport.value())
     assert status == 200 and transport.disconnecting
+
+
+def test_a_stopping_server_closes_an_idle_connection_at_once_and_a_busy_one_after_its_answer(front):
+    echo = Echo(hold=True)
+    clock = task.Clock()
+    site = make_site(echo, limits=Limits(), channel=FRONTS[front])
+    site.reactor = clock
+    drain = ConnectionDrain(site, reactor=clock)
+    connections = []
+    for _ in range(2):
+        protocol = site.buildProtocol(IPv4Address('TCP', '127.0.0.1', 40000))
+        protocol.callLater = clock.callLater
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        connections.append((protocol, transport))
+    (busy, busy_transport), (idle, idle_transport) = connections
+    busy.dataReceived(post(b'/a', b'1'))
+    idle.dataReceived(b'GET /b HTTP/1.1\r\nHost: x\r\n\r\n')
+    release(echo.held[1])  # the idle one was answered: kept alive, nothing owed
+    done = defer.Deferred.fromCoroutine(drain.close_when_answered(5))
+    assert idle_transport.disconnecting and not busy_transport.disconnecting
+    release(echo.held[0])
+    assert busy_transport.disconnecting
+    assert [s for s, _, _ in answers(busy_transport.value())] == [200]
+    for protocol, _ in connections:
+        protocol.connectionLost(Failure(ConnectionDone()))
+    assert done.called
 
 
 @implementer(ITCPTransport)
