@@ -154,7 +154,7 @@ class _InnerProtocol(FrameReceiver):
                 raise FrameError('a frame of kind {}'.format(kind))
         except (FrameError, AttributeError) as exc:  # AttributeError: a stream frame of no stream
             self.leg.log.warn('server {what}: a frame that does not parse ({error}); closing the connection',
-                                what=call.what, error=exc)
+                              what=call.what, error=exc)
             self.transport.abortConnection()
 
     def lengthLimitExceeded(self, length):
