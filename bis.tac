@@ -14,7 +14,7 @@ options = options_from_env()
 configure_log_format(options)
 start_tracing(reactor)
 application = Application('bis_twisted')
-if logformat.is_json():  # twistd's own stdout observer writes text
-    application.setComponent(ILogObserver, logformat.file_observer(sys.stdout))
+# twistd's own stdout observer would write text, formatting each line's time anew
+application.setComponent(ILogObserver, logformat.file_observer(sys.stdout))
 build_service(options).setServiceParent(application)
 log_to_files(options)

@@ -116,3 +116,32 @@ def test_the_child_learns_the_format_from_its_flag():
     argv = child_argv('python', name='demo', port=0, log_format='json')
     assert parse_child_args(argv[3:]).log_format == 'json'
     assert parse_child_args(child_argv('python', name='demo', port=0)[3:]).log_format is None
+
+
+def test_a_text_line_is_twisteds_own_byte_for_byte_with_its_time_made_once_a_second():
+    import time
+
+    from twisted.logger import LogLevel, formatEventAsClassicLogText, formatTime, timeFormatRFC3339
+    from twisted.python.failure import Failure
+
+    def twisted_line(event):
+        return formatEventAsClassicLogText(event, formatTime=lambda when: formatTime(when, timeFormatRFC3339))
+
+    now = time.time()
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        failure = Failure()
+    events = [
+        {'log_format': logformat.LINE_FORMAT, 'access_line': 'access 127.0.0.1 POST /run m 200 9B 1.0ms rid=r',
+         'log_time': now, 'log_namespace': 'bis_twisted.access', 'log_level': LogLevel.info},
+        {'log_format': '{a} and {b}', 'a': 1, 'b': 'two', 'log_time': now + 0.5, 'log_namespace': 'x',
+         'log_level': LogLevel.warn},
+        {'log_format': 'two\nlines', 'log_time': now + 1, 'log_system': 'sys'},
+        {'log_format': logformat.LINE_FORMAT, 'access_line': 'a made line', 'log_time': now + 2,
+         'log_failure': failure, 'log_namespace': 'y', 'log_level': LogLevel.error},
+        {'log_format': logformat.LINE_FORMAT, 'access_line': 'made\nover two', 'log_time': now + 3},
+        {'log_format': 'no time'},
+    ]
+    for event in events:
+        assert logformat.text_line(event) == twisted_line(event), event

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from ..protocol import REQUEST_ID_HEADER
+from ..shared.logformat import LINE_FORMAT
 
 _STARTED = '_bis_started'
 _SIGNATURE = '_bis_signature'
@@ -73,7 +74,7 @@ class AccessLog:
         # the facts one by one (a JSON observer that writes every field), together under
         # "access" (one that writes named fields), and the request id and endpoint under the
         # names the other log lines use
-        self._log.info('{access_line}', access_line=line, access=facts, request_id=rid,
+        self._log.info(LINE_FORMAT, access_line=line, access=facts, request_id=rid,
                        endpoint=signature if signature != '-' else None, **facts)
 
 

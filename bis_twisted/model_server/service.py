@@ -272,7 +272,7 @@ def _fail(message: str, code: int) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     from twisted.internet import reactor
-    from twisted.logger import FileLogObserver, globalLogBeginner, textFileLogObserver
+    from twisted.logger import FileLogObserver, globalLogBeginner
 
     from ..shared.logfilter import child_line, quiet
 
@@ -307,13 +307,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         _fail(prefix + str(exc), 2)
     if tracing.setup('bis-model-server', reactor, process='model-server', endpoint=args.name):
         logformat.set_trace_fields(tracing.current_ids)
-    if logformat.is_json():
-        observer = logformat.file_observer(sys.stdout)
-    elif args.exit_with_parent:
+    if args.exit_with_parent and not logformat.is_json():
         # the gateway reads these lines and stamps them itself
         observer = FileLogObserver(sys.stdout, child_line(args.name))
     else:
-        observer = textFileLogObserver(sys.stdout)
+        observer = logformat.file_observer(sys.stdout)
     globalLogBeginner.beginLoggingTo([quiet(observer)], redirectStandardIO=False)
     stalls = StallWatch(reactor)
     server = ModelServer(args.name, endpoint.worker_class, endpoint.default_config, config, reactor=reactor,

@@ -16,7 +16,8 @@ import json
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, TextIO
 
-from twisted.logger import FileLogObserver, ILogObserver, formatEvent, textFileLogObserver
+from twisted.logger import (FileLogObserver, ILogObserver, formatEvent, formatEventAsClassicLogText, formatTime,
+                            timeFormatRFC3339)
 
 from ..protocol import LOG_FORMAT_VARIABLE, LOG_FORMATS
 
@@ -90,7 +91,7 @@ def event_record(event: Mapping[str, Any]) -> Dict[str, Any]:
         'time': rfc3339(event.get('log_time') or 0.0),
         'level': getattr(level, 'name', 'info'),
         'logger': event.get('log_namespace') or '-',
-        'message': formatEvent(event),
+        'message': _message(event),
     }
     for name, value in _process_fields.items():
         record[name] = value
@@ -106,6 +107,12 @@ def event_record(event: Mapping[str, Any]) -> Dict[str, Any]:
     return record
 
 
+def _message(event: Mapping[str, Any]) -> str:
+    if event.get('log_format') == LINE_FORMAT and isinstance(event.get(LINE_FIELD), str):
+        return event[LINE_FIELD]  # a line made already
+    return formatEvent(event)
+
+
 def dumps(record: Mapping[str, Any]) -> str:
     """One JSON line (a value JSON cannot hold is written as its ``str``)."""
     return json.dumps(record, ensure_ascii=False, default=str) + '\n'
@@ -119,4 +126,34 @@ def file_observer(out: TextIO, log_format: Optional[str] = None) -> ILogObserver
     """An observer writing to ``out`` in ``log_format`` (default: this process's)."""
     if (log_format or _format) == JSON:
         return FileLogObserver(out, json_line)
-    return textFileLogObserver(out)
+    return FileLogObserver(out, text_line)
+
+
+# An event logged as ``log.info(LINE_FORMAT, **{LINE_FIELD: text})`` is a line made already
+# (the access log's, one per request): its text is taken as it is, not formatted again.
+LINE_FIELD = 'access_line'
+LINE_FORMAT = '{' + LINE_FIELD + '}'
+_second_text: list = [None, '']  # [whole second, its local RFC 3339 text]
+
+
+def _time_text(when: Optional[float]) -> str:
+    """twisted's own timestamp of a text line (local time, to the second), made once a second
+    rather than once a line: a busy gateway writes thousands of lines in one second."""
+    if when is None:
+        return formatTime(when)
+    second = int(when)
+    if _second_text[0] != second:
+        _second_text[0], _second_text[1] = second, formatTime(when, timeFormatRFC3339)
+    return _second_text[1]
+
+
+def text_line(event: Mapping[str, Any]) -> Optional[str]:
+    """twisted's classic text line (``textFileLogObserver``'s, byte for byte), with the
+    timestamp made once a second and a line made already taken as it is."""
+    if event.get('log_format') == LINE_FORMAT and 'log_failure' not in event and 'log_system' not in event:
+        text = event.get(LINE_FIELD)
+        if isinstance(text, str) and text and '\n' not in text:
+            level = event.get('log_level')
+            return '{} [{}#{}] {}\n'.format(_time_text(event.get('log_time')), event.get('log_namespace', '-'),
+                                            '-' if level is None else level.name, text)
+    return formatEventAsClassicLogText(event, formatTime=_time_text)
