@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..protocol import LOG_FORMATS, TOKEN_VARIABLE
 from ..shared import logformat, tracing
 from ..shared.logfilter import quiet
+from ..shared.logwrites import LinesPerTurn
 from .config import read_json_file
 from .service import GatewayService, Options
 
@@ -184,11 +185,14 @@ def start_tracing(reactor):
         logformat.set_trace_fields(tracing.current_ids)
 
 
-def log_to_files(options):
-    """Send every log event to ``<cache>/_logs/gateway.log`` too, rotated by size."""
+def log_to_files(options, reactor=None):
+    """Send every log event to ``<cache>/_logs/gateway.log`` too, rotated by size (the lines of
+    one reactor turn in one write)."""
+    if reactor is None:
+        from twisted.internet import reactor
     os.makedirs(options.logs_dir, exist_ok=True)
     logfile = LogFile('gateway.log', options.logs_dir, rotateLength=10_000_000, maxRotatedFiles=5)
-    globalLogPublisher.addObserver(quiet(logformat.file_observer(logfile)))
+    globalLogPublisher.addObserver(quiet(logformat.file_observer(LinesPerTurn(logfile, reactor))))
 
 
 def build_service(options, reactor=None):
@@ -227,8 +231,9 @@ def run(options, reactor=None):
     configure_log_format(options)
     start_tracing(reactor)
     service = build_service(options, reactor)
-    globalLogBeginner.beginLoggingTo([quiet(logformat.file_observer(sys.stdout))], redirectStandardIO=False)
-    log_to_files(options)
+    globalLogBeginner.beginLoggingTo([quiet(logformat.file_observer(LinesPerTurn(sys.stdout, reactor)))],
+                                     redirectStandardIO=False)
+    log_to_files(options, reactor)
     Logger().info('bis-gateway starting with {config}', config=options.config)
     service.startService()
     reactor.addSystemEventTrigger('before', 'shutdown', service.stopService)
