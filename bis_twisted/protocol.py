@@ -98,6 +98,8 @@ CHILD_FLAGS: Final[Sequence[Flag]] = (
     Flag('log_format', str, None, False,
          'text, or json: one JSON object per log line (default: ${}, else text)'.format(LOG_FORMAT_VARIABLE)),
     Flag('exit_with_parent', bool, False, False, 'exit when stdin closes (the gateway sets this)'),
+    Flag('nice', int, None, False, "added to the process's nice value at start: a shadow rollout's candidate runs "
+         'at 19, on the CPU the serving version leaves'),
 )
 
 

@@ -64,7 +64,7 @@ def test_both_programs_run_as_modules(module):
 def test_every_child_flag_survives_being_written_and_parsed():
     values = {'endpoints': 'eps', 'name': 'demo', 'server_class': 'demo_file', 'host': '10.0.0.1', 'port': 5003,
               'config_json': '{"A": 1}', 'path': '/predict', 'max_body_mb': 48.0, 'max_bodies_mb': 1536.0,
-              'unix_socket': '@bis-1-5003', 'log_format': 'json', 'exit_with_parent': True}
+              'unix_socket': '@bis-1-5003', 'log_format': 'json', 'exit_with_parent': True, 'nice': 19}
     assert set(values) == {flag.name for flag in protocol.CHILD_FLAGS}
     argv = protocol.child_argv('python3', **values)
     assert argv[:3] == ['python3', '-m', protocol.MODEL_SERVER_MODULE]

@@ -153,6 +153,19 @@ def end_rollout(gateway, name='scorer'):
         assert rollout(gateway, SIGNATURE=name, ABORT=True).status == 200
 
 
+def nice_values(gateway, name):
+    """The nice values of the processes of server ``name`` (a candidate's name ends in @candidate)."""
+    values = []
+    for child in psutil.Process(gateway.proc.pid).children(recursive=True):
+        try:
+            argv = child.cmdline()
+            if '--name' in argv and argv[argv.index('--name') + 1] == name:
+                values.append(child.nice())
+        except psutil.NoSuchProcess:
+            pass
+    return values
+
+
 def test_canary_20_percent_of_1000_requests_go_to_the_candidate_all_answered_and_marked(gateway):
     # the latency rule off: on a machine shared with other work a few-ms p99 doubles now and
     # then, and this test is about the share (the rule has its own tests)
@@ -161,6 +174,9 @@ def test_canary_20_percent_of_1000_requests_go_to_the_candidate_all_answered_and
     assert started.status == 200, started
     assert started.json()['ROLLOUT']['STATE'] == 'canary'
     try:
+        # a canary serves real traffic: its processes run at the stable's priority
+        own = psutil.Process(gateway.proc.pid).nice()
+        assert set(nice_values(gateway, 'scorer@candidate')) == set(nice_values(gateway, 'scorer')) == {own}
         answers = run_many(gateway, range(1000))
         assert [a.status for a in answers] == [200] * 1000, [a for a in answers if a.status != 200][:3]
         bodies = [a.json() for a in answers]
@@ -265,6 +281,8 @@ def test_a_shadow_differing_on_30_percent_shows_agreement_near_070_and_clients_g
                       ROLLBACK_ON={'P99_RATIO': None})  # about agreement: a busy machine's p99 is noise
     assert started.status == 200, started
     try:
+        # a shadow's answers are thrown away: it runs on the CPU the stable leaves
+        assert set(nice_values(gateway, 'scorer@candidate')) == {19}
         values = list(range(500))
         random.Random(7).shuffle(values)
         answers = run_many(gateway, values, threads=4)

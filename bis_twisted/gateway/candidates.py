@@ -11,6 +11,8 @@ from twisted.internet import defer
 from .fleet import Fleet
 from .rollout_plan import CANDIDATE_SUFFIX, candidate_entry, endpoint_of, promoted_entry
 
+SHADOW_NICE = 19  # the lowest CPU priority: a shadow candidate runs on what the stable leaves
+
 
 def candidate_fleet(fleet, reactor):
     """An empty ``Fleet`` that reaches its children as ``fleet`` does (the same client and
@@ -68,7 +70,8 @@ class Candidates:
         endpoint = endpoint_of(stable.name + CANDIDATE_SUFFIX, candidate_entry(stable, plan),
                                self._stable.endpoints_dir, self._gateway_port or max(taken or [0]),
                                {'': (tuple(taken), ())})
-        return attr.evolve(endpoint, disabled=True)
+        # a shadow's answers are thrown away: its processes take only the CPU the stable leaves
+        return attr.evolve(endpoint, disabled=True, nice=SHADOW_NICE if plan.shadow else None)
 
     def promoted(self, stable, plan):
         """The stable's ``EndpointConfig`` with the candidate's code and config, on the

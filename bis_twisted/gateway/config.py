@@ -51,6 +51,7 @@ class EndpointConfig:
     retry_on_crash = attr.ib(default=True)  # a request a dying replica dropped goes to another once
     max_rss_mb = attr.ib(default=None)  # a child over it is recycled
     spare_ports = attr.ib(default=())  # one per replica: where a reload starts the new process
+    nice = attr.ib(default=None)  # the children's nice value, when not the gateway's (a shadow candidate's)
     min_replicas = attr.ib(default=None)  # autoscaling bounds (None: no autoscaling)
     max_replicas = attr.ib(default=None)
     target_in_flight = attr.ib(default=None)  # requests in flight per ready replica the scaler aims at

@@ -199,7 +199,7 @@ class Topology:
                           server_class=endpoint.server_class, host=endpoint.host, port=port,
                           path=self.execution_path, max_body_mb=self._child_max_body_mb(endpoint),
                           max_bodies_mb=self._child_max_bodies_mb(), unix_socket=self.socket_path(port),
-                          log_format=logformat.child_flag(), exit_with_parent=True)
+                          log_format=logformat.child_flag(), exit_with_parent=True, nice=endpoint.nice)
         # the entry may hold secrets (API keys): in the environment, which only the owner can
         # read (/proc/<pid>/environ is 0400), not on the command line, which `ps` shows to all
         env = child_environment(os.environ, endpoint.entry, target.admin_key, endpoint.device_of(target.index))

@@ -278,6 +278,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     args = parse_child_args(sys.argv[1:] if argv is None else argv)
     prefix = 'bis-server {}: '.format(args.name)
+    if args.nice:
+        os.nice(args.nice)  # before the endpoint loads: its imports and threads run at it too
     # popped: the endpoint's code (and what it spawns) has no use for them
     config_env = os.environ.pop(CONFIG_VARIABLE, None)
     token_env = os.environ.pop(CHILD_KEY_VARIABLE, None)
