@@ -133,18 +133,19 @@ def file_observer(out: TextIO, log_format: Optional[str] = None) -> ILogObserver
 # (the access log's, one per request): its text is taken as it is, not formatted again.
 LINE_FIELD = 'access_line'
 LINE_FORMAT = '{' + LINE_FIELD + '}'
-_second_text: list = [None, '']  # [whole second, its local RFC 3339 text]
+_second_text: tuple = (None, '')  # (whole second, its local RFC 3339 text), replaced whole
 
 
 def _time_text(when: Optional[float]) -> str:
     """twisted's own timestamp of a text line (local time, to the second), made once a second
     rather than once a line: a busy gateway writes thousands of lines in one second."""
+    global _second_text
     if when is None:
         return formatTime(when)
-    second = int(when)
-    if _second_text[0] != second:
-        _second_text[0], _second_text[1] = second, formatTime(when, timeFormatRFC3339)
-    return _second_text[1]
+    cached = _second_text
+    if cached[0] != int(when):
+        cached = _second_text = (int(when), formatTime(when, timeFormatRFC3339))
+    return cached[1]
 
 
 def text_line(event: Mapping[str, Any]) -> Optional[str]:
