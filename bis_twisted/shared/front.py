@@ -33,7 +33,8 @@ from twisted.web.http import HTTPChannel
 
 from ..errors import ConfigError
 from ..protocol import REQUEST_ID_HEADER
-from .limits import GuardedChannel, _linger_and_close, raw_answer
+from .limits import (GuardedChannel, body_timeout_message, head_timeout_message, linger_and_close, raw_answer,
+                     rearmed)
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _HTTP_VERSIONS = {'1.1': b'HTTP/1.1', '1.0': b'HTTP/1.0'}
@@ -303,12 +304,7 @@ class FrontChannel(Protocol):
         self._head_call = self._arm(self._head_call, self.site.limits.head_timeout, self._head_expired)
 
     def _arm(self, call, seconds, expired):
-        if call is not None and call.active():
-            if call.getTime() <= call.seconds() + seconds:
-                call.reset(seconds)
-                return call
-            call.cancel()
-        return self.callLater(seconds, expired)
+        return rearmed(call, seconds, expired, self.callLater)
 
     def _disarm(self):
         for name in ('_head_call', '_body_call', '_idle_call', '_linger_call'):
@@ -324,17 +320,13 @@ class FrontChannel(Protocol):
         if not self._head_started:
             self.transport.loseConnection()  # connected and said nothing: nobody to answer
         else:
-            self.refuse('408 Request Timeout', 'the request head did not arrive within {:g}s (HEAD_TIMEOUT); '
-                        'send the whole request at once'.format(self.site.limits.head_timeout))
+            self.refuse('408 Request Timeout', head_timeout_message(self.site.limits))
 
     def _body_expired(self):
         self._body_call = None
         if self._phase != 'body' or self._closing:
             return
-        limits = self.site.limits
-        self.refuse('408 Request Timeout', 'the request body did not arrive within {:g}s (BODY_TIMEOUT plus '
-                    'its size at {:g} KiB/s); send it at once, and no more than its Content-Length '
-                    'promised'.format(limits.body_deadline(self.length), limits.min_body_rate / 1024),
+        self.refuse('408 Request Timeout', body_timeout_message(self.site.limits, self.length),
                     request=self._reading)
 
     def _idle_expired(self):
@@ -381,7 +373,7 @@ class FrontChannel(Protocol):
         answer, self._refusal = self._refusal, None
         self._resume()  # read and drop what still comes while the answer goes out
         self.transport.write(answer)
-        self._linger_call = _linger_and_close(self.transport, self.callLater, self.site.limits.linger)
+        self._linger_call = linger_and_close(self.transport, self.callLater, self.site.limits.linger)
 
 
 FRONTS = {'twisted': GuardedChannel, 'httptools': FrontChannel}

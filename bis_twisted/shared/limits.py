@@ -99,7 +99,31 @@ def raw_answer(status_line, message, headers=(), fields=None):
     return ('\r\n'.join(lines) + '\r\n\r\n').encode('ascii') + body
 
 
-def _linger_and_close(transport, reactor_call_later, linger):
+def rearmed(call, seconds, expired, call_later):
+    """``call`` moved to ``seconds`` from now, or a new one (``call_later(seconds, expired)``).
+    Each deadline of a channel keeps one DelayedCall per connection, moved later with reset()
+    (O(1) in the reactor) request after request, and left armed when its phase ends (it then
+    does nothing)."""
+    if call is not None and call.active():
+        if call.getTime() <= call.seconds() + seconds:
+            call.reset(seconds)
+            return call
+        call.cancel()
+    return call_later(seconds, expired)
+
+
+def head_timeout_message(limits):
+    return ('the request head did not arrive within {:g}s (HEAD_TIMEOUT); send the whole request at '
+            'once'.format(limits.head_timeout))
+
+
+def body_timeout_message(limits, length):
+    return ('the request body did not arrive within {:g}s (BODY_TIMEOUT plus its size at {:g} KiB/s); send it '
+            'at once, and no more than its Content-Length promised'.format(limits.body_deadline(length),
+                                                                         limits.min_body_rate / 1024))
+
+
+def linger_and_close(transport, reactor_call_later, linger):
     """Stop writing (the answer goes out first), keep reading and dropping until the client
     closes or ``linger`` passes. Closing with unread input would reset the connection, and
     the client could lose the answer still in flight."""
@@ -216,15 +240,7 @@ class GuardedChannel(BadRequestHookChannel):
         self._head_call = self._arm(self._head_call, self.site.limits.head_timeout, self._head_expired)
 
     def _arm(self, call, seconds, expired):
-        """``call`` moved to ``seconds`` from now, or a new one. Each deadline keeps one
-        DelayedCall per connection, moved later with reset() (O(1) in the reactor) request
-        after request, and left armed when its phase ends (it then does nothing)."""
-        if call is not None and call.active():
-            if call.getTime() <= call.seconds() + seconds:
-                call.reset(seconds)
-                return call
-            call.cancel()
-        return self.callLater(seconds, expired)
+        return rearmed(call, seconds, expired, self.callLater)
 
     def _disarm(self):
         for name in ('_head_call', '_body_call', '_linger_call'):
@@ -240,17 +256,13 @@ class GuardedChannel(BadRequestHookChannel):
         if not self._head_started:
             self.transport.loseConnection()  # connected and said nothing: nobody to answer
         else:
-            self.refuse('408 Request Timeout', 'the request head did not arrive within {:g}s (HEAD_TIMEOUT); '
-                        'send the whole request at once'.format(self.site.limits.head_timeout))
+            self.refuse('408 Request Timeout', head_timeout_message(self.site.limits))
 
     def _body_expired(self):
         self._body_call = None
         if self._phase != 'body' or self._closing:
             return
-        limits = self.site.limits
-        self.refuse('408 Request Timeout', 'the request body did not arrive within {:g}s (BODY_TIMEOUT plus '
-                    'its size at {:g} KiB/s); send it at once, and no more than its Content-Length '
-                    'promised'.format(limits.body_deadline(self.length), limits.min_body_rate / 1024))
+        self.refuse('408 Request Timeout', body_timeout_message(self.site.limits, self.length))
 
     # -- reading ---------------------------------------------------------------------------------
     def dataReceived(self, data):
@@ -335,7 +347,7 @@ class GuardedChannel(BadRequestHookChannel):
             if 'request_id' in fields:
                 headers = tuple(headers) + ((REQUEST_ID_HEADER.decode('ascii'), fields['request_id']),)
         self.transport.write(raw_answer(status_line, message, headers, fields))
-        self._linger_call = _linger_and_close(self.transport, self.callLater, self.site.limits.linger)
+        self._linger_call = linger_and_close(self.transport, self.callLater, self.site.limits.linger)
 
     def bad_request(self):
         self.refuse('400 Bad Request', 'malformed HTTP request (request line, headers or form body); send a JSON '
@@ -384,7 +396,7 @@ class OverflowProtocol(Protocol):
             self.transport.write(raw_answer(
                 '503 Service Unavailable', 'too many open connections ({} of MAX_CONNECTIONS {}); retry '
                 'shortly'.format(self.site.open_connections, limits.max_connections), (('Retry-After', '1'),)))
-        self._timer = _linger_and_close(self.transport, self.site.reactor.callLater, limits.linger)
+        self._timer = linger_and_close(self.transport, self.site.reactor.callLater, limits.linger)
 
     def connectionLost(self, reason):
         if self._timer is not None and self._timer.active():
