@@ -183,11 +183,7 @@ class ModelServer:
         stream_span = tracing.start_stream(rid)
         try:
             while True:
-                await flow.writable()
-                outcome = await stream.next()
-                if outcome is None:
-                    break
-                line, ended = chunk_line(outcome, sent + 1)
+                line, ended = await next_line(flow, stream, sent + 1)
                 if line is None:
                     break
                 line += b'\n'
@@ -260,6 +256,16 @@ def _body_size(request):
     if length is None:
         return len(request.uri) if request.getHeader(b'transfer-encoding') is None else None
     return int(length) + len(request.uri) if length.isdigit() else None
+
+
+async def next_line(flow, stream, number):
+    """Chunk ``number`` of ``stream`` once ``flow`` lets it go (``flow.writable()``), as
+    ``chunk_line`` gives it; ``(None, None)`` at the stream's end."""
+    await flow.writable()
+    outcome = await stream.next()
+    if outcome is None:
+        return None, None
+    return chunk_line(outcome, number)
 
 
 def chunk_line(outcome, number):

@@ -22,7 +22,7 @@ from ..shared.frames import (ANSWER, CANCEL, CHUNK, CREDIT, END, FRAME_OVERHEAD,
                              STREAM_WINDOW, TOO_LARGE, FrameError, FrameReceiver, answer_parts, split_credit,
                              split_request, status_part)
 from ..shared.web import dumps_spaced, encode_answer, parse_json_object
-from .app import chunk_line
+from .app import next_line
 from .pool import PooledStream
 from .v2 import take_v2
 
@@ -243,11 +243,7 @@ class FrameServer(FrameReceiver):
         span = tracing.start_stream(call.rid)
         try:
             while True:
-                await call.flow.writable()
-                outcome = await stream.next()
-                if outcome is None:
-                    break
-                line, ended = chunk_line(outcome, sent + 1)
+                line, ended = await next_line(call.flow, stream, sent + 1)
                 if line is None:
                     break
                 if len(line) > call.max_answer:  # the gateway would drop it: it says so itself
