@@ -387,3 +387,48 @@ def test_the_rest_of_a_running_batch_is_answered_when_one_of_its_callers_gave_up
     subject.finish_all()
     assert answers([batch[0], batch[2]]) == [(200, {'doubled': 4}, 3), (200, {'doubled': 8}, 3)]
     assert subject.pool.when_idle().called
+
+
+def test_requests_submitted_together_start_together_in_one_batch():
+    # the frames of one read from the gateway: an idle worker does not start the first alone
+    subject = Subject(size=1, max_batch_size=4)
+    with subject.pool.gathered():
+        sent = subject.send(1, 2, 3)
+        assert subject.threads.batches() == []  # nothing starts inside
+    assert subject.threads.batches() == [[1, 2, 3]]
+    subject.finish_all()
+    assert answers(sent) == [(200, {'doubled': 2 * x}, 3) for x in (1, 2, 3)]
+    assert subject.pool.batch_sizes == {3: 1}
+
+
+def test_requests_gathered_past_max_batch_size_fill_each_free_worker_in_turn():
+    subject = Subject(size=2, max_batch_size=2)
+    with subject.pool.gathered():
+        sent = subject.send(1, 2, 3, 4, 5)
+    assert subject.threads.batches() == [[1, 2], [3, 4]]
+    subject.finish_all()
+    assert answers(sent) == [(200, {'doubled': 2 * x}, 2) for x in (1, 2, 3, 4)] + [(200, {'doubled': 10}, 1)]
+
+
+def test_gathered_requests_count_against_max_queue_past_what_the_free_workers_take():
+    subject = Subject(size=1, max_batch_size=2, max_queue=3)
+    with subject.pool.gathered():
+        taken = subject.send(1, 2, 3, 4, 5)  # 2 start at its end, 3 wait
+        [refused] = subject.send(6)
+    assert isinstance(refused.result.value, QueueFull)
+    refused.addErrback(lambda _f: None)
+    assert subject.threads.batches() == [[1, 2]]
+    subject.finish_all()
+    assert [status for status, _result, _size in answers(taken)] == [200] * 5
+
+
+def test_a_request_cancelled_while_gathered_never_starts():
+    subject = Subject(size=1, max_batch_size=4)
+    with subject.pool.gathered():
+        first, gone, last = subject.send(1, 2, 3)
+        gone.cancel()
+        gone.addErrback(lambda _f: None)
+        assert subject.threads.batches() == []
+    assert subject.threads.batches() == [[1, 3]]
+    subject.finish_all()
+    assert answers([first, last]) == [(200, {'doubled': 2}, 2), (200, {'doubled': 6}, 2)]

@@ -39,6 +39,19 @@ class EchoWorker(FlaskWorker):
         return pred
 
 
+class BatchedEchoWorker(FlaskWorker):
+    """Batched (``MAX_BATCH_SIZE`` > 1): ``_predict`` takes the list of inputs."""
+
+    def _pre_process(self, inputs):
+        return inputs
+
+    def _predict(self, batch):
+        return [{'echo': inputs.get('X'), 'batch': len(batch)} for inputs in batch]
+
+    def _post_process(self, pred):
+        return pred
+
+
 class WordsWorker(FlaskWorker):
     events = []
 
@@ -114,6 +127,19 @@ async def test_answers_come_back_in_frames_complete_with_the_gateway_fields_and_
         assert plain.status == 200 and plain.body['predict_result']['echo'] == 7
         refused = await client.post_json(URL, b'[1]', 5, "'subject'")
         assert refused.status == 400 and 'JSON object' in refused.body['ERROR']
+    finally:
+        await close(server, port, client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_that_arrive_in_one_read_share_one_batch():
+    server, port, client = await serve(BatchedEchoWorker, {'NR_WORKERS': 1, 'MAX_BATCH_SIZE': 32})
+    try:
+        # sent in one turn of the reactor: one write, one read in the child, one batch
+        answers = await defer.gatherResults([defer.Deferred.fromCoroutine(client.post_json(
+            URL, json.dumps({'X': i}).encode(), 5, "'subject'")) for i in range(20)])
+        assert [a.body['predict_result'] for a in answers] == [{'echo': i, 'batch': 20} for i in range(20)]
+        assert server.pool.batch_sizes == {20: 1}
     finally:
         await close(server, port, client)
 

@@ -96,7 +96,8 @@ class _FirstBytes(Protocol):
 
 @implementer(IPushProducer)
 class FrameServer(FrameReceiver):
-    """The frames of one connection from the gateway; each ``REQUEST`` runs at once, many at a time."""
+    """The frames of one connection from the gateway; each ``REQUEST`` runs at once, many at a
+    time; those of one read go to the pool together."""
 
     _log = Logger()
 
@@ -126,6 +127,11 @@ class FrameServer(FrameReceiver):
 
     def stopProducing(self):
         pass  # the connection is going: connectionLost cancels what runs
+
+    def dataReceived(self, data):
+        # the requests of one read arrived together: they start together (one batch, when batched)
+        with self._server.pool.gathered():
+            FrameReceiver.dataReceived(self, data)
 
     def lengthLimitExceeded(self, length):
         self._log.warn('a frame of {n} bytes is over the largest body taken: closing the connection', n=length)

@@ -12,12 +12,15 @@ idle server starts a lone request at once. Only when it would start fewer than n
 worker is free and another is running may it hold off for more, at most ``batch_timeout``
 seconds (a ``callLater`` on the injected reactor); it starts as soon as n are waiting or
 another worker becomes free. A request cancelled before its batch started is dropped from it.
+Requests submitted inside ``gathered()`` (the frames of one read from the gateway) wait for
+its end, then start together: they arrived together, so they share a batch.
 
 A streaming request (``run_stream``) holds its worker until its ``PooledStream`` ended or was
 closed; each chunk is made in a pool thread. Streaming requests are never batched.
 """
 
 import collections
+import contextlib
 import functools
 import itertools
 import sys
@@ -76,6 +79,7 @@ class WorkerPool:
         self.max_batch_size = max_batch_size
         self.batch_timeout = batch_timeout
         self._holding = None  # (worker, DelayedCall): a free worker holding off for a fuller batch
+        self._gathering = 0  # inside gathered(): submitted requests wait for its end
         self.batch_sizes = collections.Counter()  # size -> batches run, for /health and /metrics
 
     # -- numbers shown in status ------------------------------------------------------------
@@ -182,19 +186,38 @@ class WorkerPool:
         return await self._submit(inputs, request_id, stream=True)
 
     def _submit(self, inputs, request_id, stream=False):
-        if not self._idle and self._holding is None and len(self._waiting) >= self.max_queue:
+        if self._full():
             raise QueueFull('all {} workers are busy and {} requests are waiting (MAX_QUEUE); '
                             'retry later'.format(self.busy, len(self._waiting)))
         job = _Job(inputs, request_id, stream=stream)
         job.answer = defer.Deferred(canceller=lambda _d: self._cancelled(job))
         self._waiting.append(job)
-        self._dispatch()
+        if not self._gathering:
+            self._dispatch()
         return job.answer
+
+    def _full(self):
+        free = len(self._idle) + (self._holding is not None)
+        if self._gathering:  # the free workers take up to a batch each of what waits, at its end
+            return len(self._waiting) >= self.max_queue + free * self.max_batch_size
+        return not free and len(self._waiting) >= self.max_queue
+
+    @contextlib.contextmanager
+    def gathered(self):
+        """Requests submitted inside start together at its end (nothing starts before)."""
+        self._gathering += 1
+        try:
+            yield
+        finally:
+            self._gathering -= 1
+            if not self._gathering:
+                self._dispatch()
 
     def _cancelled(self, job):
         if job.call_id is None:  # still waiting: it leaves the queue (and any batch being formed)
             self._waiting.remove(job)
-            self._dispatch()
+            if not self._gathering:
+                self._dispatch()
             self._check_idle()
         # else it runs on: its worker is released when the hook returns, its answer dropped
 
