@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""The gateway's own work per ``/run``, in memory: the real site (``GuardedSite`` with the
+access log on), the real routes, a fleet whose child answers at once with a complete answer
+(the bytes a model server writes), over a ``StringTransport``: no sockets, no child, so only
+the HTTP front, the route and the answer's write are timed, on each front:
+
+    python bench/front_path_bench.py                 # both fronts, microseconds per request
+    python bench/front_path_bench.py --profile httptools   # cProfile of one front, top 30
+
+Each row is the best of ``--repeats`` loops of ``--calls`` requests, after a calibration
+line (a fixed pure-Python loop: a slow machine, not a slow change).
+"""
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from twisted.internet import task  # noqa: E402
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.logger import globalLogBeginner  # noqa: E402
+
+from bis_twisted.gateway.accesslog import AccessLog, Stamped  # noqa: E402
+from bis_twisted.gateway.routes import Gateway  # noqa: E402
+from bis_twisted.shared.front import FRONTS  # noqa: E402
+from bis_twisted.shared.web import Answer, make_site  # noqa: E402
+
+BODY = b'{"SIGNATURE": "dummy_model_demo2", "INPUT_VALUE": 3}'
+REQUEST = (b'POST /run HTTP/1.1\r\nHost: 127.0.0.1:5000\r\nContent-Type: application/json\r\n'
+           b'Content-Length: %d\r\n\r\n%s' % (len(BODY), BODY))
+ANSWER = (b'{"predict_result":7,"worker_id":"dummy_model_demo2:1","time":"2026-12-07 08:00:00.000",'
+          b'"request_id":"%s","ver-app":"0.3","ver-lib":"0.3","hostname":"h","gw-uptime":"0:00:01"}')
+
+
+class InstantFleet:
+    """A ready fleet whose one server answers every request at once, complete."""
+
+    servers = {}
+
+    async def run(self, name, payload, request_id=None, answer_fields=None):
+        return Answer(200, {}, raw=ANSWER % request_id.encode('ascii'))
+
+    def shown_servers(self):
+        return {}
+
+
+def calibration(loops=3_000_000):
+    best = None
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(loops):
+            total += i & 7
+        best = min(best or 1e9, (time.perf_counter() - started) * 1000)
+    return best
+
+
+def connection(front):
+    clock = task.Clock()
+    gateway = Gateway(InstantFleet(), reactor=clock, app_version='bench')
+    site = make_site(Stamped(gateway.resource(), clock), gateway_fields=gateway.gateway_fields,
+                     channel=FRONTS[front])
+    site.log = AccessLog(clock)
+    site.callLater = clock.callLater
+    channel = site.buildProtocol(IPv4Address('TCP', '127.0.0.1', 40000))
+    channel.callLater = clock.callLater
+    transport = StringTransport(peerAddress=IPv4Address('TCP', '127.0.0.1', 40000))
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def loop(front, calls):
+    channel, transport = connection(front)
+    answered = 0
+    started = time.perf_counter()
+    for _ in range(calls):
+        channel.dataReceived(REQUEST)
+        if len(transport.io.getvalue()) > 1 << 20:
+            answered += _answers(transport)
+    elapsed = time.perf_counter() - started
+    answered += _answers(transport)
+    assert answered == calls, (answered, calls)
+    return elapsed / calls * 1e6
+
+
+def _answers(transport):
+    written = transport.value()
+    transport.clear()
+    count = written.count(b'HTTP/1.1 ')
+    assert written.count(b'HTTP/1.1 200 ') == count, written[:600]
+    return count
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--calls', type=int, default=5000)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--profile', choices=sorted(FRONTS))
+    args = parser.parse_args()
+    # the access log's events made and published, but written nowhere
+    globalLogBeginner.beginLoggingTo([lambda event: None], discardBuffer=True, redirectStandardIO=False)
+    print('calibration: a fixed pure-Python loop took {:.0f} ms'.format(calibration()))
+    if args.profile:
+        profile = cProfile.Profile()
+        profile.runcall(loop, args.profile, args.calls)
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats('tottime').print_stats(30)
+        print(out.getvalue())
+        return
+    for front in sorted(FRONTS):
+        best = min(loop(front, args.calls) for _ in range(args.repeats))
+        print('{:10} {:6.1f} us per /run (best of {} x {})'.format(front, best, args.repeats, args.calls))
+
+
+if __name__ == '__main__':
+    main()
