@@ -103,6 +103,8 @@ def main():
     parser.add_argument('--calls', type=int, default=5000)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--profile', choices=sorted(FRONTS))
+    parser.add_argument('--sort', default='tottime', help='the profile sorted by (pstats keys, comma-separated)')
+    parser.add_argument('--top', type=int, default=30)
     args = parser.parse_args()
     # the access log's events made and published, but written nowhere
     globalLogBeginner.beginLoggingTo([lambda event: None], discardBuffer=True, redirectStandardIO=False)
@@ -111,7 +113,7 @@ def main():
         profile = cProfile.Profile()
         profile.runcall(loop, args.profile, args.calls)
         out = io.StringIO()
-        pstats.Stats(profile, stream=out).sort_stats('tottime').print_stats(30)
+        pstats.Stats(profile, stream=out).sort_stats(*args.sort.split(',')).print_stats(args.top)
         print(out.getvalue())
         return
     for front in sorted(FRONTS):

@@ -3,16 +3,21 @@ code they stand in for: same values accepted, same errors, same bytes refused.""
 
 import datetime
 import json
+import os
 import threading
+import uuid
 
 import numpy as np
 import pytest
 import pytest_twisted
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.testing import StringTransport
 
 from procs import ENDPOINTS_DIR
 
 from bis_twisted.model_server.loader import load_endpoint
 from bis_twisted.shared.schemas import EndpointSchemas, SchemaCheck, SchemaViolation
+from bis_twisted.shared import twisted_private, web
 from bis_twisted.shared.web import dumps, encode_answer
 
 
@@ -111,3 +116,73 @@ def test_request_bodies_decode_and_are_refused_as_with_the_standard_library(raw)
     assert fast == slow
     if fast[0] == 'ok':
         assert [type(v) for v in fast[1].values()] == [type(v) for v in slow[1].values()]
+
+
+def test_request_ids_are_version_4_uuids_all_distinct_past_a_refill_of_their_random_bytes():
+    ids = [web._random_id() for _ in range(1000)]  # about four 4 KiB reads of os.urandom
+    assert len(set(ids)) == 1000
+    for rid in ids:
+        parsed = uuid.UUID(hex=rid)
+        assert (parsed.hex, parsed.version, parsed.variant) == (rid, 4, uuid.RFC_4122)
+
+
+def test_a_forked_process_draws_request_ids_of_its_own():
+    web._random_id()  # random bytes left over in the parent's pool
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.write(write, ' '.join(web._random_id() for _ in range(4)).encode('ascii'))
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, 'rb') as pipe:
+        in_child = pipe.read().decode('ascii').split()
+    in_parent = [web._random_id() for _ in range(4)]
+    assert len(in_child) == 4 and not set(in_child) & set(in_parent)
+
+
+class _Writer(protocol.Protocol):
+    """Writes a large answer then a small one, each through ``send_now``, and closes."""
+
+    held = []
+
+    def connectionMade(self):
+        twisted_private.send_now(self.transport, b'a' * (8 * 1024 * 1024))  # more than the socket takes at once
+        _Writer.held.append(bool(self.transport._tempDataBuffer))  # the rest waits in the transport
+        twisted_private.send_now(self.transport, b'the end')
+        self.transport.loseConnection()
+
+
+class _Reader(protocol.Protocol):
+    def __init__(self):
+        self.chunks = []
+        self.done = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.chunks.append(data)
+
+    def connectionLost(self, reason):
+        self.done.callback(b''.join(self.chunks))
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_now_keeps_the_order_of_what_the_transport_still_holds():
+    from twisted.internet import reactor
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(_Writer), interface='127.0.0.1')
+    try:
+        reader = _Reader()
+        await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, '127.0.0.1', port.getHost().port),
+                                        reader)
+        received = await reader.done
+    finally:
+        await port.stopListening()
+    assert _Writer.held == [True]
+    assert len(received) == 8 * 1024 * 1024 + 7
+    assert received.endswith(b'the end') and received.count(b'a') == 8 * 1024 * 1024
+
+
+def test_send_now_on_any_other_transport_is_its_write():
+    transport = StringTransport()
+    twisted_private.send_now(transport, b'one ')
+    twisted_private.send_now(transport, b'two')
+    assert transport.value() == b'one two'

@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..protocol import REQUEST_ID_HEADER
 from .limits import (GuardedChannel, body_timeout_message, head_timeout_message, linger_and_close, raw_answer,
                      rearmed)
+from .twisted_private import send_now
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _HTTP_VERSIONS = {'1.1': b'HTTP/1.1', '1.0': b'HTTP/1.0'}
@@ -84,6 +85,8 @@ class FrontChannel(Protocol):
         self._expect = False
         self._refused = None  # the request refused, when its head was in
         self._refusal = None  # a refusal's answer, written once the requests before it are answered
+        self._head = None  # an answer's head, sent with the first of its body (one send)
+        self._host = None
 
     def callLater(self, seconds, f, *args):  # replaced by the site's reactor's (HTTPFactory.buildProtocol)
         from twisted.internet import reactor
@@ -229,6 +232,8 @@ class FrontChannel(Protocol):
 
     def requestDone(self, request):
         """Called by the request when its answer is written whole."""
+        if self._head is not None:  # an answer without a body (HEAD, 204, 304, empty)
+            self.write(b'')
         if self.requests and self.requests[0] is request:
             del self.requests[0]
         else:
@@ -255,18 +260,23 @@ class FrontChannel(Protocol):
             self._idle_call = self._arm(self._idle_call, self.site.limits.idle_timeout, self._idle_expired)
 
     def writeHeaders(self, version, code, reason, headers):
+        # held for the body's first write (twisted.web's Request writes both at once): the
+        # answer leaves in one send
         lines = [version, b' ', code, b' ', reason, b'\r\n']
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 lines += (name, b': ', value, b'\r\n')
         lines.append(b'\r\n')
-        self.transport.write(b''.join(lines))
+        self._head = b''.join(lines)
 
     def write(self, data):
-        self.transport.write(data)
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        if data and self.transport is not None:
+            send_now(self.transport, data)
 
     def writeSequence(self, data):
-        self.transport.writeSequence(data)
+        self.write(b''.join(data))
 
     def registerProducer(self, producer, streaming):
         self.transport.registerProducer(producer, streaming)
@@ -278,7 +288,12 @@ class FrontChannel(Protocol):
         return self.transport.getPeer()
 
     def getHost(self):
-        return self.transport.getHost()
+        # each request asks (twisted.web's Request.__init__): the socket's own address, asked
+        # of the kernel once per connection, not once per request
+        host = self._host
+        if host is None:
+            host = self._host = self.transport.getHost()
+        return host
 
     def isSecure(self):
         return False

@@ -217,6 +217,13 @@ class GuardedChannel(BadRequestHookChannel):
     _head_lines = 0
     _closing = False
     _counted = False
+    _host = None
+
+    def getHost(self):
+        # each request asks (Request.__init__): the kernel is asked once per connection
+        if self._host is None:
+            self._host = HTTPChannel.getHost(self)
+        return self._host
 
     def connectionMade(self):
         HTTPChannel.connectionMade(self)
