@@ -33,9 +33,8 @@ from twisted.web.http import HTTPChannel
 
 from ..errors import ConfigError
 from ..protocol import REQUEST_ID_HEADER
-from .limits import (GuardedChannel, body_timeout_message, head_timeout_message, linger_and_close, raw_answer,
-                     rearmed)
-from .twisted_private import send_now
+from .limits import (GuardedChannel, answer_head, body_timeout_message, head_timeout_message, linger_and_close,
+                     raw_answer, rearmed, send_answer)
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _HTTP_VERSIONS = {'1.1': b'HTTP/1.1', '1.0': b'HTTP/1.0'}
@@ -85,7 +84,6 @@ class FrontChannel(Protocol):
         self._expect = False
         self._refused = None  # the request refused, when its head was in
         self._refusal = None  # a refusal's answer, written once the requests before it are answered
-        self._head = None  # an answer's head, sent with the first of its body (one send)
         self._host = None
 
     def callLater(self, seconds, f, *args):  # replaced by the site's reactor's (HTTPFactory.buildProtocol)
@@ -232,8 +230,8 @@ class FrontChannel(Protocol):
 
     def requestDone(self, request):
         """Called by the request when its answer is written whole."""
-        if self._head is not None:  # an answer without a body (HEAD, 204, 304, empty)
-            self.write(b'')
+        if self.held_head is not None:  # an answer without a body (HEAD, 204, 304, empty)
+            send_answer(self, b'')
         if self.requests and self.requests[0] is request:
             del self.requests[0]
         else:
@@ -259,24 +257,16 @@ class FrontChannel(Protocol):
         elif self._phase == 'idle':
             self._idle_call = self._arm(self._idle_call, self.site.limits.idle_timeout, self._idle_expired)
 
+    held_head = None  # an answer's head, sent with the first of its body (limits.send_answer)
+
     def writeHeaders(self, version, code, reason, headers):
-        # held for the body's first write (twisted.web's Request writes both at once): the
-        # answer leaves in one send
-        lines = [version, b' ', code, b' ', reason, b'\r\n']
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                lines += (name, b': ', value, b'\r\n')
-        lines.append(b'\r\n')
-        self._head = b''.join(lines)
+        self.held_head = answer_head(version, code, reason, headers)
 
     def write(self, data):
-        if self._head is not None:
-            data, self._head = self._head + data, None
-        if data and self.transport is not None:
-            send_now(self.transport, data)
+        send_answer(self, data)
 
     def writeSequence(self, data):
-        self.write(b''.join(data))
+        send_answer(self, b''.join(data))
 
     def registerProducer(self, producer, streaming):
         self.transport.registerProducer(producer, streaming)

@@ -21,7 +21,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from ..protocol import DEFAULT_MAX_BODY_MB, REQUEST_ID_HEADER
-from .twisted_private import BadRequestHookChannel
+from .twisted_private import BadRequestHookChannel, send_now
 
 MIB = 1024 * 1024
 DEFAULT_HEAD_TIMEOUT = 10.0
@@ -199,6 +199,29 @@ class LimitedRequest(Request):
             Request.requestReceived(self, command, path, version)
 
 
+def answer_head(version, code, reason, headers):
+    """The head of an answer (``HTTPChannel.writeHeaders``'s bytes), which a channel holds
+    (``held_head``) until the first of its body: twisted.web's ``Request`` writes the two
+    one after the other, and they leave in one send."""
+    lines = [version, b' ', code, b' ', reason, b'\r\n']
+    for name, values in headers.getAllRawHeaders():
+        for value in values:
+            lines += (name, b': ', value, b'\r\n')
+    lines.append(b'\r\n')
+    return b''.join(lines)
+
+
+def send_answer(channel, data):
+    """``data`` of an answer to ``channel``'s client, after the head it holds, at once
+    (``send_now``)."""
+    head = channel.held_head
+    if head is not None:
+        channel.held_head = None
+        data = head + data
+    if data and channel.transport is not None:
+        send_now(channel.transport, data)
+
+
 class GuardedChannel(BadRequestHookChannel):
     """An HTTP/1.1 channel with the deadlines above, whose refusals answer JSON: 408 (too
     slow), 413 / 503 (body), 414 (request line over ``MAX_LENGTH``), 431 (a header line over
@@ -335,8 +358,22 @@ class GuardedChannel(BadRequestHookChannel):
         HTTPChannel.allContentReceived(self)
 
     def requestDone(self, request):
+        if self.held_head is not None:  # an answer without a body (HEAD, 204, 304, empty)
+            send_answer(self, b'')
         self._phase = 'idle'  # before HTTPChannel replays pipelined input into lineReceived
         HTTPChannel.requestDone(self, request)
+
+    # -- answering: head and body in one send ------------------------------------------------------
+    held_head = None
+
+    def writeHeaders(self, version, code, reason, headers):
+        self.held_head = answer_head(version, code, reason, headers)
+
+    def write(self, data):
+        send_answer(self, data)
+
+    def writeSequence(self, iovec):
+        send_answer(self, b''.join(iovec))
 
     # -- refusing ----------------------------------------------------------------------------------
     def refuse(self, status_line, message, headers=(), request=None):
