@@ -432,3 +432,66 @@ def test_a_request_cancelled_while_gathered_never_starts():
     assert subject.threads.batches() == [[1, 3]]
     subject.finish_all()
     assert answers([first, last]) == [(200, {'doubled': 2}, 2), (200, {'doubled': 6}, 2)]
+
+
+def _closed_loop(subject, clients, rounds, compute=0.002, resend_gap=0.0005):
+    """``clients`` that each send again once answered, one after the other ``resend_gap``
+    apart (as a busy gateway relays them), against one worker whose batches take
+    ``compute``: the sizes of the batches the pool ran, in order. The clients stop after
+    ``rounds`` batches (nothing more is sent)."""
+    subject.send(*range(clients))
+    sizes, resends = [], []
+    for _ in range(rounds):
+        subject.clock.advance(compute)
+        while not subject.threads.held:  # a worker holding off: time goes on until it starts
+            subject.clock.advance(resend_gap)
+        sizes.append(len(subject.threads.held[0][2][0]))
+        subject.threads.finish()
+        resends += [subject.clock.callLater(resend_gap * (i + 1), subject.send, i) for i in range(sizes[-1])]
+    for call in resends:
+        if call.active():
+            call.cancel()
+    subject.finish_all()
+    return sizes
+
+
+def test_under_steady_load_a_lone_worker_waits_for_its_clients_and_runs_full_batches():
+    subject = Subject(size=1, max_batch_size=8)
+    sizes = _closed_loop(subject, clients=6, rounds=600)  # about 2 s: the rate is known after the first
+    assert sizes[-200:] == [6] * 200  # each batch is every client's request, not a trickle
+    assert sizes[:20].count(6) < 20  # the first second, before the rate is known: as arrived
+
+
+def test_the_tail_of_a_burst_never_waits():
+    subject = Subject(size=1, max_batch_size=32)
+    sent = subject.send(*range(40))  # at one instant, then nothing more
+    assert subject.threads.batches() == [[0]]
+    subject.threads.finish()
+    assert subject.threads.batches() == [list(range(1, 33))]
+    subject.threads.finish()
+    assert subject.threads.batches() == [list(range(33, 40))]  # at once: nothing is due to come
+    assert subject.clock.getDelayedCalls() == []
+    subject.finish_all()
+    assert all(d.called for d in sent)
+
+
+def test_a_lone_client_sending_fast_never_waits():
+    subject = Subject(size=1, max_batch_size=32)
+    for x in range(3000):  # one at a time, 1 ms apart: a high rate, but never two at once
+        subject.clock.advance(0.001)
+        [d] = subject.send(x)
+        assert subject.threads.batches() == [[x]]
+        assert subject.clock.getDelayedCalls() == []
+        subject.threads.finish()
+        assert d.called
+
+
+def test_a_goal_from_a_load_long_gone_is_forgotten():
+    subject = Subject(size=1, max_batch_size=8)
+    assert _closed_loop(subject, clients=6, rounds=600)[-1] == 6
+    subject.clock.advance(5)  # quiet for a while
+    for x in (100, 101):  # a lone client again: each starts at once
+        [d] = subject.send(x)
+        assert subject.threads.batches() == [[x]] and subject.clock.getDelayedCalls() == []
+        subject.threads.finish()
+        assert d.called

@@ -8,10 +8,16 @@ if the caller gave up (client gone, timeout): a late result is dropped, never ov
 
 With ``max_batch_size`` n > 1 a worker that becomes free takes up to n of the requests waiting
 *now* and runs them as one batch (``worker.execute_batch``), so batches grow with load and an
-idle server starts a lone request at once. Only when it would start fewer than n, no other
-worker is free and another is running may it hold off for more, at most ``batch_timeout``
-seconds (a ``callLater`` on the injected reactor); it starts as soon as n are waiting or
-another worker becomes free. A request cancelled before its batch started is dropped from it.
+idle server starts a lone request at once. Only when it would start fewer than its goal and
+no other worker is free may it hold off for more, at most ``batch_timeout`` seconds (a
+``callLater`` on the injected reactor); it starts as soon as its goal is waiting or another
+worker becomes free. The goal is n while another worker runs. Else, when requests arrive
+steadily (at the last ``LOAD_MEMORY`` seconds' rate, at least one more is due within
+``batch_timeout``), it is the most requests the server held at once (waiting and running)
+within those seconds, up to n: the clients of the batch that just ended send again soon, and
+waiting for them makes one full batch instead of a trickle of small ones. A server that sees
+one request at a time (a lone client) or the tail of a burst never waits. A request cancelled
+before its batch started is dropped from it.
 Requests submitted inside ``gathered()`` (the frames of one read from the gateway) wait for
 its end, then start together: they arrived together, so they share a batch.
 
@@ -39,6 +45,9 @@ from ..protocol import DEFAULT_BATCH_TIMEOUT, NR_WORKERS_RULE, valid_nr_workers
 from ..shared.waiters import Waiters
 from ..shared.web import Answer
 from ..worker import folder_of, shown_path
+
+
+LOAD_MEMORY = 1.0  # seconds of arrivals a lone worker's goal is made of (see the module's docstring)
 
 
 class WorkerLoadError(Exception):
@@ -80,6 +89,9 @@ class WorkerPool:
         self.batch_timeout = batch_timeout
         self._holding = None  # (worker, DelayedCall): a free worker holding off for a fuller batch
         self._gathering = 0  # inside gathered(): submitted requests wait for its end
+        self._running = 0  # requests in the batches that run
+        self._load = (0, float('-inf'))  # the most requests held at once lately, and when
+        self._arrivals = (float('-inf'), 0, 0)  # (this period's start, its arrivals, the last period's)
         self.batch_sizes = collections.Counter()  # size -> batches run, for /health and /metrics
 
     # -- numbers shown in status ------------------------------------------------------------
@@ -192,9 +204,35 @@ class WorkerPool:
         job = _Job(inputs, request_id, stream=stream)
         job.answer = defer.Deferred(canceller=lambda _d: self._cancelled(job))
         self._waiting.append(job)
+        self._note_load()
         if not self._gathering:
             self._dispatch()
         return job.answer
+
+    def _note_load(self):
+        now = self._reactor.seconds()
+        held = len(self._waiting) + self._running
+        most, when = self._load
+        if held >= most or now - when > LOAD_MEMORY:
+            self._load = (held, now)
+        began, count, before = self._arrivals
+        if now - began >= LOAD_MEMORY:  # a new period: the one that ended (if just before) is the rate
+            began, count, before = now, 0, count if now - began < 2 * LOAD_MEMORY else 0
+        self._arrivals = (began, count + 1, before)
+
+    def _batch_goal(self):
+        """How many waiting requests a free worker may hold off for (see the module's docstring)."""
+        if self._busy:
+            return self.max_batch_size
+        now = self._reactor.seconds()
+        began, count, before = self._arrivals
+        if now - began >= 2 * LOAD_MEMORY:
+            return 1  # nothing arrived for a while
+        rate = max(count, before if now - began < LOAD_MEMORY else 0) / LOAD_MEMORY
+        if rate * self.batch_timeout < 1:
+            return 1  # not one more is due before the timeout: nothing to wait for
+        most, when = self._load
+        return min(self.max_batch_size, most) if now - when <= LOAD_MEMORY else 1
 
     def _full(self):
         free = len(self._idle) + (self._holding is not None)
@@ -226,7 +264,7 @@ class WorkerPool:
         requests, or holds off for more when that is allowed (see the module's docstring)."""
         if self._holding is not None:
             worker, timer = self._holding
-            if not self._waiting or len(self._waiting) >= self.max_batch_size or self._idle:
+            if not self._waiting or len(self._waiting) >= self._batch_goal() or self._idle:
                 timer.cancel()
                 self._holding = None
                 if self._waiting:
@@ -237,8 +275,7 @@ class WorkerPool:
                 return
         while self._waiting and self._idle:
             worker = self._idle.popleft()
-            if (len(self._waiting) < self.max_batch_size and self.batch_timeout > 0
-                    and not self._idle and self._busy):
+            if self.batch_timeout > 0 and not self._idle and len(self._waiting) < self._batch_goal():
                 self._holding = (worker, self._reactor.callLater(self.batch_timeout, self._held_enough))
                 return
             self._start(worker)
@@ -258,6 +295,7 @@ class WorkerPool:
         for job in jobs:
             job.call_id = next(self._call_ids)
         self._busy.add(worker)
+        self._running += len(jobs)
         self.batch_sizes[len(jobs)] += 1
         if jobs[0].stream:
             self._start_stream(worker, jobs[0])
@@ -289,11 +327,13 @@ class WorkerPool:
         started.addCallbacks(begun, lambda failure: self._finished(failure, worker, [job]))
 
     def _stream_done(self, worker):
+        self._running -= 1
         self._busy.discard(worker)
         self._release(worker)
 
     def _finished(self, outcomes, worker, jobs):
         # the worker goes back first, so the next batch starts before these answers are written
+        self._running -= len(jobs)
         self._busy.discard(worker)
         self._release(worker)
         failed = isinstance(outcomes, Failure)
