@@ -118,7 +118,8 @@ class _InnerProtocol(FrameReceiver):
         number = next(self._numbers) & 0xFFFFFFFF
         call = _Call(self, number, timeout, what, completes)
         self._calls[number] = call
-        self.send_frame(REQUEST, number, *request_parts(header, payload))
+        # the connection's only request leaves at once; with others in flight, with their turn's
+        self.send_frame(REQUEST, number, *request_parts(header, payload), now=len(self._calls) == 1)
         return call
 
     def forget(self, call, tell_child):

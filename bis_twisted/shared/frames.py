@@ -5,7 +5,10 @@ A framed connection starts with ``MAGIC`` (the model server tells it from an HTT
 these bytes), then carries length-prefixed frames both ways (``Int32StringReceiver``). Each
 frame is ``kind`` (one byte), the request's number on this connection (4 bytes), then its
 payload, so one connection carries many requests at once; the writes of one reactor turn
-leave in one send (the transport's buffer is flushed when the reactor next waits).
+leave in one send (the transport's buffer is flushed when the reactor next waits), except a
+frame of the connection's only request, which leaves at once (``send_frame(now=True)``): no
+other frame of that turn would share its send, and waiting for the reactor's next turn only
+adds latency (a lone client's).
 
 Gateway to model server:
 
@@ -31,6 +34,8 @@ Model server to gateway:
 import struct
 
 from twisted.protocols.basic import Int32StringReceiver
+
+from .twisted_private import send_now
 
 MAGIC = b'BIS-FRAMES/1\n'
 
@@ -65,9 +70,15 @@ class FrameReceiver(Int32StringReceiver):
     def frame_received(self, kind, number, payload):
         raise NotImplementedError
 
-    def send_frame(self, kind, number, *parts):
+    def send_frame(self, kind, number, *parts, now=False):
+        """One frame: into the transport's buffer, or with ``now`` at once when nothing waits
+        there (``send_now``)."""
         size = _HEAD.size + sum(len(p) for p in parts)
-        self.transport.writeSequence((struct.pack('!I', size), _HEAD.pack(kind, number)) + parts)
+        head = (struct.pack('!I', size), _HEAD.pack(kind, number))
+        if now:
+            send_now(self.transport, b''.join(head + parts))
+        else:
+            self.transport.writeSequence(head + parts)
 
 
 def request_parts(header, body):

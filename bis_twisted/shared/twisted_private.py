@@ -4,7 +4,7 @@ for these. ``setup.py`` bounds Twisted's version to the releases the tests ran o
 Nothing else in bis_twisted imports a private Twisted name.
 """
 
-from twisted.internet import tcp as _tcp
+from twisted.internet import tcp as _tcp, unix as _unix
 from twisted.web import client as _web_client
 from twisted.web.http import HTTPChannel
 
@@ -45,16 +45,21 @@ class BadRequestHookChannel(HTTPChannel):
         HTTPChannel._respondToBadRequestAndDisconnect(self)
 
 
+_SOCKETS = (_tcp.Server, _tcp.Client, _unix.Server, _unix.Client)  # the transports send_now writes to itself
+
+
 def send_now(transport, data):
-    """Write ``data`` to a TCP ``transport`` as the send it would make later, but now:
+    """Write ``data`` to a TCP or Unix socket ``transport`` as the send it would make later, but now:
     ``FileDescriptor.write`` only buffers, registers the socket for writing (an
     ``epoll_ctl``), and sends when the reactor next polls, then unregisters it (another
     ``epoll_ctl``). When nothing of the transport's is waiting to go (``dataBuffer``,
     ``_tempDataBuffer``), the socket is writable in the common case and ``send`` takes it
-    all; what it does not take, and everything on any other transport (TLS, a test's), is
-    written the ordinary way, so order, producers and errors stay the transport's."""
-    if (type(transport) is _tcp.Server and transport.connected and not transport.disconnecting
-            and not transport._writeDisconnected and not transport.dataBuffer and not transport._tempDataBuffer):
+    all; what it does not take, and everything on any other transport (TLS, a test's, a Unix
+    socket with file descriptors to pass), is written the ordinary way, so order, producers and
+    errors stay the transport's."""
+    if (type(transport) in _SOCKETS and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnected and not transport.dataBuffer and not transport._tempDataBuffer
+            and not getattr(transport, '_sendmsgQueue', None)):
         try:
             sent = transport.socket.send(data)
         except OSError:  # would block, or the connection is broken: the transport's own write finds out
