@@ -62,12 +62,13 @@ def calibration(loops=3_000_000):
     return best
 
 
-def connection(front):
+def connection(front, lean=True):
     clock = task.Clock()
     gateway = Gateway(InstantFleet(), reactor=clock, app_version='bench')
     site = make_site(Stamped(gateway.resource(), clock), gateway_fields=gateway.gateway_fields,
                      channel=FRONTS[front])
     site.log = AccessLog(clock)
+    site.lean_paths = frozenset({b'/run'}) if lean else frozenset()
     site.callLater = clock.callLater
     channel = site.buildProtocol(IPv4Address('TCP', '127.0.0.1', 40000))
     channel.callLater = clock.callLater
@@ -76,8 +77,8 @@ def connection(front):
     return channel, transport
 
 
-def loop(front, calls):
-    channel, transport = connection(front)
+def loop(front, calls, lean=True):
+    channel, transport = connection(front, lean)
     answered = 0
     started = time.perf_counter()
     for _ in range(calls):
@@ -116,9 +117,10 @@ def main():
         pstats.Stats(profile, stream=out).sort_stats(*args.sort.split(',')).print_stats(args.top)
         print(out.getvalue())
         return
-    for front in sorted(FRONTS):
-        best = min(loop(front, args.calls) for _ in range(args.repeats))
-        print('{:10} {:6.1f} us per /run (best of {} x {})'.format(front, best, args.repeats, args.calls))
+    for front, lean, name in (('httptools', True, 'httptools'), ('httptools', False, 'httptools, twisted.web Request'),
+                              ('twisted', False, 'twisted')):
+        best = min(loop(front, args.calls, lean) for _ in range(args.repeats))
+        print('{:32} {:6.1f} us per /run (best of {} x {})'.format(name, best, args.repeats, args.calls))
 
 
 if __name__ == '__main__':

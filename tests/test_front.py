@@ -56,14 +56,33 @@ def release(request):
     request.finish()
 
 
-@pytest.fixture(params=sorted(FRONTS))
+class EveryPath:
+    """A site's ``lean_paths`` that holds every path: each POST and GET is a ``FrontRequest``."""
+
+    def __contains__(self, path):
+        return True
+
+
+# the fronts, and the httptools front answering POST and GET with its own FrontRequest
+# (as the gateway answers /run) instead of twisted.web's Request
+FRONT_VARIANTS = sorted(FRONTS) + ['httptools-lean']
+
+
+@pytest.fixture(params=FRONT_VARIANTS)
 def front(request):
     return request.param
 
 
+def site_of(front, resource, limits):
+    site = make_site(resource, limits=limits, channel=FRONTS[front.split('-')[0]])
+    if front.endswith('-lean'):
+        site.lean_paths = EveryPath()
+    return site
+
+
 def connect(front, resource, **limits):
     clock = task.Clock()
-    site = make_site(resource, limits=Limits(**limits), channel=FRONTS[front])
+    site = site_of(front, resource, Limits(**limits))
     site.reactor = clock
     protocol = site.buildProtocol(IPv4Address('TCP', '127.0.0.1', 40000))
     protocol.callLater = clock.callLater
@@ -205,7 +224,7 @@ def test_an_upgrade_request_is_answered_as_any_other_and_closes_the_connection()
 def test_a_stopping_server_closes_an_idle_connection_at_once_and_a_busy_one_after_its_answer(front):
     echo = Echo(hold=True)
     clock = task.Clock()
-    site = make_site(echo, limits=Limits(), channel=FRONTS[front])
+    site = site_of(front, echo, Limits())
     site.reactor = clock
     drain = ConnectionDrain(site, reactor=clock)
     connections = []
@@ -238,7 +257,7 @@ class TCPTransport(StringTransport):
 
 
 def test_answers_go_out_without_waiting_for_the_clients_delayed_ack(front):
-    site = make_site(Echo(), limits=Limits(), channel=FRONTS[front])
+    site = site_of(front, Echo(), Limits())
     site.reactor = task.Clock()
     protocol = site.buildProtocol(IPv4Address('TCP', '127.0.0.1', 40000))
     transport = TCPTransport()

@@ -44,7 +44,7 @@ from .metrics import GatewayMetrics
 from .proxy import ChildClient
 from .rollout import Rollouts
 from .rollout_metrics import RolloutCollector
-from .routes import SUPPORT_KEY_ARG, Gateway
+from .routes import RUN_PATH, SUPPORT_KEY_ARG, Gateway
 from .spread import AddressSpreader
 from .status import StateHistory, get_packages
 from .supervisor import Supervisor
@@ -279,6 +279,7 @@ class GatewayService(OrderedServices):
                               limits=Limits.from_config(config.http_limits, config.max_body_mb),
                               gateway_fields=self.gateway.gateway_fields, channel=front_channel(config.http_front))
         self.site.log = self.access_log = AccessLog(reactor, enabled=config.access_log)
+        self.site.lean_paths = frozenset({RUN_PATH})  # on the httptools front: without twisted.web's Request
         self.connections = ConnectionDrain(self.site, reactor=reactor)
         self.endpoints_dir = endpoints_dir
         self.reloader = ConfigReloader(options.config, endpoints_dir, options.port, config, self.fleet, self.gateway,

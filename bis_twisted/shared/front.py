@@ -33,12 +33,14 @@ from twisted.web.http import HTTPChannel
 
 from ..errors import ConfigError
 from ..protocol import REQUEST_ID_HEADER
+from .front_request import FrontRequest
 from .limits import (GuardedChannel, answer_head, body_timeout_message, head_timeout_message, linger_and_close,
                      raw_answer, rearmed, send_answer)
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _HTTP_VERSIONS = {'1.1': b'HTTP/1.1', '1.0': b'HTTP/1.0'}
 FRONT_VARIABLE = 'BIS_HTTP_FRONT'
+_LEAN_METHODS = (b'POST', b'GET')  # on a site's lean_paths: a FrontRequest, not twisted.web's Request
 DEFAULT_FRONT = 'twisted'
 
 
@@ -168,13 +170,10 @@ class FrontChannel(Protocol):
     def on_headers_complete(self):
         parser = self._parser
         version = _HTTP_VERSIONS.get(parser.get_http_version(), b'HTTP/1.0')
-        request = self.requestFactory(self)
-        request.method, request.uri, request.clientproto = parser.get_method(), self._url, version
-        headers = request.requestHeaders
+        method, url, raw_headers = parser.get_method(), self._url, self._headers
         length = 0
         connection = None
-        for name, value in self._headers:
-            headers.addRawHeader(name, value)
+        for name, value in raw_headers:
             lowered = name.lower()
             if lowered == b'content-length':
                 length = int(value)  # llhttp let one through, of digits only
@@ -188,15 +187,23 @@ class FrontChannel(Protocol):
             elif lowered == b'connection':
                 connection = value
         self._headers = []
+        if method in _LEAN_METHODS and url.split(b'?', 1)[0] in self.site.lean_paths:
+            request = FrontRequest(self, method, url, version, raw_headers)
+        else:
+            request = self.requestFactory(self)
+            request.method, request.uri, request.clientproto = method, url, version
+            headers = request.requestHeaders
+            for name, value in raw_headers:
+                headers.addRawHeader(name, value)
+            request.parseCookies()
         if version != b'HTTP/1.1' or not parser.should_keep_alive():
             self._last = True  # twisted.web's rule: an HTTP/1.0 request is the connection's last
             if version == b'HTTP/1.1' and connection is not None:
-                request.responseHeaders.setRawHeaders(b'Connection', [b'close'])
+                request.setHeader(b'Connection', b'close')
         self.requests.append(request)
         self._reading = request
         self.length = length
         self._phase = 'body'
-        request.parseCookies()
         request.gotLength(length)
         if length != 0:
             self._body_call = self._arm(self._body_call, self.site.limits.body_deadline(length), self._body_expired)

@@ -131,71 +131,92 @@ def linger_and_close(transport, reactor_call_later, linger):
     return reactor_call_later(linger, transport.abortConnection)
 
 
-class LimitedRequest(Request):
-    """A request whose body is refused before it is buffered: over ``max_body`` (413), or
-    when the site already holds ``max_bodies_in_flight`` bytes of bodies (503 +
-    ``Retry-After``). A ``Content-Length`` is judged as soon as the head is read, a chunked
-    body as it arrives. twisted.web has no body cap (Twisted #4898)."""
+class BodyBudget:
+    """A request body's share of its site's caps: over ``max_body`` refused (413), and while
+    the site already holds ``max_bodies_in_flight`` bytes of bodies refused (503 +
+    ``Retry-After``). A ``Content-Length`` is judged as soon as the head is read
+    (``refusal``), a chunked body as it arrives (``take``); ``release`` gives back what was
+    counted, once the request ends however it ends."""
 
-    _refused = False
-    _received = 0
-    _reserved = 0
+    def __init__(self, site):
+        self.site = site
+        self.refused = False
+        self._received = 0
+        self._reserved = 0
 
     def refusal(self, length):
         """Called with the head complete: None, or ``(status line, message, headers)``."""
-        site = self.channel.site
-        limits = site.limits
+        limits = self.site.limits
         if length is not None and length > limits.max_body:
-            self._refused = True
-            return ('413 Payload Too Large', 'request body over the limit of {} bytes; send less, or raise '
-                    'MAX_BODY_MB in the config'.format(limits.max_body), ())
+            self.refused = True
+            return _too_large(limits)
         if length and not self._reserve(length):
-            self._refused = True
+            self.refused = True
+            return self._busy()
+        return None
+
+    def take(self, data, chunked):
+        """Count a piece of the body: None, or the refusal it earns (the request is then refused)."""
+        self._received += len(data)
+        if self._received > self.site.limits.max_body:
+            self.refused = True
+            return _too_large(self.site.limits)
+        if chunked and not self._reserve(len(data)):  # counted as it comes
+            self.refused = True
             return self._busy()
         return None
 
     def _busy(self):
-        return ('503 Service Unavailable', self.channel.site.bodies_busy_message(), (('Retry-After', '1'),))
+        return ('503 Service Unavailable', self.site.bodies_busy_message(), (('Retry-After', '1'),))
 
     def _reserve(self, size):
-        site = self.channel.site
-        if not site.reserve_body(size):
+        if not self.site.reserve_body(size):
             return False
-        self._site = site  # the channel is gone by the time the request ends
         self._reserved += size
         return True
 
+    def release(self):
+        if self._reserved:
+            self.site.release_body(self._reserved)
+            self._reserved = 0
+
+
+def _too_large(limits):
+    return ('413 Payload Too Large', 'request body over the limit of {} bytes; send less, or raise MAX_BODY_MB in '
+            'the config'.format(limits.max_body), ())
+
+
+class LimitedRequest(Request):
+    """A request whose body is refused before it is buffered (``BodyBudget``): twisted.web
+    has no body cap (Twisted #4898)."""
+
+    def __init__(self, channel, *args, **kwargs):
+        Request.__init__(self, channel, *args, **kwargs)
+        self._budget = BodyBudget(channel.site)  # the channel is gone by the time the request ends
+
+    def refusal(self, length):
+        """Called with the head complete: None, or ``(status line, message, headers)``."""
+        return self._budget.refusal(length)
+
     def finish(self):
         Request.finish(self)
-        self._release()
+        self._budget.release()
 
     def connectionLost(self, reason):
         Request.connectionLost(self, reason)
-        self._release()
-
-    def _release(self):
-        if self._reserved:
-            self._site.release_body(self._reserved)
-            self._reserved = 0
+        self._budget.release()
 
     def handleContentChunk(self, data):
-        if self._refused:
+        if self._budget.refused:
             return
-        self._received += len(data)
-        if self._received > self.channel.site.limits.max_body:
-            self._refused = True
-            self.channel.refuse('413 Payload Too Large', 'request body over the limit of {} bytes; send less, or '
-                                'raise MAX_BODY_MB in the config'.format(self.channel.site.limits.max_body),
-                                request=self)
-            return
-        if self.channel.length is None and not self._reserve(len(data)):  # chunked: counted as it comes
-            self._refused = True
-            self.channel.refuse(*self._busy(), request=self)
+        refusal = self._budget.take(data, chunked=self.channel.length is None)
+        if refusal is not None:
+            self.channel.refuse(*refusal, request=self)
             return
         Request.handleContentChunk(self, data)
 
     def requestReceived(self, command, path, version):
-        if not self._refused:
+        if not self._budget.refused:
             Request.requestReceived(self, command, path, version)
 
 
@@ -454,6 +475,7 @@ class GuardedSite(Site):
 
     protocol = GuardedChannel
     gateway_fields = None  # request -> the fields every answer carries (the gateway's), or None
+    lean_paths = frozenset()  # paths FrontChannel answers with a FrontRequest (see front_request.py)
 
     def __init__(self, resource, limits=None, **kwargs):
         self.limits = limits or Limits()
