@@ -7,6 +7,7 @@ result arrives once, and the wake-ups asked for are never more than the results.
 own tests count too (threads started, calls inside at once), never time.
 """
 
+import collections
 import threading
 
 import pytest
@@ -74,9 +75,7 @@ def test_a_result_put_after_a_drain_ran_asks_for_another():
     assert seen == ['first', 'second']
 
 
-def test_a_result_put_while_the_drain_delivers_is_delivered_by_a_drain_of_its_own():
-    # what the flag's order guards: the drain cleared it before popping, so a put that lands
-    # while results are being delivered asks for a drain (which may find nothing left)
+def test_a_result_put_while_the_drain_delivers_is_delivered_by_that_drain_without_a_wake_up():
     clock = QueuedCalls()
     inbox = ResultInbox(clock)
     seen = []
@@ -87,10 +86,37 @@ def test_a_result_put_while_the_drain_delivers_is_delivered_by_a_drain_of_its_ow
 
     inbox.put(first, True, 'first')
     clock.run_queued()
-    assert len(clock.queued) == 1
-    clock.run_queued()
+
     assert seen == ['first', 'put during the drain']
-    assert clock.queued == []
+    assert clock.queued == [] and inbox.drains == 1
+
+
+def test_a_result_put_between_the_drains_last_pop_and_its_flag_is_not_left_behind():
+    # the window the flag's order guards: the drain found the deque empty, and a thread puts
+    # before the flag is cleared (it asks nothing: the flag still says a drain is running)
+    clock = QueuedCalls()
+    inbox = ResultInbox(clock)
+    seen = []
+
+    class PutOnEmptyLook(collections.deque):
+        """A deque whose first look that finds it empty lets a 'thread' put right then."""
+
+        looked = False
+
+        def __bool__(self):
+            empty = not len(self)
+            if empty and not self.looked:
+                self.looked = True
+                inbox.put(lambda ok, result: seen.append(result), True, 'late')
+                return False  # the drain saw it empty
+            return not empty
+
+    inbox._results = PutOnEmptyLook()
+    inbox.put(lambda ok, result: seen.append(result), True, 'first')
+    clock.run_queued()
+    clock.run_queued()  # a drain asked for meanwhile, if any, finds nothing left
+
+    assert seen == ['first', 'late']
 
 
 @pytest.fixture

@@ -10,10 +10,12 @@ on every call; here a thread that is about to wait leaves a token in a second
 running one, and a thread inside a ``_predict`` that never returns only costs that thread.
 
 ``ResultInbox`` brings results back: a thread appends its result to a deque and asks the
-reactor for a drain (``callFromThread``, one pipe write) only when none is pending, so one
-wake-up carries every result that finished while the reactor was busy. The drain clears the
-flag *before* it pops, and a thread appends *before* it reads the flag: a result appended
-after the drain's last pop finds the flag cleared and asks again, so none is left behind.
+reactor for a drain (``callFromThread``, one pipe write) only when none is pending or
+running, so one wake-up carries every result that finished while the reactor was busy,
+those that finish while the drain delivers too. The drain clears the flag *before* its last
+look at the deque, and a thread appends *before* it reads the flag: a result appended after
+that look finds the flag cleared and asks again, so none is left behind (the GIL makes each
+append, pop and flag access whole, and keeps their order as each thread wrote it).
 
 ``defer_in_thread(threads, inbox, function, *args)`` ties the two: a Deferred fired on the
 reactor thread with what ``function`` returned or raised in a thread.
@@ -54,14 +56,20 @@ class ResultInbox:
         return functools.partial(self.put, deliver)
 
     def _drain(self):
-        self._drain_asked = False  # before the first pop: a result put from now on asks again
         results = self._results
-        while results:
-            deliver, ok, result = results.popleft()
-            try:
-                deliver(ok, result)
-            except Exception:  # one result's consumer failing must not strand the others
-                self._log.failure('delivering a result from a worker thread')
+        while True:
+            # while the flag is set, a result put lands in this loop: its thread asks nothing
+            while results:
+                deliver, ok, result = results.popleft()
+                try:
+                    deliver(ok, result)
+                except Exception:  # one result's consumer failing must not strand the others
+                    self._log.failure('delivering a result from a worker thread')
+            self._drain_asked = False  # before the last look: a result put from now on asks again
+            if not results:
+                return
+            # put between the last pop and the flag: delivered now (a drain its thread may
+            # have asked for finds nothing left, or what came after)
 
 
 def fire(deferred, ok, result):
