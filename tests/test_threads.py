@@ -289,3 +289,21 @@ def test_a_failure_handed_over_by_a_fake_pool_as_a_bare_exception_is_a_failure()
     failures = []
     answer.addErrback(failures.append)
     assert isinstance(failures[0], Failure) and failures[0].check(ZeroDivisionError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_thread_whose_result_cannot_be_handed_over_logs_it_and_serves_the_next_call(worker_threads,
+                                                                                             logged_failures):
+    inbox = ResultInbox(reactor)
+    handed = threading.Event()
+
+    def broken_on_result(ok, result):
+        handed.set()
+        raise RuntimeError('cannot hand over')
+
+    worker_threads.callInThreadWithCallback(broken_on_result, lambda: 1)
+    await eventually(handed.is_set, 'the result to be handed over')
+
+    assert await defer_in_thread(worker_threads, inbox, lambda: 'next') == 'next'
+    assert worker_threads.threads == 1
+    assert [str(failure.value) for failure in logged_failures] == ['cannot hand over']

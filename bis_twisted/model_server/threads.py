@@ -30,6 +30,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+_log = Logger()
+
 
 class ResultInbox:
     """Results made in threads, handed to ``deliver(ok, result)`` callables on the reactor
@@ -41,7 +43,7 @@ class ResultInbox:
         self._reactor = reactor
         self._results = collections.deque()
         self._drain_asked = False
-        self.drains = 0  # wake-ups asked for, for tests and benches
+        self.drains = 0  # wake-ups asked for, for tests and benches (threads racing may lose a count)
 
     def put(self, deliver, ok, result):
         """From any thread: ``deliver(ok, result)`` runs on the reactor thread soon."""
@@ -168,5 +170,8 @@ def _serve(tasks, idle):
         # idle before the result is handed over: the call the result lets the reactor make
         # next finds this thread's token instead of starting another thread
         idle.put(None)
-        on_result(ok, result)
+        try:
+            on_result(ok, result)
+        except BaseException:  # the thread must live on: its token says it is about to wait
+            _log.failure('handing a result over to the reactor')
         on_result = result = None
