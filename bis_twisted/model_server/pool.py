@@ -2,9 +2,10 @@
 
 Each request goes to an idle worker and runs in a worker thread (``threads.WorkerThreads``;
 results come back through a ``threads.ResultInbox``), so a blocking ``_predict`` never blocks
-the reactor, and an instance is used by one thread at a time. When every worker is busy, requests wait in a FIFO queue of at most ``max_queue``;
-beyond that ``QueueFull`` (503). A worker is released only when its thread has returned, even
-if the caller gave up (client gone, timeout): a late result is dropped, never overlapped.
+the reactor, and an instance is used by one thread at a time. When every worker is busy,
+requests wait in a FIFO queue of at most ``max_queue``; beyond that ``QueueFull`` (503). A
+worker is released only when its thread has returned, even if the caller gave up (client
+gone, timeout): a late result is dropped, never overlapped.
 
 With ``max_batch_size`` n > 1 a worker that becomes free takes up to n of the requests waiting
 *now* and runs them as one batch (``worker.execute_batch``), so batches grow with load and an
