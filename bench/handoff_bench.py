@@ -4,12 +4,14 @@
     python bench/handoff_bench.py                  # 20000 round trips, 2 and 16 in flight
     python bench/handoff_bench.py --calls 50000 --depth 2
 
-Four ways, each keeping ``depth`` calls of a trivial function in flight (a finished call
+Five ways, each keeping ``depth`` calls of a trivial function in flight (a finished call
 starts the next, as a freed worker takes the next request), run one after the other in an
 order that turns each round; each cell is the median of the rounds:
 
 - ``twisted``: ``deferToThreadPool`` on Twisted's ``ThreadPool`` (what the pool used before);
 - ``twisted + inbox``: Twisted's ``ThreadPool``, results back through ``ResultInbox``;
+- ``concurrent.futures + inbox``: the standard library's ``ThreadPoolExecutor`` (a
+  ``SimpleQueue`` too, a ``Future`` per call), results back through ``ResultInbox``;
 - ``simplequeue``: ``WorkerThreads``, results back by one ``callFromThread`` each;
 - ``simplequeue + inbox``: ``WorkerThreads`` and ``ResultInbox`` (what the pool uses now).
 
@@ -20,6 +22,7 @@ loop's time) comes first, to tell a slow machine from a slow change.
 """
 
 import argparse
+import concurrent.futures
 import os
 import statistics
 import sys
@@ -99,8 +102,27 @@ def ways(depth):
 
         return threads.start, call, threads.stop, lambda: counted.wakeups
 
+    def futures_way():
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=depth, thread_name_prefix='bench')
+        counted = Counted()
+        inbox = ResultInbox(counted)
+
+        def call(function, *args):
+            answer = defer.Deferred()
+
+            def done(future):
+                error = future.exception()
+                inbox.put(lambda ok, result: fire(answer, ok, result), error is None,
+                          future.result() if error is None else error)
+
+            executor.submit(function, *args).add_done_callback(done)
+            return answer
+
+        return lambda: None, call, lambda: executor.shutdown(wait=False), lambda: counted.wakeups
+
     built['twisted'] = twisted_way(False)
     built['twisted + inbox'] = twisted_way(True)
+    built['concurrent.futures + inbox'] = futures_way()
     built['simplequeue'] = simplequeue_way(False)
     built['simplequeue + inbox'] = simplequeue_way(True)
     return built
@@ -149,11 +171,11 @@ async def main(args):
             for name in names:
                 rows.setdefault(name, []).append(await run_one(built[name], args.calls, depth))
         print('\n{} calls, {} in flight, median of {} rounds'.format(args.calls, depth, args.rounds))
-        print('{:<22}{:>14}{:>14}{:>12}{:>14}'.format('way', 'reactor us', 'process us', 'wall us',
+        print('{:<28}{:>14}{:>14}{:>12}{:>14}'.format('way', 'reactor us', 'process us', 'wall us',
                                                      'wake-ups/call'))
         for name, cells in rows.items():
             medians = [statistics.median(cell[i] for cell in cells) for i in range(4)]
-            print('{:<22}{:>14.1f}{:>14.1f}{:>12.1f}{:>14.2f}'.format(name, *medians))
+            print('{:<28}{:>14.1f}{:>14.1f}{:>12.1f}{:>14.2f}'.format(name, *medians))
 
 
 def run():

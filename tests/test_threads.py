@@ -307,3 +307,50 @@ async def test_a_thread_whose_result_cannot_be_handed_over_logs_it_and_serves_th
     assert await defer_in_thread(worker_threads, inbox, lambda: 'next') == 'next'
     assert worker_threads.threads == 1
     assert [str(failure.value) for failure in logged_failures] == ['cannot hand over']
+
+
+# -- the pool on them -----------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_pool_on_worker_threads_answers_each_of_many_requests_once_one_thread_per_worker_at_a_time():
+    from bis_twisted import FlaskWorker
+    from bis_twisted.model_server.pool import WorkerPool
+
+    class Echo(FlaskWorker):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inside = 0
+            self.most_inside = 0
+            self.threads_seen = set()
+
+        def _pre_process(self, inputs):
+            return inputs['n']
+
+        def _predict(self, n):
+            self.inside += 1  # another thread inside this instance now would count 2
+            self.most_inside = max(self.most_inside, self.inside)
+            self.threads_seen.add(threading.current_thread())
+            self.inside -= 1
+            return n
+
+        def _post_process(self, n):
+            return {'n': n}
+
+    workers = []
+
+    def make(index):
+        workers.append(Echo(worker_id=index))
+        return workers[-1]
+
+    pool = WorkerPool(make, size=4, max_queue=1000, reactor=reactor)
+    await pool.start()
+    try:
+        answers = await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(pool.run({'n': n})) for n in range(400)])
+    finally:
+        pool.stop()
+
+    assert [outcome.body['predict_result']['n'] for _worker, _call_id, outcome in answers] == list(range(400))
+    assert sorted(call_id for _worker, call_id, _outcome in answers) == list(range(1, 401))
+    assert [worker.most_inside for worker in workers] == [1, 1, 1, 1]
+    assert all(thread.daemon for worker in workers for thread in worker.threads_seen)
+    assert (pool.busy, pool.queued) == (0, 0)
