@@ -18,14 +18,17 @@ order that turns each round; each cell is the median of the rounds:
 Columns: microseconds of CPU per round trip on the reactor thread (``time.thread_time``
 there) and in the whole process (``time.process_time``: the threads too), wall time per
 round trip, and wake-ups asked per round trip. A calibration line (a fixed pure-Python
-loop's time) comes first, to tell a slow machine from a slow change.
+loop's time) comes first, to tell a slow machine from a slow change, then the wall time of
+one ``SimpleQueue.put`` that wakes a waiting thread (what no hand-off avoids).
 """
 
 import argparse
 import concurrent.futures
 import os
+import queue
 import statistics
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,6 +52,27 @@ def calibration(loops=3_000_000):
         elapsed = (time.perf_counter() - started) * 1000
         best = elapsed if best is None else min(best, elapsed)
     return best
+
+
+def put_wake_cost(count=20000):
+    """Microseconds of wall time of one ``SimpleQueue.put`` that wakes a thread waiting in
+    ``get``: the floor of any hand-off to a sleeping thread (a futex wake, with the GIL held)."""
+    tasks, back = queue.SimpleQueue(), queue.SimpleQueue()
+
+    def echo():
+        for item in iter(tasks.get, None):
+            back.put(item)
+
+    threading.Thread(target=echo, daemon=True).start()
+    spent = 0.0
+    for n in range(count):
+        time.sleep(0)  # lets the thread go back to waiting
+        started = time.perf_counter()
+        tasks.put(n)
+        spent += time.perf_counter() - started
+        back.get()
+    tasks.put(None)
+    return spent / count * 1e6
 
 
 def work(value):
@@ -162,6 +186,7 @@ def run_one(way, calls, depth):
 
 async def main(args):
     print('calibration: {:.0f} ms for a fixed pure-Python loop (lower is a faster machine now)'.format(calibration()))
+    print('a put that wakes a waiting thread: {:.1f} us'.format(put_wake_cost()))
     for depth in args.depth:
         rows = {}
         for round_ in range(args.rounds):
