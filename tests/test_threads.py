@@ -8,7 +8,9 @@ own tests count too (threads started, calls inside at once), never time.
 """
 
 import collections
+import sys
 import threading
+import time
 
 import pytest
 import pytest_twisted
@@ -152,7 +154,7 @@ def test_a_consumer_that_raises_is_logged_and_the_results_after_it_are_still_del
 # -- the inbox, hammered from real threads under the real reactor --------------------------------
 @pytest_twisted.ensureDeferred
 async def test_results_from_many_threads_each_arrive_exactly_once():
-    threads, per_thread = 8, 5000
+    threads, per_thread = 8, 4000
     inbox = ResultInbox(reactor)
     seen = []
     start = threading.Barrier(threads, timeout=WAIT_SECONDS)
@@ -164,11 +166,18 @@ async def test_results_from_many_threads_each_arrive_exactly_once():
         start.wait()  # all threads put at once, so puts race the drains
         for n in range(per_thread):
             inbox.put(deliver, True, (index, n))
+            if n % 4 == 0:
+                time.sleep(0)  # lets the reactor in: drains run while others put
 
     running = [threading.Thread(target=hammer, args=(index,), daemon=True) for index in range(threads)]
-    for thread in running:
-        thread.start()
-    await eventually(lambda: len(seen) >= threads * per_thread, 'every result to arrive')
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the GIL changes hands every few bytecodes: every interleaving comes up
+    try:
+        for thread in running:
+            thread.start()
+        await eventually(lambda: len(seen) >= threads * per_thread, 'every result to arrive')
+    finally:
+        sys.setswitchinterval(interval)
     for thread in running:
         thread.join(WAIT_SECONDS)
 
