@@ -171,7 +171,7 @@ async def test_results_from_many_threads_each_arrive_exactly_once():
 
     running = [threading.Thread(target=hammer, args=(index,), daemon=True) for index in range(threads)]
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # the GIL changes hands every few bytecodes: every interleaving comes up
+    sys.setswitchinterval(1e-6)  # the GIL changes hands every few bytecodes: far more interleavings
     try:
         for thread in running:
             thread.start()
