@@ -1,10 +1,11 @@
 """``WorkerPool``: a server's worker instances, the queue in front of them and their threads.
 
-Each request goes to an idle worker and runs in a pool thread (``deferToThreadPool``), so a
-blocking ``_predict`` never blocks the reactor, and an instance is used by one thread at a
-time. When every worker is busy, requests wait in a FIFO queue of at most ``max_queue``;
-beyond that ``QueueFull`` (503). A worker is released only when its thread has returned, even
-if the caller gave up (client gone, timeout): a late result is dropped, never overlapped.
+Each request goes to an idle worker and runs in a worker thread (``threads.WorkerThreads``;
+results come back through a ``threads.ResultInbox``), so a blocking ``_predict`` never blocks
+the reactor, and an instance is used by one thread at a time. When every worker is busy,
+requests wait in a FIFO queue of at most ``max_queue``; beyond that ``QueueFull`` (503). A
+worker is released only when its thread has returned, even if the caller gave up (client
+gone, timeout): a late result is dropped, never overlapped.
 
 With ``max_batch_size`` n > 1 a worker that becomes free takes up to n of the requests waiting
 *now* and runs them as one batch (``worker.execute_batch``), so batches grow with load and an
@@ -30,14 +31,11 @@ import contextlib
 import functools
 import itertools
 import sys
-import threading
 
 import attr
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from ..errors import BadRequest, QueueFull
 from ..logger import describe_failure, error_info
@@ -45,6 +43,7 @@ from ..protocol import DEFAULT_BATCH_TIMEOUT, NR_WORKERS_RULE, valid_nr_workers
 from ..shared.waiters import Waiters
 from ..shared.web import Answer
 from ..worker import folder_of, shown_path
+from .threads import ResultInbox, WorkerThreads, defer_in_thread
 
 
 LOAD_MEMORY = 1.0  # seconds of arrivals a lone worker's goal is made of (see the module's docstring)
@@ -52,12 +51,6 @@ LOAD_MEMORY = 1.0  # seconds of arrivals a lone worker's goal is made of (see th
 
 class WorkerLoadError(Exception):
     """A worker could not be built or its ``_load_model`` failed; the message is one line."""
-
-
-class _DaemonThreadPool(ThreadPool):
-    # Daemon threads: a _predict that never returns must not keep the process alive once the
-    # server decided to exit (parent gone, stop timeout). Twisted's default threads would.
-    threadFactory = functools.partial(threading.Thread, daemon=True)
 
 
 class WorkerPool:
@@ -74,8 +67,9 @@ class WorkerPool:
         self._make_worker = make_worker
         self._target = size
         self.max_queue = max_queue
-        self._threadpool = threadpool or _DaemonThreadPool(minthreads=0, maxthreads=max(size, 1),
-                                                           name='bis-workers')
+        # daemon threads (see WorkerThreads); a test hands in a fake of ThreadPool's shape
+        self._threadpool = threadpool or WorkerThreads(name='bis-workers')
+        self._inbox = ResultInbox(reactor)
         self._idle = collections.deque()
         self._busy = set()
         self._waiting = collections.deque()
@@ -153,8 +147,7 @@ class WorkerPool:
             return
         self._loading += count
         results = await defer.DeferredList(
-            [deferToThreadPool(self._reactor, self._threadpool, self._build, next(self._indexes))
-             for _ in range(count)], consumeErrors=True)
+            [self.call_in_thread(self._build, next(self._indexes)) for _ in range(count)], consumeErrors=True)
         self._loading -= count
         errors = [result for ok, result in results if not ok]
         for ok, worker in results:
@@ -300,19 +293,32 @@ class WorkerPool:
         if jobs[0].stream:
             self._start_stream(worker, jobs[0])
             return
-        if self.max_batch_size == 1:  # batching off: the hooks take one input, as they always did
+        # no Deferred on this path: the thread's result goes to _ran through the inbox
+        single = self.max_batch_size == 1  # batching off: the hooks take one input, as they always did
+        done = self._inbox.sender(functools.partial(self._ran, worker, jobs, single))
+        if single:
             job = jobs[0]
-            running = deferToThreadPool(self._reactor, self._threadpool, worker.execute, job.inputs, job.call_id,
-                                        job.request_id)
-            running.addCallback(lambda outcome: [outcome])
+            self._threadpool.callInThreadWithCallback(done, worker.execute, job.inputs, job.call_id, job.request_id)
         else:
-            running = deferToThreadPool(self._reactor, self._threadpool, worker.execute_batch,
-                                        [(job.inputs, job.call_id, job.request_id) for job in jobs])
-        running.addBoth(self._finished, worker, jobs)
+            self._threadpool.callInThreadWithCallback(done, worker.execute_batch,
+                                                      [(job.inputs, job.call_id, job.request_id) for job in jobs])
+
+    def _ran(self, worker, jobs, single, ok, result):
+        """On the reactor thread: what ``execute`` (one Answer, ``single``) or
+        ``execute_batch`` (a list) returned, or the Failure (or the exception, from a fake
+        pool) it raised."""
+        if not ok:
+            result = result if isinstance(result, Failure) else Failure(result)
+        elif single:
+            result = [result]
+        self._finished(result, worker, jobs)
+
+    def call_in_thread(self, function, *args):
+        """A Deferred of ``function(*args)`` run on the worker threads, fired on the reactor."""
+        return defer_in_thread(self._threadpool, self._inbox, function, *args)
 
     def _start_stream(self, worker, job):
-        started = deferToThreadPool(self._reactor, self._threadpool, worker.execute_stream, job.inputs,
-                                    job.call_id, job.request_id)
+        started = self.call_in_thread(worker.execute_stream, job.inputs, job.call_id, job.request_id)
 
         def begun(outcome):
             if isinstance(outcome, Answer):  # it did not start: nothing runs any more
@@ -385,7 +391,7 @@ class PooledStream:
         return self._chunks.count
 
     def next(self):
-        running = deferToThreadPool(self._pool._reactor, self._pool._threadpool, self._chunks.next_chunk)
+        running = self._pool.call_in_thread(self._chunks.next_chunk)
         self._running = running
         answer = defer.Deferred()
 
@@ -410,7 +416,7 @@ class PooledStream:
         done = defer.Deferred()
 
         def stop(_ignored):
-            closing = deferToThreadPool(self._pool._reactor, self._pool._threadpool, self._chunks.close)
+            closing = self._pool.call_in_thread(self._chunks.close)
             closing.addErrback(lambda failure: self._pool._log.failure('closing a stream', failure))
             closing.addBoth(lambda _r: (self._release(), done.callback(None)))
             return None
