@@ -116,7 +116,7 @@ TOP_KEYS = {
                       'the log format of the gateway and its model servers (BIS_LOG_FORMAT wins)'),
     'ACCESS_LOG': Key(_BOOLEAN, 'true or false', 'one log line per request (default true)'),
     'HTTP_FRONT': Key({'enum': ['twisted', 'httptools']}, '"twisted" or "httptools"',
-                      "the HTTP server of the gateway's port: twisted.web's or llhttp's (BIS_HTTP_FRONT wins)"),
+                      "the HTTP server of the gateway's port: llhttp's (the default) or twisted.web's (BIS_HTTP_FRONT wins)"),
     # the HTTP limits (limits.py)
     'HEAD_TIMEOUT': Key(_positive_number(), _SECONDS, "a client's request line and headers must arrive within it"),
     'BODY_TIMEOUT': Key(_positive_number(), _SECONDS, "a client's body must arrive within it"),

@@ -4,10 +4,12 @@ uses) for a ``GuardedSite``, in place of twisted.web's ``HTTPChannel`` (``Guarde
 twisted.web's channel parses a request line by line in Python (``LineReceiver``), checks
 each header, and resets an idle timer on every read: about 40 % of the gateway's CPU per
 ``/run`` in a profile. Here llhttp parses in C and hands over the request line, whole
-headers and body pieces; everything after the parse is twisted.web's own: each request is
-the site's ``requestFactory`` (``LimitedRequest``: a ``twisted.web.server.Request``), and
-the site's resource answers it as it would on ``HTTPChannel``. So every route, the access
-log (``site.log``), request ids, keys and the admin rule are the same on both channels.
+headers and body pieces. A request to one of the site's ``lean_paths`` (the gateway's
+``/run``) is a ``FrontRequest`` (front_request.py), which answers without twisted.web's
+``Request``; every other request is the site's ``requestFactory`` (``LimitedRequest``: a
+``twisted.web.server.Request``). Either way the site's resource answers it as it would on
+``HTTPChannel``, so every route, the access log (``site.log``), request ids, keys and the
+admin rule are the same on both channels. It is the gateway's default front.
 
 The limits are ``GuardedChannel``'s, with the same answers: the head within
 ``head_timeout`` of its first byte (of the connection, for the first request), the body
@@ -41,7 +43,7 @@ _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _HTTP_VERSIONS = {'1.1': b'HTTP/1.1', '1.0': b'HTTP/1.0'}
 FRONT_VARIABLE = 'BIS_HTTP_FRONT'
 _LEAN_METHODS = (b'POST', b'GET')  # on a site's lean_paths: a FrontRequest, not twisted.web's Request
-DEFAULT_FRONT = 'twisted'
+DEFAULT_FRONT = 'httptools'  # the cheaper of the two per /run (bench/front_path_bench.py, peer_bench.py)
 
 
 class _Stop(Exception):
