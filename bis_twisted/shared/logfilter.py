@@ -17,9 +17,9 @@ _PORT_CHATTER = re.compile(r"^(\S+ starting on \S+|\((TCP|UNIX|UDP) Port \S* ?\S
 
 def is_port_chatter(event):
     """True for Twisted's "<factory> starting on <port>" and "(TCP Port <n> Closed)" lines."""
-    if event.get('log_level', LogLevel.info) > LogLevel.info:
-        return False
     if event.get('log_namespace') not in ('log_legacy', 'twisted.internet.tcp', 'twisted.internet.unix'):
+        return False  # asked first: most lines are not Twisted's, and this is cheaper than the level's
+    if event.get('log_level', LogLevel.info) > LogLevel.info:
         return False
     return bool(_PORT_CHATTER.match(formatEvent(event)))
 
