@@ -27,7 +27,6 @@ closed; each chunk is made in a pool thread. Streaming requests are never batche
 """
 
 import collections
-import contextlib
 import functools
 import itertools
 import sys
@@ -83,6 +82,7 @@ class WorkerPool:
         self.batch_timeout = batch_timeout
         self._holding = None  # (worker, DelayedCall): a free worker holding off for a fuller batch
         self._gathering = 0  # inside gathered(): submitted requests wait for its end
+        self._gathered = _Gathered(self)  # a class, not contextlib's generator: it is entered once per read
         self._running = 0  # requests in the batches that run
         self._load = (0, float('-inf'))  # the most requests held at once lately, and when
         self._arrivals = (float('-inf'), 0, 0)  # (this period's start, its arrivals, the last period's)
@@ -233,16 +233,17 @@ class WorkerPool:
             return len(self._waiting) >= self.max_queue + free * self.max_batch_size
         return not free and len(self._waiting) >= self.max_queue
 
-    @contextlib.contextmanager
     def gathered(self):
-        """Requests submitted inside start together at its end (nothing starts before)."""
+        """A context: requests submitted inside start together at its end (nothing starts before)."""
+        return self._gathered
+
+    def _gather(self):
         self._gathering += 1
-        try:
-            yield
-        finally:
-            self._gathering -= 1
-            if not self._gathering:
-                self._dispatch()
+
+    def _gathered_end(self):
+        self._gathering -= 1
+        if not self._gathering:
+            self._dispatch()
 
     def _cancelled(self, job):
         if job.call_id is None:  # still waiting: it leaves the queue (and any batch being formed)
@@ -370,6 +371,20 @@ class WorkerPool:
         if not self._busy and not self._waiting:
             return defer.succeed(None)
         return self._idle_waiters.wait()
+
+
+class _Gathered:
+    """``WorkerPool.gathered()``'s context (it nests)."""
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def __enter__(self):
+        self._pool._gather()
+
+    def __exit__(self, *exc_info):
+        self._pool._gathered_end()
+        return False
 
 
 class PooledStream:
