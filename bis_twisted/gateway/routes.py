@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -537,16 +538,26 @@ class GatewayRoot(Resource):
         return self._routed.render(request)
 
     def _serve(self, request, route, error):
-        finished = []
-        request.notifyFinish().addBoth(finished.append)
+        finished = []  # the request's end: None (answered), or the Failure of its client gone
+        running = []
+
+        def ended(result):
+            finished.append(result)
+            if running and isinstance(result, Failure):
+                running[0].cancel()  # the client went away: so does the route
+
+        request.notifyFinish().addBoth(ended)
         d = defer.Deferred.fromCoroutine(route)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addErrback(self._failed, request, finished, error)
-        d.addCallback(self._write, request, finished)
+        running.append(d)
+        d.addCallbacks(self._write, self._failed, (request, finished), None, (request, finished, error))
         d.addErrback(lambda failure: self._log.failure('writing the answer of {path}', failure, path=request.path))
         return NOT_DONE_YET
 
     def _failed(self, failure, request, finished, error):
+        body = self._failed_answer(failure, request, finished, error)
+        self._write(body, request, finished)
+
+    def _failed_answer(self, failure, request, finished, error):
         if finished:  # the client is gone: nobody to answer
             if not failure.check(defer.CancelledError):
                 self._log.failure('{path} failed after its client went away', failure, path=request.path)
