@@ -147,6 +147,10 @@ class FrontRequest:
         """The body is in: the site's resource answers it, as twisted.web's ``render`` would."""
         if self._budget.refused:
             return
+        # as twisted.web's process(): these two first, in the order it writes them
+        answer = self._answer
+        answer[b'server'] = (b'Server', SERVER_VERSION)
+        answer[b'date'] = (b'Date', _date(time.time()))
         self.content.seek(0)
         try:
             body = self.site.resource.render(self)
@@ -228,18 +232,14 @@ class FrontRequest:
     def _head(self):
         answer = self._answer
         lines = [self.clientproto, b' ', b'%d' % self.code, b' ', self.code_message, b'\r\n']
+        for name, value in answer.values():
+            lines += (name, b': ', value, b'\r\n')
         if b'content-length' not in answer and self.code not in _NO_BODY:
             if self.clientproto == b'HTTP/1.1':
                 self.chunked = True
                 lines.append(b'Transfer-Encoding: chunked\r\n')
             else:
                 self.channel.persistent = False  # the body ends when the connection does
-        if b'server' not in answer:
-            lines += (b'Server: ', SERVER_VERSION, b'\r\n')
-        if b'date' not in answer:
-            lines += (b'Date: ', _date(time.time()), b'\r\n')
-        for name, value in answer.values():
-            lines += (name, b': ', value, b'\r\n')
         lines.append(b'\r\n')
         return b''.join(lines)
 
