@@ -21,6 +21,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 from twisted.internet import task  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
@@ -31,6 +32,7 @@ from bis_twisted.gateway.accesslog import AccessLog, Stamped  # noqa: E402
 from bis_twisted.gateway.routes import Gateway  # noqa: E402
 from bis_twisted.shared.front import FRONTS  # noqa: E402
 from bis_twisted.shared.web import Answer, make_site  # noqa: E402
+from peer_bench import calibration  # noqa: E402  (the one calibration loop of the bench scripts)
 
 BODY = b'{"SIGNATURE": "dummy_model_demo2", "INPUT_VALUE": 3}'
 REQUEST = (b'POST /run HTTP/1.1\r\nHost: 127.0.0.1:5000\r\nContent-Type: application/json\r\n'
@@ -51,15 +53,6 @@ class InstantFleet:
         return {}
 
 
-def calibration(loops=3_000_000):
-    best = None
-    for _ in range(3):
-        started = time.perf_counter()
-        total = 0
-        for i in range(loops):
-            total += i & 7
-        best = min(best or 1e9, (time.perf_counter() - started) * 1000)
-    return best
 
 
 def connection(front, lean=True):

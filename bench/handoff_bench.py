@@ -33,25 +33,16 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 from twisted.internet import defer, reactor  # noqa: E402
 from twisted.internet.threads import deferToThreadPool  # noqa: E402
 from twisted.python.threadpool import ThreadPool  # noqa: E402
 
 from bis_twisted.model_server.threads import ResultInbox, WorkerThreads, defer_in_thread, fire  # noqa: E402
+from peer_bench import calibration  # noqa: E402  (the one calibration loop of the bench scripts)
 
 
-def calibration(loops=3_000_000):
-    """Milliseconds of a fixed pure-Python loop (the best of 3): the speed of this machine now."""
-    best = None
-    for _ in range(3):
-        started = time.perf_counter()
-        total = 0
-        for i in range(loops):
-            total += i & 7
-        elapsed = (time.perf_counter() - started) * 1000
-        best = elapsed if best is None else min(best, elapsed)
-    return best
 
 
 def put_wake_cost(count=20000):

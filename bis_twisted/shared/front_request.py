@@ -135,13 +135,8 @@ class FrontRequest:
         self.content = io.BytesIO()
 
     def handleContentChunk(self, data):
-        if self._budget.refused:
-            return
-        refusal = self._budget.take(data, chunked=self.channel.length is None)
-        if refusal is not None:
-            self.channel.refuse(*refusal, request=self)
-            return
-        self.content.write(data)
+        if self._budget.take(data, self):
+            self.content.write(data)
 
     def requestReceived(self, method, uri, version):
         """The body is in: the site's resource answers it, as twisted.web's ``render`` would."""

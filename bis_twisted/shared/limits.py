@@ -155,16 +155,22 @@ class BodyBudget:
             return self._busy()
         return None
 
-    def take(self, data, chunked):
-        """Count a piece of the body: None, or the refusal it earns (the request is then refused)."""
+    def take(self, data, request):
+        """Count a piece of ``request``'s body: True when it may be kept; else the request's
+        channel refuses it (413 or 503), and False."""
+        if self.refused:
+            return False
         self._received += len(data)
+        channel = request.channel
         if self._received > self.site.limits.max_body:
-            self.refused = True
-            return _too_large(self.site.limits)
-        if chunked and not self._reserve(len(data)):  # counted as it comes
-            self.refused = True
-            return self._busy()
-        return None
+            refusal = _too_large(self.site.limits)
+        elif channel.length is None and not self._reserve(len(data)):  # chunked: counted as it comes
+            refusal = self._busy()
+        else:
+            return True
+        self.refused = True
+        channel.refuse(*refusal, request=request)
+        return False
 
     def _busy(self):
         return ('503 Service Unavailable', self.site.bodies_busy_message(), (('Retry-After', '1'),))
@@ -207,13 +213,8 @@ class LimitedRequest(Request):
         self._budget.release()
 
     def handleContentChunk(self, data):
-        if self._budget.refused:
-            return
-        refusal = self._budget.take(data, chunked=self.channel.length is None)
-        if refusal is not None:
-            self.channel.refuse(*refusal, request=self)
-            return
-        Request.handleContentChunk(self, data)
+        if self._budget.take(data, self):
+            Request.handleContentChunk(self, data)
 
     def requestReceived(self, command, path, version):
         if not self._budget.refused:
