@@ -224,7 +224,9 @@ class LimitedRequest(Request):
 def answer_head(version, code, reason, headers):
     """The head of an answer (``HTTPChannel.writeHeaders``'s bytes), which a channel holds
     (``held_head``) until the first of its body: twisted.web's ``Request`` writes the two
-    one after the other, and they leave in one send."""
+    one after the other, and they leave in one send. An answer without a body sends it when
+    it is done (``requestDone``); a route that writes ``b''`` to send the head early has it
+    sent with its first bytes of body instead."""
     lines = [version, b' ', code, b' ', reason, b'\r\n']
     for name, values in headers.getAllRawHeaders():
         for value in values:
