@@ -2,7 +2,9 @@
 """The gateway's own work per ``/run``, in memory: the real site (``GuardedSite`` with the
 access log on), the real routes, a fleet whose child answers at once with a complete answer
 (the bytes a model server writes), over a ``StringTransport``: no sockets, no child, so only
-the HTTP front, the route and the answer's write are timed, on each front:
+the HTTP front, the route and the answer's write are timed, on each front, beside
+twisted.web's own floor (``floor_twisted.py``'s constant ``Resource`` on a plain ``Site``, the
+same request):
 
     python bench/front_path_bench.py                 # both fronts, microseconds per request
     python bench/front_path_bench.py --profile httptools   # cProfile of one front, top 30
@@ -27,6 +29,7 @@ from twisted.internet import task  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 from twisted.logger import globalLogBeginner  # noqa: E402
+from twisted.web.server import Site  # noqa: E402
 
 from bis_twisted.gateway.accesslog import AccessLog, Stamped  # noqa: E402
 from bis_twisted.gateway.routes import Gateway  # noqa: E402
@@ -55,7 +58,23 @@ class InstantFleet:
 
 
 
+def floor_connection():
+    """twisted.web alone: bench/floor_twisted.py's constant ``Resource`` on a plain ``Site``."""
+    from floor_twisted import Constant
+    clock = task.Clock()
+    site = Site(Constant())
+    site.log = lambda request: None
+    site.reactor = clock
+    channel = site.buildProtocol(IPv4Address('TCP', '127.0.0.1', 40000))
+    channel.callLater = clock.callLater
+    transport = StringTransport(peerAddress=IPv4Address('TCP', '127.0.0.1', 40000))
+    channel.makeConnection(transport)
+    return channel, transport
+
+
 def connection(front, lean=True):
+    if front == 'floor':
+        return floor_connection()
     clock = task.Clock()
     gateway = Gateway(InstantFleet(), reactor=clock, app_version='bench')
     site = make_site(Stamped(gateway.resource(), clock), gateway_fields=gateway.gateway_fields,
@@ -111,7 +130,7 @@ def main():
         print(out.getvalue())
         return
     for front, lean, name in (('httptools', True, 'httptools'), ('httptools', False, 'httptools, twisted.web Request'),
-                              ('twisted', False, 'twisted')):
+                              ('twisted', False, 'twisted'), ('floor', False, 'twisted.web floor (a constant)')):
         best = min(loop(front, args.calls, lean) for _ in range(args.repeats))
         print('{:32} {:6.1f} us per /run (best of {} x {})'.format(name, best, args.repeats, args.calls))
 
