@@ -23,7 +23,7 @@ Requests submitted inside ``gathered()`` (the frames of one read from the gatewa
 its end, then start together: they arrived together, so they share a batch.
 
 A streaming request (``run_stream``) holds its worker until its ``PooledStream`` ended or was
-closed; each chunk is made in a pool thread. Streaming requests are never batched.
+closed; each chunk is made in a worker thread. Streaming requests are never batched.
 """
 
 import collections
