@@ -34,10 +34,9 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from ..errors import ConfigError
-from ..protocol import REQUEST_ID_HEADER
 from .front_request import FrontRequest
-from .limits import (GuardedChannel, answer_head, body_timeout_message, head_timeout_message, linger_and_close,
-                     raw_answer, rearmed, send_answer)
+from .limits import (GuardedChannel, answer_head, body_expired, disarm, head_expired, linger_and_close, rearmed,
+                     refusal_answer, send_answer)
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _HTTP_VERSIONS = {'1.1': b'HTTP/1.1', '1.0': b'HTTP/1.0'}
@@ -321,27 +320,13 @@ class FrontChannel(Protocol):
         return rearmed(call, seconds, expired, self.callLater)
 
     def _disarm(self):
-        for name in ('_head_call', '_body_call', '_idle_call', '_linger_call'):
-            call = getattr(self, name)
-            if call is not None and call.active():
-                call.cancel()
-            setattr(self, name, None)
+        disarm(self, ('_head_call', '_body_call', '_idle_call', '_linger_call'))
 
     def _head_expired(self):
-        self._head_call = None
-        if self._phase != 'head' or self._closing:
-            return
-        if not self._head_started:
-            self.transport.loseConnection()  # connected and said nothing: nobody to answer
-        else:
-            self.refuse('408 Request Timeout', head_timeout_message(self.site.limits))
+        head_expired(self)
 
     def _body_expired(self):
-        self._body_call = None
-        if self._phase != 'body' or self._closing:
-            return
-        self.refuse('408 Request Timeout', body_timeout_message(self.site.limits, self.length),
-                    request=self._reading)
+        body_expired(self, self._reading)
 
     def _idle_expired(self):
         # left armed while requests come (moving it later is cheap, a new one is not): it
@@ -369,13 +354,7 @@ class FrontChannel(Protocol):
             return
         self._closing = True
         self._disarm()
-        fields = None
-        gateway_fields = getattr(self.site, 'gateway_fields', None)
-        if request is not None and gateway_fields is not None:
-            fields = gateway_fields(request)
-            if 'request_id' in fields:
-                headers = tuple(headers) + ((REQUEST_ID_HEADER.decode('ascii'), fields['request_id']),)
-        self._refusal = raw_answer(status_line, message, headers, fields)
+        self._refusal = refusal_answer(self.site, status_line, message, headers, request)
         self._refused = request
         if not self._answering():  # else after the answers owed before it (pipelined requests)
             self._write_refusal()

@@ -30,6 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, version as SERVER_VERSION
 
 from .limits import BodyBudget
+from .web import write_json
 
 _NO_BODY = (204, 304)
 _CANONICAL = {}  # a header name as given -> its Header-Case, as twisted.web writes it
@@ -160,11 +161,7 @@ class FrontRequest:
         self._log.failure('unexpected error answering {method} {path}', failure, method=self.method, path=self.path)
         if self.startedWriting or self.finished or self._disconnected:
             return
-        self.setResponseCode(500)
-        data = b'{"ERROR":"internal error: %s"}' % failure.type.__name__.encode('ascii', 'replace')
-        self.setHeader(b'Content-Type', b'application/json')
-        self.setHeader(b'Content-Length', b'%d' % len(data))
-        self.write(data)
+        self.write(write_json(self, 500, {'ERROR': 'internal error: {}'.format(failure.type.__name__)}))
         self.finish()
 
     def connectionLost(self, reason):

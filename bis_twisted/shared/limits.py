@@ -221,6 +221,53 @@ class LimitedRequest(Request):
             Request.requestReceived(self, command, path, version)
 
 
+# The deadlines of a channel, GuardedChannel's here and FrontChannel's (front.py) alike: each
+# keeps its timers as ``_head_call``, ``_body_call``... and its state as ``_phase`` ('head',
+# 'body', ...), ``_closing`` (refused: what comes is dropped), ``_head_started`` and
+# ``length`` (the body's), and refuses with ``refuse(status_line, message, request=...)``.
+
+def refusal_answer(site, status_line, message, headers=(), request=None):
+    """The bytes of a channel's refusal: ``{"ERROR": message}``, and with the ``request`` (its
+    head is in) the ``site``'s ``gateway_fields(request)`` as every other answer has, its
+    request id as a header too."""
+    fields = None
+    gateway_fields = getattr(site, 'gateway_fields', None)
+    if request is not None and gateway_fields is not None:
+        fields = gateway_fields(request)
+        if 'request_id' in fields:
+            headers = tuple(headers) + ((REQUEST_ID_HEADER.decode('ascii'), fields['request_id']),)
+    return raw_answer(status_line, message, headers, fields)
+
+
+def disarm(channel, names):
+    """Cancel the timers ``channel`` keeps under ``names``."""
+    for name in names:
+        call = getattr(channel, name)
+        if call is not None and call.active():
+            call.cancel()
+        setattr(channel, name, None)
+
+
+def head_expired(channel):
+    """``channel``'s head deadline passed: 408, or a silent close when nothing was said."""
+    channel._head_call = None
+    if channel._phase != 'head' or channel._closing:
+        return
+    if not channel._head_started:
+        channel.transport.loseConnection()  # connected and said nothing: nobody to answer
+    else:
+        channel.refuse('408 Request Timeout', head_timeout_message(channel.site.limits))
+
+
+def body_expired(channel, request=None):
+    """``channel``'s body deadline passed: 408 (carrying ``request``'s fields when given)."""
+    channel._body_call = None
+    if channel._phase != 'body' or channel._closing:
+        return
+    channel.refuse('408 Request Timeout', body_timeout_message(channel.site.limits, channel.length),
+                   request=request)
+
+
 def answer_head(version, code, reason, headers):
     """The head of an answer (``HTTPChannel.writeHeaders``'s bytes), which a channel holds
     (``held_head``) until the first of its body: twisted.web's ``Request`` writes the two
@@ -297,26 +344,13 @@ class GuardedChannel(BadRequestHookChannel):
         return rearmed(call, seconds, expired, self.callLater)
 
     def _disarm(self):
-        for name in ('_head_call', '_body_call', '_linger_call'):
-            call = getattr(self, name)
-            if call is not None and call.active():
-                call.cancel()
-            setattr(self, name, None)
+        disarm(self, ('_head_call', '_body_call', '_linger_call'))
 
     def _head_expired(self):
-        self._head_call = None
-        if self._phase != 'head' or self._closing:
-            return
-        if not self._head_started:
-            self.transport.loseConnection()  # connected and said nothing: nobody to answer
-        else:
-            self.refuse('408 Request Timeout', head_timeout_message(self.site.limits))
+        head_expired(self)
 
     def _body_expired(self):
-        self._body_call = None
-        if self._phase != 'body' or self._closing:
-            return
-        self.refuse('408 Request Timeout', body_timeout_message(self.site.limits, self.length))
+        body_expired(self)
 
     # -- reading ---------------------------------------------------------------------------------
     def dataReceived(self, data):
@@ -408,13 +442,7 @@ class GuardedChannel(BadRequestHookChannel):
             return
         self._closing = True
         self._disarm()
-        fields = None
-        gateway_fields = getattr(self.site, 'gateway_fields', None)
-        if request is not None and gateway_fields is not None:
-            fields = gateway_fields(request)
-            if 'request_id' in fields:
-                headers = tuple(headers) + ((REQUEST_ID_HEADER.decode('ascii'), fields['request_id']),)
-        self.transport.write(raw_answer(status_line, message, headers, fields))
+        self.transport.write(refusal_answer(self.site, status_line, message, headers, request))
         self._linger_call = linger_and_close(self.transport, self.callLater, self.site.limits.linger)
 
     def bad_request(self):
