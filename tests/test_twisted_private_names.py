@@ -5,6 +5,7 @@ When a Twisted release moves or renames one, this fails loudly instead of the pr
 bad-request answer breaking at run time.
 """
 import ast
+import os
 import inspect
 import pathlib
 
@@ -67,3 +68,59 @@ def test_no_other_module_names_a_private_twisted_attribute():
                     and isinstance(node.value, ast.Name) and node.value.id in twisted_names:
                 found.append('{}: {}.{}'.format(path.name, node.value.id, node.attr))
     assert found == []
+
+
+def test_the_lean_dispatch_serves_events_and_logs_what_escapes():
+    from twisted.internet import epollreactor
+    from twisted.python import log as legacy_log
+
+    for name in ('_poller', '_selectables', '_doReadOrWrite', 'doPoll'):
+        assert name in vars(epollreactor.EPollReactor) or hasattr(epollreactor.EPollReactor(), name)
+    reactor = epollreactor.EPollReactor()
+    assert twisted_private.lean_dispatch(reactor) is True
+    assert vars(reactor)['doIteration'] is vars(reactor)['doPoll']
+    assert twisted_private.lean_dispatch(reactor) is False  # once only
+    assert twisted_private.lean_dispatch(MemoryReactorClock()) is False  # not the epoll reactor: left alone
+
+    read_fd, write_fd = os.pipe()
+    got, errors = [], []
+
+    class Reader:
+        def __init__(self, fd):
+            self.fd = fd
+
+        def fileno(self):
+            return self.fd
+
+        def logPrefix(self):
+            return 'Reader'
+
+        def doRead(self):
+            got.append(os.read(self.fd, 100))
+
+        def connectionLost(self, reason):
+            got.append('lost')
+
+    reader = Reader(read_fd)
+    reactor.addReader(reader)
+    os.write(write_fd, b'ping')
+    reactor.doIteration(1)
+    assert got == [b'ping']  # dispatched by the lean loop
+
+    # a handler that raises is still logged and its connection dropped, as before
+    observer = errors.append
+    legacy_log.addObserver(observer)
+    try:
+        broken = Reader(read_fd)
+        broken.doRead = lambda: 1 / 0
+        reactor.removeReader(reader)
+        reactor.addReader(broken)
+        os.write(write_fd, b'x')
+        reactor.doIteration(1)
+    finally:
+        legacy_log.removeObserver(observer)
+        reactor.removeAll()
+        os.close(read_fd)
+        os.close(write_fd)
+    assert any(event.get('isError') for event in errors)
+    assert got[-1] == 'lost'

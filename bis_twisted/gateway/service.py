@@ -28,6 +28,7 @@ from ..shared.gctune import freeze_startup_objects
 from ..shared.limits import MIB, Limits
 from ..shared.security import AdminGuard, admin_token
 from ..shared.stalls import StallWatch
+from ..shared.twisted_private import lean_dispatch
 from ..shared.web import LISTEN_BACKLOG, make_site
 from .accesslog import AccessLog, Stamped
 from .apikeys import KeyStore
@@ -199,6 +200,7 @@ class GatedPort(Service):
             return
         self._said_serving = True
         frozen = freeze_startup_objects()  # start-up is done: spare it the full collections
+        lean_dispatch(self._reactor)
         address = self.port.getHost()
         self._log.info('gateway serving on http://{host}:{port}', host=address.host, port=address.port)
         self._log.debug('{n} start-up objects exempt from garbage collection', n=frozen)

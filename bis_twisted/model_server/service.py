@@ -42,6 +42,7 @@ from ..shared.gctune import freeze_startup_objects
 from ..shared.limits import Limits
 from ..shared.security import AdminGuard
 from ..shared.stalls import StallWatch
+from ..shared.twisted_private import lean_dispatch
 from ..shared.web import LISTEN_BACKLOG, make_site
 from .app import ModelServer
 from .frames import InnerOrHTTP
@@ -118,6 +119,7 @@ class WorkersService(Service):
             await other.port
         await self.server.start()
         freeze_startup_objects()  # the model is loaded: full collections need not walk it again
+        lean_dispatch(self._reactor)
         address = port.getHost()
         print('{} {}'.format(READY_LINE, address.port), flush=True)
         self._log.info('server {name} serving {n} workers of {cls} on {host}:{port}{path}',

@@ -5,6 +5,7 @@ Nothing else in bis_twisted imports a private Twisted name.
 """
 
 from twisted.internet import tcp as _tcp, unix as _unix
+from twisted.python import log as _legacy_log
 from twisted.web import client as _web_client
 from twisted.web.http import HTTPChannel
 
@@ -68,3 +69,36 @@ def send_now(transport, data):
             return
         data = data[sent:]
     transport.write(data)
+
+
+def lean_dispatch(reactor):
+    """``EPollReactor.doPoll`` (the reactor's ``doIteration``), for ``reactor`` when it is the
+    epoll one: the same loop, without ``log.callWithLogger`` around each ready descriptor.
+    That wrapper asks the selectable for its ``logPrefix()`` and pushes a copy of the legacy
+    log context on every event (a few microseconds each, a request's read among them) only so
+    a legacy ``log.msg`` made inside knows its "system"; bis_twisted logs through
+    ``twisted.logger``, which does not read that context. ``_doReadOrWrite`` still logs what
+    a ``doRead``/``doWrite`` raises and drops that connection; what escapes it is logged
+    here, as the wrapper logged it. Returns whether it replaced the loop."""
+    from twisted.internet import epollreactor
+    if type(reactor) is not epollreactor.EPollReactor or 'doIteration' in vars(reactor):
+        return False
+    poll, selectables, handle = reactor._poller.poll, reactor._selectables, reactor._doReadOrWrite
+
+    def do_poll(timeout):
+        try:
+            events = poll(-1 if timeout is None else timeout, len(selectables))
+        except InterruptedError:
+            return
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is not None:
+                try:
+                    handle(selectable, fd, event)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    _legacy_log.err(system='bis_twisted.lean_dispatch')
+
+    reactor.doIteration = reactor.doPoll = do_poll
+    return True
