@@ -8,6 +8,7 @@ own tests count too (threads started, calls inside at once), never time.
 """
 
 import collections
+import functools
 import sys
 import threading
 import time
@@ -18,7 +19,10 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from bis_twisted.model_server.threads import ResultInbox, WorkerThreads, defer_in_thread
+from bis_twisted import FlaskWorker
+from bis_twisted.errors import QueueFull
+from bis_twisted.model_server.pool import WorkerPool
+from bis_twisted.model_server.threads import ResultInbox, WorkerThreads, defer_in_thread, fire
 
 WAIT_SECONDS = 10  # how long a thread waits at a barrier or an event before it gives up
 
@@ -363,3 +367,150 @@ async def test_a_pool_on_worker_threads_answers_each_of_many_requests_once_one_t
     assert [worker.most_inside for worker in workers] == [1, 1, 1, 1]
     assert all(thread.daemon for worker in workers for thread in worker.threads_seen)
     assert (pool.busy, pool.queued) == (0, 0)
+
+
+# -- a busy worker's next request, waiting in its thread -------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_follower_runs_in_the_thread_of_the_call_it_follows_right_after_it(worker_threads):
+    inbox = ResultInbox(reactor)
+    gate = threading.Event()
+    ran = []
+
+    def call(name):
+        if name == 'first':
+            gate.wait(WAIT_SECONDS)
+        ran.append((name, threading.current_thread()))
+        return name
+
+    first, second = defer.Deferred(), defer.Deferred()
+    handle = worker_threads.callInThreadWithCallback(inbox.sender(functools.partial(fire, first)), call, 'first')
+    follower = worker_threads.follow(handle, inbox.sender(functools.partial(fire, second)), call, 'second')
+    assert follower is not None
+    assert worker_threads.follow(handle, lambda ok, result: None, call, 'third') is None  # one at a time
+    gate.set()
+
+    assert await first == 'first' and await second == 'second'
+    assert [name for name, _thread in ran] == ['first', 'second']
+    assert ran[0][1] is ran[1][1] and worker_threads.threads == 1  # its thread went on: none was started
+    assert worker_threads.follow(handle, lambda ok, result: None, call, 'late') is None  # that call has ended
+    assert worker_threads.unfollow(handle, follower) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_follower_taken_back_before_its_thread_begins_it_never_runs(worker_threads):
+    inbox = ResultInbox(reactor)
+    gate = threading.Event()
+    ran = []
+
+    def call(name):
+        if name == 'first':
+            gate.wait(WAIT_SECONDS)
+        ran.append(name)
+        return name
+
+    first = defer.Deferred()
+    handle = worker_threads.callInThreadWithCallback(inbox.sender(functools.partial(fire, first)), call, 'first')
+    follower = worker_threads.follow(handle, lambda ok, result: ran.append('handed over'), call, 'second')
+
+    assert worker_threads.unfollow(handle, follower) is True
+    gate.set()
+    assert await first == 'first'
+    assert await defer_in_thread(worker_threads, inbox, call, 'after') == 'after'  # the thread serves on
+    assert ran == ['first', 'after']
+
+
+class GatedEcho(FlaskWorker):
+    """A model whose ``_predict`` for ``n`` waits until the test opens gate ``n``, and says
+    which worker ran it."""
+
+    gates = collections.defaultdict(threading.Event)
+    ran = []
+
+    def _pre_process(self, inputs):
+        return inputs['n']
+
+    def _predict(self, n):
+        if not self.gates[n].wait(WAIT_SECONDS):
+            raise TimeoutError('gate {} was never opened'.format(n))
+        self.ran.append((n, self.worker_id))
+        return n
+
+    def _post_process(self, n):
+        return {'n': n}
+
+
+@pytest.fixture
+def gated_pool():
+    GatedEcho.gates.clear()
+    GatedEcho.ran = []
+    pools = []
+
+    async def make(size):
+        pool = WorkerPool(lambda index: GatedEcho(worker_id=index), size=size, max_queue=8, reactor=reactor)
+        await pool.start()
+        pools.append(pool)
+        return pool
+
+    yield make
+    for gate in list(GatedEcho.gates.values()):
+        gate.set()
+    for pool in pools:
+        pool.stop()
+
+
+def _send(pool, n):
+    return defer.Deferred.fromCoroutine(pool.run({'n': n}))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_behind_a_blocked_call_goes_to_the_worker_that_becomes_free(gated_pool):
+    pool = await gated_pool(2)
+    answers = [_send(pool, n) for n in range(4)]  # 0 and 1 run; 2 and 3 wait behind them in their threads
+    assert (pool.busy, pool.queued) == (2, 2)
+
+    GatedEcho.gates[1].set()
+    GatedEcho.gates[3].set()  # worker 1 ends both its calls while 0 blocks worker 0
+    got = {3: await answers[3]}
+    GatedEcho.gates[2].set()
+    got[2] = await answers[2]  # not stuck behind 0: the free worker took it
+
+    assert got[2][2].body['predict_result'] == {'n': 2}
+    assert dict(GatedEcho.ran)[2] == dict(GatedEcho.ran)[1]
+    assert not answers[0].called and 0 not in dict(GatedEcho.ran)
+    GatedEcho.gates[0].set()
+    got[0], got[1] = await answers[0], await answers[1]
+    assert sorted(call_id for _worker, call_id, _outcome in got.values()) == [1, 2, 3, 4]
+    assert (pool.busy, pool.queued) == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_cancelled_while_it_waits_behind_a_call_is_never_run(gated_pool):
+    pool = await gated_pool(1)
+    running, behind = _send(pool, 0), _send(pool, 1)
+    assert (pool.busy, pool.queued) == (1, 1)
+
+    behind.cancel()  # its client went away
+    assert pool.queued == 0
+    GatedEcho.gates[1].set()
+    GatedEcho.gates[0].set()
+    await running
+    await pool.when_idle()
+
+    assert [n for n, _worker in GatedEcho.ran] == [0]
+    assert behind.called and isinstance(behind.result, Failure) and behind.result.check(defer.CancelledError)
+    behind.addErrback(lambda _failure: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_refuses_a_request_waiting_behind_a_call(gated_pool):
+    pool = await gated_pool(1)
+    _send(pool, 0).addErrback(lambda _failure: None)
+    behind = _send(pool, 1)
+
+    pool.stop()
+
+    failures = []
+    behind.addErrback(failures.append)
+    assert failures and failures[0].check(QueueFull)
+    GatedEcho.gates[0].set()
+    assert [n for n, _worker in GatedEcho.ran] in ([], [0])

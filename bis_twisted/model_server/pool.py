@@ -22,6 +22,12 @@ before its batch started is dropped from it.
 Requests submitted inside ``gathered()`` (the frames of one read from the gateway) wait for
 its end, then start together: they arrived together, so they share a batch.
 
+With batching off and every worker busy, each busy worker's next request waits in its thread,
+behind the call it runs (``WorkerThreads.follow``): the thread goes on to it without a
+wake-up. It still counts as queued. A worker that becomes free while the queue is empty takes
+back the requests no thread has begun, so none waits behind a call that blocks; one cancelled
+before its thread begins it never runs.
+
 A streaming request (``run_stream``) holds its worker until its ``PooledStream`` ended or was
 closed; each chunk is made in a worker thread. Streaming requests are never batched.
 """
@@ -75,7 +81,7 @@ class WorkerPool:
         self._retire = 0
         self._loading = 0
         self._indexes = itertools.count()
-        self._call_ids = itertools.count(1)
+        self._last_call_id = 0
         self._resize_lock = defer.DeferredLock()
         self._idle_waiters = Waiters()
         self.max_batch_size = max_batch_size
@@ -87,6 +93,12 @@ class WorkerPool:
         self._load = (0, float('-inf'))  # the most requests held at once lately, and when
         self._arrivals = (float('-inf'), 0, 0)  # (this period's start, its arrivals, the last period's)
         self.batch_sizes = collections.Counter()  # size -> batches run, for /health and /metrics
+        # one request at a time (no batching): a busy worker's next request may wait in its
+        # thread, behind the call it runs (WorkerThreads.follow), so the thread goes on to it
+        # without a wake-up; a fake thread pool without ``follow`` never does this
+        self._follow = getattr(self._threadpool, 'follow', None) if max_batch_size == 1 else None
+        self._calls = {}  # worker -> the handle of the call its thread runs (when it can be followed)
+        self._followers = {}  # worker -> (job, handle): its next request, behind that call
 
     # -- numbers shown in status ------------------------------------------------------------
     @property
@@ -100,7 +112,8 @@ class WorkerPool:
 
     @property
     def queued(self):
-        return len(self._waiting)
+        """Requests not begun: in the queue, or behind a busy worker's call in its thread."""
+        return len(self._waiting) + len(self._followers)
 
     # -- life cycle ----------------------------------------------------------------------------
     async def start(self):
@@ -114,6 +127,7 @@ class WorkerPool:
         if self._holding is not None:
             self._holding[1].cancel()
             self._holding = None
+        self._take_back_all()
         while self._waiting:
             self._waiting.popleft().answer.errback(QueueFull('server is stopping'))
         self._idle.clear()
@@ -231,7 +245,7 @@ class WorkerPool:
         free = len(self._idle) + (self._holding is not None)
         if self._gathering:  # the free workers take up to a batch each of what waits, at its end
             return len(self._waiting) >= self.max_queue + free * self.max_batch_size
-        return not free and len(self._waiting) >= self.max_queue
+        return not free and len(self._waiting) + len(self._followers) >= self.max_queue
 
     def gathered(self):
         """A context: requests submitted inside start together at its end (nothing starts before)."""
@@ -246,12 +260,16 @@ class WorkerPool:
             self._dispatch()
 
     def _cancelled(self, job):
-        if job.call_id is None:  # still waiting: it leaves the queue (and any batch being formed)
+        if job.follows is not None:  # behind a busy worker's call: dropped if its thread has not begun it
+            if self._take_back(job.follows) is None:
+                return  # begun: it runs on, as below
+        elif not job.begun:  # still waiting: it leaves the queue (and any batch being formed)
             self._waiting.remove(job)
-            if not self._gathering:
-                self._dispatch()
-            self._check_idle()
-        # else it runs on: its worker is released when the hook returns, its answer dropped
+        else:
+            return  # it runs on: its worker is released when the hook returns, its answer dropped
+        if not self._gathering:
+            self._dispatch()
+        self._check_idle()
 
     def _dispatch(self):
         """Start what can start now: a free worker takes up to ``max_batch_size`` waiting
@@ -267,12 +285,65 @@ class WorkerPool:
                     self._idle.appendleft(worker)
             else:
                 return
+        if self._followers and len(self._waiting) < len(self._idle):
+            self._take_back_all()  # a free worker with nothing to take: followers need not wait for their call
         while self._waiting and self._idle:
             worker = self._idle.popleft()
             if self.batch_timeout > 0 and not self._idle and len(self._waiting) < self._batch_goal():
                 self._holding = (worker, self._reactor.callLater(self.batch_timeout, self._held_enough))
                 return
             self._start(worker)
+        if self._waiting and self._follow is not None and not self._retire:
+            self._queue_followers()
+
+    def _next_call_id(self):
+        self._last_call_id += 1
+        return self._last_call_id
+
+    def _queue_followers(self):
+        """Each busy worker without a follower gets the next waiting request behind its call."""
+        for worker, handle in self._calls.items():
+            if not self._waiting or self._waiting[0].stream:
+                return
+            if worker in self._followers:
+                continue
+            job = self._waiting[0]
+            call_id = job.call_id if job.call_id is not None else self._last_call_id + 1  # kept once given
+            done = self._inbox.sender(functools.partial(self._ran, worker, [job], True))
+            follower = self._follow(handle, done, worker.execute, job.inputs, call_id, job.request_id)
+            if follower is None:  # its call ended: the worker is released when its result comes
+                continue
+            self._waiting.popleft()
+            if job.call_id is None:
+                job.call_id = self._next_call_id()
+            job.begun = True
+            job.follows = worker
+            self._followers[worker] = (job, follower)
+            self._running += 1
+            self.batch_sizes[1] += 1
+
+    def _take_back(self, worker):
+        """The follower of ``worker``'s call, back out of its thread as if it had never left the
+        queue (it is not put back); None when the thread has gone on to it."""
+        job, follower = self._followers[worker]
+        if not self._threadpool.unfollow(self._calls[worker], follower):
+            return None
+        del self._followers[worker]
+        job.follows = None
+        job.begun = False  # its call id is kept: it is this request's, whichever worker runs it
+        self._running -= 1
+        self.batch_sizes[1] -= 1
+        if not self.batch_sizes[1]:
+            del self.batch_sizes[1]
+        return job
+
+    def _take_back_all(self):
+        """Every follower no thread has begun, back at the head of the queue in its order."""
+        ordered = sorted(self._followers.items(), key=lambda item: item[1][0].call_id, reverse=True)
+        for worker, _follower in ordered:
+            job = self._take_back(worker)
+            if job is not None:
+                self._waiting.appendleft(job)
 
     def _held_enough(self):
         worker, _timer = self._holding
@@ -287,7 +358,9 @@ class WorkerPool:
         size = 1 if self._waiting[0].stream else min(self.max_batch_size, len(self._waiting))
         jobs = [self._waiting.popleft() for _ in range(size)]
         for job in jobs:
-            job.call_id = next(self._call_ids)
+            job.begun = True
+            if job.call_id is None:
+                job.call_id = self._next_call_id()
         self._busy.add(worker)
         self._running += len(jobs)
         self.batch_sizes[len(jobs)] += 1
@@ -299,7 +372,10 @@ class WorkerPool:
         done = self._inbox.sender(functools.partial(self._ran, worker, jobs, single))
         if single:
             job = jobs[0]
-            self._threadpool.callInThreadWithCallback(done, worker.execute, job.inputs, job.call_id, job.request_id)
+            handle = self._threadpool.callInThreadWithCallback(done, worker.execute, job.inputs, job.call_id,
+                                                               job.request_id)
+            if self._follow is not None and handle is not None:
+                self._calls[worker] = handle
         else:
             self._threadpool.callInThreadWithCallback(done, worker.execute_batch,
                                                       [(job.inputs, job.call_id, job.request_id) for job in jobs])
@@ -312,7 +388,17 @@ class WorkerPool:
             result = result if isinstance(result, Failure) else Failure(result)
         elif single:
             result = [result]
-        self._finished(result, worker, jobs)
+        follower = self._followers.pop(worker, None) if self._followers else None
+        if follower is None:
+            self._calls.pop(worker, None)
+            self._finished(result, worker, jobs)
+            return
+        # its thread went on to the follower: the worker stays busy, with that call now
+        job, self._calls[worker] = follower
+        job.follows = None
+        self._running -= len(jobs)
+        self._answer(result, worker, jobs)
+        self._dispatch()
 
     def call_in_thread(self, function, *args):
         """A Deferred of ``function(*args)`` run on the worker threads, fired on the reactor."""
@@ -343,6 +429,10 @@ class WorkerPool:
         self._running -= len(jobs)
         self._busy.discard(worker)
         self._release(worker)
+        self._answer(outcomes, worker, jobs)
+        return None
+
+    def _answer(self, outcomes, worker, jobs):
         failed = isinstance(outcomes, Failure)
         for job, outcome in zip(jobs, [outcomes] * len(jobs) if failed else outcomes):
             if job.answer.called:  # its caller gave up (client gone, deadline): the result is dropped
@@ -352,7 +442,6 @@ class WorkerPool:
             else:
                 job.answer.callback((worker, job.call_id,
                                      attr.evolve(outcome, batch_size=len(jobs)) if len(jobs) > 1 else outcome))
-        return None
 
     def _release(self, worker):
         if self._retire:
@@ -447,10 +536,13 @@ class PooledStream:
 
 @attr.s(eq=False)
 class _Job:
-    """One request in the pool: waiting while ``call_id`` is None, running after."""
+    """One request in the pool: waiting until ``begun``, running after (or waiting behind the
+    call of the worker it ``follows``, in that call's thread)."""
 
     inputs = attr.ib()
     request_id = attr.ib()
     stream = attr.ib(default=False)
     answer = attr.ib(default=None)
     call_id = attr.ib(default=None)
+    begun = attr.ib(default=False)
+    follows = attr.ib(default=None)  # the busy worker whose call it waits behind, in that call's thread
