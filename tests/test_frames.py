@@ -310,3 +310,99 @@ def _sleep(seconds):
     d = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
+
+
+# -- the deadlines of the calls, on a Clock --------------------------------------------------------
+def _leg_on_clock():
+    from twisted.internet import task
+    from twisted.internet.testing import StringTransport
+
+    from bis_twisted.gateway.inner import InnerLeg, _InnerProtocol
+
+    clock = task.Clock()
+    leg = InnerLeg(clock, '\0bis-test-frames-clock', 1 * MIB)
+    protocol = _InnerProtocol(leg)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    leg._protocol = protocol
+    return clock, leg, protocol, transport
+
+
+def _answer(protocol, number, body=b'{"ok": 1}'):
+    from bis_twisted.shared.frames import ANSWER, answer_parts, _HEAD
+    import struct
+    frame = _HEAD.pack(ANSWER, number) + b''.join(answer_parts(200, False, body))
+    protocol.dataReceived(struct.pack('!I', len(frame)) + frame)
+
+
+def _sent_kinds(transport):
+    """The kinds of the frames written (after the connection's MAGIC)."""
+    import struct
+    from bis_twisted.shared.frames import MAGIC
+    data = transport.value()[len(MAGIC):]
+    kinds = []
+    while data:
+        (size,) = struct.unpack_from('!I', data)
+        kinds.append(data[4])
+        data = data[4 + size:]
+    return kinds
+
+
+def test_many_calls_share_one_deadline_timer_and_only_the_unanswered_ones_time_out():
+    from bis_twisted.shared.frames import CANCEL, REQUEST
+
+    clock, leg, protocol, transport = _leg_on_clock()
+    answers = []
+    for n in range(5):
+        answers.append(leg.post(b'{"X": %d}' % n, 10, "'subject'"))
+        clock.advance(1)
+    assert len(clock.getDelayedCalls()) == 1  # one timer for five calls, not five
+
+    _answer(protocol, 1)  # the calls are numbered from 1: answers[0]
+    _answer(protocol, 4)  # answers[3]
+    clock.advance(6.5)  # 11.5: past the first two deadlines (calls made at 0 and 1, TIMEOUT 10)
+    assert answers[0].called and answers[0].result.status == 200
+    failures = []
+    answers[1].addErrback(failures.append)
+    assert failures and failures[0].check(GatewayTimeout)
+    assert 'did not answer within its TIMEOUT of 10s' in failures[0].getErrorMessage()
+    assert not answers[2].called and not answers[4].called  # theirs have not passed yet
+    assert _sent_kinds(transport) == [REQUEST] * 5 + [CANCEL]  # the child drops the one that timed out
+
+    clock.advance(1)
+    assert answers[3].result.status == 200  # answered in time: not expired by the deadline it had
+    answers[2].addErrback(failures.append)
+    assert len(failures) == 2
+    clock.advance(2)
+    answers[4].addErrback(failures.append)
+    assert len(failures) == 3 and not clock.getDelayedCalls() and not protocol._deadlines
+
+
+def test_a_call_with_a_sooner_deadline_than_the_one_before_it_gets_its_own_timer():
+    clock, leg, protocol, transport = _leg_on_clock()
+    slow = leg.post(b'{}', 60, "'subject'")
+    fast = leg.post(b'{}', 1, "'subject'")  # TIMEOUT lowered by a reload in between
+    assert len(clock.getDelayedCalls()) == 2
+
+    clock.advance(1)
+    failures = []
+    fast.addErrback(failures.append)
+    assert failures and failures[0].check(GatewayTimeout) and not slow.called
+
+    _answer(protocol, 1)
+    assert slow.result.status == 200
+    clock.advance(60)
+    assert not clock.getDelayedCalls()
+
+
+def test_a_cancelled_call_stops_its_timer_and_tells_the_child():
+    from bis_twisted.shared.frames import CANCEL, REQUEST
+
+    clock, leg, protocol, transport = _leg_on_clock()
+    protocol.start(b'{}', b'{}', 60, "'subject'", False)  # one in the shared order
+    own = leg.post(b'{}', 1, "'subject'")  # its own timer
+    own.cancel()
+    own.addErrback(lambda failure: failure.trap(defer.CancelledError))
+
+    assert len(clock.getDelayedCalls()) == 1
+    assert _sent_kinds(transport) == [REQUEST, REQUEST, CANCEL]

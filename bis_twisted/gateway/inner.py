@@ -9,6 +9,7 @@ does over HTTP (an ``Answer``, or a ``ChildStream`` to relay) and fails the same
 routing above it does not know which leg carried a request.
 """
 
+import collections
 import itertools
 
 import orjson
@@ -73,35 +74,29 @@ class InnerLeg:
         if self._protocol is protocol:
             self._protocol = None
 
-    async def post(self, payload, timeout, what, request_id=None, answer_fields=None):
-        """``payload`` (the inputs' JSON) to the child; see the module's docstring."""
+    def post(self, payload, timeout, what, request_id=None, answer_fields=None):
+        """``payload`` (the inputs' JSON) to the child: a Deferred of its answer; see the
+        module's docstring."""
         parent = tracing.traceparent()  # the hop's span, when tracing is on: the child's spans go under it
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            return defer.Deferred.fromCoroutine(self._connect_and_post(parent, payload, timeout, what, request_id,
+                                                                       answer_fields))
+        return self._post(protocol, parent, payload, timeout, what, request_id, answer_fields)
+
+    async def _connect_and_post(self, parent, payload, timeout, what, request_id, answer_fields):
         try:
             protocol = await self._connected()
         except (net_error.ConnectError, net_error.ConnectionRefusedError, net_error.ConnectionLost,
                 net_error.ConnectionDone, OSError) as exc:
             raise NotConnected(type(exc).__name__) from None
+        return await self._post(protocol, parent, payload, timeout, what, request_id, answer_fields)
+
+    def _post(self, protocol, parent, payload, timeout, what, request_id, answer_fields):
         # the fields are JSON already (encoded once a second): put in as they are
         header = b'{"rid":%s,"fields":%s,"max":%d%s}' % (orjson.dumps(request_id), answer_fields or b'null',
                                                           self.max_answer, b',"tp":"%s"' % parent if parent else b'')
-        call = protocol.start(header, payload, timeout, what, answer_fields is not None)
-        timed_out = []
-
-        def expire():
-            timed_out.append(True)
-            call.answer.cancel()
-
-        timer = self.reactor.callLater(timeout, expire)
-        try:
-            return await call.answer
-        except defer.CancelledError:
-            if timed_out:
-                raise GatewayTimeout('server {} did not answer within its TIMEOUT of {:g}s'.format(
-                    what, timeout)) from None
-            raise
-        finally:
-            if timer.active():
-                timer.cancel()
+        return protocol.start(header, payload, timeout, what, answer_fields is not None).answer
 
 
 class _InnerProtocol(FrameReceiver):
@@ -110,6 +105,10 @@ class _InnerProtocol(FrameReceiver):
         self.MAX_LENGTH = leg.max_answer + FRAME_OVERHEAD
         self._numbers = itertools.count(1)
         self._calls = {}
+        # each call's deadline, in the order they were made: one timer for the earliest, not
+        # one DelayedCall per request (TIMEOUT is one per server, so they come in order)
+        self._deadlines = collections.deque()
+        self._deadline_timer = None
 
     def connectionMade(self):
         self.transport.write(MAGIC)
@@ -118,9 +117,39 @@ class _InnerProtocol(FrameReceiver):
         number = next(self._numbers) & 0xFFFFFFFF
         call = _Call(self, number, timeout, what, completes)
         self._calls[number] = call
+        self._watch(call, timeout)
         # the connection's only request leaves at once; with others in flight, with their turn's
         self.send_frame(REQUEST, number, *request_parts(header, payload), now=len(self._calls) == 1)
         return call
+
+    # -- the calls' deadlines: until its answer (or its stream) begins, TIMEOUT from its start ------
+    def _watch(self, call, timeout):
+        reactor = self.leg.reactor
+        deadline = reactor.seconds() + timeout
+        deadlines = self._deadlines
+        if deadlines and deadline < deadlines[-1][0]:  # sooner than one made before it (TIMEOUT was lowered)
+            call.timer = reactor.callLater(timeout, call.expire)
+            return
+        deadlines.append((deadline, call))
+        if self._deadline_timer is None:
+            self._deadline_timer = reactor.callLater(timeout, self._expire_due)
+
+    def _trim(self):
+        """Drop the deadlines at the front whose calls are answered (they mostly are in order)."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1].answer.called:
+            deadlines.popleft()
+
+    def _expire_due(self):
+        self._deadline_timer = None
+        self._trim()
+        now = self.leg.reactor.seconds()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            deadlines.popleft()[1].expire()
+            self._trim()
+        if deadlines:
+            self._deadline_timer = self.leg.reactor.callLater(deadlines[0][0] - now, self._expire_due)
 
     def forget(self, call, tell_child):
         if self._calls.get(call.number) is call:
@@ -140,8 +169,10 @@ class _InnerProtocol(FrameReceiver):
             if kind == ANSWER:
                 self.forget(call, False)
                 call.answered(*split_answer(payload))
+                self._trim()
             elif kind == STREAM:
                 call.stream_began(split_status(payload))
+                self._trim()
             elif kind == CHUNK:
                 call.stream.line(bytes(payload))
             elif kind == END:
@@ -169,6 +200,10 @@ class _InnerProtocol(FrameReceiver):
         for call in calls.values():
             call.lost(reason)
         self.transport = None
+        if self._deadline_timer is not None and self._deadline_timer.active():
+            self._deadline_timer.cancel()
+        self._deadline_timer = None
+        self._deadlines.clear()
 
 
 class _Call:
@@ -181,11 +216,32 @@ class _Call:
         self.what = what
         self.completes = completes
         self.stream = None
-        self.answer = defer.Deferred(lambda _d: protocol.forget(self, True))
+        self.timer = None  # its own deadline's DelayedCall, when it is not in the protocol's order
+        self.answer = defer.Deferred(self._cancelled)
+
+    def _cancelled(self, _answer):
+        self.protocol.forget(self, True)
+        self._stop_timer()
+
+    def _stop_timer(self):
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+    def expire(self):
+        """Its deadline passed before its answer began: the child drops it, its caller has a 504."""
+        self.timer = None
+        if self.answer.called:
+            return
+        self.protocol.forget(self, True)
+        self.answer.errback(GatewayTimeout('server {} did not answer within its TIMEOUT of {:g}s'.format(
+            self.what, self.timeout)))
 
     def answered(self, status, complete, raw):
         if self.answer.called:
             return
+        self._stop_timer()
         if complete and self.completes:
             self.answer.callback(Answer(status, {}, raw=raw))  # the fields are in: passed through as it is
             return
@@ -197,11 +253,13 @@ class _Call:
         self.answer.callback(answer)
 
     def stream_began(self, status):
+        self._stop_timer()
         self.stream = FrameStream(self, status)
         if not self.answer.called:
             self.answer.callback(self.stream)
 
     def too_large(self):
+        self._stop_timer()
         error = AnswerTooLarge('server {} answered more than MAX_ANSWER_MB ({:g} MiB); return less, or raise '
                                'MAX_ANSWER_MB in the config'.format(self.what, self.protocol.leg.max_answer / 2 ** 20))
         if self.stream is not None:
@@ -211,6 +269,7 @@ class _Call:
             self.answer.errback(error)
 
     def lost(self, reason):
+        self._stop_timer()
         if self.stream is not None:
             self.stream.finish(ChildConnectionLost('server {} closed the connection in the middle of its stream '
                                                    '({}); it may have crashed'.format(self.what,

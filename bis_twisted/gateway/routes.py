@@ -157,8 +157,10 @@ class Gateway:
 
     # -- /run ------------------------------------------------------------------------------------
     @app.route('/run', methods=['POST', 'GET'])
-    async def run(self, request):
-        return await self.serve_inference(request, 'run', lambda: self._read_run(request), self._write_run)
+    def run(self, request):
+        # serve_inference's coroutine itself, not one more that awaits it: each level of
+        # awaiting is walked again when the child's answer resumes the route
+        return self.serve_inference(request, 'run', lambda: self._read_run(request), self._write_run)
 
     def _read_run(self, request):
         inputs = request_inputs(request)
