@@ -203,8 +203,7 @@ class FrameServer(FrameReceiver):
         if len(data) > call.max_answer:
             self._send(call, TOO_LARGE)
         elif self.calls.get(call.number) is call and self.transport is not None:
-            # the connection's only call: its answer leaves at once (nothing would share its send)
-            self.send_frame(ANSWER, call.number, *answer_parts(status, complete, data), now=len(self.calls) == 1)
+            self.send_frame(ANSWER, call.number, *answer_parts(status, complete, data), now=True)
         self._finished(call, status)
 
     async def _serve(self, call, gateway_fields, body):

@@ -4,11 +4,13 @@ they share, without HTTP.
 A framed connection starts with ``MAGIC`` (the model server tells it from an HTTP request by
 these bytes), then carries length-prefixed frames both ways (``Int32StringReceiver``). Each
 frame is ``kind`` (one byte), the request's number on this connection (4 bytes), then its
-payload, so one connection carries many requests at once; the writes of one reactor turn
-leave in one send (the transport's buffer is flushed when the reactor next waits), except a
-frame of the connection's only request, which leaves at once (``send_frame(now=True)``): no
+payload, so one connection carries many requests at once. The gateway's frames of one reactor
+turn leave in one send (the transport's buffer is flushed when the reactor next waits), except
+a frame of the connection's only request, which leaves at once (``send_frame(now=True)``): no
 other frame of that turn would share its send, and waiting for the reactor's next turn only
-adds latency (a lone client's).
+adds latency (a lone client's). A model server's answers leave at once too: they come from
+its worker threads one or two at a time, and a send now costs less than the two ``epoll_ctl``
+of a send left to the reactor's next turn.
 
 Gateway to model server:
 
