@@ -162,3 +162,32 @@ def test_freed_memory_is_handed_back_once_no_large_body_is_held_at_most_once_a_s
     assert trims == [5]
     clock.advance(0.5)
     assert trims == [5, 6]
+
+
+def test_a_watchdog_keeps_one_timer_that_moves_only_when_a_deadline_comes_sooner():
+    from bis_twisted.shared.limits import Watchdog
+
+    clock = task.Clock()
+    watchdog = Watchdog(clock.callLater, clock.seconds)
+    fired = []
+
+    watchdog.arm(10, lambda: fired.append('head'))
+    first = clock.getDelayedCalls()[0]
+    for _ in range(20):  # a kept-alive connection's requests: each arms later than the last
+        clock.advance(0.25)  # exact in binary: the sums below are too
+        watchdog.arm(10, lambda: fired.append('head'))
+    assert clock.getDelayedCalls() == [first] and first.getTime() == 10  # not moved: a number was
+
+    clock.advance(5)  # t=10: the timer fires, the deadline armed since is at 15: made again for the rest
+    assert fired == [] and len(clock.getDelayedCalls()) == 1
+    assert clock.getDelayedCalls()[0].getTime() == pytest.approx(15)
+
+    watchdog.arm(1, lambda: fired.append('body'))  # sooner than the timer: the timer moves
+    assert clock.getDelayedCalls()[0].getTime() == pytest.approx(11)
+    clock.advance(1)
+    assert fired == ['body'] and not clock.getDelayedCalls()  # only what was armed last
+
+    watchdog.arm(3, lambda: fired.append('idle'))
+    watchdog.cancel()
+    clock.advance(10)
+    assert fired == ['body'] and not clock.getDelayedCalls()

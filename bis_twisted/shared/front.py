@@ -35,7 +35,7 @@ from twisted.web.http import HTTPChannel
 
 from ..errors import ConfigError
 from .front_request import FrontRequest
-from .limits import (GuardedChannel, answer_head, body_expired, disarm, head_expired, linger_and_close, rearmed,
+from .limits import (GuardedChannel, answer_head, arm, body_expired, disarm, head_expired, linger_and_close,
                      refusal_answer, send_answer)
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
@@ -70,9 +70,7 @@ class FrontChannel(Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._phase = 'head'  # 'head', 'body', 'idle' (between requests, or after the last one)
         self._head_started = False
-        self._head_call = None
-        self._body_call = None
-        self._idle_call = None
+        self._deadline = None  # a Watchdog (limits.arm): the head's, the body's or the idle time's
         self._linger_call = None
         self._closing = False  # refused: what still comes is dropped
         self._last = False  # a request said it is the last (Connection: close, HTTP/1.0)
@@ -207,7 +205,7 @@ class FrontChannel(Protocol):
         self._phase = 'body'
         request.gotLength(length)
         if length != 0:
-            self._body_call = self._arm(self._body_call, self.site.limits.body_deadline(length), self._body_expired)
+            arm(self, self.site.limits.body_deadline(length), self._body_expired)
         refusal = request.refusal(length)
         if refusal is not None:
             self.refuse(*refusal, request=request)
@@ -263,7 +261,7 @@ class FrontChannel(Protocol):
                 self._expect = False
             self._resume()
         elif self._phase == 'idle':
-            self._idle_call = self._arm(self._idle_call, self.site.limits.idle_timeout, self._idle_expired)
+            arm(self, self.site.limits.idle_timeout, self._idle_expired)
 
     held_head = None  # an answer's head, sent with the first of its body (limits.send_answer)
 
@@ -314,13 +312,10 @@ class FrontChannel(Protocol):
         self._phase = 'head'
         self._head_started = started
         self._head_size = 0
-        self._head_call = self._arm(self._head_call, self.site.limits.head_timeout, self._head_expired)
-
-    def _arm(self, call, seconds, expired):
-        return rearmed(call, seconds, expired, self.callLater)
+        arm(self, self.site.limits.head_timeout, self._head_expired)
 
     def _disarm(self):
-        disarm(self, ('_head_call', '_body_call', '_idle_call', '_linger_call'))
+        disarm(self)
 
     def _head_expired(self):
         head_expired(self)
@@ -329,9 +324,7 @@ class FrontChannel(Protocol):
         body_expired(self, self._reading)
 
     def _idle_expired(self):
-        # left armed while requests come (moving it later is cheap, a new one is not): it
-        # closes only a connection that is idle when it fires
-        self._idle_call = None
+        # it closes only a connection that is idle when it fires
         if self._phase == 'idle' and not self.requests and self.transport is not None:
             self.transport.loseConnection()
 

@@ -99,17 +99,53 @@ def raw_answer(status_line, message, headers=(), fields=None):
     return ('\r\n'.join(lines) + '\r\n\r\n').encode('ascii') + body
 
 
-def rearmed(call, seconds, expired, call_later):
-    """``call`` moved to ``seconds`` from now, or a new one (``call_later(seconds, expired)``).
-    Each deadline of a channel keeps one DelayedCall per connection, moved later with reset()
-    (O(1) in the reactor) request after request, and left armed when its phase ends (it then
-    does nothing)."""
-    if call is not None and call.active():
-        if call.getTime() <= call.seconds() + seconds:
-            call.reset(seconds)
-            return call
-        call.cancel()
-    return call_later(seconds, expired)
+class Watchdog:
+    """A channel's deadline (its head's, its body's or its idle time's: one at a time) on one
+    DelayedCall per connection. ``arm`` moves two attributes; the DelayedCall moves only
+    when a deadline comes sooner than it will fire, and when it fires before the deadline
+    armed since, it is made again for what is left. So each request of a kept-alive
+    connection arms its deadlines without touching the reactor's timers.
+
+    ``call_later`` and ``seconds`` are the channel's reactor's (its site's)."""
+
+    __slots__ = ('_call_later', '_seconds', '_call', '_fires', '_deadline', '_expired')
+
+    def __init__(self, call_later, seconds):
+        self._call_later = call_later
+        self._seconds = seconds
+        self._call = None
+        self._fires = 0.0  # when _call fires
+        self._deadline = 0.0
+        self._expired = None
+
+    def arm(self, seconds, expired):
+        """``expired()`` ``seconds`` from now, in place of what was armed."""
+        deadline = self._seconds() + seconds
+        self._deadline, self._expired = deadline, expired
+        if self._call is None:
+            self._call, self._fires = self._call_later(seconds, self._fire), deadline
+        elif deadline < self._fires:
+            self._call.reset(seconds)
+            self._fires = deadline
+
+    def cancel(self):
+        self._expired = None
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _fire(self):
+        self._call = None
+        expired = self._expired
+        if expired is None:
+            return
+        left = self._deadline - self._seconds()
+        if left > 0:  # armed again since: not yet
+            self._call, self._fires = self._call_later(left, self._fire), self._deadline
+            return
+        self._expired = None
+        expired()
 
 
 def head_timeout_message(limits):
@@ -222,9 +258,9 @@ class LimitedRequest(Request):
 
 
 # The deadlines of a channel, GuardedChannel's here and FrontChannel's (front.py) alike: each
-# keeps its timers as ``_head_call``, ``_body_call``... and its state as ``_phase`` ('head',
-# 'body', ...), ``_closing`` (refused: what comes is dropped), ``_head_started`` and
-# ``length`` (the body's), and refuses with ``refuse(status_line, message, request=...)``.
+# keeps them in a ``Watchdog`` (``_deadline``) and its state as ``_phase`` ('head', 'body',
+# ...), ``_closing`` (refused: what comes is dropped), ``_head_started`` and ``length`` (the
+# body's), and refuses with ``refuse(status_line, message, request=...)``.
 
 def refusal_answer(site, status_line, message, headers=(), request=None):
     """The bytes of a channel's refusal: ``{"ERROR": message}``, and with the ``request`` (its
@@ -239,18 +275,25 @@ def refusal_answer(site, status_line, message, headers=(), request=None):
     return raw_answer(status_line, message, headers, fields)
 
 
-def disarm(channel, names):
-    """Cancel the timers ``channel`` keeps under ``names``."""
-    for name in names:
-        call = getattr(channel, name)
-        if call is not None and call.active():
-            call.cancel()
-        setattr(channel, name, None)
+def disarm(channel):
+    """Cancel ``channel``'s deadline and its linger after a refusal."""
+    if channel._deadline is not None:
+        channel._deadline.cancel()
+    if channel._linger_call is not None and channel._linger_call.active():
+        channel._linger_call.cancel()
+    channel._linger_call = None
+
+
+def arm(channel, seconds, expired):
+    """``channel``'s deadline ``seconds`` from now: ``expired()`` then, unless armed again."""
+    if channel._deadline is None:
+        reactor = channel.site.reactor
+        channel._deadline = Watchdog(channel.callLater, reactor.seconds)
+    channel._deadline.arm(seconds, expired)
 
 
 def head_expired(channel):
     """``channel``'s head deadline passed: 408, or a silent close when nothing was said."""
-    channel._head_call = None
     if channel._phase != 'head' or channel._closing:
         return
     if not channel._head_started:
@@ -261,7 +304,6 @@ def head_expired(channel):
 
 def body_expired(channel, request=None):
     """``channel``'s body deadline passed: 408 (carrying ``request``'s fields when given)."""
-    channel._body_call = None
     if channel._phase != 'body' or channel._closing:
         return
     channel.refuse('408 Request Timeout', body_timeout_message(channel.site.limits, channel.length),
@@ -303,8 +345,7 @@ class GuardedChannel(BadRequestHookChannel):
     own state, never HTTPChannel's private attributes."""
 
     _phase = 'head'  # 'head', 'body', 'handling' (a route runs), 'idle' (kept alive between requests)
-    _head_call = None
-    _body_call = None
+    _deadline = None  # a Watchdog, made at the first
     _linger_call = None
     _head_started = False
     _head_size = 0
@@ -338,13 +379,10 @@ class GuardedChannel(BadRequestHookChannel):
         self._head_started = started
         self._head_size = 0
         self._head_lines = 0
-        self._head_call = self._arm(self._head_call, self.site.limits.head_timeout, self._head_expired)
-
-    def _arm(self, call, seconds, expired):
-        return rearmed(call, seconds, expired, self.callLater)
+        arm(self, self.site.limits.head_timeout, self._head_expired)
 
     def _disarm(self):
-        disarm(self, ('_head_call', '_body_call', '_linger_call'))
+        disarm(self)
 
     def _head_expired(self):
         head_expired(self)
@@ -402,8 +440,7 @@ class GuardedChannel(BadRequestHookChannel):
     def allHeadersReceived(self):
         self._phase = 'body'
         if self.length != 0:  # no body: allContentReceived follows at once
-            self._body_call = self._arm(self._body_call, self.site.limits.body_deadline(self.length),
-                                        self._body_expired)
+            arm(self, self.site.limits.body_deadline(self.length), self._body_expired)
         refusal = self.requests[-1].refusal(self.length)
         if refusal is not None:
             # before HTTPChannel's own: it would answer 'Expect: 100-continue' after our refusal
@@ -412,7 +449,7 @@ class GuardedChannel(BadRequestHookChannel):
         HTTPChannel.allHeadersReceived(self)
 
     def allContentReceived(self):
-        self._phase = 'handling'  # the deadlines stay armed, ignored, for the next request to move
+        self._phase = 'handling'  # the deadline stays armed, ignored, for the next request to move
         HTTPChannel.allContentReceived(self)
 
     def requestDone(self, request):
