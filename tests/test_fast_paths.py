@@ -197,3 +197,36 @@ def test_send_now_on_any_other_transport_is_its_write():
     twisted_private.send_now(transport, b'one ')
     twisted_private.send_now(transport, b'two')
     assert transport.value() == b'one two'
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_value_is_checked_at_once_and_a_large_one_off_the_reactor_with_the_same_refusal():
+    import types
+
+    from bis_twisted.errors import BadRequest
+    from bis_twisted.model_server.app import ModelServer
+
+    check = SchemaCheck(EndpointSchemas(input={'type': 'object', 'properties': {'X': {'type': 'integer'}}},
+                                        output={'type': 'object', 'properties': {'n': {'type': 'integer'}}}),
+                        inline_bytes=10)
+    assert check.input_check({'X': 1}, 5) is None  # checked: no Deferred to wait for
+    with pytest.raises(SchemaViolation):
+        check.input_check({'X': 'one'}, 5)
+    with pytest.raises(SchemaViolation) as refused:
+        await check.input_check({'X': 'one'}, 500)
+    assert refused.value.field == 'X'
+    assert check.output_check({'n': 1}) is None
+    with pytest.raises(SchemaViolation):
+        check.output_check({'n': 'x'})
+    with pytest.raises(SchemaViolation) as refused:
+        await check.output_check({'n': 'x' * 50})
+    assert refused.value.field == 'n'
+
+    server = types.SimpleNamespace(schema_check=check)  # what checked_input reads of its server
+    for size in (5, 500):  # at once, and off the reactor: the same 400
+        with pytest.raises(BadRequest) as refused:
+            pending = ModelServer.checked_input(server, {'X': 'one'}, size)
+            await pending
+        assert refused.value.message.startswith('INPUT_SCHEMA: ') and refused.value.extra['INPUT_ERROR']
+    assert ModelServer.checked_input(server, {'X': 2}, 5) is None
+    assert await ModelServer.checked_input(server, {'X': 2}, 500) is None

@@ -107,7 +107,9 @@ class ModelServer:
             raise ServiceUnavailable('server {!r} is still loading its workers; retry shortly'.format(self.name))
         inputs.pop(SIGNATURE, None)
         if self.schema_check is not None:
-            await self.checked_input(inputs, _body_size(request))
+            pending = self.checked_input(inputs, _body_size(request))
+            if pending is not None:
+                await pending
         rid = request_id_of(request)
         v2 = take_v2(inputs, self.streaming)  # a V2 infer: its inputs typed, its answer shaped at the end
         if self.streaming:
@@ -131,7 +133,9 @@ class ModelServer:
         status = outcome.status
         if status == 200 and self.schema_check is not None:
             try:
-                await self.schema_check.output_checked(body.get('predict_result'))
+                pending = self.schema_check.output_check(body.get('predict_result'))
+                if pending is not None:  # a large answer, checked off the reactor thread
+                    await pending
             except SchemaViolation as exc:
                 self._log.warn('request {rid}: the answer breaks OUTPUT_SCHEMA: {error}', rid=rid, error=exc.message)
                 status = 500
@@ -152,13 +156,17 @@ class ModelServer:
         encoded_status, data = encode_answer(status, body)
         return encoded_status, data, answer_fields is not None and encoded_status == status
 
-    async def checked_input(self, inputs, size):
-        """``inputs`` against INPUT_SCHEMA (off the reactor thread when the body of ``size``
-        bytes is large); BadRequest naming the field when they break it."""
+    def checked_input(self, inputs, size):
+        """``inputs`` against INPUT_SCHEMA: checked now when the body of ``size`` bytes is small
+        (None), else the Deferred of its check off the reactor thread; BadRequest naming the
+        field when they break it, raised or in the Deferred."""
         try:
-            await self.schema_check.input_checked(inputs, size)
+            pending = self.schema_check.input_check(inputs, size)
         except SchemaViolation as exc:
-            raise BadRequest('INPUT_SCHEMA: ' + exc.message, INPUT_ERROR=exc.details()) from None
+            raise _input_refused(exc) from None
+        if pending is not None:
+            pending.addErrback(_input_failed)
+        return pending
 
     def _decoded_answer_fields(self, value):
         # the gateway sends the same header for a whole second of its uptime: decoded once
@@ -308,3 +316,12 @@ class _WriteFlow:
     def stopProducing(self):
         # the connection is gone: Klein cancels the route, which closes the stream
         self.resumeProducing()
+
+
+def _input_refused(violation):
+    return BadRequest('INPUT_SCHEMA: ' + violation.message, INPUT_ERROR=violation.details())
+
+
+def _input_failed(failure):
+    failure.trap(SchemaViolation)
+    raise _input_refused(failure.value)

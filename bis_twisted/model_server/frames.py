@@ -216,7 +216,9 @@ class FrameServer(FrameReceiver):
                     server.name))
             inputs.pop(SIGNATURE, None)
             if server.schema_check is not None:
-                await server.checked_input(inputs, call.size_hint)
+                pending = server.checked_input(inputs, call.size_hint)
+                if pending is not None:
+                    await pending
             v2 = take_v2(inputs, server.streaming)  # a V2 infer: its inputs typed, its answer shaped at the end
             if server.streaming:
                 worker, call_id, outcome = await server.pool.run_stream(inputs, call.rid)

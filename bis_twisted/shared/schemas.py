@@ -176,8 +176,9 @@ class _Compiled:
 
 class SchemaCheck:
     """The compiled schemas of one endpoint; ``check_input``/``check_output`` raise
-    ``SchemaViolation`` for the most relevant error, ``input_checked``/``output_checked`` do
-    the same in a Deferred, off the reactor thread for a large value."""
+    ``SchemaViolation`` for the most relevant error; ``input_check``/``output_check`` check a
+    small value at once and give a large one's check off the reactor thread as a Deferred
+    (``input_checked``: always a Deferred)."""
 
     def __init__(self, schemas, path='endpoint', reactor=None, inline_bytes=INLINE_CHECK_BYTES):
         self.schemas = schemas
@@ -200,8 +201,12 @@ class SchemaCheck:
     def has_output(self):
         return self._output is not None
 
+    def inline(self, size):
+        """Whether a value of ``size`` bytes is checked on the reactor thread (None: unknown, no)."""
+        return size is not None and size <= self.inline_bytes
+
     def _off_reactor(self, size, function, *args):
-        if size is not None and size <= self.inline_bytes:
+        if self.inline(size):
             try:
                 return defer.succeed(function(*args))
             except SchemaViolation:
@@ -216,14 +221,27 @@ class SchemaCheck:
         most ``inline_bytes``, else in the reactor's thread pool (``size`` None: unknown)."""
         return self._off_reactor(size, self.check_input, inputs)
 
-    def output_checked(self, result):
-        """``check_output`` in a Deferred, off the reactor thread when ``result`` is large."""
+    def input_check(self, inputs, size):
+        """``check_input`` now when the body was ``size`` bytes at most ``inline_bytes`` (None,
+        or ``SchemaViolation`` raised), else its Deferred in the reactor's thread pool: the
+        check of a small request needs no Deferred at all."""
+        if self.inline(size):
+            self.check_input(inputs)
+            return None
+        return self._off_reactor(size, self.check_input, inputs)
+
+    def output_check(self, result):
+        """``check_output`` now when ``result`` is small (None, or ``SchemaViolation``
+        raised), else its Deferred off the reactor thread."""
         if self._output is None:
-            return defer.succeed(None)
+            return None
         try:
             sent = dumps(result)
         except (TypeError, ValueError):  # not JSON at all: the answer's own error says so
-            return defer.succeed(None)
+            return None
+        if self.inline(len(sent)):
+            self._check_sent(sent)
+            return None
         return self._off_reactor(len(sent), self._check_sent, sent)
 
     @property
