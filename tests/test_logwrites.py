@@ -94,3 +94,17 @@ def test_a_binary_file_gets_utf8():
     logged_to(lines).info('é')
     clock.advance(0)
     assert out.getvalue().decode('utf-8').endswith('é\n')
+
+
+def test_one_observer_writes_the_same_lines_to_each_of_its_files():
+    clock, out, also_text, also_binary = TurnClock(), Writes(), Writes(), io.BytesIO()
+    lines = LinesPerTurn(out, clock, also=(also_text, also_binary))
+    clock.start()
+    log = logged_to(lines)
+    log.info('one')
+    log.info('two é')
+    clock.advance(0)
+
+    assert len(out.writes) == 1 and len(also_text.writes) == 1  # the turn's lines in one write to each
+    assert out.getvalue() == also_text.getvalue() == also_binary.getvalue().decode('utf-8')
+    assert [line.split('] ')[1] for line in out.getvalue().splitlines()] == ['one', 'two é']

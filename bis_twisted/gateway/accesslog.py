@@ -66,24 +66,23 @@ class AccessLog:
         method, path = _text(request.method), _text(request.path)
         signature = getattr(request, _SIGNATURE, None) or '-'
         self.lines += 1
-        # the text is made here, with str.format, and the event's format is that one field:
-        # twisted.logger's own formatting of nine fields cost ~10 us more per observer
-        line = 'access {} {} {} {} {} {}B {}ms rid={}'.format(
-            client, method, path, signature, request.code, request.sentLength,
-            '-' if elapsed_ms is None else '{:.1f}'.format(elapsed_ms), rid)
-        facts = {'client': client, 'method': method, 'path': path, 'signature': signature, 'status': request.code,
-                 'bytes': request.sentLength, 'elapsed_ms': elapsed_ms}
+        status, size = request.code, request.sentLength
+        # the text is made here, and the event's format is that one field: twisted.logger's
+        # own formatting of nine fields cost ~10 us more per observer
+        line = 'access %s %s %s %s %s %sB %sms rid=%s' % (
+            client, method, path, signature, status, size, '-' if elapsed_ms is None else '%.1f' % elapsed_ms, rid)
+        facts = {'client': client, 'method': method, 'path': path, 'signature': signature, 'status': status,
+                 'bytes': size, 'elapsed_ms': elapsed_ms}
         # the facts one by one (a JSON observer that writes every field), together under
-        # "access" (one that writes named fields), and the request id and endpoint under the
-        # names the other log lines use
-        event = dict(facts, access_line=line, access=facts, request_id=rid,
-                     endpoint=signature if signature != '-' else None)
-        # Logger.info's event, made here: its check of the level (a walk of LogLevel's
-        # constants) was a sixth of the line's cost
+        # "access" (one that writes named fields), the request id and endpoint under the names
+        # the other log lines use, and Logger.info's own fields, made here: its check of the
+        # level (a walk of LogLevel's constants) was a sixth of the line's cost
         log = self._log
-        event.update(log_logger=log, log_level=LogLevel.info, log_namespace=log.namespace, log_source=self,
-                     log_format=LINE_FORMAT, log_time=time.time())
-        log.observer(event)
+        self._log.observer({
+            'client': client, 'method': method, 'path': path, 'signature': signature, 'status': status,
+            'bytes': size, 'elapsed_ms': elapsed_ms, 'access_line': line, 'access': facts, 'request_id': rid,
+            'endpoint': signature if signature != '-' else None, 'log_logger': log, 'log_level': LogLevel.info,
+            'log_namespace': log.namespace, 'log_source': self, 'log_format': LINE_FORMAT, 'log_time': time.time()})
 
 
 def _header(headers, name):

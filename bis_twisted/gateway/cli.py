@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from twisted.logger import Logger, globalLogBeginner, globalLogPublisher
+from twisted.logger import Logger, globalLogBeginner
 from twisted.python.logfile import LogFile
 
 from .._version import __version__
@@ -185,14 +185,16 @@ def start_tracing(reactor):
         logformat.set_trace_fields(tracing.current_ids)
 
 
-def log_to_files(options, reactor=None):
-    """Send every log event to ``<cache>/_logs/gateway.log`` too, rotated by size (the lines of
-    one reactor turn in one write)."""
+def log_observer(options, reactor=None):
+    """The gateway's log: every event to stdout and to ``<cache>/_logs/gateway.log``, rotated
+    by size, in the process's format, Twisted's port chatter left out. One observer for both
+    files: each line is filtered and formatted once, and the lines of one reactor turn go to
+    each file in one write."""
     if reactor is None:
         from twisted.internet import reactor
     os.makedirs(options.logs_dir, exist_ok=True)
     logfile = LogFile('gateway.log', options.logs_dir, rotateLength=10_000_000, maxRotatedFiles=5)
-    globalLogPublisher.addObserver(quiet(logformat.file_observer(LinesPerTurn(logfile, reactor))))
+    return quiet(logformat.file_observer(LinesPerTurn(sys.stdout, reactor, also=(logfile,))))
 
 
 def build_service(options, reactor=None):
@@ -231,9 +233,7 @@ def run(options, reactor=None):
     configure_log_format(options)
     start_tracing(reactor)
     service = build_service(options, reactor)
-    globalLogBeginner.beginLoggingTo([quiet(logformat.file_observer(LinesPerTurn(sys.stdout, reactor)))],
-                                     redirectStandardIO=False)
-    log_to_files(options, reactor)
+    globalLogBeginner.beginLoggingTo([log_observer(options, reactor)], redirectStandardIO=False)
     Logger().info('bis-gateway starting with {config}', config=options.config)
     service.startService()
     reactor.addSystemEventTrigger('before', 'shutdown', service.stopService)

@@ -6,7 +6,9 @@ Wrapped in ``LinesPerTurn``, the lines the reactor thread logs are kept until th
 next turn (``callLater(0)``) and written together. A line is never held longer than that;
 lines logged from another thread, or while the reactor is not running (before it starts, and
 after it stopped), are written at once, after those held; the reactor's shutdown writes what
-is held.
+is held. One ``LinesPerTurn`` may write to several files (``also``): the gateway's stdout and its
+rotated ``gateway.log`` get the same lines from one observer, so a line is filtered and
+formatted once, not once per file.
 """
 
 import threading
@@ -15,12 +17,11 @@ from twisted.python.compat import ioType
 
 
 class LinesPerTurn:
-    """A file-like object for ``FileLogObserver`` (it is given text) over ``out``, a text or
-    binary file."""
+    """A file-like object for ``FileLogObserver`` (it is given text) over ``out`` and the files
+    in ``also``, each a text or binary file."""
 
-    def __init__(self, out, reactor):
-        self._out = out
-        self._binary = ioType(out) is bytes
+    def __init__(self, out, reactor, also=()):
+        self._outs = [(each, ioType(each) is bytes) for each in (out,) + tuple(also)]
         self._reactor = reactor
         self._held = []
         self._call = None
@@ -58,5 +59,9 @@ class LinesPerTurn:
                 self._write(''.join(held))
 
     def _write(self, text):
-        self._out.write(text.encode('utf-8') if self._binary else text)
-        self._out.flush()
+        data = None
+        for out, binary in self._outs:
+            if binary and data is None:
+                data = text.encode('utf-8')
+            out.write(data if binary else text)
+            out.flush()
