@@ -142,3 +142,23 @@ def test_a_client_gone_mid_stream_fails_notify_finish_and_later_writes_are_dropp
     with pytest.raises(RuntimeError, match='connection was lost'):
         request.finish()
     assert protocol.site.bodies_in_flight == 0
+
+
+def test_when_finished_calls_back_as_notify_finish_fires_in_order_without_a_deferred():
+    route = Route()
+    protocol, transport = connect(route, lean=True)
+    for _ in range(2):  # pipelined: the second is handed over once the first is answered
+        protocol.dataReceived(b'POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n')
+    [done] = route.held
+    seen = []
+    done.when_finished(lambda result: seen.append(('call', result)))
+    done.notifyFinish().addBoth(lambda result: seen.append(('deferred', result)))
+
+    done.finish()
+    assert seen == [('call', None), ('deferred', None)]
+    done.when_finished(lambda result: seen.append(('late', result)))  # finished already: at once
+    assert seen[-1] == ('late', None)
+    gone = route.held[1]
+    gone.when_finished(lambda result: seen.append(('lost', result)))
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert seen[-1][0] == 'lost' and isinstance(seen[-1][1], Failure) and seen[-1][1].check(ConnectionLost)

@@ -548,7 +548,11 @@ class GatewayRoot(Resource):
             if running and isinstance(result, Failure):
                 running[0].cancel()  # the client went away: so does the route
 
-        request.notifyFinish().addBoth(ended)
+        when_finished = getattr(request, 'when_finished', None)  # FrontRequest's: no Deferred
+        if when_finished is not None:
+            when_finished(ended)
+        else:
+            request.notifyFinish().addBoth(ended)
         d = defer.Deferred.fromCoroutine(route)
         running.append(d)
         d.addCallbacks(self._write, self._failed, (request, finished), None, (request, finished, error))

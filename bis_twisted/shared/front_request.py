@@ -169,8 +169,8 @@ class FrontRequest:
         self.channel = None
         self._budget.release()
         notifications, self._notifications = self._notifications, []
-        for waiting in notifications:
-            waiting.errback(reason)
+        for _done, lost in notifications:
+            lost(reason)
 
     # -- the answer ---------------------------------------------------------------------------------
     def setResponseCode(self, code, message=None):
@@ -193,8 +193,16 @@ class FrontRequest:
         if self.finished:
             return defer.succeed(None)
         waiting = defer.Deferred()
-        self._notifications.append(waiting)
+        self._notifications.append((waiting.callback, waiting.errback))
         return waiting
+
+    def when_finished(self, call):
+        """``notifyFinish`` without a Deferred: ``call(None)`` once the answer is written
+        whole, ``call(reason)`` (a Failure) when the connection is lost first."""
+        if self.finished:
+            call(None)
+        else:
+            self._notifications.append((call, call))
 
     def write(self, data):
         if self.finished:
@@ -256,8 +264,8 @@ class FrontRequest:
         channel.requestDone(self)
         self.content = None
         notifications, self._notifications = self._notifications, []
-        for waiting in notifications:
-            waiting.callback(None)
+        for done, _lost in notifications:
+            done(None)
 
     def registerProducer(self, producer, streaming):
         if self.producer is not None:
