@@ -406,3 +406,23 @@ def test_a_cancelled_call_stops_its_timer_and_tells_the_child():
 
     assert len(clock.getDelayedCalls()) == 1
     assert _sent_kinds(transport) == [REQUEST, REQUEST, CANCEL]
+
+
+def test_the_answers_of_one_read_are_written_together_and_a_lone_one_at_once():
+    import struct
+
+    from bis_twisted.shared import limits
+    from bis_twisted.shared.frames import ANSWER, answer_parts, _HEAD
+
+    clock, leg, protocol, transport = _leg_on_clock()
+    seen = []
+    for n in range(3):
+        leg.post(b'{}', 10, "'subject'").addCallback(lambda answer: seen.append(limits._Burst.depth))
+
+    def frame(number):
+        body = _HEAD.pack(ANSWER, number) + b''.join(answer_parts(200, False, b'{"ok": 1}'))
+        return struct.pack('!I', len(body)) + body
+
+    protocol.dataReceived(frame(1) + frame(2))  # one read, two answers: written together
+    protocol.dataReceived(frame(3))  # alone: at once
+    assert seen == [1, 1, 0] and limits._Burst.depth == 0

@@ -191,3 +191,22 @@ def test_a_watchdog_keeps_one_timer_that_moves_only_when_a_deadline_comes_sooner
     watchdog.cancel()
     clock.advance(10)
     assert fired == ['body'] and not clock.getDelayedCalls()
+
+
+def test_answers_written_together_wait_for_the_reactor_and_a_lone_one_leaves_at_once(monkeypatch):
+    import types
+
+    from bis_twisted.shared import limits
+
+    sent_now = []
+    monkeypatch.setattr(limits, 'send_now', lambda transport, data: sent_now.append(data))
+    channel = types.SimpleNamespace(held_head=b'HEAD ', transport=StringTransport())
+    limits.send_answer(channel, b'one')
+    assert sent_now == [b'HEAD one'] and channel.transport.value() == b''  # at once, head and body in one send
+
+    channel.held_head = b'HEAD '
+    with limits.answers_together():
+        limits.send_answer(channel, b'two')
+    assert channel.transport.value() == b'HEAD two' and len(sent_now) == 1  # in the transport's buffer
+    limits.send_answer(channel, b'three')
+    assert sent_now[-1] == b'three'  # the burst is over

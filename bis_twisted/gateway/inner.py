@@ -11,6 +11,7 @@ routing above it does not know which leg carried a request.
 
 import collections
 import itertools
+import struct
 
 import orjson
 from twisted.internet import defer, error as net_error
@@ -23,8 +24,12 @@ from ..shared import tracing
 from ..shared.frames import (ANSWER, CANCEL, CHUNK, CREDIT, END, FRAME_OVERHEAD, MAGIC, REQUEST, STREAM,
                              STREAM_WINDOW, TOO_LARGE, FrameError, FrameReceiver, credit_part, request_parts,
                              split_answer, split_status)
+from ..shared.limits import answers_together
 from ..shared.web import Answer
 from .proxy import AnswerTooLarge, ChildConnectionLost, ChildStream, NotConnected, decoded_answer
+
+
+_ONE_FRAME = struct.Struct('!I')  # a frame's length prefix
 
 
 class InnerLeg:
@@ -112,6 +117,14 @@ class _InnerProtocol(FrameReceiver):
 
     def connectionMade(self):
         self.transport.write(MAGIC)
+
+    def dataReceived(self, data):
+        # a read of several answers: their clients' answers leave together (answers_together)
+        if len(data) > _ONE_FRAME.size and _ONE_FRAME.unpack_from(data)[0] + _ONE_FRAME.size < len(data):
+            with answers_together():
+                FrameReceiver.dataReceived(self, data)
+        else:
+            FrameReceiver.dataReceived(self, data)
 
     def start(self, header, payload, timeout, what, completes):
         number = next(self._numbers) & 0xFFFFFFFF
