@@ -230,3 +230,11 @@ async def test_a_small_value_is_checked_at_once_and_a_large_one_off_the_reactor_
         assert refused.value.message.startswith('INPUT_SCHEMA: ') and refused.value.extra['INPUT_ERROR']
     assert ModelServer.checked_input(server, {'X': 2}, 5) is None
     assert await ModelServer.checked_input(server, {'X': 2}, 500) is None
+
+
+def test_an_answer_read_back_for_its_schema_is_the_value_json_reads():
+    for value in ({'a': [1.5, -0.0, 'x', None, True]}, {'big': 2 ** 70, 'n': 10 ** 18}, {'s': '\ud800 é'},
+                  {'deep': [[[[1]]]] * 200}, {'nested': {'f': 0.1 + 0.2, 'e': 1e300}}):
+        data = dumps(value)
+        assert web.loads_encoded(data) == json.loads(data)
+        assert repr(web.loads_encoded(data)) == repr(json.loads(data))  # ints stay ints, floats the same floats

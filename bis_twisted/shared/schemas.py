@@ -25,7 +25,7 @@ from twisted.internet import defer, threads
 
 from ..errors import EndpointLoadError
 from .tensors import V2_MARKER
-from .web import dumps
+from .web import dumps, loads_encoded
 
 INPUT_SCHEMA = 'INPUT_SCHEMA'
 OUTPUT_SCHEMA = 'OUTPUT_SCHEMA'
@@ -264,7 +264,7 @@ class SchemaCheck:
             self._check_sent(sent)
 
     def _check_sent(self, sent):
-        self._check(self._output, json.loads(sent), 'predict_result')
+        self._check(self._output, loads_encoded(sent), 'predict_result')
 
     @staticmethod
     def _check(compiled, value, root):
