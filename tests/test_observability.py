@@ -239,3 +239,34 @@ def test_the_gateway_exports_its_stalls_and_a_model_server_reports_its_own(gatew
     stalls = http('GET', 'http://127.0.0.1:{}/health'.format(port)).json()['STALLS']
     assert stalls['REACTOR_LAG']['COUNT'] >= 1 and set(stalls['REACTOR_LAG']) == {
         'COUNT', 'MAX_MS', 'TOTAL_MS', '>5ms', '>50ms'}
+
+
+def test_the_request_tallies_expose_what_prometheus_clients_counter_and_histogram_did():
+    import re
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from bis_twisted.gateway.metrics import LATENCY_BUCKETS, _RequestTally
+
+    observations = [('a', 200, 'run', 0.0004), ('a', 200, 'run', 0.001), ('a', 200, 'run', 0.0011),
+                    ('a', 503, 'run', 0.25), ('b', 200, 'v2', 75.0), ('a', 200, 'v2', 0.01), ('a', 200, 'run', 2.5)]
+    reference = CollectorRegistry()
+    requests = Counter('bis_requests', 'Inference requests answered, by endpoint, HTTP status and protocol ("run": '
+                       '/run, "v2": the Open Inference Protocol\'s infer)', ['endpoint', 'code', 'protocol'],
+                       registry=reference)
+    latency = Histogram('bis_request_latency_seconds', 'Time to answer an inference request, by endpoint and '
+                        'protocol', ['endpoint', 'protocol'], buckets=LATENCY_BUCKETS, registry=reference)
+    tallied = CollectorRegistry()
+    tally = _RequestTally()
+    tallied.register(tally)
+    for endpoint, status, protocol, seconds in observations:
+        requests.labels(endpoint, str(status), protocol).inc()
+        latency.labels(endpoint, protocol).observe(seconds)
+        tally.observe(endpoint, status, protocol, seconds)
+
+    def lines(registry):
+        # the same samples, whatever their order; a _created value is the time it was made
+        text = re.sub(r'(_created\{[^}]*\}) \S+', r'\1 <time>', generate_latest(registry).decode())
+        return sorted(text.splitlines())
+
+    assert lines(tallied) == lines(reference)

@@ -1,16 +1,21 @@
 """Request statistics of the gateway: Prometheus metrics for ``/metrics`` and a short
 rolling history (requests/s, p99 per window) for the status page.
 
-The hot path pays one ``observe()`` per request: a counter and a histogram child looked up
-once per (endpoint, status) and cached, and an append to the current window. Everything
-else (in flight, restarts, online, memory, queue depth) is read at scrape time.
+The hot path pays one ``observe()`` per request: a count and a latency bucket in plain
+lists (``_RequestTally``, made into ``bis_requests_total`` and ``bis_request_latency_seconds``
+at scrape time), and an append to the current window. Everything else (in flight, restarts,
+online, memory, queue depth) is read at scrape time.
 """
 
+import bisect
 import collections
+import time
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 UNKNOWN = '_unknown'  # a SIGNATURE that names no endpoint: one label, not one per typo
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -82,12 +87,8 @@ class GatewayMetrics:
         self.scaling = scaling if scaling is not None else {}  # (endpoint, 'up' | 'down') -> decisions
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # the gateway's own CPU, memory, fds
-        self._requests = Counter('bis_requests', 'Inference requests answered, by endpoint, HTTP status and '
-                                 'protocol ("run": /run, "v2": the Open Inference Protocol\'s infer)',
-                                 ['endpoint', 'code', 'protocol'], registry=self.registry)
-        self._latency = Histogram('bis_request_latency_seconds', 'Time to answer an inference request, by '
-                                  'endpoint and protocol', ['endpoint', 'protocol'], buckets=LATENCY_BUCKETS,
-                                  registry=self.registry)
+        self._tally = _RequestTally()
+        self.registry.register(self._tally)
         self._first_chunk = Histogram('bis_stream_first_chunk_seconds',
                                       'Streaming answers: time from the request to the first chunk sent, by endpoint',
                                       ['endpoint'], buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -96,7 +97,6 @@ class GatewayMetrics:
         self._by_key = Counter('bis_api_key_requests', 'Requests to /run by API key name (never the key) and '
                                'HTTP status; "unknown" for a missing or unknown key', ['key', 'code'],
                                registry=self.registry)
-        self._children = {}
         self.recent = RecentStats(clock)
         # per endpoint, for the status page's charts (an unknown SIGNATURE counts in `recent` only)
         self.recent_by_endpoint = {name: RecentStats(clock) for name in fleet.servers}
@@ -110,13 +110,7 @@ class GatewayMetrics:
 
     def observe(self, endpoint, status, seconds, protocol='run'):
         endpoint = endpoint if endpoint in self.fleet.servers else UNKNOWN
-        key = (endpoint, status, protocol)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (self._requests.labels(endpoint, str(status), protocol),
-                                               self._latency.labels(endpoint, protocol))
-        children[0].inc()
-        children[1].observe(seconds)
+        self._tally.observe(endpoint, status, protocol, seconds)
         self.recent.observe(status, seconds)
         by_endpoint = self.recent_by_endpoint.get(endpoint)
         if by_endpoint is None and endpoint != UNKNOWN:  # added by a config reload
@@ -139,6 +133,50 @@ class GatewayMetrics:
     def render(self):
         """The text exposition (blocking: reads /proc; call it off the reactor thread)."""
         return generate_latest(self.registry)
+
+
+class _RequestTally:
+    """``bis_requests_total`` (by endpoint, code, protocol) and ``bis_request_latency_seconds``
+    (by endpoint, protocol; ``LATENCY_BUCKETS``), as prometheus_client's Counter and Histogram
+    expose them (``_created`` included), counted in plain lists on the reactor thread:
+    prometheus_client takes a lock for each of the three values a request moves. ``collect``
+    runs in a thread at scrape time; it reads copies, each made in one step under the GIL."""
+
+    _REQUESTS_HELP = ('Inference requests answered, by endpoint, HTTP status and protocol ("run": /run, '
+                      '"v2": the Open Inference Protocol\'s infer)')
+    _LATENCY_HELP = 'Time to answer an inference request, by endpoint and protocol'
+
+    def __init__(self):
+        self._counts = {}  # (endpoint, status, protocol) -> [count, created]
+        self._latency = {}  # (endpoint, protocol) -> [[count per bucket, +Inf last], sum, created]
+
+    def observe(self, endpoint, status, protocol, seconds):
+        counted = self._counts.get((endpoint, status, protocol))
+        if counted is None:
+            counted = self._counts[(endpoint, status, protocol)] = [0, time.time()]
+        counted[0] += 1
+        timed = self._latency.get((endpoint, protocol))
+        if timed is None:
+            timed = self._latency[(endpoint, protocol)] = [[0] * (len(LATENCY_BUCKETS) + 1), 0.0, time.time()]
+        timed[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bound >= seconds: le
+        timed[1] += seconds
+
+    def collect(self):
+        requests = CounterMetricFamily('bis_requests', self._REQUESTS_HELP, labels=['endpoint', 'code', 'protocol'])
+        for (endpoint, status, protocol), (count, created) in sorted(dict(self._counts).items()):
+            requests.add_metric([endpoint, str(status), protocol], count, created=created)
+        yield requests
+        latency = HistogramMetricFamily('bis_request_latency_seconds', self._LATENCY_HELP,
+                                        labels=['endpoint', 'protocol'])
+        for (endpoint, protocol), (counts, total, created) in sorted(dict(self._latency).items()):
+            counts, cumulative, buckets = list(counts), 0, []
+            for bound, count in zip(LATENCY_BUCKETS + (float('inf'),), counts):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([endpoint, protocol], buckets, total)
+            latency.samples.append(Sample('bis_request_latency_seconds_created',
+                                          {'endpoint': endpoint, 'protocol': protocol}, created, None, None))
+        yield latency
 
 
 class _FleetCollector:
