@@ -284,3 +284,23 @@ def test_a_config_with_an_unknown_http_front_is_refused(tmp_path):
         load_config(str(path), str(tmp_path), 5002)
     path.write_text(json.dumps({'HTTP_FRONT': 'httptools', 'CONFIG_ENDPOINTS': {}}))
     assert load_config(str(path), str(tmp_path), 5002).http_front == 'httptools'
+
+
+def test_answers_of_a_burst_leave_together_at_its_end_and_before_a_close():
+    from bis_twisted.shared.front import FrontChannel
+    from bis_twisted.shared.limits import answers_together
+
+    echo = Echo(hold=True)
+    protocol, transport, clock, site = connect('httptools', echo)
+    protocol.dataReceived(post(b'/a', b'1'))
+    closing, closing_transport, _clock, _site = connect('httptools', echo)
+    closing.dataReceived(post(b'/b', b'2', b'Connection: close'))
+    assert isinstance(protocol, FrontChannel) and len(echo.held) == 2
+
+    with answers_together():
+        release(echo.held[0])
+        assert transport.value() == b''  # held until the burst ends
+        release(echo.held[1])  # Connection: close: its answer goes before the close
+        assert closing_transport.disconnecting and closing_transport.value().startswith(b'HTTP/1.1 200')
+    assert [status for status, _headers, _body in answers(transport.value())] == [200]
+    assert not transport.disconnecting

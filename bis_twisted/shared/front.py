@@ -36,7 +36,7 @@ from twisted.web.http import HTTPChannel
 from ..errors import ConfigError
 from .front_request import FrontRequest
 from .limits import (GuardedChannel, answer_head, arm, body_expired, disarm, head_expired, linger_and_close,
-                     refusal_answer, send_answer)
+                     refusal_answer, release_held, send_answer)
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _HTTP_VERSIONS = {'1.1': b'HTTP/1.1', '1.0': b'HTTP/1.0'}
@@ -121,7 +121,7 @@ class FrontChannel(Protocol):
             if self._reading is not None:
                 self.bad_request('an upgrade with a body')
             elif not self.requests and self.transport is not None:  # answered already
-                self.transport.loseConnection()
+                self.loseConnection()
             return
         except httptools.HttpParserError as exc:
             if not (self._closing or self._last and self._phase == 'idle'):  # past the last request: dropped
@@ -211,6 +211,7 @@ class FrontChannel(Protocol):
             self.refuse(*refusal, request=request)
             raise _Stop()
         if self._expect and length != 0 and version == b'HTTP/1.1' and self.requests[0] is request:
+            release_held(self)
             self.transport.write(_CONTINUE)
             self._expect = False
 
@@ -253,16 +254,18 @@ class FrontChannel(Protocol):
                 self._write_refusal()
             return
         if not self.persistent or (self._last and not self.requests and not self._reading):
-            self.transport.loseConnection()
+            self.loseConnection()
             return
         if self.requests:
             if self._expect and self.requests[0] is self._reading:
+                release_held(self)
                 self.transport.write(_CONTINUE)  # the next request waited for this one's answer
                 self._expect = False
             self._resume()
         elif self._phase == 'idle':
             arm(self, self.site.limits.idle_timeout, self._idle_expired)
 
+    burst_held = None  # answers held until the burst that wrote them ends (limits.answers_together)
     held_head = None  # an answer's head, sent with the first of its body (limits.send_answer)
 
     def writeHeaders(self, version, code, reason, headers):
@@ -295,6 +298,7 @@ class FrontChannel(Protocol):
         return False
 
     def loseConnection(self):
+        release_held(self)  # an answer of a burst first (limits.answers_together)
         self.transport.loseConnection()
 
     def _pause(self):
@@ -326,7 +330,7 @@ class FrontChannel(Protocol):
     def _idle_expired(self):
         # it closes only a connection that is idle when it fires
         if self._phase == 'idle' and not self.requests and self.transport is not None:
-            self.transport.loseConnection()
+            self.loseConnection()
 
     # -- refusing ----------------------------------------------------------------------------------
     def _uri_too_long(self):
@@ -358,6 +362,7 @@ class FrontChannel(Protocol):
     def _write_refusal(self):
         answer, self._refusal = self._refusal, None
         self._resume()  # read and drop what still comes while the answer goes out
+        release_held(self)
         self.transport.write(answer)
         self._linger_call = linger_and_close(self.transport, self.callLater, self.site.limits.linger)
 

@@ -326,15 +326,20 @@ def answer_head(version, code, reason, headers):
 
 class _Burst:
     """Whether answers are being written in a burst (``answers_together``): many in one
-    stretch of the reactor thread."""
+    stretch of the reactor thread; and the channels holding answers until it ends."""
 
     depth = 0
+    held = []
 
     def __enter__(self):
         _Burst.depth += 1
 
     def __exit__(self, *exc_info):
         _Burst.depth -= 1
+        if not _Burst.depth and _Burst.held:
+            held, _Burst.held = _Burst.held, []
+            for channel in held:
+                release_held(channel)
         return False
 
 
@@ -342,12 +347,24 @@ _BURST = _Burst()
 
 
 def answers_together():
-    """A context: the answers written inside it wait in their transports' buffers and leave
-    together when the reactor next polls, rather than each at once: their clients are woken
-    by one burst of sends, not one send every few tens of microseconds (a client with many
-    connections, a load balancer or a benchmark, then reads several per wake-up). Used where
-    one read brings the answers of many requests (the inner leg's frames)."""
+    """A context: the answers written inside it leave together as it ends, rather than each
+    as it is made: their clients are woken by one burst of sends, not one send every few tens
+    of microseconds (a client with many connections, a load balancer or a benchmark, then
+    reads several per wake-up). A channel with ``burst_held`` (``FrontChannel``) holds them
+    and sends them with ``send_now`` at the end (no ``epoll_ctl``), and releases them first
+    (``release_held``) before anything else reaches its transport; another channel's go to its
+    transport's buffer, sent when the reactor next polls. Used where one read brings the
+    answers of many requests (the inner leg's frames)."""
     return _BURST
+
+
+def release_held(channel):
+    """Send what ``channel`` holds of a burst, now."""
+    held = channel.burst_held
+    if held:
+        channel.burst_held = None
+        if channel.transport is not None:
+            send_now(channel.transport, b''.join(held))
 
 
 def send_answer(channel, data):
@@ -358,10 +375,17 @@ def send_answer(channel, data):
         channel.held_head = None
         data = head + data
     if data and channel.transport is not None:
-        if _Burst.depth:
-            channel.transport.write(data)
-        else:
+        if not _Burst.depth:
             send_now(channel.transport, data)
+            return
+        held = getattr(channel, 'burst_held', False)
+        if held is False:  # a channel that does not hold: its transport's buffer
+            channel.transport.write(data)
+        elif held is None:
+            channel.burst_held = [data]
+            _Burst.held.append(channel)
+        else:
+            held.append(data)
 
 
 class GuardedChannel(BadRequestHookChannel):
