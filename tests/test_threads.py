@@ -504,7 +504,7 @@ async def test_a_request_cancelled_while_it_waits_behind_a_call_is_never_run(gat
 @pytest_twisted.ensureDeferred
 async def test_stop_refuses_a_request_waiting_behind_a_call(gated_pool):
     pool = await gated_pool(1)
-    _send(pool, 0).addErrback(lambda _failure: None)
+    running = _send(pool, 0)
     behind = _send(pool, 1)
 
     pool.stop()
@@ -513,4 +513,28 @@ async def test_stop_refuses_a_request_waiting_behind_a_call(gated_pool):
     behind.addErrback(failures.append)
     assert failures and failures[0].check(QueueFull)
     GatedEcho.gates[0].set()
-    assert [n for n, _worker in GatedEcho.ran] in ([], [0])
+    await running  # what runs when the pool stops runs to its end
+    assert [n for n, _worker in GatedEcho.ran] == [0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_chain_behind_a_busy_call_in_order_and_one_cancelled_in_the_middle_never_runs(gated_pool):
+    from bis_twisted.model_server.pool import FOLLOWERS
+
+    pool = await gated_pool(1)
+    answers = [_send(pool, n) for n in range(FOLLOWERS + 2)]  # one runs, FOLLOWERS behind it, one waits
+    assert (pool.busy, pool.queued) == (1, FOLLOWERS + 1)
+
+    answers[2].cancel()  # in the middle of the chain: its client went away
+    answers[2].addErrback(lambda failure: failure.trap(defer.CancelledError))
+    assert pool.queued == FOLLOWERS
+    for n in range(FOLLOWERS + 2):
+        GatedEcho.gates[n].set()
+    for n, answer in enumerate(answers):
+        if n != 2:
+            await answer
+    await pool.when_idle()
+
+    ran = [n for n, _worker in GatedEcho.ran]
+    assert ran == [n for n in range(FOLLOWERS + 2) if n != 2]  # in order, the cancelled one skipped
+    assert (pool.busy, pool.queued) == (0, 0)

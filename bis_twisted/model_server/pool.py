@@ -22,9 +22,10 @@ before its batch started is dropped from it.
 Requests submitted inside ``gathered()`` (the frames of one read from the gateway) wait for
 its end, then start together: they arrived together, so they share a batch.
 
-With batching off and every worker busy, each busy worker's next request waits in its thread,
-behind the call it runs (``WorkerThreads.follow``): the thread goes on to it without a
-wake-up. It still counts as queued. A worker that becomes free while the queue is empty takes
+With batching off and every worker busy, the waiting requests go behind the busy workers'
+calls, in turns, up to ``FOLLOWERS`` each, in their threads (``WorkerThreads.follow``): a
+thread goes on to the next without a wake-up, and a chain of several keeps it going while the
+reactor thread, which refills the chains, waits for the GIL. They still count as queued. A worker that becomes free while the queue is empty takes
 back the requests no thread has begun, so none waits behind a call that blocks; one cancelled
 before its thread begins it never runs.
 
@@ -52,6 +53,7 @@ from .threads import ResultInbox, WorkerThreads, defer_in_thread
 
 
 LOAD_MEMORY = 1.0  # seconds of arrivals a lone worker's goal is made of (see the module's docstring)
+FOLLOWERS = 4  # requests that may wait behind a busy worker's call, in its thread
 
 
 class WorkerLoadError(Exception):
@@ -98,7 +100,8 @@ class WorkerPool:
         # without a wake-up; a fake thread pool without ``follow`` never does this
         self._follow = getattr(self._threadpool, 'follow', None) if max_batch_size == 1 else None
         self._calls = {}  # worker -> the handle of the call its thread runs (when it can be followed)
-        self._followers = {}  # worker -> (job, handle): its next request, behind that call
+        self._followers = {}  # worker -> deque of (job, handle): its next requests, behind that call
+        self._following = 0  # the requests in those chains
 
     # -- numbers shown in status ------------------------------------------------------------
     @property
@@ -113,7 +116,7 @@ class WorkerPool:
     @property
     def queued(self):
         """Requests not begun: in the queue, or behind a busy worker's call in its thread."""
-        return len(self._waiting) + len(self._followers)
+        return len(self._waiting) + self._following
 
     # -- life cycle ----------------------------------------------------------------------------
     async def start(self):
@@ -245,7 +248,7 @@ class WorkerPool:
         free = len(self._idle) + (self._holding is not None)
         if self._gathering:  # the free workers take up to a batch each of what waits, at its end
             return len(self._waiting) >= self.max_queue + free * self.max_batch_size
-        return not free and len(self._waiting) + len(self._followers) >= self.max_queue
+        return not free and len(self._waiting) + self._following >= self.max_queue
 
     def gathered(self):
         """A context: requests submitted inside start together at its end (nothing starts before)."""
@@ -261,7 +264,7 @@ class WorkerPool:
 
     def _cancelled(self, job):
         if job.follows is not None:  # behind a busy worker's call: dropped if its thread has not begun it
-            if self._take_back(job.follows) is None:
+            if not self._take_back(job):
                 return  # begun: it runs on, as below
         elif not job.begun:  # still waiting: it leaves the queue (and any batch being formed)
             self._waiting.remove(job)
@@ -301,49 +304,65 @@ class WorkerPool:
         return self._last_call_id
 
     def _queue_followers(self):
-        """Each busy worker without a follower gets the next waiting request behind its call."""
-        for worker, handle in self._calls.items():
-            if not self._waiting or self._waiting[0].stream:
-                return
-            if worker in self._followers:
-                continue
-            job = self._waiting[0]
-            call_id = job.call_id if job.call_id is not None else self._last_call_id + 1  # kept once given
-            done = self._inbox.sender(functools.partial(self._ran, worker, [job], True))
-            follower = self._follow(handle, done, worker.execute, job.inputs, call_id, job.request_id)
-            if follower is None:  # its call ended: the worker is released when its result comes
-                continue
-            self._waiting.popleft()
-            if job.call_id is None:
-                job.call_id = self._next_call_id()
-            job.begun = True
-            job.follows = worker
-            self._followers[worker] = (job, follower)
-            self._running += 1
-            self.batch_sizes[1] += 1
+        """The waiting requests go behind the busy workers' calls, in turns (each worker one
+        more per turn), up to ``FOLLOWERS`` each."""
+        for depth in range(1, FOLLOWERS + 1):
+            for worker, handle in self._calls.items():
+                if not self._waiting or self._waiting[0].stream:
+                    return
+                chain = self._followers.get(worker)
+                if chain is not None and len(chain) >= depth:
+                    continue
+                job = self._waiting[0]
+                call_id = job.call_id if job.call_id is not None else self._last_call_id + 1  # kept once given
+                done = self._inbox.sender(functools.partial(self._ran, worker, [job], True))
+                follower = self._follow(chain[-1][1] if chain else handle, done, worker.execute, job.inputs,
+                                        call_id, job.request_id)
+                if follower is None:  # its call ended: the worker is released when its result comes
+                    continue
+                self._waiting.popleft()
+                if job.call_id is None:
+                    job.call_id = self._next_call_id()
+                job.begun = True
+                job.follows = worker
+                if chain is None:
+                    chain = self._followers[worker] = collections.deque()
+                chain.append((job, follower))
+                self._following += 1
+                self._running += 1
+                self.batch_sizes[1] += 1
 
-    def _take_back(self, worker):
-        """The follower of ``worker``'s call, back out of its thread as if it had never left the
-        queue (it is not put back); None when the thread has gone on to it."""
-        job, follower = self._followers[worker]
-        if not self._threadpool.unfollow(self._calls[worker], follower):
-            return None
-        del self._followers[worker]
+    def _take_back(self, job):
+        """``job``, out of the chain behind its worker's call as if it had never left the queue
+        (it is not put back); False when that call's thread has begun it."""
+        worker = job.follows
+        chain = self._followers[worker]
+        at = next(i for i, (each, _handle) in enumerate(chain) if each is job)
+        before = chain[at - 1][1] if at else self._calls[worker]
+        if not self._threadpool.unfollow(before, chain[at][1]):
+            return False
+        del chain[at]
+        if not chain:
+            del self._followers[worker]
+        self._following -= 1
         job.follows = None
         job.begun = False  # its call id is kept: it is this request's, whichever worker runs it
         self._running -= 1
         self.batch_sizes[1] -= 1
         if not self.batch_sizes[1]:
             del self.batch_sizes[1]
-        return job
+        return True
 
     def _take_back_all(self):
         """Every follower no thread has begun, back at the head of the queue in its order."""
-        ordered = sorted(self._followers.items(), key=lambda item: item[1][0].call_id, reverse=True)
-        for worker, _follower in ordered:
-            job = self._take_back(worker)
-            if job is not None:
-                self._waiting.appendleft(job)
+        taken = []
+        for chain in list(self._followers.values()):
+            for job, _handle in reversed(list(chain)):  # from the end: the thread reaches the front first
+                if not self._take_back(job):
+                    break
+                taken.append(job)
+        for job in sorted(taken, key=lambda job: job.call_id, reverse=True):
+            self._waiting.appendleft(job)
 
     def _held_enough(self):
         worker, _timer = self._holding
@@ -388,13 +407,16 @@ class WorkerPool:
             result = result if isinstance(result, Failure) else Failure(result)
         elif single:
             result = [result]
-        follower = self._followers.pop(worker, None) if self._followers else None
-        if follower is None:
+        chain = self._followers.get(worker) if self._followers else None
+        if not chain:
             self._calls.pop(worker, None)
             self._finished(result, worker, jobs)
             return
-        # its thread went on to the follower: the worker stays busy, with that call now
-        job, self._calls[worker] = follower
+        # its thread went on to the first follower: the worker stays busy, with that call now
+        job, self._calls[worker] = chain.popleft()
+        if not chain:
+            del self._followers[worker]
+        self._following -= 1
         job.follows = None
         self._running -= len(jobs)
         self._answer(result, worker, jobs)

@@ -163,11 +163,11 @@ class WorkerThreads:
         return task
 
     def unfollow(self, handle, follower):
-        """Take ``follower`` back from behind ``handle`` if its thread has not gone on to it:
-        True when it will not run."""
+        """Take ``follower`` back from behind ``handle`` if its thread has not gone on to it
+        (what followed it follows ``handle`` now): True when it will not run."""
         with self._chain:
             if handle.next is follower and not handle.ended:
-                handle.next = None
+                handle.next, follower.next = follower.next, None
                 return True
         return False
 
