@@ -238,3 +238,16 @@ def test_an_answer_read_back_for_its_schema_is_the_value_json_reads():
         data = dumps(value)
         assert web.loads_encoded(data) == json.loads(data)
         assert repr(web.loads_encoded(data)) == repr(json.loads(data))  # ints stay ints, floats the same floats
+
+
+def test_the_time_of_an_answer_is_the_local_time_to_the_second(monkeypatch):
+    import time as time_module
+
+    clock = [1796640000.25]
+    monkeypatch.setattr(web.time, 'time', lambda: clock[0])
+    first = web.now_text()
+    assert first == time_module.strftime('%Y-%m-%d %H:%M:%S', time_module.localtime(1796640000))
+    clock[0] = 1796640000.99
+    assert web.now_text() == first  # the same second
+    clock[0] = 1796640001.0
+    assert web.now_text() == time_module.strftime('%Y-%m-%d %H:%M:%S', time_module.localtime(1796640001))

@@ -47,8 +47,18 @@ class Answer:
     raw: Optional[bytes] = None  # a model server's answer already complete: its bytes, not decoded
 
 
+_NOW_TEXT = (None, '')  # (whole second, its local time text), replaced whole
+
+
 def now_text():
-    return time.strftime('%Y-%m-%d %H:%M:%S')
+    """The local time to the second, as every answer's ``time`` field has it: made once a
+    second, not once an answer (a local time, and the clock's shifts, change on a second)."""
+    global _NOW_TEXT
+    second = int(time.time())
+    cached = _NOW_TEXT
+    if cached[0] != second:
+        cached = _NOW_TEXT = (second, time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(second)))
+    return cached[1]
 
 
 def _json_default(value):
