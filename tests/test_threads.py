@@ -446,7 +446,7 @@ def gated_pool():
     pools = []
 
     async def make(size):
-        pool = WorkerPool(lambda index: GatedEcho(worker_id=index), size=size, max_queue=8, reactor=reactor)
+        pool = WorkerPool(lambda index: GatedEcho(worker_id=index), size=size, max_queue=32, reactor=reactor)
         await pool.start()
         pools.append(pool)
         return pool
@@ -538,3 +538,50 @@ async def test_requests_chain_behind_a_busy_call_in_order_and_one_cancelled_in_t
     ran = [n for n, _worker in GatedEcho.ran]
     assert ran == [n for n in range(FOLLOWERS + 2) if n != 2]  # in order, the cancelled one skipped
     assert (pool.busy, pool.queued) == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_request_stays_behind_a_blocked_call_while_another_worker_serves(gated_pool):
+    from bis_twisted.model_server.pool import FOLLOWERS
+
+    pool = await gated_pool(2)
+    count = 2 + 2 * FOLLOWERS + 2  # both workers busy, both chains full, two more in the queue
+    answers = [_send(pool, n) for n in range(count)]
+    assert (pool.busy, pool.queued) == (2, count - 2)
+
+    for n in range(1, count):  # all but request 0, whose call blocks worker 0
+        GatedEcho.gates[n].set()
+    for answer in answers[1:]:  # each free turn of worker 1 takes back what waits behind worker 0
+        await answer
+
+    ran = [n for n, _worker in GatedEcho.ran]
+    assert sorted(ran) == list(range(1, count)) and not answers[0].called
+    assert {worker for n, worker in GatedEcho.ran} == {1}  # all of it by the worker that was free
+    GatedEcho.gates[0].set()
+    await answers[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_waits_behind_a_call_that_runs_long_goes_to_the_worker_that_serves(gated_pool, monkeypatch):
+    from bis_twisted.model_server import pool as pool_module
+
+    pool = await gated_pool(2)
+    count = 2 + 2 * pool_module.FOLLOWERS + 2
+    answers = [_send(pool, n) for n in range(count)]  # 0 and 1 run, 8 wait behind them, 2 queue
+    GatedEcho.gates[1].set()
+    await answers[1]  # worker 1 goes on to its next; one more request chains behind it
+    monkeypatch.setattr(pool_module, 'FOLLOW_WAIT', 0.0)  # every call running now has run "long"
+    pool._watch_long_calls()  # its periodic look, now: both calls are slow, their followers go back
+    assert pool.queued == count - 3 and pool._following == 0  # 0 and 3 run, 1 is answered
+    GatedEcho.gates[3].set()
+    await answers[3]  # worker 1's call ended: it takes the head of the queue, worker 0 stays slow
+    for n in range(1, count):
+        GatedEcho.gates[n].set()
+    for answer in answers[1:]:
+        await answer
+
+    ran = [n for n, _worker in GatedEcho.ran]
+    assert {worker for _n, worker in GatedEcho.ran} == {1} and not answers[0].called
+    assert ran.index(2) < ran.index(count - 1)  # the oldest of those before the newest request
+    GatedEcho.gates[0].set()
+    await answers[0]

@@ -25,9 +25,12 @@ its end, then start together: they arrived together, so they share a batch.
 With batching off and every worker busy, the waiting requests go behind the busy workers'
 calls, in turns, up to ``FOLLOWERS`` each, in their threads (``WorkerThreads.follow``): a
 thread goes on to the next without a wake-up, and a chain of several keeps it going while the
-reactor thread, which refills the chains, waits for the GIL. They still count as queued. A worker that becomes free while the queue is empty takes
-back the requests no thread has begun, so none waits behind a call that blocks; one cancelled
-before its thread begins it never runs.
+reactor thread, which refills the chains, waits for the GIL (a wake-up saved is microseconds:
+it is for short calls). They still count as queued. Behind a call that has run
+``FOLLOW_WAIT`` seconds no request is put, and those waiting there go back to the head of the
+queue, for the other workers (checked every ``FOLLOW_WAIT / 2`` seconds, not per request);
+so do all of them when a worker is free with nothing else to take. One cancelled before its
+thread begins it never runs.
 
 A streaming request (``run_stream``) holds its worker until its ``PooledStream`` ended or was
 closed; each chunk is made in a worker thread. Streaming requests are never batched.
@@ -37,6 +40,7 @@ import collections
 import functools
 import itertools
 import sys
+import time
 
 import attr
 from twisted.internet import defer
@@ -54,6 +58,7 @@ from .threads import ResultInbox, WorkerThreads, defer_in_thread
 
 LOAD_MEMORY = 1.0  # seconds of arrivals a lone worker's goal is made of (see the module's docstring)
 FOLLOWERS = 4  # requests that may wait behind a busy worker's call, in its thread
+FOLLOW_WAIT = 0.05  # seconds a call may run before what waits behind it goes to the other workers
 
 
 class WorkerLoadError(Exception):
@@ -102,6 +107,8 @@ class WorkerPool:
         self._calls = {}  # worker -> the handle of the call its thread runs (when it can be followed)
         self._followers = {}  # worker -> deque of (job, handle): its next requests, behind that call
         self._following = 0  # the requests in those chains
+        self._slow = set()  # workers whose call has run FOLLOW_WAIT seconds: nothing follows them
+        self._watch = None  # the DelayedCall of _watch_long_calls, while requests follow
 
     # -- numbers shown in status ------------------------------------------------------------
     @property
@@ -130,6 +137,9 @@ class WorkerPool:
         if self._holding is not None:
             self._holding[1].cancel()
             self._holding = None
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         self._take_back_all()
         while self._waiting:
             self._waiting.popleft().answer.errback(QueueFull('server is stopping'))
@@ -306,13 +316,16 @@ class WorkerPool:
     def _queue_followers(self):
         """The waiting requests go behind the busy workers' calls, in turns (each worker one
         more per turn), up to ``FOLLOWERS`` each."""
+        if self._watch is None:
+            self._watch = self._reactor.callLater(FOLLOW_WAIT / 2, self._watch_long_calls)
+        slow = self._slow
         for depth in range(1, FOLLOWERS + 1):
             for worker, handle in self._calls.items():
                 if not self._waiting or self._waiting[0].stream:
                     return
                 chain = self._followers.get(worker)
-                if chain is not None and len(chain) >= depth:
-                    continue
+                if chain is not None and len(chain) >= depth or worker in slow:
+                    continue  # full at this depth, or behind a call that runs long
                 job = self._waiting[0]
                 call_id = job.call_id if job.call_id is not None else self._last_call_id + 1  # kept once given
                 done = self._inbox.sender(functools.partial(self._ran, worker, [job], True))
@@ -352,6 +365,27 @@ class WorkerPool:
         if not self.batch_sizes[1]:
             del self.batch_sizes[1]
         return True
+
+    def _watch_long_calls(self):
+        """Every ``FOLLOW_WAIT / 2`` seconds while requests follow: the workers whose call has
+        run ``FOLLOW_WAIT`` seconds are ``_slow`` (no request is put behind them until that call
+        ends), and what waits behind them goes back to the head of the queue, for the others."""
+        self._watch = None
+        if not self._followers:
+            return
+        since = time.monotonic() - FOLLOW_WAIT
+        self._slow.update(w for w, handle in self._calls.items() if 0 < handle.began < since and not handle.ended)
+        taken = []
+        for worker in [w for w in self._followers if w in self._slow]:
+            for job, _handle in reversed(list(self._followers[worker])):
+                if not self._take_back(job):
+                    break
+                taken.append(job)
+        for job in sorted(taken, key=lambda job: job.call_id, reverse=True):
+            self._waiting.appendleft(job)
+        self._dispatch()
+        if self._followers and self._watch is None:
+            self._watch = self._reactor.callLater(FOLLOW_WAIT / 2, self._watch_long_calls)
 
     def _take_back_all(self):
         """Every follower no thread has begun, back at the head of the queue in its order."""
@@ -407,6 +441,7 @@ class WorkerPool:
             result = result if isinstance(result, Failure) else Failure(result)
         elif single:
             result = [result]
+        self._slow.discard(worker)  # its call ended (a follower's, if any, is a new one)
         chain = self._followers.get(worker) if self._followers else None
         if not chain:
             self._calls.pop(worker, None)

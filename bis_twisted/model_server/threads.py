@@ -31,6 +31,7 @@ import collections
 import functools
 import queue
 import threading
+import time
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -182,12 +183,13 @@ class WorkerThreads:
 class _Task:
     """A call for a thread, and the call ``follow`` put behind it."""
 
-    __slots__ = ('on_result', 'function', 'args', 'kwargs', 'next', 'ended')
+    __slots__ = ('on_result', 'function', 'args', 'kwargs', 'next', 'ended', 'began')
 
     def __init__(self, on_result, function, args, kwargs):
         self.on_result, self.function, self.args, self.kwargs = on_result, function, args, kwargs
         self.next = None
         self.ended = False
+        self.began = 0.0  # time.monotonic() when its thread began it (0: not yet)
 
 
 def _serve(tasks, idle, chain):
@@ -200,6 +202,7 @@ def _serve(tasks, idle, chain):
         if task is None:
             return
         while task is not None:
+            task.began = time.monotonic()
             try:
                 result = task.function(*task.args, **task.kwargs)
             except BaseException:
