@@ -374,24 +374,20 @@ class WorkerPool:
         if not self._followers:
             return
         since = time.monotonic() - FOLLOW_WAIT
-        self._slow.update(w for w, handle in self._calls.items() if 0 < handle.began < since and not handle.ended)
-        taken = []
-        for worker in [w for w in self._followers if w in self._slow]:
-            for job, _handle in reversed(list(self._followers[worker])):
-                if not self._take_back(job):
-                    break
-                taken.append(job)
-        for job in sorted(taken, key=lambda job: job.call_id, reverse=True):
-            self._waiting.appendleft(job)
+        self._slow.update(worker for worker, handle in self._calls.items()
+                          if 0 < handle.began < since and not handle.ended)
+        self._take_back_all([worker for worker in self._followers if worker in self._slow])
         self._dispatch()
         if self._followers and self._watch is None:
             self._watch = self._reactor.callLater(FOLLOW_WAIT / 2, self._watch_long_calls)
 
-    def _take_back_all(self):
-        """Every follower no thread has begun, back at the head of the queue in its order."""
+    def _take_back_all(self, workers=None):
+        """The followers no thread has begun (behind ``workers``' calls, or every worker's), back
+        at the head of the queue in their order."""
         taken = []
-        for chain in list(self._followers.values()):
-            for job, _handle in reversed(list(chain)):  # from the end: the thread reaches the front first
+        for worker in list(self._followers) if workers is None else workers:
+            # from the end of each chain: its thread reaches the front first
+            for job, _handle in reversed(list(self._followers.get(worker, ()))):
                 if not self._take_back(job):
                     break
                 taken.append(job)
