@@ -370,9 +370,9 @@ async def test_a_pool_on_worker_threads_answers_each_of_many_requests_once_one_t
 
 
 # -- a busy worker's next request, waiting in its thread -------------------------------------
-@pytest_twisted.ensureDeferred
-async def test_a_follower_runs_in_the_thread_of_the_call_it_follows_right_after_it(worker_threads):
-    inbox = ResultInbox(reactor)
+def gated_calls():
+    """``(call, gate, ran)``: ``call(name)`` notes ``(name, its thread)`` in ``ran`` and returns
+    ``name``; the call named ``'first'`` waits for ``gate`` first."""
     gate = threading.Event()
     ran = []
 
@@ -382,6 +382,13 @@ async def test_a_follower_runs_in_the_thread_of_the_call_it_follows_right_after_
         ran.append((name, threading.current_thread()))
         return name
 
+    return call, gate, ran
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_follower_runs_in_the_thread_of_the_call_it_follows_right_after_it(worker_threads):
+    inbox = ResultInbox(reactor)
+    call, gate, ran = gated_calls()
     first, second = defer.Deferred(), defer.Deferred()
     handle = worker_threads.callInThreadWithCallback(inbox.sender(functools.partial(fire, first)), call, 'first')
     follower = worker_threads.follow(handle, inbox.sender(functools.partial(fire, second)), call, 'second')
@@ -399,24 +406,17 @@ async def test_a_follower_runs_in_the_thread_of_the_call_it_follows_right_after_
 @pytest_twisted.ensureDeferred
 async def test_a_follower_taken_back_before_its_thread_begins_it_never_runs(worker_threads):
     inbox = ResultInbox(reactor)
-    gate = threading.Event()
-    ran = []
-
-    def call(name):
-        if name == 'first':
-            gate.wait(WAIT_SECONDS)
-        ran.append(name)
-        return name
+    call, gate, ran = gated_calls()
 
     first = defer.Deferred()
     handle = worker_threads.callInThreadWithCallback(inbox.sender(functools.partial(fire, first)), call, 'first')
-    follower = worker_threads.follow(handle, lambda ok, result: ran.append('handed over'), call, 'second')
+    follower = worker_threads.follow(handle, lambda ok, result: ran.append(('handed over', None)), call, 'second')
 
     assert worker_threads.unfollow(handle, follower) is True
     gate.set()
     assert await first == 'first'
     assert await defer_in_thread(worker_threads, inbox, call, 'after') == 'after'  # the thread serves on
-    assert ran == ['first', 'after']
+    assert [name for name, _thread in ran] == ['first', 'after']
 
 
 class GatedEcho(FlaskWorker):
