@@ -79,8 +79,7 @@ class AccessLog:
         # level (a walk of LogLevel's constants) was a sixth of the line's cost
         log = self._log
         self._log.observer({
-            'client': client, 'method': method, 'path': path, 'signature': signature, 'status': status,
-            'bytes': size, 'elapsed_ms': elapsed_ms, 'access_line': line, 'access': facts, 'request_id': rid,
+            **facts, 'access_line': line, 'access': facts, 'request_id': rid,
             'endpoint': signature if signature != '-' else None, 'log_logger': log, 'log_level': LogLevel.info,
             'log_namespace': log.namespace, 'log_source': self, 'log_format': LINE_FORMAT, 'log_time': time.time()})
 

@@ -205,30 +205,28 @@ class SchemaCheck:
         """Whether a value of ``size`` bytes is checked on the reactor thread (None: unknown, no)."""
         return size is not None and size <= self.inline_bytes
 
-    def _off_reactor(self, size, function, *args):
+    def _now_or_off_reactor(self, size, function, *args):
+        """``function(*args)`` now when ``size`` is small (None, or what it raises), else its
+        Deferred in the reactor's thread pool."""
         if self.inline(size):
-            try:
-                return defer.succeed(function(*args))
-            except SchemaViolation:
-                return defer.fail()
+            function(*args)
+            return None
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
     def input_checked(self, inputs, size):
-        """``check_input`` in a Deferred: on this thread when the body was ``size`` bytes at
-        most ``inline_bytes``, else in the reactor's thread pool (``size`` None: unknown)."""
-        return self._off_reactor(size, self.check_input, inputs)
+        """``input_check`` always in a Deferred: on this thread when the body was ``size``
+        bytes at most ``inline_bytes``, else in the reactor's thread pool (``size`` None:
+        unknown)."""
+        return defer.maybeDeferred(self.input_check, inputs, size)
 
     def input_check(self, inputs, size):
         """``check_input`` now when the body was ``size`` bytes at most ``inline_bytes`` (None,
         or ``SchemaViolation`` raised), else its Deferred in the reactor's thread pool: the
         check of a small request needs no Deferred at all."""
-        if self.inline(size):
-            self.check_input(inputs)
-            return None
-        return self._off_reactor(size, self.check_input, inputs)
+        return self._now_or_off_reactor(size, self.check_input, inputs)
 
     def output_check(self, result):
         """``check_output`` now when ``result`` is small (None, or ``SchemaViolation``
@@ -239,10 +237,7 @@ class SchemaCheck:
             sent = dumps(result)
         except (TypeError, ValueError):  # not JSON at all: the answer's own error says so
             return None
-        if self.inline(len(sent)):
-            self._check_sent(sent)
-            return None
-        return self._off_reactor(len(sent), self._check_sent, sent)
+        return self._now_or_off_reactor(len(sent), self._check_sent, sent)
 
     @property
     def active(self):
